@@ -1,0 +1,117 @@
+r"""Evaluates a checkpoint on the test set: top-1/top-5, per-class accuracy, confusion.
+
+  python -m rstg_jax.evaluate --config=configs/syncmnist.py --workdir=runs/sync3 \
+      [--checkpoint=latest|best|<step>]
+
+Without --config, the config saved in the checkpoint's metadata is used. Writes into
+workdir/eval_<step>/: summary.json (top1, top5, loss, count), per_class_accuracy.json and
+.csv, confusion_matrix.csv (counts, rows = true class) and confusion.png.
+"""
+
+import json
+import os
+from typing import Optional
+
+from absl import app
+from absl import flags
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+
+from rstg_jax import metrics as metrics_lib
+from rstg_jax import train
+
+
+def _tuples(x):
+  # JSON turns the config's tuples (e.g. rstg.scales) into lists; the model expects tuples.
+  if isinstance(x, dict):
+    return {k: _tuples(v) for k, v in x.items()}
+  if isinstance(x, list):
+    return tuple(_tuples(v) for v in x)
+  return x
+
+
+def config_from_checkpoint(workdir: str, checkpoint: str = 'latest'
+                          ) -> ml_collections.ConfigDict:
+  """The config a checkpoint was trained with (from its JSON metadata)."""
+  placeholder = ml_collections.ConfigDict({'keep_checkpoints': 1})
+  with train.checkpoint_manager(workdir, placeholder, read_only=True) as mngr:
+    step = train.resolve_checkpoint_step(mngr, checkpoint)
+    meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+  return ml_collections.ConfigDict(_tuples(meta['config']))
+
+
+def run(config: Optional[ml_collections.ConfigDict], workdir: str,
+        checkpoint: str = 'latest', *, model=None, dataset=None) -> dict:
+  """Evaluates one checkpoint of `workdir`; returns the summary dict.
+
+  Args:
+    config: the run's config; None: read it from the checkpoint.
+    workdir: the training workdir (its checkpoints/ subdirectory is read).
+    checkpoint: 'latest', 'best' (by test top-1) or a step number.
+    model, dataset: stand-ins for tests (default: built from the config).
+  """
+  if config is None:
+    config = config_from_checkpoint(workdir, checkpoint)
+  train.validate_config(config, check_model_names=model is None)
+  setup = train.make_setup(config, model, dataset)
+  params_shape = jax.eval_shape(
+      lambda k: train.init_variables(setup.model, k, setup.dataset.input_shape),
+      jax.random.key(0))['params']
+  train.finish_setup(setup, params_shape)
+
+  with train.checkpoint_manager(workdir, config, read_only=True) as mngr:
+    step = train.resolve_checkpoint_step(mngr, str(checkpoint))
+    state, meta = train.restore(mngr, step, setup.abstract_state)
+  class_names = list(setup.dataset.class_names)
+  if meta.get('class_names') not in (None, class_names):
+    raise ValueError('The checkpoint was trained with another class order than the data '
+                     'set gives now; its predictions would be mislabelled.')
+
+  totals, labels, preds = train.evaluate(setup, state, collect=True)
+  summary = {'step': int(step), **metrics_lib.compute(totals),
+             'count': int(totals['top1'][1]), 'workdir': os.path.abspath(workdir)}
+
+  out_dir = os.path.join(workdir, f'eval_{step}')
+  os.makedirs(out_dir, exist_ok=True)
+  cm = metrics_lib.confusion_matrix(labels, preds, len(class_names))
+  metrics_lib.write_per_class(cm, class_names, out_dir)
+  with open(os.path.join(out_dir, 'confusion_matrix.csv'), 'w') as f:
+    f.write('true\\pred,' + ','.join(class_names) + '\n')
+    for name, row in zip(class_names, cm):
+      f.write(name + ',' + ','.join(str(int(v)) for v in row) + '\n')
+  metrics_lib.plot_confusion(
+      cm, class_names, os.path.join(out_dir, 'confusion.png'),
+      title=f'step {step}: top-1 {summary["top1"]:.3f} on {summary["count"]} videos')
+  with open(os.path.join(out_dir, 'summary.json'), 'w') as f:
+    json.dump(summary, f, indent=1)
+  print(f'Checkpoint step {step}: top-1 {summary["top1"]:.4f}, top-5 {summary["top5"]:.4f}, '
+        f'loss {summary["loss"]:.4f} on {summary["count"]} test videos; outputs in {out_dir}',
+        flush=True)
+  return summary
+
+
+def _define_flags():
+  # Defined only when run as a program, so `rstg_jax.main` can import this module.
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  flags.DEFINE_string('workdir', None, 'The training workdir.')
+  flags.DEFINE_string('checkpoint', 'latest', 'latest, best, or a step number.')
+  config_flags.DEFINE_config_file(
+      'config', None, 'Config file (default: the one saved in the checkpoint).',
+      lock_config=True)
+  flags.mark_flag_as_required('workdir')
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  flag_values = flags.FLAGS
+  try:
+    run(flag_values.config, flag_values.workdir, flag_values.checkpoint)
+  except ValueError as e:
+    raise SystemExit(f'ERROR: {e}') from None
+
+
+if __name__ == '__main__':
+  _define_flags()
+  app.run(main)

@@ -1,0 +1,51 @@
+r"""Trains an RSTG model (or a baseline) and evaluates it during training.
+
+  python -m rstg_jax.main --config=configs/syncmnist.py --workdir=runs/sync3
+  python -m rstg_jax.main --config=configs/syncmnist.py --config.ablation=space_only \
+      --workdir=runs/sync3_space_only
+
+Every config field can be overridden with --config.<field>=<value>. Running the same
+command again resumes from the workdir's latest checkpoint. `--mode=evaluate` evaluates a
+checkpoint instead (same as `python -m rstg_jax.evaluate`).
+"""
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+
+flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and figures.')
+flags.DEFINE_enum('mode', 'train', ['train', 'evaluate'], 'Train, or evaluate a checkpoint.')
+flags.DEFINE_string('checkpoint', 'latest',
+                    '--mode=evaluate: which checkpoint: latest, best or a step number.')
+config_flags.DEFINE_config_file('config', None, 'Training configuration file.',
+                                lock_config=True)
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  # Imported after flag parsing: `--help` and flag errors stay instant.
+  from rstg_jax import train  # pylint: disable=g-import-not-at-top
+
+  config = FLAGS.config
+  try:
+    # Before any heavy work: a misspelt model or ablation name costs a second, not a run.
+    train.validate_config(config)
+  except ValueError as e:
+    raise SystemExit(f'ERROR: {e}') from None
+
+  if FLAGS.mode == 'evaluate':
+    from rstg_jax import evaluate  # pylint: disable=g-import-not-at-top
+    evaluate.run(config, FLAGS.workdir, FLAGS.checkpoint)
+    return
+  try:
+    train.train_and_evaluate(config, FLAGS.workdir)
+  except train.NonFiniteLossError as e:
+    raise SystemExit(f'ERROR: {e}') from None
+
+
+if __name__ == '__main__':
+  app.run(main)

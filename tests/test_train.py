@@ -1,0 +1,278 @@
+"""Tests of the trainer with a tiny stand-in model and a synthetic data set.
+
+The stand-ins follow the real contracts (model: `apply(variables, video, train=...)` with a
+`backbone` submodule, BatchNorm and dropout; data set: `batch(step)`, `eval_batches()`), so
+these tests pin the training loop itself: loss goes down, kill-and-resume equals an
+uninterrupted run exactly, 4 devices equal 1, a NaN stops the run keeping the last good
+checkpoint, and the evaluate command writes its files.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import default
+from rstg_jax import evaluate as evaluate_lib
+from rstg_jax import input_pipeline
+from rstg_jax import metrics as metrics_lib
+from rstg_jax import train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NUM_CLASSES = 4
+INPUT_SHAPE = (3, 8, 8, 1)
+
+
+class TinyModel(nn.Module):
+  """Conv backbone -> BatchNorm -> dropout -> dense; `nan_on_white` poisons white videos."""
+  num_classes: int = NUM_CLASSES
+  nan_on_white: bool = False
+
+  @nn.compact
+  def __call__(self, video, train: bool):
+    x = nn.Conv(4, (3, 3), strides=(2, 2), name='backbone')(video)  # [B,T,4,4,4]
+    x = nn.relu(x).mean(axis=(1, 2, 3))
+    x = nn.BatchNorm(use_running_average=not train, momentum=0.9)(x)
+    x = nn.Dropout(0.25, deterministic=not train)(x)
+    logits = nn.Dense(self.num_classes)(x)
+    if self.nan_on_white:
+      # log(0) * 0 = NaN exactly when the whole batch is white: a controlled divergence.
+      logits = logits + 0.0 * jnp.log(1.0 - jnp.mean(video))
+    return logits
+
+
+class FakeData:
+  """Videos whose brightness encodes the label; batch(step) is a function of step only."""
+  class_names = tuple(f'class_{i}' for i in range(NUM_CLASSES))
+  num_classes = NUM_CLASSES
+  input_shape = INPUT_SHAPE
+  description = 'fake brightness data'
+
+  def __init__(self, batch_size, eval_size=20, eval_batch_size=8, white_from=None,
+               kill_at=None):
+    self.batch_size, self.eval_size, self.eval_batch_size = (
+        batch_size, eval_size, eval_batch_size)
+    self.white_from, self.kill_at = white_from, kill_at
+
+  def _make(self, seeds):
+    videos, labels = [], []
+    for seed in seeds:
+      rng = np.random.default_rng(int(seed))
+      label = rng.integers(NUM_CLASSES)
+      video = rng.integers(0, 40, INPUT_SHAPE) + 50 * label
+      videos.append(video.astype(np.uint8))
+      labels.append(label)
+    return {'video': np.stack(videos), 'label': np.asarray(labels, np.int32)}
+
+  def batch(self, step):
+    if self.kill_at is not None and step == self.kill_at:
+      raise KeyboardInterrupt(f'killed while fetching step {step}')
+    out = self._make(1000 + step * self.batch_size + np.arange(self.batch_size))
+    if self.white_from is not None and step >= self.white_from:
+      out['video'][:] = 255
+    return out
+
+  def eval_batches(self):
+    return input_pipeline.padded_eval_batches(
+        lambda idx: self._make(10 ** 6 + idx), self.eval_size, self.eval_batch_size)
+
+
+def make_config(**overrides):
+  config = default.get_config()
+  config.num_classes = NUM_CLASSES
+  config.batch_size = 8
+  config.eval_batch_size = 8
+  config.eval_size = 20  # not a multiple of 8: the padded last batch is exercised.
+  config.num_train_steps = 6
+  config.log_every = 1
+  config.eval_every = 2
+  config.checkpoint_every = 3  # saves at 2, 3, 4, 6: evaluations are saved too.
+  config.optimizer = 'adam'
+  config.learning_rate = 0.05
+  # Every evaluation counts as a plateau, so the lr scale changes mid-run and must be
+  # restored on resume.
+  config.plateau.patience = 1
+  config.plateau.min_delta = 2.0
+  config.progress_bar = False
+  for k, v in overrides.items():
+    config[k] = v
+  return config
+
+
+def run_fake(workdir, config=None, **data_kw):
+  """Trains TinyModel on FakeData; returns the final state."""
+  config = config or make_config()
+  model = TinyModel(nan_on_white='white_from' in data_kw)
+  data = FakeData(config.batch_size, **data_kw)
+  return train.train_and_evaluate(config, workdir, model=model, dataset=data)
+
+
+def _leaves(state):
+  return [np.asarray(x) for x in jax.tree.leaves(jax.device_get(state['params']))]
+
+
+def _train_losses(workdir):
+  rows = metrics_lib.read_jsonl(os.path.join(workdir, 'metrics.jsonl'))
+  return [r['loss'] for r in rows if r['split'] == 'train']
+
+
+def test_loss_decreases_on_a_fixed_batch():
+  config = make_config(optimizer='sgd', learning_rate=0.1)
+  setup = train.make_setup(config, TinyModel(), FakeData(8))
+  variables = train.init_variables(setup.model, jax.random.key(0), INPUT_SHAPE)
+  train.finish_setup(setup, variables['params'])
+  state = train.create_train_state(variables['params'], variables['batch_stats'], setup.tx)
+  batch = setup.to_device(setup.dataset.batch(0))
+  losses = []
+  for _ in range(15):
+    state, m = setup.train_step(state, batch)
+    losses.append(float(m['loss'][0] / m['loss'][1]))
+  assert int(state['step']) == 15
+  assert losses[-1] < 0.7 * losses[0], losses
+
+
+def test_plateau_divides_the_scale_after_patience_evals():
+  config = make_config()
+  config.plateau.patience = 2
+  config.plateau.min_delta = 0.01
+  p = {'scale': 1.0, 'best': -np.inf, 'num_bad': 0}
+  p, reduced = train.update_plateau(p, {'top1': 0.5, 'loss': 1.0}, config)
+  assert (float(p['best']), int(p['num_bad']), reduced) == (0.5, 0, False)
+  p, reduced = train.update_plateau(p, {'top1': 0.505, 'loss': 1.0}, config)  # < min_delta
+  assert (int(p['num_bad']), reduced) == (1, False)
+  p, reduced = train.update_plateau(p, {'top1': 0.4, 'loss': 1.0}, config)
+  assert reduced and float(p['scale']) == pytest.approx(0.1) and int(p['num_bad']) == 0
+
+
+def test_stream_order_is_a_function_of_the_step_and_covers_each_epoch():
+  order = input_pipeline.StreamOrder(train_size=10, batch_size=4, seed=3)
+  first = [order.indices(s, slice(None)) for s in range(5)]  # 20 positions = 2 epochs
+  again = input_pipeline.StreamOrder(10, 4, 3)
+  np.testing.assert_array_equal(again.indices(3, slice(None)), first[3])
+  flat = np.concatenate(first)
+  assert sorted(flat[:10]) == list(range(10)) and sorted(flat[10:]) == list(range(10))
+  np.testing.assert_array_equal(order.indices(2, slice(2, 4)), first[2][2:4])
+
+
+def test_prefetcher_reraises_errors_in_the_consumer():
+  data = FakeData(8, kill_at=2)
+  seen = []
+  with pytest.raises(KeyboardInterrupt):
+    with input_pipeline.Prefetcher(data, 0, 5, lambda b: b, size=2) as batches:
+      for step, _ in batches:
+        seen.append(step)
+  assert seen == [0, 1]
+
+
+@pytest.fixture(scope='module')
+def uninterrupted(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp('uninterrupted'))
+  state = run_fake(workdir)
+  return workdir, state
+
+
+def test_training_writes_metrics_checkpoints_and_curves(uninterrupted):
+  workdir, state = uninterrupted
+  assert int(state['step']) == 6
+  rows = metrics_lib.read_jsonl(os.path.join(workdir, 'metrics.jsonl'))
+  train_rows = [r for r in rows if r['split'] == 'train']
+  test_rows = [r for r in rows if r['split'] == 'test']
+  assert [r['step'] for r in train_rows] == [1, 2, 3, 4, 5, 6]
+  assert [r['step'] for r in test_rows] == [2, 4, 6]
+  assert {'loss', 'accuracy', 'lr', 'videos_per_sec'} <= set(train_rows[0])
+  assert {'top1', 'top5', 'loss'} <= set(test_rows[0])
+  # patience 1 + min_delta 2: the second evaluation (step 4) divided the lr by 10.
+  assert train_rows[4]['lr'] == pytest.approx(0.1 * train_rows[3]['lr'])
+  assert train_rows[3]['lr'] == pytest.approx(0.05)
+  assert os.path.exists(os.path.join(workdir, 'curves.png'))
+  meta = json.load(open(os.path.join(workdir, 'checkpoints', '6', 'meta', 'metadata')))
+  assert meta['step'] == 6 and meta['class_names'] == list(FakeData.class_names)
+  assert meta['config']['optimizer'] == 'adam'
+  assert 'tensorflow' not in sys.modules
+
+
+def test_kill_and_resume_equals_an_uninterrupted_run(uninterrupted, tmp_path):
+  _, reference = uninterrupted
+  workdir = str(tmp_path)
+  # "Kill" while the data of step index 5 is fetched: 5 steps ran, the last save is 4
+  # (after the evaluation that divided the lr, so the plateau state must be restored).
+  with pytest.raises(KeyboardInterrupt):
+    run_fake(workdir, kill_at=5)
+  saved = sorted(int(d) for d in os.listdir(os.path.join(workdir, 'checkpoints'))
+                 if d.isdigit())
+  assert saved[-1] == 4
+  # The same command again resumes from step 4 and redoes step 5.
+  resumed = run_fake(workdir)
+  assert int(resumed['step']) == 6
+  for a, b in zip(_leaves(reference), _leaves(resumed)):
+    np.testing.assert_array_equal(a, b)
+  np.testing.assert_array_equal(np.asarray(reference['plateau']['scale']),
+                                np.asarray(resumed['plateau']['scale']))
+  rows = metrics_lib.read_jsonl(os.path.join(workdir, 'metrics.jsonl'))
+  assert [r['step'] for r in rows if r['split'] == 'train'] == [1, 2, 3, 4, 5, 6]
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+  workdir = str(tmp_path)
+  with pytest.raises(train.NonFiniteLossError, match=r'at step 4.*last good checkpoint '
+                     r'is step 2'):
+    # The batch of step index 3 (the 4th step) is white: NaN loss at step 4.
+    run_fake(workdir, make_config(log_every=100, eval_every=100, checkpoint_every=2),
+             white_from=3)
+  saved = sorted(int(d) for d in os.listdir(os.path.join(workdir, 'checkpoints'))
+                 if d.isdigit())
+  assert saved == [2]
+
+
+def test_evaluate_writes_per_class_accuracy_and_confusion(uninterrupted):
+  workdir, _ = uninterrupted
+  config = make_config()
+  summary = evaluate_lib.run(config, workdir, 'best', model=TinyModel(),
+                             dataset=FakeData(8))
+  out = os.path.join(workdir, f'eval_{summary["step"]}')
+  assert summary['count'] == 20 and summary['step'] in (2, 4, 6)
+  rows = json.load(open(os.path.join(out, 'per_class_accuracy.json')))
+  assert [r['class_name'] for r in rows] == list(FakeData.class_names)
+  assert sum(r['count'] for r in rows) == 20
+  assert sum(r['correct'] for r in rows) == round(summary['top1'] * 20)
+  assert os.path.getsize(os.path.join(out, 'confusion.png')) > 1000
+  assert os.path.exists(os.path.join(out, 'per_class_accuracy.csv'))
+
+
+_FOUR_DEVICES = """
+import json, sys
+sys.path[:0] = [{repo!r}, {tests!r}]
+import jax, numpy as np
+assert jax.device_count() == 4, jax.devices()
+import test_train as t
+state = t.run_fake({workdir!r}, t.make_config(**{overrides!r}))
+print('RESULT' + json.dumps([x.tolist() for x in t._leaves(state)]))
+"""
+
+
+def test_four_devices_give_the_same_losses_as_one(tmp_path):
+  # SGD here: Adam divides by sqrt(v) and so amplifies the last-bit differences of
+  # near-zero gradients that a different reduction order produces.
+  overrides = dict(optimizer='sgd', learning_rate=0.1)
+  workdir = str(tmp_path / 'one')
+  assert jax.device_count() == 1
+  state = run_fake(workdir, make_config(**overrides))
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4',
+             JAX_PLATFORMS='cpu')
+  script = _FOUR_DEVICES.format(repo=REPO, tests=os.path.join(REPO, 'tests'),
+                                workdir=str(tmp_path / 'four'), overrides=overrides)
+  proc = subprocess.run([sys.executable, '-c', script], env=env, cwd=REPO,
+                        capture_output=True, text=True, timeout=240)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  line = [l for l in proc.stdout.splitlines() if l.startswith('RESULT')][0]
+  params4 = [np.asarray(x) for x in json.loads(line[len('RESULT'):])]
+  np.testing.assert_allclose(_train_losses(str(tmp_path / 'four')), _train_losses(workdir),
+                             rtol=1e-5, atol=1e-6)
+  for a, b in zip(_leaves(state), params4):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
