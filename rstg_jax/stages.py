@@ -1,0 +1,237 @@
+"""The RSTG space processing stage as a pure function of arrays.
+
+One space stage (paper Sec. 2.1) on node features v [..., N, D]:
+
+  send    m_ij = MLP_s([p_j | v_j | v_i | p_i])          for every edge j -> i
+  gather  g_i  = sum_j alpha_ij m_ij,  alpha = softmax_j(<W_a1 v_j, W_a2 v_i> / sqrt(A))
+          (attention, followed by a learned bias and ReLU, as in the authors' code)
+          or g_i = sum_j m_ij ("sum")
+  update  v'_i = MLP_u([v_i | g_i])   (optionally one parameter set per scale)
+
+with MLP(x) = relu(W2 relu(W1 x + b1) + b2) (Eq. 2) and p the 6x6 positional maps
+when positional messages are on. Optional LayerNorms after the gathered messages and
+after the update.
+
+The sparse path computes exactly one message per directed edge (2E for the paper's
+graph) with jraph's segment ops; nothing of size N x N is ever formed. Two savings make
+it fast: the first layer of f_send is linear in [v_j | v_i], so it is applied once per
+node and gathered per edge; the attention projections are per node too. Only the
+second f_send layer is per edge, a single large matmul.
+
+The variant is read off the parameter pytree (positional maps if `send` has `w_pos_src`,
+attention if `attn` is present, LayerNorm if `ln_msg` is present, per-scale update if
+the update weights have a leading scale axis), so `jax.jit(space_stage)` needs no static
+arguments. Make parameters with `init_space_params` or the Flax `SpaceStage` module.
+
+Example:
+  graph = build_graph((1, 2, 3), feature_size=6)
+  params = init_space_params(jax.random.key(0), dim=64, num_scales=len(graph.scales))
+  out = jax.jit(space_stage)(params, graph, nodes)   # nodes [B, T, 14, 64]
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import jraph
+import numpy as np
+
+from rstg_jax.graph import POSITION_GRID, RSTGGraph
+
+GATHERS = ("attention", "sum")
+_LN_EPS = 1e-6
+
+
+def _dense_init(key, fan_in, shape, dtype):
+  # LeCun normal, as Flax's Dense default: keeps activations O(1) through the MLPs.
+  return (jax.random.normal(key, shape, dtype) / math.sqrt(fan_in)).astype(dtype)
+
+
+def init_space_params(key, dim: int, *, hidden: int | None = None,
+                      attn_dim: int | None = None, gather: str = "attention",
+                      positional: bool = False, layer_norm: bool = False,
+                      scalewise: bool = False, num_scales: int = 1,
+                      dtype=jnp.float32) -> dict:
+  """Parameters of one space stage (shared by its K iterations and all frames).
+
+  Args:
+    key: PRNG key.
+    dim: node feature size D (input and output).
+    hidden: width of the hidden layer of f_send and f_space (default D).
+    attn_dim: size of the attention projections (default D).
+    gather: "attention" or "sum".
+    positional: add the 6x6 positional maps of both nodes to the input of f_send.
+    layer_norm: LayerNorm after the gathered messages and after the update.
+    scalewise: one set of update parameters per scale (leading axis num_scales).
+    num_scales: number of scales of the graph (used when scalewise).
+    dtype: parameter dtype.
+
+  Returns:
+    A nested dict of arrays (see the module docstring for the roles).
+  """
+  if gather not in GATHERS:
+    raise ValueError(f"unknown gather {gather!r}; valid: {', '.join(GATHERS)}")
+  m = hidden or dim
+  a = attn_dim or dim
+  p_dim = POSITION_GRID * POSITION_GRID
+  keys = iter(jax.random.split(key, 12))
+  send_fan_in = 2 * dim + (2 * p_dim if positional else 0)
+  send = {
+      "w_src": _dense_init(next(keys), send_fan_in, (dim, m), dtype),
+      "w_dst": _dense_init(next(keys), send_fan_in, (dim, m), dtype),
+      "b1": jnp.zeros((m,), dtype),
+      "w2": _dense_init(next(keys), m, (m, dim), dtype),
+      "b2": jnp.zeros((dim,), dtype),
+  }
+  if positional:
+    send["w_pos_src"] = _dense_init(next(keys), send_fan_in, (p_dim, m), dtype)
+    send["w_pos_dst"] = _dense_init(next(keys), send_fan_in, (p_dim, m), dtype)
+  lead = (num_scales,) if scalewise else ()
+  update = {
+      "w_node": _dense_init(next(keys), 2 * dim, lead + (dim, m), dtype),
+      "w_msg": _dense_init(next(keys), 2 * dim, lead + (dim, m), dtype),
+      "b1": jnp.zeros(lead + (m,), dtype),
+      "w2": _dense_init(next(keys), m, lead + (m, dim), dtype),
+      "b2": jnp.zeros(lead + (dim,), dtype),
+  }
+  params = {"send": send, "update": update}
+  if gather == "attention":
+    params["attn"] = {
+        "w_src": _dense_init(next(keys), dim, (dim, a), dtype),
+        "w_dst": _dense_init(next(keys), dim, (dim, a), dtype),
+        "bias": jnp.zeros((dim,), dtype),
+    }
+  if layer_norm:
+    for name in ("ln_msg", "ln_update"):
+      params[name] = {"scale": jnp.ones((dim,), dtype), "bias": jnp.zeros((dim,), dtype)}
+  return params
+
+
+def _layer_norm(x, p):
+  mean = x.mean(-1, keepdims=True)
+  var = jnp.square(x - mean).mean(-1, keepdims=True)
+  return (x - mean) * jax.lax.rsqrt(var + _LN_EPS) * p["scale"] + p["bias"]
+
+
+def _update(p, graph, x, g):
+  """f_space on node-major arrays x, g [N, B, D]."""
+  def mlp(q, xs, gs):
+    h = jax.nn.relu(xs @ q["w_node"] + gs @ q["w_msg"] + q["b1"])
+    return jax.nn.relu(h @ q["w2"] + q["b2"])
+  if p["w_node"].ndim == 2:
+    return mlp(p, x, g)
+  if p["w_node"].shape[0] != len(graph.scales):
+    raise ValueError(f"scalewise update parameters are for {p['w_node'].shape[0]} scales "
+                     f"but the graph has {len(graph.scales)}")
+  # Nodes are contiguous per scale: one matmul per scale, no per-node weight gather.
+  return jnp.concatenate(
+      [mlp(jax.tree.map(lambda w: w[k], p), x[sl], g[sl])
+       for k, sl in enumerate(graph.scale_slices)], axis=0)
+
+
+def _message_pass(params, x, senders, receivers, positions, num_receivers, sorted_ids):
+  """Send + gather on node-major features x [M, B, D] (M >= num_receivers).
+
+  Returns the gathered messages [num_receivers, B, D].
+  """
+  send = params["send"]
+  # First f_send layer, split by linearity into a per-sender and a per-receiver part.
+  src = x @ send["w_src"]
+  dst = x[:num_receivers] @ send["w_dst"] + send["b1"]
+  if "w_pos_src" in send:
+    pos = jnp.asarray(positions, x.dtype)
+    src = src + (pos @ send["w_pos_src"])[:, None, :]
+    dst = dst + (pos[:num_receivers] @ send["w_pos_dst"])[:, None, :]
+  hidden = jax.nn.relu(src[senders] + dst[receivers])               # [E, B, M]
+  messages = jax.nn.relu(hidden @ send["w2"] + send["b2"])          # [E, B, D]
+  if "attn" in params:
+    attn = params["attn"]
+    k = x @ attn["w_src"]
+    q = x[:num_receivers] @ attn["w_dst"]
+    scale = 1.0 / math.sqrt(attn["w_src"].shape[-1])
+    logits = jnp.sum(k[senders] * q[receivers], axis=-1) * scale    # [E, B]
+    alpha = jraph.segment_softmax(logits, receivers, num_receivers,
+                                  indices_are_sorted=sorted_ids)
+    gathered = jraph.segment_sum(messages * alpha[..., None], receivers, num_receivers,
+                                 indices_are_sorted=sorted_ids)
+    gathered = jax.nn.relu(gathered + attn["bias"])
+  else:
+    gathered = jraph.segment_sum(messages, receivers, num_receivers,
+                                 indices_are_sorted=sorted_ids)
+  if "ln_msg" in params:
+    gathered = _layer_norm(gathered, params["ln_msg"])
+  return gathered
+
+
+def space_stage(params: dict, graph: RSTGGraph, nodes: jax.Array,
+                past: jax.Array | None = None) -> jax.Array:
+  """One space processing stage (send, gather, update) on every frame.
+
+  Args:
+    params: from `init_space_params` (or the `SpaceStage` module's variables).
+    graph: the static `RSTGGraph` of one frame.
+    nodes: node features [..., N, D]; any leading axes (batch, time, ...).
+    past: optional [..., N, D], used by the homogeneous schedule: node i also receives
+      a message from `past[..., i, :]` (its own state at the previous time step),
+      computed by the same f_send and attention as the spatial messages.
+
+  Returns:
+    Updated node features [..., N, D].
+  """
+  n, d = graph.num_nodes, nodes.shape[-1]
+  if nodes.ndim < 2 or nodes.shape[-2] != n:
+    raise ValueError(f"nodes must be [..., {n}, D] for this graph ({graph}), "
+                     f"got shape {nodes.shape}")
+  if params["send"]["w_src"].shape[0] != d:
+    raise ValueError(f"parameters are for D={params['send']['w_src'].shape[0]} but nodes "
+                     f"have D={d}")
+  lead = nodes.shape[:-2]
+  # Node-major layout [N, B, D]: an edge gather/scatter moves one contiguous B*D slab.
+  x = nodes.reshape((-1, n, d)).swapaxes(0, 1)
+  if past is None:
+    gathered = _message_pass(params, x, graph.senders, graph.receivers, graph.positions,
+                             n, sorted_ids=True)
+  else:
+    if past.shape != nodes.shape:
+      raise ValueError(f"past must have the shape of nodes {nodes.shape}, got {past.shape}")
+    xp = jnp.concatenate([x, past.reshape((-1, n, d)).swapaxes(0, 1)], axis=0)
+    senders, receivers = _with_time_edges(graph)
+    gathered = _message_pass(params, xp, senders, receivers,
+                             np.concatenate([graph.positions, graph.positions]), n,
+                             sorted_ids=True)
+  out = _update(params["update"], graph, x, gathered)
+  if "ln_update" in params:
+    out = _layer_norm(out, params["ln_update"])
+  return out.swapaxes(0, 1).reshape(lead + (n, d))
+
+
+def _with_time_edges(graph: RSTGGraph):
+  """Spatial edges plus one edge (N + i) -> i per node, sorted by receiver."""
+  n = graph.num_nodes
+  senders = np.concatenate([graph.senders, n + np.arange(n, dtype=np.int32)])
+  receivers = np.concatenate([graph.receivers, np.arange(n, dtype=np.int32)])
+  order = np.lexsort((senders, receivers))
+  return senders[order], receivers[order]
+
+
+def space_stage_flops(graph: RSTGGraph, params: dict, frames: int = 1) -> int:
+  """FLOPs the sparse algorithm must do for one forward space stage on `frames` frames.
+
+  Counts multiply-adds as 2 FLOPs, only for the work the algorithm needs: per-node
+  projections, one second-layer f_send matmul per directed edge, attention scores and
+  the weighted sum per edge, and the update MLP. Elementwise activations are omitted.
+  """
+  n, e = graph.num_nodes, graph.num_edges
+  d, m = params["send"]["w_src"].shape
+  f = 2 * n * d * m * 2              # first f_send layer, per node (src and dst parts)
+  f += e * m                         # per-edge sum of the two parts
+  f += 2 * e * m * d                 # second f_send layer, per edge
+  if "attn" in params:
+    a = params["attn"]["w_src"].shape[-1]
+    f += 2 * n * d * a * 2 + 2 * e * a + 2 * e * d
+  else:
+    f += e * d
+  f += 2 * n * (2 * d) * m + 2 * n * m * d   # update MLP
+  return int(f * frames)

@@ -1,0 +1,187 @@
+"""The sparse space stage against a dense version written from the paper's equations."""
+
+import jax
+import jax.extend.core
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rstg_jax.graph import build_graph
+from rstg_jax.stages import init_space_params, space_stage, space_stage_flops
+
+relu = lambda x: np.maximum(x, 0)
+
+
+def dense_space_stage(params, graph, nodes, mask):
+  """Paper Eq. 1-5 over all N x N pairs, masked by `mask[i, j]` (j sends to i).
+
+  Written independently of the sparse code: the f_send input is the literal
+  concatenation [p_j | v_j | v_i | p_i] and f_space's is [v_i | g_i]; float64 numpy.
+  """
+  p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
+  v = np.asarray(nodes, np.float64)                       # [B, N, D]
+  b, n, d = v.shape
+  send = p["send"]
+  positional = "w_pos_src" in send
+  w1 = np.concatenate(([send["w_pos_src"]] if positional else []) + [send["w_src"], send["w_dst"]]
+                      + ([send["w_pos_dst"]] if positional else []), axis=0)
+  pos = np.asarray(graph.positions, np.float64)
+  vj = np.broadcast_to(v[:, None, :, :], (b, n, n, d))    # [B, i, j, D]: sender j
+  vi = np.broadcast_to(v[:, :, None, :], (b, n, n, d))    # receiver i
+  parts = [vj, vi]
+  if positional:
+    pj = np.broadcast_to(pos[None, None, :, :], (b, n, n, pos.shape[1]))
+    pi = np.broadcast_to(pos[None, :, None, :], (b, n, n, pos.shape[1]))
+    parts = [pj] + parts + [pi]
+  msg = relu(relu(np.concatenate(parts, -1) @ w1 + send["b1"]) @ send["w2"] + send["b2"])
+  if "attn" in p:
+    a = p["attn"]
+    scores = np.einsum("bjk,bik->bij", v @ a["w_src"], v @ a["w_dst"])
+    scores = scores / np.sqrt(a["w_src"].shape[1])
+    scores = np.where(mask[None], scores, -np.inf)
+    alpha = np.exp(scores - scores.max(-1, keepdims=True))
+    alpha = np.where(mask[None], alpha, 0)
+    alpha = alpha / alpha.sum(-1, keepdims=True)
+    g = relu(np.einsum("bij,bijd->bid", alpha, msg) + a["bias"])
+  else:
+    g = np.einsum("ij,bijd->bid", mask.astype(np.float64), msg)
+  def ln(x, q):
+    mu = x.mean(-1, keepdims=True)
+    return (x - mu) / np.sqrt(((x - mu) ** 2).mean(-1, keepdims=True) + 1e-6) * q["scale"] + q["bias"]
+  if "ln_msg" in p:
+    g = ln(g, p["ln_msg"])
+  u = p["update"]
+  out = np.zeros_like(v)
+  for i in range(n):
+    q = jax.tree.map(lambda w: w[graph.node_scale[i]], u) if u["w_node"].ndim == 3 else u
+    w = np.concatenate([q["w_node"], q["w_msg"]], 0)
+    x = np.concatenate([v[:, i], g[:, i]], -1)
+    out[:, i] = relu(relu(x @ w + q["b1"]) @ q["w2"] + q["b2"])
+  if "ln_update" in p:
+    out = ln(out, p["ln_update"])
+  return out
+
+
+VARIANTS = [
+    dict(),
+    dict(gather="sum"),
+    dict(positional=True),
+    dict(layer_norm=True),
+    dict(scalewise=True),
+    dict(positional=True, layer_norm=True, scalewise=True, hidden=24, attn_dim=5),
+]
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: "-".join(v) or "default")
+@pytest.mark.parametrize("adjacency", ["sparse", "full"])
+def test_sparse_equals_dense(variant, adjacency):
+  g = build_graph((1, 2, 3), 6, adjacency=adjacency)
+  params = init_space_params(jax.random.key(0), 16, num_scales=3, **variant)
+  # Non-zero biases so that every parameter matters in the comparison.
+  params = jax.tree.map(lambda a: a + 0.1 * jax.random.normal(jax.random.key(7), a.shape),
+                        params)
+  nodes = jax.random.normal(jax.random.key(1), (3, 14, 16))
+  mask = np.ones((14, 14), bool) & ~np.eye(14, dtype=bool)
+  if adjacency == "sparse":
+    mask = g.adjacency_matrix().astype(bool)
+  got = jax.jit(space_stage)(params, g, nodes)
+  want = dense_space_stage(params, g, nodes, mask)
+  np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-4)
+
+
+def test_sparse_and_full_differ():
+  params = init_space_params(jax.random.key(0), 8)
+  nodes = jax.random.normal(jax.random.key(1), (2, 14, 8))
+  sparse = space_stage(params, build_graph((1, 2, 3), 6), nodes)
+  full = space_stage(params, build_graph((1, 2, 3), 6, "full"), nodes)
+  assert np.abs(np.asarray(sparse - full)).max() > 1e-3
+
+
+def test_any_leading_axes():
+  g = build_graph((1, 2), 4)
+  params = init_space_params(jax.random.key(0), 8)
+  nodes = jax.random.normal(jax.random.key(1), (2, 3, 4, 5, 8))
+  out = space_stage(params, g, nodes)
+  assert out.shape == nodes.shape
+  np.testing.assert_allclose(out[1, 2, 3], space_stage(params, g, nodes[1, 2, 3]), atol=1e-6)
+
+
+@pytest.mark.parametrize("adjacency", ["sparse", "full"])
+def test_locality_only_receivers_of_j_change(adjacency):
+  g = build_graph((1, 2, 3), 6, adjacency=adjacency)
+  params = init_space_params(jax.random.key(0), 8, num_scales=3, positional=True)
+  nodes = jax.random.normal(jax.random.key(1), (14, 8))
+  base = np.asarray(space_stage(params, g, nodes))
+  for j in (0, 2, 9):
+    moved = np.asarray(space_stage(params, g, nodes.at[j].add(1.0)))
+    changed = set(np.nonzero(np.abs(moved - base).max(-1) > 0)[0].tolist())
+    expected = {j} | set(g.receivers[g.senders == j].tolist())
+    assert changed == expected, (j, changed, expected)
+
+
+def _shapes(jaxpr):
+  for eqn in jaxpr.eqns:
+    for v in eqn.outvars:
+      yield eqn.primitive.name, tuple(getattr(v.aval, "shape", ()))
+    for sub in jax.extend.core.jaxprs_in_params(eqn.params):  # pjit/custom_jvp bodies
+      yield from _shapes(sub)
+
+
+def test_sparse_path_has_2e_messages_and_no_n_by_n_tensor():
+  g = build_graph((1, 2, 3), 6)            # N = 14, 2E = 90
+  b, d = 3, 8
+  params = init_space_params(jax.random.key(0), d, num_scales=3)
+  jaxpr = jax.make_jaxpr(space_stage)(params, g, jnp.zeros((b, 14, d))).jaxpr
+  shapes = list(_shapes(jaxpr))
+  assert not [s for _, s in shapes if list(s).count(14) >= 2], "an N x N tensor was formed"
+  # The per-edge second f_send layer runs on exactly 2E rows.
+  dots = [s for p, s in shapes if p == "dot_general"]
+  assert (g.num_edges, b, d) in dots
+  assert max(int(np.prod(s)) for _, s in shapes) <= g.num_edges * b * d
+
+
+def test_jit_does_not_recompile_for_a_new_batch():
+  traces = []
+
+  def f(params, graph, nodes):
+    traces.append(1)
+    return space_stage(params, graph, nodes)
+
+  jf = jax.jit(f)
+  g = build_graph((1, 2, 3), 6)
+  params = init_space_params(jax.random.key(0), 8)
+  for seed in range(3):
+    jf(params, g, jax.random.normal(jax.random.key(seed), (4, 2, 14, 8))).block_until_ready()
+  assert len(traces) == 1
+
+
+def test_past_messages_join_the_softmax():
+  g = build_graph((1, 2), 4)
+  params = init_space_params(jax.random.key(0), 8)
+  nodes = jax.random.normal(jax.random.key(1), (5, 8))
+  past = jax.random.normal(jax.random.key(2), (5, 8))
+  with_past = space_stage(params, g, nodes, past=past)
+  assert np.abs(np.asarray(with_past - space_stage(params, g, nodes))).max() > 1e-4
+  # Node i hears only its own past: changing node 0's past changes only node 0.
+  moved = space_stage(params, g, nodes, past=past.at[0].add(1.0))
+  diff = np.abs(np.asarray(moved - with_past)).max(-1)
+  assert diff[0] > 0 and (diff[1:] == 0).all()
+
+
+def test_flop_count_is_dominated_by_edges():
+  g = build_graph((1, 2, 3, 4), 14)
+  params = init_space_params(jax.random.key(0), 512)
+  f = space_stage_flops(g, params)
+  assert f > 2 * g.num_edges * 512 * 512
+  assert space_stage_flops(g, params, frames=10) == 10 * f
+
+
+def test_bad_shapes_raise():
+  g = build_graph((1, 2), 4)
+  params = init_space_params(jax.random.key(0), 8)
+  with pytest.raises(ValueError, match="nodes must be"):
+    space_stage(params, g, jnp.zeros((3, 7, 8)))
+  with pytest.raises(ValueError, match="D=8"):
+    space_stage(params, g, jnp.zeros((3, 5, 4)))
+  with pytest.raises(ValueError, match="gather"):
+    init_space_params(jax.random.key(0), 8, gather="max")
