@@ -103,6 +103,10 @@ def test_only_the_labelled_pair_is_synchronous(which, request):
         for a, b in combinations(range(k), 2):
             synced = _synchronous(pos[v], a, b)
             assert synced == (has_pair and (a, b) == (0, 1)), (which, v, a, b)
+    # The pair never hides one of its digits: it keeps a minimum separation.
+    paired = label != S.NO_PAIR_LABEL
+    sep = np.abs(pos[paired][:, :, 0] - pos[paired][:, :, 1]).max(axis=-1)
+    assert sep.min() >= S.MIN_PAIR_SEPARATION
     # In the 64x64 frame the pair's motion is equal up to rounding (0.64 scale).
     paired = label != S.NO_PAIR_LABEL
     d = np.diff(data["positions"][paired], axis=1)
