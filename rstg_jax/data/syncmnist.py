@@ -433,6 +433,7 @@ def iterate_batches(
     Yields:
       dicts as returned by :func:`generate`.
     """
+    _check_split(split)
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     stop = SPLIT_SIZES[split] if stop is None else stop
