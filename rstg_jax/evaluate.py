@@ -18,6 +18,7 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
+from rstg_jax import cli
 from rstg_jax import metrics as metrics_lib
 from rstg_jax import train
 
@@ -105,6 +106,7 @@ def _define_flags():
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  cli.quiet_logging()
   flag_values = flags.FLAGS
   try:
     run(flag_values.config, flag_values.workdir, flag_values.checkpoint)
@@ -114,4 +116,4 @@ def main(argv):
 
 if __name__ == '__main__':
   _define_flags()
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

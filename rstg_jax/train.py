@@ -21,6 +21,7 @@
 import dataclasses
 import functools
 import json
+import logging as logging_std
 import math
 import os
 import sys
@@ -335,7 +336,8 @@ def checkpoint_manager(workdir: str, config, read_only: bool = False) -> ocp.Che
   options = ocp.CheckpointManagerOptions(
       best_fn=lambda m: m['top1'], best_mode='max', preservation_policy=policy,
       # Synchronous: the NaN guard's "last good checkpoint" is then on disk when we say so.
-      enable_async_checkpointing=False, read_only=read_only, create=not read_only)
+      enable_async_checkpointing=False, read_only=read_only, create=not read_only,
+      save_interval_steps=0 if read_only else 1)
   return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, 'checkpoints')),
                                item_names=('state', 'meta'), options=options)
 
@@ -401,9 +403,10 @@ def merge_params(init: dict, loaded: dict, what: str) -> dict:
         mismatched.append(f'{k} {np.shape(v)} vs {flat_init[k].shape}')
   extra = sorted(set(flat_loaded) - set(flat_init))
   missing = sorted(set(flat_init) - set(flat_loaded))
-  logging.info('%s: copied %d arrays; shape mismatch (kept init): %s; not in the model: '
-               '%s; not loaded (kept init): %d', what, len(copied), mismatched or 'none',
-               extra or 'none', len(missing))
+  if jax.process_index() == 0:
+    print(f'{what}: copied {len(copied)} arrays; shape mismatch (kept init): '
+          f'{mismatched or "none"}; not in the model: {extra or "none"}; not loaded (kept '
+          f'init): {len(missing)}', flush=True)
   if not copied:
     raise ValueError(f'{what}: no parameter matched by name and shape.')
   return flax.traverse_util.unflatten_dict(merged, sep='/')
@@ -419,16 +422,17 @@ def _load_pretrained_backbone(config, workdir: str, params: dict, say) -> dict:
   else:
     say(f'Backbone: pretraining for {config.backbone.pretrain_steps} steps on single '
         'digits (cached in workdir/backbone.npz for later runs)')
-    backbone, pre_metrics = pretrain.pretrain_backbone(
+    backbone, pre = pretrain.pretrain_backbone(
         width=config.backbone.width, steps=config.backbone.pretrain_steps,
         batch_size=config.backbone.pretrain_batch_size, seed=config.seed,
         learning_rate=config.backbone.pretrain_lr, mnist_path=config.data.mnist_path,
-        log_every=max(1, config.backbone.pretrain_steps // 10))
-    say(f'Backbone pretraining done: {pre_metrics}')
+        log_every=max(1, config.backbone.pretrain_steps // 10),
+        progress_bar=config.progress_bar and jax.process_index() == 0)
+    say(f'Backbone pretraining done in {pre.get("seconds", 0):.0f} s: final train loss '
+        f'{pre.get("final_train_loss", float("nan")):.4f}, single-digit test accuracy '
+        f'{pre.get("test_accuracy", float("nan")):.4f}')
     if jax.process_index() == 0:
-      tmp = path[:-len('.npz')] + '.tmp.npz'
-      pretrain.save_backbone(tmp, backbone)
-      os.replace(tmp, path)  # a kill mid-write leaves no truncated cache behind.
+      pretrain.save_backbone(path, backbone)  # atomic (temporary file + rename)
   if 'backbone' not in params:
     raise ValueError('config.backbone.pretrain_steps > 0 but the model has no `backbone` '
                      f'submodule (top-level params: {sorted(params)}).')
@@ -486,6 +490,16 @@ def evaluate(setup: Setup, state: State, collect: bool = False):
 # ------------------------------------------------------------------------------------
 
 
+class _DropMissingMetricsWarning(logging_std.Filter):
+  """Periodic saves between evaluations have no metrics by design; orbax warns each time."""
+
+  def filter(self, record):
+    return 'did not provide metrics' not in str(record.msg)
+
+
+_DROP_MISSING_METRICS_WARNING = _DropMissingMetricsWarning()
+
+
 class NonFiniteLossError(FloatingPointError):
   """The loss or the gradients became NaN/inf; the last good checkpoint is kept."""
 
@@ -519,6 +533,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, model
   variables = jax.jit(lambda k: init_variables(setup.model, k, dataset.input_shape),
                       out_shardings=setup.replicated)(init_key)
   finish_setup(setup, variables['params'])
+  logging.get_absl_logger().addFilter(_DROP_MISSING_METRICS_WARNING)  # once
   mngr = checkpoint_manager(workdir, config)
   latest = mngr.latest_step()
 

@@ -276,3 +276,37 @@ def test_four_devices_give_the_same_losses_as_one(tmp_path):
                              rtol=1e-5, atol=1e-6)
   for a, b in zip(_leaves(state), params4):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_pretrained_backbone_is_computed_once_then_loaded_from_the_cache(tmp_path,
+                                                                        monkeypatch):
+  import rstg_jax  # pylint: disable=g-import-not-at-top
+  calls = []
+  fresh = train.init_variables(TinyModel(), jax.random.key(0), INPUT_SHAPE)['params']
+  trained = jax.tree.map(lambda x: np.full(x.shape, 0.5, np.float32), fresh['backbone'])
+
+  def saver(path, params):
+    np.savez(path, **{k: v for k, v in params.items()})
+
+  fake = type(sys)('fake_pretrain')
+  fake.pretrain_backbone = lambda **kw: (calls.append(kw) or trained, {'seconds': 1.0})
+  fake.save_backbone = saver
+  fake.load_backbone = lambda path: dict(np.load(path))
+  monkeypatch.setattr(rstg_jax, 'pretrain', fake, raising=False)
+  monkeypatch.setitem(sys.modules, 'rstg_jax.pretrain', fake)
+  config = make_config()
+  config.backbone.pretrain_steps = 7
+  for _ in range(2):
+    params = train._load_pretrained_backbone(config, str(tmp_path), fresh, print)
+    np.testing.assert_array_equal(params['backbone']['kernel'], trained['kernel'])
+    np.testing.assert_array_equal(params['Dense_0']['kernel'], fresh['Dense_0']['kernel'])
+  assert len(calls) == 1 and calls[0]['steps'] == 7
+  assert os.path.exists(tmp_path / 'backbone.npz')
+
+
+def test_init_from_copies_the_parameters_of_another_run(uninterrupted):
+  workdir, state = uninterrupted
+  fresh = train.init_variables(TinyModel(), jax.random.key(1), INPUT_SHAPE)['params']
+  params = train._load_init_from(workdir, fresh, print)
+  for a, b in zip(jax.tree.leaves(params), _leaves(state)):
+    np.testing.assert_array_equal(np.asarray(a), b)

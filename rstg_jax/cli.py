@@ -1,0 +1,29 @@
+"""Command-line helpers shared by `rstg_jax.main` and `rstg_jax.evaluate`."""
+
+import sys
+
+from absl import flags
+from absl import logging
+
+
+def parse_flags(argv):
+  """absl flag parsing that reports a bad `--config.<field>` without a traceback.
+
+  ml_collections raises a misspelt config field as an AttributeError (with "Did you mean")
+  from inside flag parsing, where absl's app.run would print a long traceback.
+  """
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    sys.exit(f'FATAL Flags parsing error: {e}\n'
+             'Pass --helpshort or --helpfull to see help on flags.')
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    msg = e.args[0] if len(e.args) == 1 and isinstance(e.args[0], str) else str(e)
+    sys.exit(f'ERROR: bad config override: {msg}')
+
+
+def quiet_logging():
+  """WARNING and above, unless --verbosity was given: orbax logs every file it renames at
+  INFO, which would bury the progress bar and our own summary lines (printed to stdout)."""
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)

@@ -1,0 +1,116 @@
+"""Tests of the config files and of the errors a wrong config or flag gives.
+
+A misspelt model or ablation name must fail at once with the valid names, a misspelt field
+with ml_collections' "did you mean", and every optional path must be settable from the
+command line.
+"""
+
+import importlib
+import os
+import subprocess
+import sys
+
+from absl import flags
+from ml_collections import config_flags
+import pytest
+
+from rstg_jax import train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = ('default', 'syncmnist', 'syncmnist5', 'syncmnist_quick')
+# The fields rstg_jax.models.create_model reads (its contract with the trainer).
+MODEL_FIELDS = ('model', 'ablation', 'num_classes', 'backbone.width', 'backbone.freeze',
+                'rstg.dim', 'rstg.num_iters', 'rstg.scales', 'rstg.gather',
+                'rstg.adjacency', 'rstg.layer_norm', 'rstg.scalewise', 'lstm_dim')
+
+
+def _load(name):
+  return importlib.import_module(f'configs.{name}').get_config()
+
+
+def _get(config, dotted):
+  for part in dotted.split('.'):
+    config = config[part]
+  return config
+
+
+def _parse(args, name='syncmnist_quick'):
+  """Parses command-line flags the way rstg_jax.main does, into a fresh FlagValues."""
+  argv = ['prog', f'--config={os.path.join(REPO, "configs", name + ".py")}', *args]
+  flag_values = flags.FlagValues()
+  # config_flags reads the overrides from the argv given at definition time.
+  config_flags.DEFINE_config_file('config', None, flag_values=flag_values,
+                                  lock_config=True, sys_argv=argv)
+  flag_values(argv)
+  return flag_values.config
+
+
+@pytest.mark.parametrize('name', CONFIGS)
+def test_configs_are_valid_and_complete(name):
+  config = _load(name)
+  for field in MODEL_FIELDS:
+    _get(config, field)  # KeyError/AttributeError if missing
+  assert config.num_classes == 46
+  train.validate_config(config)
+  assert train.num_train_steps(config) > 0
+
+
+@pytest.mark.parametrize('name', CONFIGS[1:])
+def test_config_docstrings_give_command_runtime_and_result(name):
+  doc = importlib.import_module(f'configs.{name}').__doc__
+  assert f'--config=configs/{name}.py' in doc
+  assert 'Expected runtime:' in doc and 'Expected result:' in doc
+
+
+def test_paper_recipe():
+  config = _load('syncmnist')
+  assert (config.optimizer, config.learning_rate, config.momentum, config.nesterov) == (
+      'sgd', 1e-4, 0.9, True)
+  assert config.plateau.enabled and config.plateau.factor == 0.1
+  assert config.data.train_size == 600_000 and config.eval_size == 10_000
+  assert (config.backbone.width, config.rstg.dim, config.rstg.scales) == (512, 512, (1, 2, 3))
+  assert _load('syncmnist5').data.num_digits == 5
+
+
+@pytest.mark.parametrize('field,value,valid', [
+    ('ablation', 'space_onyl', 'space_only'),
+    ('model', 'rstgg', 'mean_lstm'),
+])
+def test_unknown_names_list_the_valid_ones(field, value, valid):
+  config = _load('syncmnist')
+  config[field] = value
+  with pytest.raises(ValueError, match=f'{value}.*Valid names:.*{valid}'):
+    train.validate_config(config)
+
+
+def test_misspelt_field_suggests_the_right_one():
+  with pytest.raises(AttributeError, match='Did you mean "ablation"'):
+    _parse(['--config.ablaton=space_only'])
+
+
+def _main(*args, timeout=120):
+  return subprocess.run([sys.executable, '-m', 'rstg_jax.main', *args], cwd=REPO,
+                        capture_output=True, text=True, timeout=timeout,
+                        env=dict(os.environ, JAX_PLATFORMS='cpu'))
+
+
+def test_every_field_and_optional_path_is_overridable():
+  config = _parse(['--config.ablation=space_only', '--config.rstg.num_iters=2',
+                   '--config.data.mnist_path=/data/mnist', '--config.init_from=runs/a',
+                   '--config.rstg.scales=(1,2)', '--config.backbone.freeze=False'])
+  assert (config.ablation, config.rstg.num_iters, config.data.mnist_path,
+          config.init_from, tuple(config.rstg.scales), config.backbone.freeze) == (
+              'space_only', 2, '/data/mnist', 'runs/a', (1, 2), False)
+
+
+def test_main_rejects_bad_names_and_fields_cleanly_before_any_work(tmp_path):
+  workdir = tmp_path / 'w'
+  proc = _main('--config=configs/syncmnist.py', '--config.ablation=bogus',
+               f'--workdir={workdir}')
+  assert proc.returncode != 0
+  assert "Unknown ablation 'bogus'. Valid names: all_temp" in proc.stderr
+  assert 'Traceback' not in proc.stderr
+  assert not workdir.exists()  # nothing was started
+  proc = _main('--config=configs/syncmnist.py', '--config.ablaton=x', f'--workdir={workdir}')
+  assert proc.returncode != 0 and 'Did you mean "ablation"' in proc.stderr
+  assert 'Traceback' not in proc.stderr
