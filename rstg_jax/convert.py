@@ -57,8 +57,10 @@ from rstg_jax.models.resnet3d import ResNet3D, temporal_kernel
 
 try:  # numpy >= 2 moved numpy.core to numpy._core; old pickles still name numpy.core.
     from numpy._core import multiarray as _multiarray
+    from numpy._core import numeric as _numeric
 except ImportError:  # pragma: no cover - numpy 1.x
     from numpy.core import multiarray as _multiarray
+    from numpy.core import numeric as _numeric
 
 FORMAT = "rstg_jax.convert/1"
 META_KEY = "__meta__"
@@ -91,8 +93,11 @@ class MergeError(ValueError):
 
 # Everything a Caffe2 pickle of numpy arrays needs, and nothing that can call out:
 # array and scalar reconstruction, dtypes, ordered dicts. `_codecs.encode` is how
-# Python 3 writes bytes in protocol 2 pickles (it only turns a str into bytes).
+# Python 3 writes bytes in protocol 2 pickles (it only turns a str into bytes), and
+# `_frombuffer` how numpy writes arrays in protocol 5 (np.frombuffer + reshape).
 _ALLOWED_GLOBALS = {
+    ("numpy.core.numeric", "_frombuffer"): _numeric._frombuffer,
+    ("numpy._core.numeric", "_frombuffer"): _numeric._frombuffer,
     ("numpy.core.multiarray", "_reconstruct"): _multiarray._reconstruct,
     ("numpy._core.multiarray", "_reconstruct"): _multiarray._reconstruct,
     ("numpy.core.multiarray", "scalar"): _multiarray.scalar,
