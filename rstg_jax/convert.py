@@ -34,6 +34,16 @@ arch, skipped and dropped blobs, the Caffe2 name of every tensor). A trainer rea
 like big_vision's loader: every checkpoint tensor is used or skipped by a pattern, every
 model variable is filled or named by a `dont_load` pattern, and shapes must agree.
 
+In a trainer (the graph blocks and the new 174-way head keep their init values):
+
+    variables = model.init(rng, dummy_clip)
+    variables, report = merge_pretrained(
+        variables, load_converted('i3d_r50_k400.npz'),
+        dont_load=DEFAULT_DONT_LOAD + ('params/res[34]_graph/.*',))
+
+Pass real initial variables: with `jax.eval_shape` ones, the variables kept at init
+stay `ShapeDtypeStruct`s (which is what the command's own shape check uses).
+
 A pickle can run arbitrary code when loaded, so `read_caffe2_pickle` unpickles with an
 allow-list that admits numpy array reconstruction and plain containers only.
 """
@@ -457,7 +467,7 @@ def merge_pretrained(init_variables: Mapping[str, Any], loaded: Any,
     model = _flatten(_to_dict(init_variables))
 
     filled, report = {}, {"loaded": [], "skipped": [], "kept_at_init": []}
-    unused, mismatched, missing = [], [], []
+    unused, mismatched, missing, mismatched_keys = [], [], [], set()
     for key, value in sorted(ckpt.items()):
         name = sources.get(key)
         label = f"{key} ({name})" if name else key
@@ -470,11 +480,12 @@ def merge_pretrained(init_variables: Mapping[str, Any], loaded: Any,
         elif tuple(value.shape) != tuple(model[key].shape):
             mismatched.append(f"{label}: checkpoint {tuple(value.shape)} vs model "
                               f"{tuple(model[key].shape)}")
+            mismatched_keys.add(key)
         else:
             filled[key] = np.asarray(value).astype(model[key].dtype)
             report["loaded"].append(key)
     for key in sorted(model):
-        if key in filled:
+        if key in filled or key in mismatched_keys:  # a mismatch is reported once
             continue
         if _matches(dont_load, key):
             report["kept_at_init"].append(key)
@@ -512,7 +523,13 @@ def check_against_model(flat: Mapping[str, np.ndarray], meta: Mapping[str, Any])
     shapes = jax.eval_shape(lambda: model.init(jax.random.key(0),
                                                jnp.zeros((1, 8, 64, 64, 3))))
     loaded = {**_unflatten(flat), "meta": meta}
-    _, report = merge_pretrained(shapes, loaded, dont_load=(), skip=())
+    try:
+        _, report = merge_pretrained(shapes, loaded, dont_load=(), skip=())
+    except MergeError as e:
+        raise MergeError(
+            f"{e}\n(checked against ResNet3D(arch={meta['arch']!r}, blocks="
+            f"{tuple(meta['blocks'])}); temporal sizes that differ in conv1 and branch2a "
+            "kernels mean the checkpoint is of the other --arch)") from None
     return report
 
 
@@ -559,4 +576,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except (ConversionError, MergeError, UnsafePickleError, OSError) as e:
+        # Expected failures get their message, not a traceback.
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)

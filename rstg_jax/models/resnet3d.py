@@ -141,7 +141,9 @@ class ResNet3D(nn.Module):
       res5_stride: spatial stride of res5 (2 for the Kinetics models, 1 in the authors'
         Something-Something runs, which keeps res5 at 14x14).
       bn_frozen: BatchNorm uses running statistics even in training and its parameters
-        get no gradient (the authors' Something-Something setting); False trains it.
+        get no gradient (the authors' Something-Something setting); False trains it
+        (then pass `mutable=['batch_stats']` with `train=True`). The variable tree is
+        the same either way.
       dropout_rate: dropout before the classifier (0.3 in the authors' SSv1 runs).
       nonlocal_stages: stage -> block indices after which a non-local block is inserted,
         e.g. `NL_I3D_STAGES` for the NL-I3D baseline.
