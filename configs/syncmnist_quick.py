@@ -10,7 +10,10 @@ about 2%). What makes it fit: a 64-filter backbone (512 in the paper) pretrained
 hundred steps on single digits and then frozen, node and LSTM dims of 128, Adam with warmup
 and cosine decay instead of SGD at 1e-4.
 
-Expected runtime: TBD (not measured yet; the lead tunes this config on the target machine).
+Expected runtime: TBD (full run not measured yet; the lead tunes this config). Measured
+pieces, 2 CPU cores shared with 4 other jobs (load ~7): 12-15 videos/s in training
+(~2.3 s/step at batch 32, so 1,500 steps ~ 55 min there), backbone pretraining ~2 s/step;
+an idle 2-core machine should be several times faster, but may still need fewer steps.
 Expected result: TBD (not measured yet; target >= 40% top-1 on the 2,000 test videos).
 """
 

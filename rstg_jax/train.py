@@ -32,6 +32,7 @@ from absl import logging
 import flax
 import jax
 import jax.numpy as jnp
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 import ml_collections
 import numpy as np
@@ -445,16 +446,19 @@ def _load_init_from(path: str, params: dict, say) -> dict:
   """Parameters of another run (its workdir or checkpoints dir), latest step."""
   ckpt_dir = os.path.join(path, 'checkpoints')
   ckpt_dir = ckpt_dir if os.path.isdir(ckpt_dir) else path
-  with ocp.CheckpointManager(os.path.abspath(ckpt_dir), item_names=('state', 'meta'),
-                             options=ocp.CheckpointManagerOptions(read_only=True)) as m:
+  handlers = {'state': ocp.StandardCheckpointHandler(), 'meta': ocp.JsonCheckpointHandler()}
+  options = ocp.CheckpointManagerOptions(read_only=True, save_interval_steps=0)
+  with ocp.CheckpointManager(os.path.abspath(ckpt_dir), item_handlers=handlers,
+                             options=options) as m:
     step = m.latest_step()
     if step is None:
       raise ValueError(f'config.init_from={path!r}: no checkpoint found in {ckpt_dir}.')
     tree = m.item_metadata(step)['state']
-    # Restored as host numpy arrays: the source run may have had another device layout.
-    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+    # A numpy target restores host arrays: the source run may have had another device
+    # layout, and shapes may differ (e.g. the classifier), which merge_params handles.
+    target = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), tree)
     loaded = m.restore(step, args=ocp.args.Composite(
-        state=ocp.args.PyTreeRestore(restore_args=restore_args)))['state']
+        state=ocp.args.StandardRestore(target)))['state']
   say(f'init_from: parameters of {ckpt_dir} step {step}')
   return merge_params(params, loaded['params'], f'init_from {path}')
 
@@ -475,9 +479,13 @@ def evaluate(setup: Setup, state: State, collect: bool = False):
     m, pred = setup.eval_step(state, setup.to_device(batch))
     totals = metrics_lib.add(totals, m)
     if collect:
-      keep = np.asarray(batch['mask']) > 0
-      labels.append(np.asarray(batch['label'])[keep])
-      # Single-process here: the replicated predictions are the whole global batch.
+      # `pred` is replicated (the whole global batch); labels and mask are this process's
+      # rows, so other processes' rows are gathered (identity with one process).
+      label, mask = batch['label'], batch['mask']
+      if jax.process_count() > 1:
+        label, mask = multihost_utils.process_allgather((label, mask), tiled=True)
+      keep = np.asarray(mask) > 0
+      labels.append(np.asarray(label)[keep])
       preds.append(np.asarray(pred)[keep])
   totals = jax.device_get(totals)
   if collect:
