@@ -14,7 +14,7 @@ GRAPH = build_graph((1, 2, 3), 6)
 CASES = [(s, False) for s in SCHEDULES] + [("all_temp", True), ("homogeneous", True)]
 
 
-def _inputs(c=12, t=5):
+def _inputs(c=12, t=4):
   return jax.random.normal(jax.random.key(0), (2, t, GRAPH.num_nodes, c))
 
 
@@ -24,8 +24,10 @@ def _init(model, x):
 
 @pytest.mark.parametrize("schedule,positional", CASES)
 def test_online_equals_offline(schedule, positional):
+  # LayerNorm and per-scale updates on for one schedule only: compiling is the cost.
+  extras = schedule == "all_temp" and not positional
   model = RSTG(GRAPH, dim=8, num_iters=2, schedule=schedule, positional=positional,
-               scalewise=True, layer_norm=True)
+               scalewise=extras, layer_norm=extras)
   x = _inputs()
   variables = _init(model, x)
   offline = model.apply(variables, x)
@@ -41,7 +43,7 @@ def test_schedules_differ_and_have_finite_gradients():
   x = _inputs()
   outs = {}
   for schedule, positional in CASES:
-    model = RSTG(GRAPH, dim=8, num_iters=3, schedule=schedule, positional=positional)
+    model = RSTG(GRAPH, dim=8, num_iters=2, schedule=schedule, positional=positional)
     variables = _init(model, x)
     loss = lambda p: jnp.sum(rstg_to_vec(model.apply({"params": p}, x)) ** 2)
     value, grads = jax.value_and_grad(loss)(variables["params"])

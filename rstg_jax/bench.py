@@ -1,0 +1,23 @@
+"""Benchmark dispatcher: `python -m rstg_jax.bench NAME [args]` prints one JSON object.
+
+Names: graph (the RSTG module, issue targets vs a matmul measured in the same run),
+syncmnist (the SyncMNIST generator). Each lives in `rstg_jax/benchmarks/NAME.py`.
+"""
+
+import importlib
+import sys
+
+BENCHMARKS = ("graph", "syncmnist")
+
+
+def main(argv=None):
+  argv = list(sys.argv[1:] if argv is None else argv)
+  if not argv or argv[0] not in BENCHMARKS:
+    sys.exit(f"usage: python -m rstg_jax.bench {{{','.join(BENCHMARKS)}}} [options]\n"
+             f"  (each benchmark takes --help)")
+  module = importlib.import_module(f"rstg_jax.benchmarks.{argv[0]}")
+  return module.main(argv[1:])
+
+
+if __name__ == "__main__":
+  sys.exit(main())
