@@ -310,3 +310,30 @@ def test_init_from_copies_the_parameters_of_another_run(uninterrupted):
   params = train._load_init_from(workdir, fresh, print)
   for a, b in zip(jax.tree.leaves(params), _leaves(state)):
     np.testing.assert_array_equal(np.asarray(a), b)
+
+
+@pytest.mark.slow
+def test_real_model_and_syncmnist_end_to_end(tmp_path):
+  """Two steps of the real RSTG on real SyncMNIST, then the evaluate command (-m slow)."""
+  pytest.importorskip('rstg_jax.models')
+  from rstg_jax.data import mnist  # pylint: disable=g-import-not-at-top
+  try:
+    mnist.load_mnist('test')
+  except mnist.MNISTNotFoundError as e:
+    pytest.skip(str(e))
+  config = default.get_config()
+  config.backbone.width = 8
+  config.rstg.dim = 16
+  config.lstm_dim = 16
+  config.rstg.num_iters = 1
+  config.batch_size = config.eval_batch_size = 4
+  config.eval_size = 6
+  config.num_train_steps = 2
+  config.log_every = config.eval_every = config.checkpoint_every = 1
+  config.progress_bar = False
+  state = train.train_and_evaluate(config, str(tmp_path))
+  assert int(state['step']) == 2
+  summary = evaluate_lib.run(None, str(tmp_path), 'latest')  # config from the checkpoint
+  assert summary['count'] == 6 and summary['step'] == 2
+  assert os.path.exists(tmp_path / 'eval_2' / 'confusion.png')
+  assert 'tensorflow' not in sys.modules
