@@ -176,7 +176,9 @@ class I3DSmall(nn.Module):
   Attributes:
     num_classes: number of classes.
     width: backbone filters.
-    planes: inner width of each stage's bottlenecks.
+    planes: inner width of each stage's bottlenecks (None: width/8, width/4, width/2,
+      i.e. (64, 128, 256) at the paper's width, so a narrower backbone shrinks the whole
+      model alike).
     strides: spatial stride of each stage's first block.
     blocks_per_stage: residual blocks per stage (2 in the paper).
     nonlocal_stage: index of the stage that gets one non-local block before its last
@@ -186,7 +188,7 @@ class I3DSmall(nn.Module):
 
   num_classes: int
   width: int = 512
-  planes: Sequence[int] = (64, 128, 256)
+  planes: Optional[Sequence[int]] = None
   strides: Sequence[int] = (1, 2, 2)
   blocks_per_stage: int = 2
   nonlocal_stage: Optional[int] = None
@@ -196,7 +198,11 @@ class I3DSmall(nn.Module):
   def __call__(self, video: jax.Array, train: bool = False) -> jax.Array:
     x = backbone_features(SmallCNN(self.width, name="backbone"), video,
                           self.freeze_backbone)
-    for s, (planes, stride) in enumerate(zip(self.planes, self.strides)):
+    all_planes = self.planes or tuple(max(self.width // d, 1) for d in (8, 4, 2))
+    if len(all_planes) != len(self.strides):
+      raise ValueError(f"planes {all_planes} and strides {self.strides} must have the same "
+                       "length (one entry per residual stage)")
+    for s, (planes, stride) in enumerate(zip(all_planes, self.strides)):
       for i in range(self.blocks_per_stage):
         if s == self.nonlocal_stage and i == self.blocks_per_stage - 1:
           # No 2x2 subsampling of keys: the maps are at most 6x6, attention is cheap.
