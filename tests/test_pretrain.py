@@ -1,0 +1,57 @@
+"""Tests of the backbone pre-training and its .npz cache."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rstg_jax import pretrain
+from rstg_jax.models.cnn import SmallCNN
+
+
+def _mnist_available():
+  from rstg_jax.data.mnist import load_mnist  # pylint: disable=g-import-not-at-top
+  try:
+    load_mnist("test")
+  except Exception:  # pylint: disable=broad-except
+    return False
+  return True
+
+
+def test_save_load_round_trip(tmp_path):
+  params = SmallCNN(4).init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 1)))["params"]
+  path = tmp_path / "backbone.npz"
+  pretrain.save_backbone(path, params)
+  assert path.is_file() and not list(tmp_path.glob("*.tmp*"))
+  with np.load(path) as data:  # plain numpy, '/'-joined keys
+    assert sorted(data.files) == [f"conv{i}/{p}" for i in range(3) for p in ("bias", "kernel")]
+  loaded = pretrain.load_backbone(path)
+  assert jax.tree_util.tree_structure(loaded) == jax.tree_util.tree_structure(params)
+  for a, b in zip(jax.tree_util.tree_leaves(loaded), jax.tree_util.tree_leaves(params)):
+    np.testing.assert_array_equal(a, b)
+  # The loaded dict works as SmallCNN parameters.
+  SmallCNN(4).apply({"params": loaded}, jnp.zeros((1, 16, 16, 1)))
+
+
+def test_rejects_zero_steps():
+  with pytest.raises(ValueError):
+    pretrain.pretrain_backbone(width=4, steps=0)
+
+
+@pytest.mark.skipif(not _mnist_available(), reason="no MNIST copy available")
+def test_tiny_pretraining_reduces_loss():
+  params, metrics = pretrain.pretrain_backbone(
+      width=8, steps=40, batch_size=32, learning_rate=3e-3, log_every=10,
+      eval_frames=200, eval_batch_size=100, progress_bar=False)
+  losses = [loss for _, loss in metrics["train_loss"]]
+  assert [s for s, _ in metrics["train_loss"]] == [10, 20, 30, 40]
+  # Near chance (ln 10 = 2.30) a tiny backbone learns slowly, but steadily: each record
+  # (mean over 10 steps of fresh frames) is lower than the one before.
+  assert all(b < a for a, b in zip(losses, losses[1:])), losses
+  assert losses[-1] < losses[0] - 0.005, losses
+  assert metrics["final_train_loss"] == losses[-1]
+  assert 0.0 <= metrics["test_accuracy"] <= 1.0 and metrics["eval_frames"] == 200
+  assert np.isfinite(metrics["test_loss"]) and metrics["seconds"] > 0
+  # Only the backbone comes back, in the shape the video models expect.
+  assert set(params) == {"conv0", "conv1", "conv2"}
+  assert params["conv2"]["kernel"].shape == (3, 3, 8, 8)
