@@ -107,8 +107,9 @@ def test_rstg_classifier_and_positional_ablation():
 
 
 def test_ablation_names_match_the_core():
-  from rstg_jax.model import SCHEDULES  # pylint: disable=g-import-not-at-top
-  from rstg_jax.models.syncmnist_rstg import ablation_to_core_args  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  from rstg_jax.model import SCHEDULES
+  from rstg_jax.models.syncmnist_rstg import ablation_to_core_args
   assert set(models.ABLATIONS) == set(SCHEDULES) | {"positional"}
   assert ablation_to_core_args("positional") == dict(schedule="all_temp", positional=True)
   for ablation in set(models.ABLATIONS) - {"positional"}:

@@ -169,7 +169,8 @@ class I3DSmall(nn.Module):
   Three residual stages of `blocks_per_stage` bottleneck blocks with inner widths
   `planes` (outputs 4x wider) and spatial strides `strides`, on the backbone maps
   [B, T, 6, 6, C]: 6x6 -> 6x6 -> 3x3 -> 2x2. Time keeps its full length (10 frames are
-                                                                         too few to stride). Then global average pooling over T, H, W and a linear classifier.
+  too few to stride). Then global average pooling over T, H, W and a linear
+  classifier.
   With width 512 and planes (64, 128, 256) the model has about 9.4M parameters,
   4.7M of them in the backbone: the paper's "around 10M".
 

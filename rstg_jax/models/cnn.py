@@ -6,7 +6,7 @@ placed at random in a frame (see `rstg_jax.pretrain`). The authors' feature map 
 64x64 frame is 6x6, which only VALID (unpadded) convolutions give:
 64 -conv-> 62 -pool-> 31 -conv-> 29 -pool-> 14 -conv-> 12 -pool-> 6.
 SAME padding would give 8x8 and a different graph (cells of a 3x3 grid would no longer
-                                                   be 2x2 feature pixels), so VALID is the default here.
+be 2x2 feature pixels), so VALID is the default here.
 
 Every model in `rstg_jax.models` applies the backbone frame by frame: it never sees time,
 so all temporal reasoning happens in the model on top of it.
