@@ -1,0 +1,274 @@
+"""Tests for the Something-Something-v1 reader, TFDS conversion and tf.data pipeline.
+
+All run on the tiny fake tree of `tests/ssv1_fixtures.py` (32x48 frames, crop 24, short
+side 32, T=4), whose pixels encode frame index (red), class (green) and x position (blue),
+so the tests read back which frames and which crop the pipeline chose. Tests that need
+TensorFlow are skipped where tensorflow_datasets is not installed; the reader tests run
+everywhere.
+"""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from rstg_jax.data import ssv1
+import ssv1_fixtures as fx
+
+T, CROP, SHORT = 4, 24, 32
+FRAMES = 8  # Frames per good fake video.
+
+
+def _unnormalise(video):
+  return video * 57.375 + 114.75
+
+
+def _frames_of(video):
+  """Frame indices of a clip [T, H, W, 3] (normalised), from the red code."""
+  return fx.frame_index(_unnormalise(video)[..., 0].mean(axis=(1, 2)))
+
+
+# ---------------------------------------------------------------------------------------
+# Reader (no TensorFlow).
+
+
+@pytest.fixture()
+def raw(tmp_path):
+  return fx.make_fake_ssv1(tmp_path / 'raw', videos_per_split={'train': 1,
+                                                                'validation': 1})
+
+
+def test_class_index_is_labels_file_order(raw):
+  names = ssv1.read_class_names(raw.root)
+  assert names == raw.class_names
+  assert list(names) != sorted(names)  # The fixture would not tell the orders apart else.
+  rows = dict(ssv1.read_split(raw.root, 'train', names))
+  assert rows[raw.bad['grayscale_frame']] == 2  # Third line of the labels file.
+
+
+def test_missing_root_names_path_source_and_config_field(tmp_path):
+  missing = tmp_path / 'no_such_dir'
+  with pytest.raises(ssv1.SSv1DataError) as e:
+    ssv1.check_root(missing)
+  msg = str(e.value)
+  assert str(missing) in msg and 'config.data.root' in msg and 'download' in msg
+  with pytest.raises(ssv1.SSv1DataError, match='20bn-something-something-v1'):
+    ssv1.check_root(tmp_path)  # Exists, but holds no frame folder.
+  with pytest.raises(ssv1.SSv1DataError, match='No Something-Something-v1 root'):
+    ssv1.check_root(None)
+
+
+def test_missing_label_file_is_named(raw):
+  os.remove(os.path.join(raw.root, 'something-something-v1-validation.csv'))
+  names = ssv1.read_class_names(raw.root)
+  with pytest.raises(ssv1.SSv1DataError, match='something-something-v1-validation.csv'):
+    ssv1.read_split(raw.root, 'validation', names)
+  os.remove(os.path.join(raw.root, 'something-something-v1-test.csv'))
+  assert ssv1.read_split(raw.root, 'test', names) == []  # Optional: unlabelled.
+  os.remove(os.path.join(raw.root, fx.LABELS_FILE))
+  with pytest.raises(ssv1.SSv1DataError, match='something-something-v1-labels.csv'):
+    ssv1.read_class_names(raw.root)
+
+
+def test_unknown_class_name_names_the_line(raw):
+  path = os.path.join(raw.root, 'something-something-v1-train.csv')
+  with open(path, 'a') as f:
+    f.write('999;Juggling something\n')
+  line = len(raw.splits['train']) + 1
+  with pytest.raises(ssv1.SSv1DataError,
+                     match=rf"train.csv, line {line}: class 'Juggling something'"):
+    ssv1.read_split(raw.root, 'train', ssv1.read_class_names(raw.root))
+
+
+def test_import_rstg_jax_does_not_import_tensorflow():
+  code = ('import sys, rstg_jax, rstg_jax.data, rstg_jax.data.ssv1, rstg_jax.input_pipeline\n'
+          'bad = [m for m in sys.modules if m.split(".")[0] in '
+          '("tensorflow", "tensorflow_datasets")]\n'
+          'assert not bad, bad')
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  subprocess.run([sys.executable, '-c', code], check=True, cwd=root)
+
+
+# ---------------------------------------------------------------------------------------
+# TFDS conversion and the tf.data pipeline.
+
+
+@pytest.fixture(scope='module')
+def tfds_mod():
+  pytest.importorskip('tensorflow_datasets')
+  from rstg_jax.data import ssv1_tfds  # pylint: disable=g-import-not-at-top
+  return ssv1_tfds
+
+
+@pytest.fixture(scope='module')
+def prepared(tfds_mod, tmp_path_factory):
+  d = tmp_path_factory.mktemp('ssv1')
+  fake = fx.make_fake_ssv1(d / 'raw', num_frames=FRAMES)
+  builder = tfds_mod.prepare(fake.root, d / 'tfds', num_workers=2)
+  return fake, builder, d / 'tfds'
+
+
+def _dataset(tfds_mod, builder, split, **kw):
+  kw.setdefault('batch_size', 4)
+  return tfds_mod.make_dataset(split, builder=builder, num_frames=T, crop_size=CROP,
+                               short_side=SHORT, process_index=kw.pop('process_index', 0),
+                               process_count=kw.pop('process_count', 1), **kw)
+
+
+def test_split_sizes_classes_and_skip_report(tfds_mod, prepared):
+  fake, builder, data_dir = prepared
+  for split in ('train', 'validation', 'test'):
+    assert builder.info.splits[split].num_examples == len(fake.usable(split)), split
+  assert tfds_mod.class_names(builder) == fake.class_names
+  # A fresh builder reading the prepared directory gets the same class list back.
+  assert tfds_mod.class_names(tfds_mod.load_builder(data_dir)) == fake.class_names
+
+  report = tfds_mod.read_report(builder)
+  assert os.path.isfile(os.path.join(builder.data_dir, 'ssv1_report.json'))
+  skipped = {(r['split'], r['id'], r['reason']) for r in report['skipped']}
+  assert skipped == {('train', fake.bad['missing_folder'], 'missing_folder'),
+                     ('train', fake.bad['empty_folder'], 'empty_folder'),
+                     ('validation', fake.bad['no_decodable_frame'], 'no_decodable_frame')}
+  repaired = {(r['id'], r['frame']): r for r in report['repaired_frames']}
+  assert set(repaired) == {(fake.bad['corrupt_frame'], '00003.jpg'),
+                           (fake.bad['grayscale_frame'], '00005.jpg')}
+  assert repaired[(fake.bad['corrupt_frame'], '00003.jpg')]['action'] == (
+      'replaced by 00002.jpg')
+  assert 'grayscale' in repaired[(fake.bad['grayscale_frame'], '00005.jpg')]['problem']
+  assert report['splits']['train'] == {
+      'listed': len(fake.splits['train']), 'written': len(fake.usable('train')),
+      'skipped': 2, 'repaired_frames': 2,
+      'frames_per_video': {'min': 2, 'max': FRAMES, 'mean': pytest.approx(
+          (FRAMES * (len(fake.usable('train')) - 1) + 2) / len(fake.usable('train')))}}
+
+
+def test_stored_frames_are_repaired_and_rgb(tfds_mod, prepared):
+  fake, builder, _ = prepared
+  videos = {ex['video_id'].decode(): ex for ex in
+            builder.as_dataset(split='train').as_numpy_iterator()}
+  assert set(videos) == set(fake.usable('train'))
+  corrupt = videos[fake.bad['corrupt_frame']]['frames']
+  assert list(fx.frame_index(corrupt[..., 0].mean(axis=(1, 2)))) == [0, 1, 1, 3, 4, 5, 6, 7]
+  gray = videos[fake.bad['grayscale_frame']]['frames'][4].astype(np.float64)
+  assert gray.shape == fake.frame_size + (3,)
+  np.testing.assert_allclose(gray, fx.frame_code(4), atol=3)  # R = G = B = the gray level.
+  short = videos[fake.bad['short_video']]
+  assert short['num_frames'] == 2 and short['frames'].shape[0] == 2
+
+
+def test_train_pipeline_shapes_normalisation_and_shared_crop(tfds_mod, prepared):
+  fake, builder, _ = prepared
+  it = _dataset(tfds_mod, builder, 'train', train=True, shuffle_seed=3,
+                shuffle_buffer=16).as_numpy_iterator()
+  offsets = set()
+  for _ in range(6):
+    batch = next(it)
+    assert batch['video'].shape == (4, T, CROP, CROP, 3)
+    assert batch['video'].dtype == np.float32 and batch['label'].dtype == np.int32
+    pixels = _unnormalise(batch['video'])
+    assert pixels.min() > -4 and pixels.max() < 259  # JPEG noise around [0, 255].
+    for clip, label in zip(pixels, batch['label']):
+      # Leave out the fixture's grayscale frame (flat, no colour pattern).
+      clip = clip[clip[..., 2].std(axis=(1, 2)) > 20]
+      assert len(clip) >= T - 1
+      # The class pattern survives: labels match the pixels.
+      np.testing.assert_allclose(clip[..., 1], fx.class_level(label, 3), atol=4)
+      # Same crop on every frame: the blue x-ramp is identical across frames, and its
+      # first column gives the crop's x offset (no resize at short side 32 for 32x48).
+      blue = clip[..., 2].mean(axis=1)  # [T, CROP]
+      np.testing.assert_allclose(blue, blue[:1].repeat(len(blue), 0), atol=3)
+      ox = int(np.round(blue[0, 0] * 47 / 255))
+      assert 0 <= ox <= 48 - CROP
+      np.testing.assert_allclose(blue[0], (ox + np.arange(CROP)) * 255 / 47, atol=4)
+      offsets.add(ox)
+  assert len(offsets) > 1  # The crop is random across clips.
+
+
+def test_train_sampling_covers_video_and_repeats_short_one(tfds_mod, prepared):
+  _, builder, _ = prepared
+  it = _dataset(tfds_mod, builder, 'train', train=True, shuffle_seed=0, batch_size=9,
+                shuffle_buffer=16).as_numpy_iterator()
+  clips = np.concatenate([[_frames_of(c) for c in next(it)['video']] for _ in range(4)])
+  short = np.all(clips == [0, 0, 1, 1], axis=1)  # 2 frames over 4 segments: repeated.
+  assert 1 <= short.sum() < len(clips)
+  long_clips = clips[~short]
+  seg = FRAMES // T
+  # Sample i comes from segment i: frames [i*seg, (i+1)*seg), offset random within it.
+  segment = long_clips // seg
+  # Except that the fixture's corrupt frame 3 (index 2) holds a copy of frame 2 (code 1).
+  segment[:, 1] = np.where(long_clips[:, 1] == 1, 1, segment[:, 1])
+  assert np.all(segment == np.arange(T))
+  assert set(long_clips[:, 0]) == {0, 1}  # From the very start ...
+  assert set(long_clips[:, -1]) == {FRAMES - 2, FRAMES - 1}  # ... to the very end.
+
+
+def test_center_eval_and_process_padding(tfds_mod, prepared):
+  fake, builder, _ = prepared
+  n = len(fake.usable('validation'))
+  batches = list(_dataset(tfds_mod, builder, 'validation', train=False,
+                          eval_mode='center').as_numpy_iterator())
+  assert len(batches) == 1
+  b = batches[0]
+  assert b['video'].shape == (4, T, CROP, CROP, 3)
+  assert list(b['mask']) == [1] * n + [0] * (4 - n)
+  assert list(b['video_index'][:n]) == list(range(n))
+  assert list(b['label'][n:]) == [-1] * (4 - n)
+  for clip in b['video'][:n]:
+    assert list(_frames_of(clip)) == [1, 3, 5, 7]  # Centre frame of each segment.
+    blue = _unnormalise(clip)[0, :, :, 2].mean(axis=0)
+    np.testing.assert_allclose(blue[0], 12 * 255 / 47, atol=4)  # Centre crop: x = 12.
+
+  # Two processes: disjoint videos, equal number of full batches.
+  seen, counts = [], []
+  for p in range(2):
+    bs = list(_dataset(tfds_mod, builder, 'validation', train=False, batch_size=1,
+                       process_index=p, process_count=2).as_numpy_iterator())
+    counts.append(len(bs))
+    seen += [int(x['video_index'][0]) for x in bs if x['mask'][0]]
+  assert counts[0] == counts[1] == -(-n // 2)
+  assert sorted(seen) == list(range(n))
+
+
+def test_dense_eval_22_views_per_video(tfds_mod, prepared):
+  fake, builder, _ = prepared
+  n = len(fake.usable('validation'))
+  batches = list(_dataset(tfds_mod, builder, 'validation', train=False, eval_mode='dense',
+                          batch_size=5).as_numpy_iterator())
+  rows = {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
+  assert rows['video'].shape[1:] == (T, SHORT, SHORT, 3)
+  assert len(rows['mask']) == -(-22 * n // 5) * 5
+  real = rows['mask'] == 1
+  assert real.sum() == 22 * n
+  assert list(rows['video_index'][real]) == list(np.repeat(np.arange(n), 22))
+  assert list(rows['view_index'][real]) == list(np.tile(np.arange(22), n))
+  first = rows['video'][:22]
+  expected_x = np.round(np.arange(11) * (48 - SHORT) / 10)
+  for view, clip in enumerate(first):
+    temporal, spatial = divmod(view, 11)
+    # Segment starts, then segment centres (half a segment later).
+    assert list(_frames_of(clip)) == ([0, 2, 4, 6] if temporal == 0 else [1, 3, 5, 7])
+    blue = _unnormalise(clip)[0, :, :, 2].mean(axis=0)
+    np.testing.assert_allclose(blue, (expected_x[spatial] + np.arange(SHORT)) * 255 / 47,
+                               atol=4)
+  blue_first = _unnormalise(first[0])[0, :, 0, 2].mean()
+  blue_last = _unnormalise(first[10])[0, :, -1, 2].mean()
+  assert blue_first < 4 and blue_last > 251  # Left edge, right edge.
+
+
+def test_prepare_errors_and_command_line(tfds_mod, prepared, tmp_path, capsys):
+  fake, builder, data_dir = prepared
+  with pytest.raises(ssv1.SSv1DataError, match='config.data.root'):
+    tfds_mod.prepare(tmp_path / 'missing', tmp_path / 'tfds')
+  assert not (tmp_path / 'tfds').exists()  # Nothing created for a wrong root.
+  with pytest.raises(ssv1.SSv1DataError, match='No prepared Something-Something-v1'):
+    tfds_mod.load_builder(tmp_path / 'empty')
+
+  assert tfds_mod.main(['--root', str(tmp_path / 'missing')]) == 1
+  err = capsys.readouterr().err
+  assert err.startswith('ERROR: ') and 'missing' in err and 'Traceback' not in err
+  # Already prepared: reused, and the summary comes from the stored report.
+  assert tfds_mod.main(['--root', fake.root, '--data_dir', str(data_dir)]) == 0
+  out = capsys.readouterr().out
+  assert f'train {len(fake.usable("train"))} videos' in out and '3 skipped' in out
