@@ -465,14 +465,18 @@ def make_dataset(split: str, *, data_dir=None, batch_size: int, num_frames: int 
         clip, o = clips[j // num_spatial_crops], ex['offsets'][j % num_spatial_crops]
         crop = tf.cond(wide, lambda: clip[:, :short_side, o:o + short_side],
                        lambda: clip[:, o:o + short_side, :short_side])
-        crop = tf.ensure_shape(_finish(tf.cast(crop, tf.float32), normalize),
-                               [T, short_side, short_side, 3])
+        crop = tf.ensure_shape(crop, [T, short_side, short_side, 3])
         return {'video': crop, 'label': ex['label'], 'video_index': ex['video_index'],
                 'view_index': j, 'mask': tf.constant(1, tf.float32)}
 
       return tf.data.Dataset.range(views).map(view)
 
+    def finish_view(ex):
+      return {**ex, 'video': _finish(tf.cast(ex['video'], tf.float32), normalize)}
+
+    # flat_map runs serially: it only slices uint8 views; normalising is mapped in parallel.
     ds = ds.map(dense_fn, num_parallel_calls=num_parallel_calls).flat_map(split_views)
+    ds = ds.map(finish_view, num_parallel_calls=num_parallel_calls)
 
   # Pad to the same number of full batches on every process (one compiled eval step, and
   # no process waiting in a collective for a batch another one never makes).
