@@ -6,8 +6,18 @@ r"""Evaluates a checkpoint on the test set: top-1/top-5, per-class accuracy, con
 Without --config, the config saved in the checkpoint's metadata is used. Writes into
 workdir/eval_<step>/: summary.json (top1, top5, loss, count), per_class_accuracy.json and
 .csv, confusion_matrix.csv (counts, rows = true class) and confusion.png.
+
+Something-Something-v1 (`config.data.name == 'ssv1'`) is evaluated on the whole
+`config.data.eval_split` with multi-view testing: `--eval_mode=dense` (the default,
+`config.data.evaluate_mode`) runs 2 temporal samplings x 11 crops of 256x256 per video
+(the paper's protocol) and averages each video's 22 logit vectors; `--eval_mode=center`
+one centre 224 crop. It also writes predictions.csv: video_id, predicted class (index
+and name), the top-5 indices, and the label (index and name).
+
+  python -m rstg_jax.evaluate --workdir=runs/ssv1_i3d --checkpoint=best
 """
 
+import csv
 import json
 import os
 from typing import Optional
@@ -16,9 +26,11 @@ from absl import app
 from absl import flags
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 
 from rstg_jax import cli
+from rstg_jax import input_pipeline
 from rstg_jax import metrics as metrics_lib
 from rstg_jax import train
 
@@ -42,8 +54,29 @@ def config_from_checkpoint(workdir: str, checkpoint: str = 'latest'
   return ml_collections.ConfigDict(_tuples(meta['config']))
 
 
+def write_predictions(path: str, video_ids, logits, labels, class_names) -> None:
+  """predictions.csv: one row per video, in evaluation order."""
+  k = min(5, logits.shape[-1])
+  topk = np.argsort(-logits, axis=-1, kind='stable')[:, :k]
+  with open(path, 'w', newline='') as f:
+    w = csv.writer(f)  # class names hold commas: csv quotes them
+    w.writerow(['video_id', 'pred', 'pred_name', 'top5', 'label', 'label_name'])
+    for vid, top, label in zip(video_ids, topk, labels):
+      w.writerow([vid, int(top[0]), class_names[top[0]], ' '.join(str(int(c)) for c in top),
+                  int(label), class_names[label] if label >= 0 else ''])
+
+
+def _multiview(setup, state, eval_mode: str):
+  """SSv1: per-video averaged logits over the views of `eval_mode` on the whole split."""
+  data, split = setup.dataset, setup.config.data.eval_split
+  n = data.num_videos(split)
+  out = train.evaluate_views(setup, state, data.view_batches(eval_mode, split=split), n)
+  return out, data.video_ids(split)
+
+
 def run(config: Optional[ml_collections.ConfigDict], workdir: str,
-        checkpoint: str = 'latest', *, model=None, dataset=None) -> dict:
+        checkpoint: str = 'latest', *, model=None, dataset=None,
+        eval_mode: Optional[str] = None) -> dict:
   """Evaluates one checkpoint of `workdir`; returns the summary dict.
 
   Args:
@@ -51,10 +84,13 @@ def run(config: Optional[ml_collections.ConfigDict], workdir: str,
     workdir: the training workdir (its checkpoints/ subdirectory is read).
     checkpoint: 'latest', 'best' (by test top-1) or a step number.
     model, dataset: stand-ins for tests (default: built from the config).
+    eval_mode: multi-view data sets only (SSv1): 'dense' or 'center'; default
+      `config.data.evaluate_mode`.
   """
   if config is None:
     config = config_from_checkpoint(workdir, checkpoint)
   train.validate_config(config, check_model_names=model is None)
+  input_pipeline.check_data(config)  # a missing data set fails before any compile
   setup = train.make_setup(config, model, dataset)
   params_shape = jax.eval_shape(
       lambda k: train.init_variables(setup.model, k, setup.dataset.input_shape),
@@ -69,12 +105,24 @@ def run(config: Optional[ml_collections.ConfigDict], workdir: str,
     raise ValueError('The checkpoint was trained with another class order than the data '
                      'set gives now; its predictions would be mislabelled.')
 
-  totals, labels, preds = train.evaluate(setup, state, collect=True)
-  summary = {'step': int(step), **metrics_lib.compute(totals),
-             'count': int(totals['top1'][1]), 'workdir': os.path.abspath(workdir)}
-
   out_dir = os.path.join(workdir, f'eval_{step}')
-  os.makedirs(out_dir, exist_ok=True)
+  if hasattr(setup.dataset, 'view_batches'):
+    eval_mode = eval_mode or config.data.evaluate_mode
+    views, video_ids = _multiview(setup, state, eval_mode)
+    labels, logits = views['labels'], views['logits']
+    preds = np.argmax(logits, -1)
+    summary = {'step': int(step), **train.video_metrics(logits, labels),
+               'eval_mode': eval_mode, 'split': config.data.eval_split,
+               'views_per_video': float(views['views'].mean()),
+               'workdir': os.path.abspath(workdir)}
+    os.makedirs(out_dir, exist_ok=True)
+    write_predictions(os.path.join(out_dir, 'predictions.csv'), video_ids, logits, labels,
+                      class_names)
+  else:
+    totals, labels, preds = train.evaluate(setup, state, collect=True)
+    summary = {'step': int(step), **metrics_lib.compute(totals),
+               'count': int(totals['top1'][1]), 'workdir': os.path.abspath(workdir)}
+    os.makedirs(out_dir, exist_ok=True)
   cm = metrics_lib.confusion_matrix(labels, preds, len(class_names))
   metrics_lib.write_per_class(cm, class_names, out_dir)
   with open(os.path.join(out_dir, 'confusion_matrix.csv'), 'w') as f:
@@ -97,6 +145,8 @@ def _define_flags():
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
   flags.DEFINE_string('workdir', None, 'The training workdir.')
   flags.DEFINE_string('checkpoint', 'latest', 'latest, best, or a step number.')
+  flags.DEFINE_enum('eval_mode', None, ['dense', 'center'],
+                    'SSv1 only: views per video (default: config.data.evaluate_mode).')
   config_flags.DEFINE_config_file(
       'config', None, 'Config file (default: the one saved in the checkpoint).',
       lock_config=True)
@@ -109,7 +159,8 @@ def main(argv):
   cli.quiet_logging()
   flag_values = flags.FLAGS
   try:
-    run(flag_values.config, flag_values.workdir, flag_values.checkpoint)
+    run(flag_values.config, flag_values.workdir, flag_values.checkpoint,
+        eval_mode=flag_values.eval_mode)
   except ValueError as e:
     raise SystemExit(f'ERROR: {e}') from None
 

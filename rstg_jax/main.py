@@ -35,8 +35,10 @@ def main(argv):
 
   config = FLAGS.config
   try:
-    # Before any heavy work: a misspelt model or ablation name costs a second, not a run.
+    # Before any heavy work: a misspelt model or ablation name costs a second, not a run,
+    # and so does a data set that is not where the config says (SSv1).
     train.validate_config(config)
+    train.input_pipeline.check_data(config)
   except ValueError as e:
     raise SystemExit(f'ERROR: {e}') from None
 

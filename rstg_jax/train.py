@@ -64,7 +64,13 @@ def validate_config(config: ml_collections.ConfigDict, check_model_names: bool =
       model factory knows (skipped when a model object is handed to the trainer).
   """
   errors = []
-  if check_model_names:
+  if config.data.name not in input_pipeline.DATASETS:
+    errors.append(f'Unknown data.name {config.data.name!r}. Valid: '
+                  f'{", ".join(input_pipeline.DATASETS)}.')
+  elif check_model_names and config.data.name == 'ssv1':
+    from rstg_jax.models import ssv1_models  # pylint: disable=g-import-not-at-top
+    errors.extend(ssv1_models.config_errors(config))
+  elif check_model_names:
     try:
       from rstg_jax import models  # pylint: disable=g-import-not-at-top
     except ImportError as e:
@@ -113,7 +119,12 @@ def num_train_steps(config) -> int:
 
 
 def create_model(config):
-  from rstg_jax import models  # pylint: disable=g-import-not-at-top
+  """The model factory of the data set: Something-Something models or SyncMNIST ones."""
+  # pylint: disable=g-import-not-at-top
+  if config.data.name == 'ssv1':
+    from rstg_jax.models import ssv1_models
+    return ssv1_models.create_ssv1_model(config)
+  from rstg_jax import models
   return models.create_model(config)
 
 
@@ -148,12 +159,20 @@ def create_optimizer(config, lr_fn, params) -> optax.GradientTransformation:
   else:
     raise ValueError(f'Unknown optimizer {config.optimizer!r}')
   tx = optax.chain(*parts)
+  frozen = None
   if config.backbone.freeze:
     if 'backbone' not in params:
       raise ValueError('config.backbone.freeze is set but the model has no `backbone` '
                        f'submodule (top-level params: {sorted(params)}).')
-    labels = {k: jax.tree.map(lambda _, k=k: 'frozen' if k == 'backbone' else 'train', v)
-              for k, v in params.items()}
+    frozen = {k: jax.tree.map(lambda _, k=k: k == 'backbone', v) for k, v in params.items()}
+  if config.backbone.get('bn_frozen', False):
+    # Frozen BatchNorm (ResNet3D) gets no gradient, but weight decay or momentum would
+    # still move its scale and bias: they get no update at all.
+    from rstg_jax.models.resnet3d import frozen_bn_mask  # pylint: disable=g-import-not-at-top
+    bn = frozen_bn_mask(flax.core.unfreeze(params))
+    frozen = bn if frozen is None else jax.tree.map(lambda a, b: a or b, frozen, bn)
+  if frozen is not None:
+    labels = jax.tree.map(lambda f: 'frozen' if f else 'train', frozen)
     tx = optax.multi_transform({'train': tx, 'frozen': optax.set_to_zero()}, labels)
   return tx
 
@@ -190,11 +209,17 @@ def _preprocess(video):
   return video.astype(jnp.float32) / 255.0
 
 
-def train_step(state: State, batch: dict, *, model, tx, base_key) -> tuple[State, dict]:
+def dataset_preprocess(dataset) -> Callable[[Any], Any]:
+  """The data set's on-device input normalisation (default: uint8 / 255, SyncMNIST)."""
+  return getattr(dataset, 'preprocess', None) or _preprocess
+
+
+def train_step(state: State, batch: dict, *, model, tx, base_key,
+               preprocess=_preprocess) -> tuple[State, dict]:
   """One SGD step on a global batch; returns the new state and (sum, count) metrics."""
   step = state['step']
   dropout_key = jax.random.fold_in(base_key, step)
-  video = _preprocess(batch['video'])
+  video = preprocess(batch['video'])
   labels = batch['label']
 
   def loss_fn(params):
@@ -223,9 +248,10 @@ def train_step(state: State, batch: dict, *, model, tx, base_key) -> tuple[State
   return new_state, metrics
 
 
-def eval_step(state: State, batch: dict, *, model) -> tuple[dict, jax.Array]:
+def eval_step(state: State, batch: dict, *, model,
+              preprocess=_preprocess) -> tuple[dict, jax.Array]:
   """Masked (sum, count) loss, top-1 and top-5 on a test batch, and the predictions."""
-  logits = model.apply(_variables(state), _preprocess(batch['video']), train=False)
+  logits = model.apply(_variables(state), preprocess(batch['video']), train=False)
   labels, mask = batch['label'], batch['mask']
   loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
   k = min(5, logits.shape[-1])
@@ -238,6 +264,11 @@ def eval_step(state: State, batch: dict, *, model) -> tuple[dict, jax.Array]:
       'top5': ((jnp.any(topk == labels[:, None], -1) * mask).sum(), n),
   }
   return metrics, pred
+
+
+def logits_step(state: State, video, *, model, preprocess=_preprocess) -> jax.Array:
+  """Logits of a batch of clips (views of a multi-view evaluation)."""
+  return model.apply(_variables(state), preprocess(video), train=False)
 
 
 def update_plateau(plateau: dict, eval_metrics: dict, config) -> tuple[dict, bool]:
@@ -277,6 +308,7 @@ class Setup:
   abstract_state: Any = None
   train_step: Any = None
   eval_step: Any = None
+  logits_step: Any = None
 
   def to_device(self, batch: dict) -> dict:
     # Each process hands over its part of the global batch (single-process: all of it).
@@ -315,15 +347,21 @@ def finish_setup(setup: Setup, params_for_labels) -> Setup:
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=setup.replicated),
       abstract)
   base_key = jax.random.fold_in(jax.random.key(config.seed), 1)  # != the init key
+  preprocess = dataset_preprocess(setup.dataset)
   setup.train_step = jax.jit(
-      functools.partial(train_step, model=model, tx=setup.tx, base_key=base_key),
+      functools.partial(train_step, model=model, tx=setup.tx, base_key=base_key,
+                        preprocess=preprocess),
       in_shardings=(setup.replicated, setup.batch_sharding),
       out_shardings=(setup.replicated, setup.replicated),
       donate_argnums=0)
   setup.eval_step = jax.jit(
-      functools.partial(eval_step, model=model),
+      functools.partial(eval_step, model=model, preprocess=preprocess),
       in_shardings=(setup.replicated, setup.batch_sharding),
       out_shardings=(setup.replicated, setup.replicated))
+  setup.logits_step = jax.jit(
+      functools.partial(logits_step, model=model, preprocess=preprocess),
+      in_shardings=(setup.replicated, setup.batch_sharding),
+      out_shardings=setup.replicated)
   return setup
 
 
@@ -463,6 +501,48 @@ def _load_init_from(path: str, params: dict, say) -> dict:
   return merge_params(params, loaded['params'], f'init_from {path}')
 
 
+# Model variables that a Kinetics checkpoint cannot hold: the inserted graph blocks (and
+# the new head, `convert.DEFAULT_DONT_LOAD`).
+GRAPH_DONT_LOAD = ('(params|batch_stats)/res[2-5]_graph/.*',)
+
+
+def _load_converted(path: str, variables: dict, config, say) -> dict:
+  """Variables filled from a converted Kinetics checkpoint (`rstg_jax.convert` .npz).
+
+  Strict (`convert.merge_pretrained`): every checkpoint tensor is used or skipped (the
+  Kinetics head by default) and every model variable is loaded or matched by a dont_load
+  pattern (the graph blocks, the head, `config.init_dont_load`); shapes must agree.
+  BatchNorm statistics come from the checkpoint too: with frozen BN they are the model.
+  """
+  from rstg_jax import convert  # pylint: disable=g-import-not-at-top
+  if not os.path.isfile(path):
+    raise ValueError(f'config.init_from={path!r}: no such file. Convert a Kinetics '
+                     'checkpoint first: python -m rstg_jax.convert --src MODEL.pkl '
+                     f'--dst {path} --arch i3d_r50|c2d_r50')
+  dont_load = (convert.DEFAULT_DONT_LOAD + GRAPH_DONT_LOAD
+               + tuple(config.get('init_dont_load', None) or ()))
+  try:
+    loaded = convert.load_converted(path)
+  except OSError as e:
+    raise ValueError(f'config.init_from={path!r}: cannot read the converted checkpoint '
+                     f'({e}).') from None
+  arch, want = loaded[2].get('arch'), config.backbone.get('arch', None)
+  if arch and want and arch != want:
+    raise ValueError(f'config.init_from={path!r} holds a {arch} network but '
+                     f'config.backbone.arch={want!r}; convert the {want} checkpoint '
+                     f'(--arch {want}_r50) or set --config.backbone.arch={arch}.')
+  host = jax.tree.map(np.asarray, jax.device_get(variables))
+  merged, report = convert.merge_pretrained(host, loaded, dont_load=dont_load)
+  meta = loaded[2]
+  say(f'init_from {path}: loaded {len(report["loaded"])} tensors '
+      f'({meta.get("arch", "?")}, source {os.path.basename(str(meta.get("source", "?")))}); '
+      f'skipped {len(report["skipped"])} checkpoint tensors '
+      f'({"; ".join(report["skipped"]) or "none"}); kept at init '
+      f'{len(report["kept_at_init"])} model variables '
+      f'({", ".join(sorted({"/".join(k.split("/")[:2]) for k in report["kept_at_init"]})) or "none"})')
+  return merged
+
+
 def _param_count(tree) -> int:
   return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
 
@@ -491,6 +571,54 @@ def evaluate(setup: Setup, state: State, collect: bool = False):
   if collect:
     return totals, np.concatenate(labels), np.concatenate(preds)
   return totals
+
+
+def evaluate_views(setup: Setup, state: State, batches, num_videos: int) -> dict:
+  """Multi-view evaluation: the logits of each video's views are averaged.
+
+  Args:
+    setup: from `make_setup` + `finish_setup`.
+    state: the train state.
+    batches: this process's part of fixed-size batches with 'video', 'label', 'mask' and
+      'video_index' (a video's position in the split, the same on every process); rows
+      with mask 0 are padding.
+    num_videos: videos in the split (video_index < num_videos).
+
+  Returns:
+    {'logits': [num_videos, C] mean logits, 'labels': [num_videos], 'views': [num_videos]
+    number of views seen per video}.
+  """
+  sums, views, labels = None, np.zeros(num_videos, np.int64), np.full(num_videos, -1)
+  for batch in batches:
+    logits = setup.logits_step(state, setup.to_device({'video': batch['video']})['video'])
+    host = {k: np.asarray(batch[k]) for k in ('video_index', 'label', 'mask')}
+    if jax.process_count() > 1:
+      # The logits are the whole global batch; gather the other processes' row info.
+      host = multihost_utils.process_allgather(host, tiled=True)
+    logits = np.asarray(jax.device_get(logits), np.float64)
+    if sums is None:
+      sums = np.zeros((num_videos, logits.shape[-1]), np.float64)
+    keep = host['mask'] > 0
+    idx = host['video_index'][keep]
+    np.add.at(sums, idx, logits[keep])
+    np.add.at(views, idx, 1)
+    labels[idx] = host['label'][keep]
+  if sums is None or not views.all():
+    raise ValueError(f'Multi-view evaluation saw {int((views > 0).sum())} of {num_videos} '
+                     'videos.')
+  return {'logits': sums / views[:, None], 'labels': labels, 'views': views}
+
+
+def video_metrics(logits: np.ndarray, labels: np.ndarray) -> dict:
+  """top-1, top-5 and the mean cross-entropy of per-video (averaged) logits."""
+  k = min(5, logits.shape[-1])
+  topk = np.argsort(-logits, axis=-1, kind='stable')[:, :k]
+  shifted = logits - logits.max(-1, keepdims=True)
+  log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+  return {'top1': float(np.mean(topk[:, 0] == labels)),
+          'top5': float(np.mean(np.any(topk == labels[:, None], -1))),
+          'loss': float(-np.mean(log_probs[np.arange(len(labels)), labels])),
+          'count': int(len(labels))}
 
 
 # ------------------------------------------------------------------------------------
@@ -555,10 +683,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, model
     say(f'Resuming from {mngr.directory} step {latest}'
         + (f' (config fields changed since: {changed})' if changed else ''))
   else:
+    if config.init_from and config.init_from.endswith('.npz'):
+      variables = _load_converted(config.init_from, variables, config, say)
     params = variables['params']
     if config.backbone.pretrain_steps > 0:
       params = _load_pretrained_backbone(config, workdir, params, say)
-    if config.init_from:
+    if config.init_from and not config.init_from.endswith('.npz'):
       params = _load_init_from(config.init_from, params, say)
     state = jax.jit(
         lambda p, bs: create_train_state(p, bs, setup.tx),
@@ -567,8 +697,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, model
 
   n_params = _param_count(state['params'])
   n_frozen = _param_count(state['params'].get('backbone', {})) if config.backbone.freeze else 0
-  say(f'Model: {type(setup.model).__name__} ({config.model}, ablation {config.ablation}): '
-      f'{n_params:,} parameters, {n_params - n_frozen:,} trained')
+  if config.backbone.get('bn_frozen', False):
+    from rstg_jax.models import resnet3d  # pylint: disable=g-import-not-at-top
+    mask = resnet3d.frozen_bn_mask(state['params'])
+    n_frozen += sum(int(np.prod(x.shape)) for x, m in zip(
+        jax.tree.leaves(state['params']), jax.tree.leaves(mask)) if m)
+  if config.data.name == 'ssv1':
+    from rstg_jax.models import ssv1_models  # pylint: disable=g-import-not-at-top
+    say(f'Model: {ssv1_models.describe(config, state["params"])}; '
+        f'{n_params - n_frozen:,} trained (frozen BN scale/bias excluded)')
+  else:
+    say(f'Model: {type(setup.model).__name__} ({config.model}, ablation {config.ablation}): '
+        f'{n_params:,} parameters, {n_params - n_frozen:,} trained')
 
   start, total = int(jax.device_get(state['step'])), setup.total_steps
   say(f'Training steps {start} -> {total} ({config.optimizer}, lr {config.learning_rate}, '
