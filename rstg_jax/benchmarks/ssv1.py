@@ -1,0 +1,140 @@
+"""Speed of the Something-Something model: I3D-R50 + RSTG (res3 and res4), in clips/s.
+
+Prints one JSON object. Everything is measured side by side in one run:
+
+  - model: `configs/ssv1_i3d.py` (I3D ResNet-50, res5 stride 1, frozen BN, two
+    RSTG-to-map graphs after res3 and res4, D=512, K=3, the config's scales), and the
+    same backbone with `rstg.placement='none'` (the plain I3D-R50);
+  - forward: `model.apply(..., train=False)` on a batch of uint8 clips, normalised on
+    the device as in training;
+  - train step: the trainer's own `train_step` (forward, backward, SGD-Nesterov update,
+    dropout), i.e. what one optimisation step of `rstg_jax.main` costs;
+  - graph share: 1 - time(backbone alone) / time(backbone + graphs), for both.
+
+The paper's shapes (32 x 224 x 224 per clip) are far too slow for a 2-core CPU, so the
+default is a smaller clip (batch 2 of 8 x 112 x 112: res3 14x14, res4 7x7); the shapes
+used are in the output. Parameters are random (filled from the shapes without compiling
+`init`): only the time is measured. Times are medians of `--repeats` runs after one
+warm-up (compile) call.
+
+  python -m rstg_jax.bench ssv1 [--batch 2] [--frames 8] [--size 112] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import platform
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from configs import ssv1_i3d
+from rstg_jax import input_pipeline
+from rstg_jax import train
+from rstg_jax.models import ssv1_models
+
+
+def _time(fn, *args, repeats):
+  """(median seconds, compile+first-run seconds) of fn(*args)."""
+  start = time.perf_counter()
+  jax.block_until_ready(fn(*args))
+  first = time.perf_counter() - start
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - start)
+  return statistics.median(times), first
+
+
+def _random_variables(model, input_shape, seed=0):
+  """Variables of the right shapes and scale (He-scaled kernels, unit BN), no `init`."""
+  shapes = ssv1_models.init_shapes(model, input_shape)
+  rng = np.random.default_rng(seed)
+
+  def fill(path, leaf):
+    name = getattr(path[-1], 'key', str(path[-1]))
+    if name == 'kernel' or name.startswith('w'):
+      fan_in = max(1, int(np.prod(leaf.shape[:-1])))
+      return (rng.normal(size=leaf.shape) * np.sqrt(1.0 / fan_in)).astype(np.float32)
+    if name in ('scale', 'var'):
+      return np.ones(leaf.shape, np.float32)
+    if name == 'residual_scale':
+      return np.full(leaf.shape, 0.1, np.float32)  # the graph's output is used
+    return np.zeros(leaf.shape, np.float32)
+
+  return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
+def bench_model(config, batch, frames, size, repeats):
+  model = ssv1_models.create_ssv1_model(config)
+  input_shape = (frames, size, size, 3)
+  variables = _random_variables(model, input_shape)
+  summary = ssv1_models.param_summary(variables['params'])
+  rng = np.random.default_rng(1)
+  video = jnp.asarray(rng.integers(0, 256, (batch, *input_shape), dtype=np.uint8))
+  labels = jnp.asarray(rng.integers(0, config.num_classes, batch), jnp.int32)
+  normalize = input_pipeline.normalize_ssv1
+
+  forward = jax.jit(lambda v, x: model.apply(v, normalize(x), train=False))
+  fwd_s, fwd_first = _time(forward, variables, video, repeats=repeats)
+
+  tx = train.create_optimizer(config, lambda step: config.learning_rate,
+                              variables['params'])
+  state = train.create_train_state(variables['params'], variables['batch_stats'], tx)
+  step = jax.jit(functools.partial(train.train_step, model=model, tx=tx,
+                                   base_key=jax.random.key(0), preprocess=normalize))
+  batch_dict = {'video': video, 'label': labels}
+  # No donation: the same state is reused by every timed call.
+  step_s, step_first = _time(step, state, batch_dict, repeats=repeats)
+  return {
+      'params': summary,
+      'forward_s': fwd_s, 'forward_clips_per_s': batch / fwd_s,
+      'train_step_s': step_s, 'train_step_clips_per_s': batch / step_s,
+      'compile_and_first_run_s': {'forward': fwd_first, 'train_step': step_first},
+  }
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(prog='python -m rstg_jax.bench ssv1',
+                                   description=__doc__.split('\n')[0])
+  parser.add_argument('--batch', type=int, default=2, help='clips per step')
+  parser.add_argument('--frames', type=int, default=8, help='frames per clip (paper: 32)')
+  parser.add_argument('--size', type=int, default=112, help='crop size (paper: 224)')
+  parser.add_argument('--repeats', type=int, default=3, help='timed runs (median)')
+  args = parser.parse_args(argv)
+
+  config = ssv1_i3d.get_config()
+  config.batch_size = args.batch
+  result = {
+      'benchmark': 'ssv1',
+      'jax': jax.__version__,
+      'backend': jax.default_backend(),
+      'devices': [str(d) for d in jax.devices()],
+      'machine': platform.machine(),
+      'clip_shape': [args.batch, args.frames, args.size, args.size, 3],
+      'paper_clip_shape': [2, 32, 224, 224, 3],
+      'model': ('I3D-R50 (res5 stride 1, frozen BN) + RSTG-to-map res3 and res4, '
+                f'scales {tuple(config.rstg.scales)}, D={config.rstg.dim}, '
+                f'K={config.rstg.num_iters}, {config.ablation}'),
+      'repeats': args.repeats,
+  }
+  full = bench_model(config, args.batch, args.frames, args.size, args.repeats)
+  config.rstg.placement = 'none'
+  backbone = bench_model(config, args.batch, args.frames, args.size, args.repeats)
+  result['i3d_rstg_res3_4'] = full
+  result['i3d_backbone_only'] = backbone
+  result['graph_share_forward'] = 1.0 - backbone['forward_s'] / full['forward_s']
+  result['graph_share_train_step'] = 1.0 - backbone['train_step_s'] / full['train_step_s']
+  result['backbone_share_forward'] = 1.0 - result['graph_share_forward']
+  result['backbone_share_train_step'] = 1.0 - result['graph_share_train_step']
+  print(json.dumps(result, indent=1))
+
+
+if __name__ == '__main__':
+  main()
