@@ -1,13 +1,14 @@
 """Benchmark dispatcher: `python -m rstg_jax.bench NAME [args]` prints one JSON object.
 
 Names: graph (the RSTG module, issue targets vs a matmul measured in the same run),
-syncmnist (the SyncMNIST generator). Each lives in `rstg_jax/benchmarks/NAME.py`.
+syncmnist (the SyncMNIST generator), ssv1 (I3D-R50 + RSTG forward and training step, and
+the graph's share of the time). Each lives in `rstg_jax/benchmarks/NAME.py`.
 """
 
 import importlib
 import sys
 
-BENCHMARKS = ("graph", "syncmnist")
+BENCHMARKS = ("graph", "syncmnist", "ssv1")
 
 
 def main(argv=None):
