@@ -9,7 +9,9 @@ Prints one JSON object. Everything is measured side by side in one run:
     the device as in training;
   - train step: the trainer's own `train_step` (forward, backward, SGD-Nesterov update,
     dropout), i.e. what one optimisation step of `rstg_jax.main` costs;
-  - graph share: 1 - time(backbone alone) / time(backbone + graphs), for both.
+  - graph share: 1 - time(backbone alone) / time(backbone + graphs), for both. The
+    timed runs of the two models alternate, so load from other jobs on a shared machine
+    falls on both alike; every run's time is in the output (`*_runs_s`).
 
 The paper's shapes (32 x 224 x 224 per clip) are far too slow for a 2-core CPU, so the
 default is a smaller clip (batch 2 of 8 x 112 x 112: res3 14x14, res4 7x7); the shapes
@@ -17,7 +19,7 @@ used are in the output. Parameters are random (filled from the shapes without co
 `init`): only the time is measured. Times are medians of `--repeats` runs after one
 warm-up (compile) call.
 
-  python -m rstg_jax.bench ssv1 [--batch 2] [--frames 8] [--size 112] [--repeats 3]
+  python -m rstg_jax.bench ssv1 [--batch 2] [--frames 8] [--size 112] [--repeats 5]
 """
 
 from __future__ import annotations
@@ -39,17 +41,10 @@ from rstg_jax import train
 from rstg_jax.models import ssv1_models
 
 
-def _time(fn, *args, repeats):
-  """(median seconds, compile+first-run seconds) of fn(*args)."""
+def _once(fn, *args):
   start = time.perf_counter()
   jax.block_until_ready(fn(*args))
-  first = time.perf_counter() - start
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - start)
-  return statistics.median(times), first
+  return time.perf_counter() - start
 
 
 def _random_variables(model, input_shape, seed=0):
@@ -71,33 +66,49 @@ def _random_variables(model, input_shape, seed=0):
   return jax.tree_util.tree_map_with_path(fill, shapes)
 
 
-def bench_model(config, batch, frames, size, repeats):
+def build_cases(config, batch, frames, size):
+  """(params summary, {'forward': (fn, args), 'train_step': (fn, args)}) of a config."""
   model = ssv1_models.create_ssv1_model(config)
   input_shape = (frames, size, size, 3)
   variables = _random_variables(model, input_shape)
-  summary = ssv1_models.param_summary(variables['params'])
   rng = np.random.default_rng(1)
   video = jnp.asarray(rng.integers(0, 256, (batch, *input_shape), dtype=np.uint8))
   labels = jnp.asarray(rng.integers(0, config.num_classes, batch), jnp.int32)
   normalize = input_pipeline.normalize_ssv1
 
   forward = jax.jit(lambda v, x: model.apply(v, normalize(x), train=False))
-  fwd_s, fwd_first = _time(forward, variables, video, repeats=repeats)
-
   tx = train.create_optimizer(config, lambda step: config.learning_rate,
                               variables['params'])
   state = train.create_train_state(variables['params'], variables['batch_stats'], tx)
+  # No donation: the same state is reused by every timed call.
   step = jax.jit(functools.partial(train.train_step, model=model, tx=tx,
                                    base_key=jax.random.key(0), preprocess=normalize))
-  batch_dict = {'video': video, 'label': labels}
-  # No donation: the same state is reused by every timed call.
-  step_s, step_first = _time(step, state, batch_dict, repeats=repeats)
-  return {
-      'params': summary,
-      'forward_s': fwd_s, 'forward_clips_per_s': batch / fwd_s,
-      'train_step_s': step_s, 'train_step_clips_per_s': batch / step_s,
-      'compile_and_first_run_s': {'forward': fwd_first, 'train_step': step_first},
-  }
+  cases = {'forward': (forward, (variables, video)),
+           'train_step': (step, (state, {'video': video, 'label': labels}))}
+  return ssv1_models.param_summary(variables['params']), cases
+
+
+def bench_models(configs: dict, batch, frames, size, repeats) -> dict:
+  """Times every (model, case); the timed runs of the models alternate, so that a change
+  of machine load during the run hits all of them alike (the machine may be shared)."""
+  built = {name: build_cases(c, batch, frames, size) for name, c in configs.items()}
+  out = {name: {'params': summary, 'compile_and_first_run_s': {}}
+         for name, (summary, _) in built.items()}
+  for case in ('forward', 'train_step'):
+    for name, (_, cases) in built.items():
+      fn, args = cases[case]
+      out[name]['compile_and_first_run_s'][case] = _once(fn, *args)
+    times = {name: [] for name in built}
+    for _ in range(repeats):
+      for name, (_, cases) in built.items():
+        fn, args = cases[case]
+        times[name].append(_once(fn, *args))
+    for name in built:
+      t = statistics.median(times[name])
+      out[name][f'{case}_s'] = t
+      out[name][f'{case}_clips_per_s'] = batch / t
+      out[name][f'{case}_runs_s'] = times[name]
+  return out
 
 
 def main(argv=None):
@@ -106,7 +117,7 @@ def main(argv=None):
   parser.add_argument('--batch', type=int, default=2, help='clips per step')
   parser.add_argument('--frames', type=int, default=8, help='frames per clip (paper: 32)')
   parser.add_argument('--size', type=int, default=112, help='crop size (paper: 224)')
-  parser.add_argument('--repeats', type=int, default=3, help='timed runs (median)')
+  parser.add_argument('--repeats', type=int, default=5, help='timed runs (median)')
   args = parser.parse_args(argv)
 
   config = ssv1_i3d.get_config()
@@ -124,11 +135,13 @@ def main(argv=None):
                 f'K={config.rstg.num_iters}, {config.ablation}'),
       'repeats': args.repeats,
   }
-  full = bench_model(config, args.batch, args.frames, args.size, args.repeats)
-  config.rstg.placement = 'none'
-  backbone = bench_model(config, args.batch, args.frames, args.size, args.repeats)
-  result['i3d_rstg_res3_4'] = full
-  result['i3d_backbone_only'] = backbone
+  backbone_config = ssv1_i3d.get_config()
+  backbone_config.batch_size = args.batch
+  backbone_config.rstg.placement = 'none'
+  timings = bench_models({'i3d_rstg_res3_4': config, 'i3d_backbone_only': backbone_config},
+                         args.batch, args.frames, args.size, args.repeats)
+  result.update(timings)
+  full, backbone = timings['i3d_rstg_res3_4'], timings['i3d_backbone_only']
   result['graph_share_forward'] = 1.0 - backbone['forward_s'] / full['forward_s']
   result['graph_share_train_step'] = 1.0 - backbone['train_step_s'] / full['train_step_s']
   result['backbone_share_forward'] = 1.0 - result['graph_share_forward']
