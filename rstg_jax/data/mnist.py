@@ -433,7 +433,9 @@ def _tfds_unreachable_reason() -> str | None:
     probe of the download host decides first.
     """
     data_dir = Path(os.environ.get("TFDS_DATA_DIR", Path.home() / "tensorflow_datasets"))
-    if (data_dir / "mnist").is_dir():
+    # A prepared tfds dataset has <version>/dataset_info.json; a bare folder may be
+    # the leftover of a download that failed.
+    if any((data_dir / "mnist").glob("*/dataset_info.json")):
         return None
     try:
         socket.create_connection(TFDS_MNIST_HOST, timeout=3).close()
