@@ -4,6 +4,11 @@ r"""Trains an RSTG model (or a baseline) and evaluates it during training.
   python -m rstg_jax.main --config=configs/syncmnist.py --config.ablation=space_only \
       --workdir=runs/sync3_space_only
 
+Something-Something-v1 (see the docstrings of configs/ssv1_*.py for the recipes):
+
+  python -m rstg_jax.main --config=configs/ssv1_i3d.py --workdir=runs/ssv1_i3d \
+      --config.data.root=PATH --config.init_from=kinetics_i3d_r50.npz
+
 Every config field can be overridden with --config.<field>=<value>. Running the same
 command again resumes from the workdir's latest checkpoint. `--mode=evaluate` evaluates a
 checkpoint instead (same as `python -m rstg_jax.evaluate`).

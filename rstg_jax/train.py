@@ -11,6 +11,14 @@
   dropout key of step s is `fold_in(key, s)`, and everything else that changes during
   training (optimizer moments and counters, the plateau scale) is in the checkpoint.
   A run killed and restarted with the same command ends with the same parameters.
+  Something-Something-v1 (a tf.data stream) is the exception for the data only: a
+  resumed run reads a fresh shuffle seeded by (seed, resume step) instead of the rest
+  of the interrupted one (see `input_pipeline.SSv1`); everything else resumes exactly.
+- Something-Something-v1 (`config.data.name == 'ssv1'`): the model comes from
+  `rstg_jax.models.ssv1_models`, `init_from` may be a converted Kinetics checkpoint
+  (.npz from `rstg_jax.convert`, merged strictly; the graph blocks and the head keep
+  their init), frozen BatchNorm gets no update, and `evaluate_views` averages the
+  logits of each video's views (the dense 22-view protocol of `rstg_jax.evaluate`).
 - Learning rate: `config.learning_rate` times an optional warmup/cosine schedule times a
   plateau scale that is divided by 10 when the test metric stops improving (paper). The
   plateau logic runs on the host after each evaluation, since the metric only exists
