@@ -8,6 +8,8 @@ the graph's share of the time). Each lives in `rstg_jax/benchmarks/NAME.py`.
 import importlib
 import sys
 
+from rstg_jax import runtime
+
 BENCHMARKS = ("graph", "syncmnist", "ssv1")
 
 
@@ -16,6 +18,7 @@ def main(argv=None):
   if not argv or argv[0] not in BENCHMARKS:
     sys.exit(f"usage: python -m rstg_jax.bench {{{','.join(BENCHMARKS)}}} [options]\n"
              f"  (each benchmark takes --help)")
+  runtime.reuse_freed_memory()  # as the training entry points do
   module = importlib.import_module(f"rstg_jax.benchmarks.{argv[0]}")
   return module.main(argv[1:])
 

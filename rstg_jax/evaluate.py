@@ -30,6 +30,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from rstg_jax import cli
+from rstg_jax import runtime
 from rstg_jax import input_pipeline
 from rstg_jax import metrics as metrics_lib
 from rstg_jax import train
@@ -157,6 +158,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   cli.quiet_logging()
+  runtime.reuse_freed_memory()  # XLA:CPU intermediates: reuse, not fresh pages
   flag_values = flags.FLAGS
   try:
     run(flag_values.config, flag_values.workdir, flag_values.checkpoint,

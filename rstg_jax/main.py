@@ -19,6 +19,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from rstg_jax import cli
+from rstg_jax import runtime
 
 FLAGS = flags.FLAGS
 
@@ -35,6 +36,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   cli.quiet_logging()
+  runtime.reuse_freed_memory()  # XLA:CPU intermediates: reuse, not fresh pages
   # Imported after flag parsing: `--help` and flag errors stay instant.
   from rstg_jax import train  # pylint: disable=g-import-not-at-top
 
