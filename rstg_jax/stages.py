@@ -166,7 +166,8 @@ def _message_pass(params, x, senders, receivers, positions, num_receivers, sorte
 
 
 def space_stage(params: dict, graph: RSTGGraph, nodes: jax.Array,
-                past: jax.Array | None = None) -> jax.Array:
+                past: jax.Array | None = None, *,
+                frames_per_chunk: int | None = 128) -> jax.Array:
   """One space processing stage (send, gather, update) on every frame.
 
   Args:
@@ -176,6 +177,9 @@ def space_stage(params: dict, graph: RSTGGraph, nodes: jax.Array,
     past: optional [..., N, D], used by the homogeneous schedule: node i also receives
       a message from `past[..., i, :]` (its own state at the previous time step),
       computed by the same f_send and attention as the spatial messages.
+    frames_per_chunk: frames (products of the leading axes) processed at once; more are
+      processed chunk by chunk with `lax.map`, so the [2E, frames, D] edge tensors stay
+      cache-sized and time stays linear in the number of frames. None: all at once.
 
   Returns:
     Updated node features [..., N, D].
@@ -187,16 +191,38 @@ def space_stage(params: dict, graph: RSTGGraph, nodes: jax.Array,
   if params["send"]["w_src"].shape[0] != d:
     raise ValueError(f"parameters are for D={params['send']['w_src'].shape[0]} but nodes "
                      f"have D={d}")
+  if past is not None and past.shape != nodes.shape:
+    raise ValueError(f"past must have the shape of nodes {nodes.shape}, got {past.shape}")
   lead = nodes.shape[:-2]
+  flat = nodes.reshape((-1, n, d))
+  flat_past = None if past is None else past.reshape((-1, n, d))
+  frames = flat.shape[0]
+  if not frames_per_chunk or frames <= frames_per_chunk:
+    out = _stage_frames(params, graph, flat, flat_past)
+  else:
+    chunks = -(-frames // frames_per_chunk)
+    def split(a):  # [frames, N, D] -> [chunks, frames_per_chunk, N, D], zero-padded
+      a = jnp.pad(a, ((0, chunks * frames_per_chunk - frames), (0, 0), (0, 0)))
+      return a.reshape((chunks, frames_per_chunk, n, d))
+    if flat_past is None:
+      out = jax.lax.map(lambda x: _stage_frames(params, graph, x, None), split(flat))
+    else:
+      out = jax.lax.map(lambda xp: _stage_frames(params, graph, *xp),
+                        (split(flat), split(flat_past)))
+    out = out.reshape((-1, n, d))[:frames]
+  return out.reshape(lead + (n, d))
+
+
+def _stage_frames(params, graph, flat, flat_past):
+  """space_stage on [frames, N, D] (and past of the same shape, or None)."""
+  n = graph.num_nodes
   # Node-major layout [N, B, D]: an edge gather/scatter moves one contiguous B*D slab.
-  x = nodes.reshape((-1, n, d)).swapaxes(0, 1)
-  if past is None:
+  x = flat.swapaxes(0, 1)
+  if flat_past is None:
     gathered = _message_pass(params, x, graph.senders, graph.receivers, graph.positions,
                              n, sorted_ids=True)
   else:
-    if past.shape != nodes.shape:
-      raise ValueError(f"past must have the shape of nodes {nodes.shape}, got {past.shape}")
-    xp = jnp.concatenate([x, past.reshape((-1, n, d)).swapaxes(0, 1)], axis=0)
+    xp = jnp.concatenate([x, flat_past.swapaxes(0, 1)], axis=0)
     senders, receivers = _with_time_edges(graph)
     gathered = _message_pass(params, xp, senders, receivers,
                              np.concatenate([graph.positions, graph.positions]), n,
@@ -204,7 +230,7 @@ def space_stage(params: dict, graph: RSTGGraph, nodes: jax.Array,
   out = _update(params["update"], graph, x, gathered)
   if "ln_update" in params:
     out = _layer_norm(out, params["ln_update"])
-  return out.swapaxes(0, 1).reshape(lead + (n, d))
+  return out.swapaxes(0, 1)
 
 
 def _with_time_edges(graph: RSTGGraph):
