@@ -55,8 +55,8 @@ def cached_graph(scales: tuple[int, ...], height: int, width: int,
   return build_graph(scales, (height, width), adjacency=adjacency)
 
 
-class GraphToMap(nn.Module):
-  """RSTG-to-map on a backbone feature map, with the graph built for its size.
+class _GraphBlock(nn.Module):
+  """Fields shared by the graph blocks inserted into the backbone.
 
   Attributes:
     scales: grid sizes of the graph, e.g. (1, 2, 3) or the paper's (1, 2, 3, 4).
@@ -69,14 +69,22 @@ class GraphToMap(nn.Module):
   adjacency: str = "sparse"
   rstg: Optional[Mapping[str, Any]] = None
 
+  def graph_for(self, x: jax.Array):
+    """The graph for x's spatial size: the same params serve 224 and 256 crops."""
+    return cached_graph(tuple(self.scales), x.shape[-3], x.shape[-2], self.adjacency)
+
+
+class GraphToMap(_GraphBlock):
+  """RSTG-to-map on a backbone feature map, with the graph built for its size."""
+
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    graph = cached_graph(tuple(self.scales), x.shape[-3], x.shape[-2], self.adjacency)
+    graph = self.graph_for(x)
     return RSTGToMap(graph, dim=self.dim, rstg=dict(self.rstg or {}), name="map")(
         x, train=train)
 
 
-class GraphToVec(nn.Module):
+class GraphToVec(_GraphBlock):
   """RSTG-to-vec on res5, added to the backbone's pooled features (paper App. B).
 
   x [B, T, H, W, C] -> x + s * LayerNorm(proj_out(rstg_to_vec(RSTG(proj_in(pool(x))))))
@@ -86,18 +94,14 @@ class GraphToVec(nn.Module):
   pooled features before dropout and the classifier, as in the paper, while the
   ResNet3D stays one module whose parameters match the Kinetics checkpoint by name.
 
-  Attributes: as `GraphToMap`.
+  Attributes: as `_GraphBlock`.
   """
-  scales: Sequence[int]
-  dim: int = 512
-  adjacency: str = "sparse"
-  rstg: Optional[Mapping[str, Any]] = None
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     del train  # No train-time-only behaviour (kept for the insert hook's signature).
     c = x.shape[-1]
-    graph = cached_graph(tuple(self.scales), x.shape[-3], x.shape[-2], self.adjacency)
+    graph = self.graph_for(x)
     nodes = pool_nodes(graph, x)  # [B, T, N, C]
     if c != self.dim:
       nodes = nn.Dense(self.dim, name="proj_in")(nodes)
