@@ -42,6 +42,8 @@ from rstg_jax import stages
 from rstg_jax.graph import RSTGGraph, pool_nodes, unpool_nodes
 
 SCHEDULES = ("all_temp", "one_temp", "homogeneous", "space_only", "time_only")
+# Recurrences over at most this many frames are fully unrolled (SyncMNIST's T = 10).
+_MAX_UNROLL = 16
 
 
 def check_schedule(schedule: str) -> None:
@@ -107,13 +109,21 @@ class LSTM(nn.Module):
     h = jax.nn.sigmoid(o) * jnp.tanh(c)
     return (c, h), h
 
-  def __call__(self, xs, carry=None):
-    """xs [B, T, N, Din] -> (final carry, hs [B, T, N, H])."""
+  def __call__(self, xs, carry=None, time_axis: int = 1):
+    """xs [B, T, N, Din] -> (final carry, hs [B, T, N, H]).
+
+    time_axis=0 takes and returns time-major arrays [T, B, N, ...] instead, which
+    saves two transposes per call (the scan steps over the leading axis).
+    """
     gx = self.ih(xs)
     if carry is None:
-      carry = self.initial_carry(xs.shape[:1] + xs.shape[2:-1], xs.dtype)
+      batch_shape = xs.shape[:time_axis] + xs.shape[time_axis + 1:-1]
+      carry = self.initial_carry(batch_shape, xs.dtype)
+    # Short sequences are unrolled: no while loop, and XLA fuses across frames.
+    unroll = xs.shape[time_axis] if xs.shape[time_axis] <= _MAX_UNROLL else 1
     scan = nn.scan(lambda mdl, c, g: mdl._cell(c, g), variable_broadcast="params",
-                   split_rngs={"params": False}, in_axes=1, out_axes=1)
+                   split_rngs={"params": False}, in_axes=time_axis, out_axes=time_axis,
+                   unroll=unroll)
     return scan(self, carry, gx)
 
   def step(self, carry, x):
@@ -174,33 +184,39 @@ class RSTG(nn.Module):
   def __call__(self, x):
     """Offline pass: x [B, T, N, C] -> node states [B, T, N, D]."""
     self._check(x, 4)
-    v = self._embed(x)
+    # Time-major inside ([T, B, N, D]): the recurrences scan the leading axis without a
+    # transpose per stage; space stages do not care about the order of leading axes.
+    v = self._embed(x).swapaxes(0, 1)
+    return self._offline_time_major(v).swapaxes(0, 1)
+
+  def _offline_time_major(self, v):
     k_iters, sched = self.num_iters, self.schedule
+    lstm = lambda mdl, xs: mdl(xs, time_axis=0)
     if sched == "all_temp":
       for _ in range(k_iters):
-        _, h = self.lstm(v)
+        _, h = lstm(self.lstm, v)
         v = self.space(h)
-      return self.final_lstm(v)[1]
+      return lstm(self.final_lstm, v)[1]
     if sched == "time_only":
       for _ in range(k_iters):
-        v = self.lstm(v)[1]
-      return self.final_lstm(v)[1]
+        v = lstm(self.lstm, v)[1]
+      return lstm(self.final_lstm, v)[1]
     if sched == "one_temp":
       for _ in range(k_iters):
         v = self.space(v)
-      return self.final_lstm(v)[1]
+      return lstm(self.final_lstm, v)[1]
     if sched == "space_only":
       for _ in range(k_iters):
         v = self.space(v)
-      steps = jnp.arange(1, v.shape[1] + 1, dtype=v.dtype)[None, :, None, None]
-      return jnp.cumsum(v, axis=1) / steps
+      steps = jnp.arange(1, v.shape[0] + 1, dtype=v.dtype)[:, None, None, None]
+      return jnp.cumsum(v, axis=0) / steps
     # homogeneous: the time message needs iteration k at t-1, so each iteration is a
     # scan over frames of a space stage that also listens to the past.
     scan = nn.scan(lambda mdl, prev, cur: (lambda s: (s, s))(mdl.space(cur, past=prev)),
                    variable_broadcast="params", split_rngs={"params": False},
-                   in_axes=1, out_axes=1)
+                   in_axes=0, out_axes=0)
     for _ in range(k_iters):
-      _, v = scan(self, jnp.zeros_like(v[:, 0]), v)
+      _, v = scan(self, jnp.zeros_like(v[0]), v)
     return v
 
   def initial_state(self, batch_size: int, dtype=jnp.float32) -> dict[str, Any]:

@@ -42,6 +42,10 @@ from rstg_jax.graph import POSITION_GRID, RSTGGraph
 
 GATHERS = ("attention", "sum")
 _LN_EPS = 1e-6
+# "auto" chunking keeps each [2E, frames, D] edge tensor at or under this many floats
+# (24 MB): 128 frames of the 14-node graph at D = 512, where the graph benchmark showed
+# time linear in T; at D = 64 a SyncMNIST batch (320 frames) then runs in one piece.
+EDGE_FLOATS_PER_CHUNK = 90 * 128 * 512
 
 
 def _dense_init(key, fan_in, shape, dtype):
@@ -167,7 +171,7 @@ def _message_pass(params, x, senders, receivers, positions, num_receivers, sorte
 
 def space_stage(params: dict, graph: RSTGGraph, nodes: jax.Array,
                 past: jax.Array | None = None, *,
-                frames_per_chunk: int | None = 128) -> jax.Array:
+                frames_per_chunk: int | str | None = "auto") -> jax.Array:
   """One space processing stage (send, gather, update) on every frame.
 
   Args:
@@ -179,7 +183,9 @@ def space_stage(params: dict, graph: RSTGGraph, nodes: jax.Array,
       computed by the same f_send and attention as the spatial messages.
     frames_per_chunk: frames (products of the leading axes) processed at once; more are
       processed chunk by chunk with `lax.map`, so the [2E, frames, D] edge tensors stay
-      cache-sized and time stays linear in the number of frames. None: all at once.
+      cache-sized and time stays linear in the number of frames. "auto": as many frames
+      as keep an edge tensor under `EDGE_FLOATS_PER_CHUNK` floats, in chunks of equal
+      size; None: all at once.
 
   Returns:
     Updated node features [..., N, D].
@@ -197,6 +203,12 @@ def space_stage(params: dict, graph: RSTGGraph, nodes: jax.Array,
   flat = nodes.reshape((-1, n, d))
   flat_past = None if past is None else past.reshape((-1, n, d))
   frames = flat.shape[0]
+  if frames_per_chunk == "auto":
+    frames_per_chunk = _auto_chunk(graph, frames, d, with_past=past is not None)
+  elif frames_per_chunk is not None and (isinstance(frames_per_chunk, str)
+                                         or frames_per_chunk < 1):
+    raise ValueError(f"frames_per_chunk must be 'auto', None or a positive int, got "
+                     f"{frames_per_chunk!r}")
   if not frames_per_chunk or frames <= frames_per_chunk:
     out = _stage_frames(params, graph, flat, flat_past)
   else:
@@ -211,6 +223,14 @@ def space_stage(params: dict, graph: RSTGGraph, nodes: jax.Array,
                         (split(flat), split(flat_past)))
     out = out.reshape((-1, n, d))[:frames]
   return out.reshape(lead + (n, d))
+
+
+def _auto_chunk(graph: RSTGGraph, frames: int, d: int, with_past: bool) -> int:
+  """Frames per chunk for "auto": under the edge-tensor budget, chunks of equal size."""
+  rows = graph.senders.shape[0] + (graph.num_nodes if with_past else 0)
+  most = max(1, EDGE_FLOATS_PER_CHUNK // max(1, rows * d))
+  chunks = -(-frames // most)
+  return -(-frames // chunks)  # the fewest chunks; less than one padded frame per chunk
 
 
 def _stage_frames(params, graph, flat, flat_past):

@@ -116,6 +116,20 @@ def test_chunked_frames_equal_one_pass():
     whole = space_stage(params, g, nodes, p, frames_per_chunk=None)
     chunked = jax.jit(lambda x, q: space_stage(params, g, x, q, frames_per_chunk=2))(nodes, p)
     np.testing.assert_allclose(chunked, whole, rtol=1e-5, atol=1e-6)
+  # "auto" splits 5 frames into equal chunks under the budget: 3 + 2 frames here.
+  from rstg_jax import stages  # pylint: disable=g-import-not-at-top
+  assert stages._auto_chunk(g, 5, 8, with_past=False) == 5
+  budget = stages.EDGE_FLOATS_PER_CHUNK
+  try:
+    stages.EDGE_FLOATS_PER_CHUNK = g.num_edges * 8 * 4  # 4 frames fit
+    assert stages._auto_chunk(g, 5, 8, with_past=False) == 3
+    auto = space_stage(params, g, nodes, past)
+  finally:
+    stages.EDGE_FLOATS_PER_CHUNK = budget
+  np.testing.assert_allclose(auto, space_stage(params, g, nodes, past, frames_per_chunk=None),
+                             rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match="frames_per_chunk"):
+    space_stage(params, g, nodes, frames_per_chunk=0)
   # Gradients flow through the chunked path the same way.
   loss = lambda q, c: jnp.sum(space_stage(q, g, nodes, frames_per_chunk=c) ** 2)
   np.testing.assert_allclose(jax.grad(loss)(params, 2)["send"]["w2"],
