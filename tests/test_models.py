@@ -13,7 +13,8 @@ from ml_collections import config_dict
 
 from rstg_jax import models
 from rstg_jax.models import baselines
-from rstg_jax.models.cnn import SmallCNN, apply_per_frame, feature_size
+from rstg_jax.models.cnn import SmallCNN, apply_per_frame, feature_size, max_pool_2x2
+from flax import linen as nn
 
 NUM_CLASSES = 5
 
@@ -69,6 +70,16 @@ def test_backbone_on_video_equals_per_frame():
                              atol=1e-6)
   # The helper works for any frame-wise function.
   assert apply_per_frame(lambda x: x.sum(axis=(1, 2)), video).shape == (2, 3, 1)
+
+
+@pytest.mark.parametrize("size", [6, 7])  # even, and odd (last row/column dropped)
+def test_max_pool_2x2_equals_flax_max_pool_and_its_gradient(size):
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, size, size + 2, 3))
+  ref = lambda a: nn.max_pool(a, (2, 2), strides=(2, 2), padding="VALID")
+  np.testing.assert_array_equal(max_pool_2x2(x), ref(x))
+  w = jax.random.normal(jax.random.PRNGKey(1), ref(x).shape)
+  grad = lambda f: jax.grad(lambda a: jnp.sum(w * f(a)))(x)
+  np.testing.assert_array_equal(grad(max_pool_2x2), grad(ref))
 
 
 def check_model(model, video, train_mode=True):
