@@ -15,6 +15,7 @@ pre-trained backbone in its workdir and anyone can inspect it with numpy alone.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from typing import Any, Optional
 
@@ -135,8 +136,10 @@ def pretrain_backbone(width: int = 512,
   num_train = _num_frames("train")
   rng = np.random.default_rng(seed)
   history, window = [], []
+  # Redirected to a file, refresh twice a minute (as the trainer's bar does).
   bar = tqdm(range(steps), desc=f"pretrain backbone (width {width})",
-             disable=not progress_bar)
+             disable=not progress_bar, file=sys.stderr,
+             mininterval=0.5 if sys.stderr.isatty() else 30.0)
   for step in bar:
     indices = rng.integers(0, num_train, size=batch_size)
     images, labels = _frames("train", indices, seed, mnist_path)
@@ -148,7 +151,7 @@ def pretrain_backbone(width: int = 512,
         raise FloatingPointError(f"pre-training loss is {mean_loss} at step {step + 1}")
       history.append((step + 1, mean_loss))
       window = []
-      bar.set_postfix(loss=f"{mean_loss:.4f}")
+      bar.set_postfix(loss=f"{mean_loss:.4f}", refresh=False)
   bar.close()
 
   metrics: dict[str, Any] = {"train_loss": history, "final_train_loss": history[-1][1]}

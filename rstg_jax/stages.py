@@ -43,9 +43,10 @@ from rstg_jax.graph import POSITION_GRID, RSTGGraph
 GATHERS = ("attention", "sum")
 _LN_EPS = 1e-6
 # "auto" chunking keeps each [2E, frames, D] edge tensor at or under this many floats
-# (24 MB): 128 frames of the 14-node graph at D = 512, where the graph benchmark showed
-# time linear in T; at D = 64 a SyncMNIST batch (320 frames) then runs in one piece.
-EDGE_FLOATS_PER_CHUNK = 90 * 128 * 512
+# (72 MB): 128 frames of the 30-node, 274-message graph at D = 512, the chunk with which
+# the graph benchmark's time became linear in T; at D = 64 a SyncMNIST batch (320
+# frames, 90 messages) runs in one piece.
+EDGE_FLOATS_PER_CHUNK = 274 * 128 * 512
 
 
 def _dense_init(key, fan_in, shape, dtype):

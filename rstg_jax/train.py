@@ -769,7 +769,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, model
                  'videos_per_sec': n_window * config.batch_size / max(dt, 1e-9)}
           writer.write(row)
           pbar.set_postfix(loss=f'{row["loss"]:.3f}', acc=f'{row["accuracy"]:.3f}',
-                           **({'test_top1': f'{last_eval["top1"]:.3f}'} if last_eval else {}))
+                           **({'test_top1': f'{last_eval["top1"]:.3f}'} if last_eval else {}),
+                           refresh=False)  # drawn at the bar's own interval
           window, t_window, n_window = None, time.time(), 0
         eval_metrics = None
         if is_eval:
