@@ -1,4 +1,4 @@
-"""Command-line helpers shared by `rstg_jax.main` and `rstg_jax.evaluate`."""
+"""Command-line helpers shared by `rstg_jax.main`, `rstg_jax.evaluate` and the progress bars."""
 
 import sys
 
@@ -27,3 +27,9 @@ def quiet_logging():
   INFO, which would bury the progress bar and our own summary lines (printed to stdout)."""
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)
+
+
+def progress_interval() -> float:
+  """Seconds between progress-bar redraws: twice a second on a terminal, twice a minute
+  when stderr is redirected to a file, which a livelier bar fills with carriage returns."""
+  return 0.5 if sys.stderr.isatty() else 30.0

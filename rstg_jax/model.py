@@ -192,20 +192,19 @@ class RSTG(nn.Module):
 
   def _offline_time_major(self, v):
     k_iters, sched = self.num_iters, self.schedule
-    lstm = lambda mdl, xs: mdl(xs, time_axis=0)
     if sched == "all_temp":
       for _ in range(k_iters):
-        _, h = lstm(self.lstm, v)
+        _, h = self.lstm(v, time_axis=0)
         v = self.space(h)
-      return lstm(self.final_lstm, v)[1]
+      return self.final_lstm(v, time_axis=0)[1]
     if sched == "time_only":
       for _ in range(k_iters):
-        v = lstm(self.lstm, v)[1]
-      return lstm(self.final_lstm, v)[1]
+        v = self.lstm(v, time_axis=0)[1]
+      return self.final_lstm(v, time_axis=0)[1]
     if sched == "one_temp":
       for _ in range(k_iters):
         v = self.space(v)
-      return lstm(self.final_lstm, v)[1]
+      return self.final_lstm(v, time_axis=0)[1]
     if sched == "space_only":
       for _ in range(k_iters):
         v = self.space(v)

@@ -27,6 +27,7 @@ from flax import linen as nn
 from flax import traverse_util
 from tqdm.auto import tqdm
 
+from rstg_jax import cli
 from rstg_jax.models.cnn import SmallCNN
 
 NUM_DIGIT_CLASSES = 10
@@ -136,10 +137,8 @@ def pretrain_backbone(width: int = 512,
   num_train = _num_frames("train")
   rng = np.random.default_rng(seed)
   history, window = [], []
-  # Redirected to a file, refresh twice a minute (as the trainer's bar does).
   bar = tqdm(range(steps), desc=f"pretrain backbone (width {width})",
-             disable=not progress_bar, file=sys.stderr,
-             mininterval=0.5 if sys.stderr.isatty() else 30.0)
+             disable=not progress_bar, file=sys.stderr, mininterval=cli.progress_interval())
   for step in bar:
     indices = rng.integers(0, num_train, size=batch_size)
     images, labels = _frames("train", indices, seed, mnist_path)

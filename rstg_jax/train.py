@@ -48,6 +48,7 @@ import optax
 import orbax.checkpoint as ocp
 import tqdm
 
+from rstg_jax import cli
 from rstg_jax import input_pipeline
 from rstg_jax import metrics as metrics_lib
 
@@ -725,11 +726,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, model
 
   window, pending, last_eval = None, [], None
   t_window, n_window = time.time(), 0
-  # Redirected to a file, a bar refreshed several times a second fills it with megabytes
-  # of carriage returns: refresh twice a minute there.
   pbar = tqdm.tqdm(total=total, initial=start, desc='train', unit='step', dynamic_ncols=True,
                    disable=not (is_main and config.progress_bar), file=sys.stderr,
-                   mininterval=0.5 if sys.stderr.isatty() else 30.0)
+                   mininterval=cli.progress_interval())
 
   def check_finite(step_now):
     """Raises at the first non-finite step since the last check (before any save)."""
