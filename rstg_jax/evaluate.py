@@ -126,10 +126,8 @@ def run(config: Optional[ml_collections.ConfigDict], workdir: str,
     os.makedirs(out_dir, exist_ok=True)
   cm = metrics_lib.confusion_matrix(labels, preds, len(class_names))
   metrics_lib.write_per_class(cm, class_names, out_dir)
-  with open(os.path.join(out_dir, 'confusion_matrix.csv'), 'w') as f:
-    f.write('true\\pred,' + ','.join(class_names) + '\n')
-    for name, row in zip(class_names, cm):
-      f.write(name + ',' + ','.join(str(int(v)) for v in row) + '\n')
+  metrics_lib.write_confusion_csv(cm, class_names,
+                                  os.path.join(out_dir, 'confusion_matrix.csv'))
   metrics_lib.plot_confusion(
       cm, class_names, os.path.join(out_dir, 'confusion.png'),
       title=f'step {step}: top-1 {summary["top1"]:.3f} on {summary["count"]} videos')

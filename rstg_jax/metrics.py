@@ -127,6 +127,19 @@ def write_per_class(cm: np.ndarray, class_names: Sequence[str], out_dir: str) ->
   return rows
 
 
+def write_confusion_csv(cm: np.ndarray, class_names: Sequence[str], path: str) -> None:
+  """confusion_matrix.csv: counts, one row per true class, one column per prediction.
+
+  Written with the csv module: Something-Something class names hold commas (and may hold
+  quotes), which csv quotes, so every row has exactly len(class_names) + 1 fields.
+  """
+  with open(path, 'w', newline='') as f:
+    writer = csv.writer(f)
+    writer.writerow(['true\\pred', *class_names])
+    for name, row in zip(class_names, cm):
+      writer.writerow([name, *(int(v) for v in row)])
+
+
 def plot_confusion(cm: np.ndarray, class_names: Sequence[str], path: str, title: str = ''):
   """Row-normalised confusion matrix (rows: true class, columns: prediction)."""
   plt = _pyplot()
