@@ -188,13 +188,14 @@ def check_ssv1_data(config) -> None:
            f'should write them).')
   try:
     root = ssv1.check_root(config.data.root)
-    ssv1.read_class_names(root)
+    names = ssv1.read_class_names(root)
     for split in ssv1.REQUIRED_SPLITS:
       path = os.path.join(root, ssv1.SPLIT_FILES[split])
       if not os.path.isfile(path):
         raise ssv1.SSv1DataError(
             f'Label file {path!r} is missing (expected in config.data.root={root!r}). '
             f'{ssv1.DOWNLOAD_HINT}')
+      ssv1.read_split(root, split, names)  # encoding, class names, ids: seconds, not hours
   except ssv1.SSv1DataError as e:
     raise ssv1.SSv1DataError(f'{e} {where}') from None
 
@@ -229,6 +230,8 @@ class SSv1:
     self.num_classes = len(self.class_names)
     self.input_shape = (int(d.num_frames), int(d.crop_size), int(d.crop_size), 3)
     splits = self._builder.info.splits
+    if not splits['train'].num_examples:  # a copy prepared before the converter refused it
+      raise self._empty_train_error()
     n_eval = self.num_videos(d.eval_split)
     self.eval_size = min(int(config.eval_size), n_eval)
     self.eval_split = (d.eval_split if self.eval_size == n_eval
@@ -243,6 +246,14 @@ class SSv1:
         f'Something-Something-v1 ({self._builder.data_dir}): train {splits["train"].num_examples} '
         f'videos, {d.num_frames} frames, {d.crop_size}px crops of short side {d.short_side}; '
         f'test = {self.eval_split} ({self.eval_size} videos, {d.eval_mode} crop)')
+
+  def _empty_train_error(self):
+    from rstg_jax.data import ssv1  # pylint: disable=g-import-not-at-top
+    return ssv1.SSv1DataError(
+        f'The prepared Something-Something-v1 in {self._builder.data_dir} has no training '
+        'video (every train video was skipped at conversion; see its ssv1_report.json). '
+        'Fix the data under config.data.root and convert again into an empty '
+        'config.data.tfds_dir.')
 
   def num_videos(self, split: str) -> int:
     """Videos in a split ('validation', or a TFDS slice such as 'validation[:500]')."""
@@ -263,7 +274,10 @@ class SSv1:
       ds = self._tfds.make_dataset('train', train=True, batch_size=self._local_batch,
                                    shuffle_seed=self.stream_seed(step), **self._common())
       self._train_iter = ds.as_numpy_iterator()
-    b = next(self._train_iter)
+    try:
+      b = next(self._train_iter)
+    except StopIteration:  # would surface as "generator raised StopIteration"
+      raise self._empty_train_error() from None
     self._next_step = step + 1
     return {'video': b['video'], 'label': b['label'].astype(np.int32)}
 
