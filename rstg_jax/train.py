@@ -464,23 +464,25 @@ def _load_pretrained_backbone(config, workdir: str, params: dict, say) -> dict:
   """Pretrains the backbone on single digits once (cached in workdir/backbone.npz)."""
   from rstg_jax import pretrain  # pylint: disable=g-import-not-at-top
   path = os.path.join(workdir, 'backbone.npz')
-  if os.path.exists(path):
+  settings = dict(width=config.backbone.width, steps=config.backbone.pretrain_steps,
+                  batch_size=config.backbone.pretrain_batch_size, seed=config.seed,
+                  learning_rate=config.backbone.pretrain_lr,
+                  mnist_path=config.data.mnist_path)
+  key = pretrain.backbone_cache_key(**settings)  # the cache is reused only for these
+  backbone, why_not = pretrain.load_cached_backbone(path, key)
+  if backbone is not None:
     say(f'Backbone: loading the pretrained backbone cached at {path}')
-    backbone = pretrain.load_backbone(path)
   else:
-    say(f'Backbone: pretraining for {config.backbone.pretrain_steps} steps on single '
-        'digits (cached in workdir/backbone.npz for later runs)')
+    say(f'Backbone: {why_not}; pretraining for {config.backbone.pretrain_steps} steps on '
+        'single digits (cached in workdir/backbone.npz for later runs)')
     backbone, pre = pretrain.pretrain_backbone(
-        width=config.backbone.width, steps=config.backbone.pretrain_steps,
-        batch_size=config.backbone.pretrain_batch_size, seed=config.seed,
-        learning_rate=config.backbone.pretrain_lr, mnist_path=config.data.mnist_path,
-        log_every=max(1, config.backbone.pretrain_steps // 10),
+        **settings, log_every=max(1, config.backbone.pretrain_steps // 10),
         progress_bar=config.progress_bar and jax.process_index() == 0)
     say(f'Backbone pretraining done in {pre.get("seconds", 0):.0f} s: final train loss '
         f'{pre.get("final_train_loss", float("nan")):.4f}, single-digit test accuracy '
         f'{pre.get("test_accuracy", float("nan")):.4f}')
     if jax.process_index() == 0:
-      pretrain.save_backbone(path, backbone)  # atomic (temporary file + rename)
+      pretrain.save_backbone(path, backbone, key)  # atomic (temporary file + rename)
   if 'backbone' not in params:
     raise ValueError('config.backbone.pretrain_steps > 0 but the model has no `backbone` '
                      f'submodule (top-level params: {sorted(params)}).')
