@@ -311,9 +311,17 @@ DATASETS = ('syncmnist', 'ssv1')
 
 
 def check_data(config) -> None:
-  """Fails at once (ValueError with what to do) if the configured data is not there."""
+  """Fails at once (ValueError with what to do) if the configured data is not there.
+
+  SyncMNIST: loads the MNIST digits (cached for the run), so a missing copy
+  (`MNISTNotFoundError`, an OSError) or a refused pickle (`UnsafePickleError`) stops the
+  run before anything is created.
+  """
   if config.data.name == 'ssv1':
     check_ssv1_data(config)
+  elif config.data.name == 'syncmnist':
+    from rstg_jax.data import mnist  # pylint: disable=g-import-not-at-top  # numpy only
+    mnist.load_mnist('train', config.data.get('mnist_path'))
 
 
 def create_dataset(config, process_index: int = 0, process_count: int = 1) -> Dataset:

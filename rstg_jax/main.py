@@ -14,6 +14,8 @@ command again resumes from the workdir's latest checkpoint. `--mode=evaluate` ev
 checkpoint instead (same as `python -m rstg_jax.evaluate`).
 """
 
+import pickle
+
 from absl import app
 from absl import flags
 from ml_collections import config_flags
@@ -39,23 +41,35 @@ def main(argv):
   runtime.reuse_freed_memory()  # XLA:CPU intermediates: reuse, not fresh pages
   # Imported after flag parsing: `--help` and flag errors stay instant.
   from rstg_jax import train  # pylint: disable=g-import-not-at-top
+  from rstg_jax import config_checks  # pylint: disable=g-import-not-at-top
+  from rstg_jax.data import ssv1  # pylint: disable=g-import-not-at-top  # numpy only
 
   config = FLAGS.config
   try:
     # Before any heavy work: a misspelt model or ablation name costs a second, not a run,
-    # and so does a data set that is not where the config says (SSv1).
+    # and so does a meaningless value, or a data set that is not where the config says
+    # or that is refused (MNIST missing or a hostile pickle, SSv1 label files).
     train.validate_config(config)
     train.input_pipeline.check_data(config)
-  except ValueError as e:
+  except (ValueError, OSError, pickle.UnpicklingError) as e:
     raise SystemExit(f'ERROR: {e}') from None
 
+  # Errors a user can act on end in one line, not a traceback: NaN loss (training or
+  # backbone pre-training), a full disk or unwritable file, refused or unusable data.
+  user_errors = (FloatingPointError, OSError, pickle.UnpicklingError, ssv1.SSv1DataError)
   if FLAGS.mode == 'evaluate':
     from rstg_jax import evaluate  # pylint: disable=g-import-not-at-top
-    evaluate.run(config, FLAGS.workdir, FLAGS.checkpoint)
+    try:
+      evaluate.run(config, FLAGS.workdir, FLAGS.checkpoint)
+    except user_errors as e:
+      raise SystemExit(f'ERROR: {e}') from None
     return
+  problem = config_checks.workdir_error(FLAGS.workdir)
+  if problem:
+    raise SystemExit(f'ERROR: {problem}')
   try:
     train.train_and_evaluate(config, FLAGS.workdir)
-  except train.NonFiniteLossError as e:
+  except user_errors as e:
     raise SystemExit(f'ERROR: {e}') from None
 
 

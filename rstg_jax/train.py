@@ -49,6 +49,7 @@ import orbax.checkpoint as ocp
 import tqdm
 
 from rstg_jax import cli
+from rstg_jax import config_checks
 from rstg_jax import input_pipeline
 from rstg_jax import metrics as metrics_lib
 
@@ -112,6 +113,7 @@ def validate_config(config: ml_collections.ConfigDict, check_model_names: bool =
       errors.append(f'{name} must be positive, got {config[name]}.')
   if config.num_train_steps <= 0 and config.num_epochs <= 0:
     errors.append('Set num_train_steps > 0 or num_epochs > 0.')
+  errors.extend(config_checks.value_errors(config))  # NaN or <= 0 rates, sizes, scales
   if errors:
     raise ValueError('Invalid config:\n  ' + '\n  '.join(errors))
 
