@@ -87,12 +87,30 @@ class _Refusal(Exception):
 class _NdarrayName:
   """What `numpy.ndarray` resolves to: a marker for `_reconstruct`, not a constructor."""
 
+  __slots__ = ()
+
   def __call__(self, *args, **kwargs):
     raise _Refusal('refusing a direct numpy.ndarray construction (only arrays rebuilt '
                    'from raw bytes are accepted)')
 
-  def __reduce__(self):
-    raise TypeError('not picklable')
+  def __setstate__(self, state):
+    raise _Refusal('refusing to set the state of numpy.ndarray')
+
+
+class _Callable:
+  """A stand-in function as the stream sees it: callable, but its state cannot be set
+  (BUILD on a plain function would write into the function's attributes)."""
+
+  __slots__ = ('_fn', '_name')
+
+  def __init__(self, fn, name: str):
+    self._fn, self._name = fn, name
+
+  def __call__(self, *args, **kwargs):
+    return self._fn(*args, **kwargs)
+
+  def __setstate__(self, state):
+    raise _Refusal(f'refusing to set the state of {self._name}')
 
 
 _NDARRAY = _NdarrayName()
@@ -223,7 +241,8 @@ class _Standins:
                       ('bytearray', _bytearray)):
       table[('builtins', name)] = obj
       table[('__builtin__', name)] = obj
-    self.table = table
+    self.table = {k: v if isinstance(v, (type, _NdarrayName)) else
+                  _Callable(v, '.'.join(k)) for k, v in table.items()}
 
   def reconstruct(self, cls, shape, typecode):
     if cls is not _NDARRAY or shape != (0,) or typecode not in ('b', b'b'):

@@ -244,6 +244,13 @@ def test_refusals_in_process(case):
   assert expected in str(e.value) and '\n' not in str(e.value)
 
 
+def test_state_of_allowed_names_cannot_be_set():
+  for module, name in (('numpy', 'dtype'), ('numpy', 'ndarray'), ('_codecs', 'encode')):
+    data = b'\x80\x02' + g(module, name) + obj({'x': 1}) + b'b.'
+    with pytest.raises(safe_pickle.UnsafePickleError, match='refusing to set the state'):
+      safe_pickle.loads(data)
+
+
 def test_bare_dtype_and_other_values_are_refused():
   with pytest.raises(safe_pickle.UnsafePickleError, match='bare numpy dtype'):
     safe_pickle.loads(pickle.dumps(np.dtype('f4'), protocol=2))
