@@ -40,9 +40,9 @@ def main(argv):
   cli.quiet_logging()
   runtime.reuse_freed_memory()  # XLA:CPU intermediates: reuse, not fresh pages
   # Imported after flag parsing: `--help` and flag errors stay instant.
-  from rstg_jax import train  # pylint: disable=g-import-not-at-top
+  from rstg_jax.train import loop as train  # pylint: disable=g-import-not-at-top
   from rstg_jax import config_checks  # pylint: disable=g-import-not-at-top
-  from rstg_jax.data import ssv1  # pylint: disable=g-import-not-at-top  # numpy only
+  from rstg_jax.ssv1 import reader as ssv1  # pylint: disable=g-import-not-at-top  # numpy only
 
   config = FLAGS.config
   try:

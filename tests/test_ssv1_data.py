@@ -16,7 +16,7 @@ import sys
 import numpy as np
 import pytest
 
-from rstg_jax.data import ssv1
+from rstg_jax.ssv1 import reader as ssv1
 import ssv1_fixtures as fx
 
 T, CROP, SHORT = 4, 24, 32
@@ -135,7 +135,7 @@ def test_cmyk_and_wrong_size_frames_are_repaired(tmp_path):
 
 
 def test_import_rstg_jax_does_not_import_tensorflow():
-  code = ('import sys, rstg_jax, rstg_jax.data, rstg_jax.data.ssv1, rstg_jax.input_pipeline\n'
+  code = ('import sys, rstg_jax, rstg_jax.syncmnist, rstg_jax.ssv1.reader, rstg_jax.train.input\n'
           'bad = [m for m in sys.modules if m.split(".")[0] in '
           '("tensorflow", "tensorflow_datasets")]\n'
           'assert not bad, bad')
@@ -150,7 +150,7 @@ def test_import_rstg_jax_does_not_import_tensorflow():
 @pytest.fixture(scope='module')
 def tfds_mod():
   pytest.importorskip('tensorflow_datasets')
-  from rstg_jax.data import ssv1_tfds  # pylint: disable=g-import-not-at-top
+  from rstg_jax.ssv1 import tfds_builder as ssv1_tfds  # pylint: disable=g-import-not-at-top
   return ssv1_tfds
 
 

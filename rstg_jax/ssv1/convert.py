@@ -64,7 +64,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rstg_jax import safe_pickle
-from rstg_jax.models.resnet3d import ResNet3D, temporal_kernel
+from rstg_jax.ssv1.resnet3d import ResNet3D, temporal_kernel
 
 FORMAT = "rstg_jax.convert/1"
 META_KEY = "__meta__"
