@@ -16,6 +16,8 @@ For the graph after res3 and res4 instead: --config.rstg.placement=res3_4.
 
 Paper (Table 2, 2D ResNet-50 backbone): 42.8 top-1, 73.6 top-5, dense evaluation.
 Recipe: as configs/ssv1_i3d.py apart from the backbone.
+Stem: 'caffe2' (pool1 unpadded, as the Caffe2 Kinetics pickle was trained; Table 4's
+56x56 res2 is the padded 'pyslowfast' stem), see configs/ssv1_i3d.py.
 
 Expected runtime: not measured yet.
 Expected result: not measured yet; the paper reports 42.8 / 73.6.

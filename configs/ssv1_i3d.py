@@ -23,6 +23,13 @@ for this model, see shared/notes/facts-from-the-field.md):
     flip (labels are directional); (x - 114.75) / 57.375;
   - I3D-R50 with res5 spatial stride 1, backbone BatchNorm frozen (statistics and
     affine), dropout 0.3 before the classifier, 174 classes;
+  - stem (`backbone.stem`): 'caffe2', the original Caffe2 network that the Kinetics
+    weights were trained in, whose pool1 has no padding (res2 55x55 at 224 px). The
+    paper's Table 4 lists res2 at 56x56, the padded pool1 of PySlowFast's PyTorch stem
+    ('pyslowfast'); the default differs because running the Caffe2 weights with padding
+    shifts every pool1 window by a pixel and changes their outputs by several percent.
+    res3, res4, res5 (28, 14, 14) and so the graphs are the same either way. Use
+    --config.backbone.stem=pyslowfast only for weights trained in PySlowFast;
   - graphs: 3 scales (1x1, 2x2, 3x3; the authors' config; Table 4 draws 4 scales, use
     --config.rstg.scales='(1,2,3,4)'), D = 512, K = 3, all-temp, dot-product attention,
     LayerNorm in the space stage, per-scale update MLPs; each block starts as identity
@@ -61,6 +68,9 @@ def get_config():
   # few clips give useless batch statistics).
   config.backbone.bn_frozen = True
   config.backbone.nonlocal_blocks = False  # True: NL-I3D's 5 non-local blocks.
+  # pool1 padding: 'caffe2' (none, as the Kinetics checkpoints were trained) or
+  # 'pyslowfast' (1, Table 4's 56x56 res2); see the docstring.
+  config.backbone.stem = 'caffe2'
   config.backbone.freeze = False  # the whole model is trained end to end.
 
   # One of res2, res3, res4, res3_4 (RSTG-to-map), vec (RSTG-to-vec on res5), none.

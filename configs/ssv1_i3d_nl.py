@@ -15,6 +15,8 @@ and 1, 3 and 5 of res4 (Wang et al. 2018).
 
 Paper (Table 2, quoting Wang and Gupta 2018): 44.4 top-1, 76.0 top-5.
 Recipe: as configs/ssv1_i3d.py (our training of the baseline, not the one quoted).
+Stem: 'caffe2' (pool1 unpadded, as the Caffe2 Kinetics pickle was trained; Table 4's
+56x56 res2 is the padded 'pyslowfast' stem), see configs/ssv1_i3d.py.
 
 Expected runtime: not measured yet.
 Expected result: not measured yet; the paper quotes 44.4 / 76.0.

@@ -26,13 +26,14 @@ Command:
 
     python -m rstg_jax.convert --src i3d_baseline_8x8_IN_pretrain_400k.pkl \\
         --dst i3d_r50_k400.npz --arch i3d_r50 [--num-classes 174] [--skip 'pred_.*']
+        [--stem caffe2|pyslowfast]
 
 writes an .npz whose keys are '/'-joined variable paths ('params/res2_0/branch2a/kernel',
 'batch_stats/res2_0/branch2a_bn/mean', ...) plus '__meta__' (JSON: source file and hash,
-arch, skipped and dropped blobs, the Caffe2 name of every tensor). A trainer reads it with
-`load_converted` and fills its initial variables with `merge_pretrained`, which is strict
-like big_vision's loader: every checkpoint tensor is used or skipped by a pattern, every
-model variable is filled or named by a `dont_load` pattern, and shapes must agree.
+arch, stem, skipped and dropped blobs, the Caffe2 name of every tensor). A trainer reads
+it with `load_converted` and fills its initial variables with `merge_pretrained`, which is
+strict like big_vision's loader: every checkpoint tensor is used or skipped by a pattern,
+every model variable is filled or named by a `dont_load` pattern, and shapes must agree.
 
 In a trainer (the graph blocks and the new 174-way head keep their init values):
 
@@ -43,6 +44,15 @@ In a trainer (the graph blocks and the new 174-way head keep their init values):
 
 Pass real initial variables: with `jax.eval_shape` ones, the variables kept at init
 stay `ShapeDtypeStruct`s (which is what the command's own shape check uses).
+
+The weights alone do not fix the network: pool1's padding is not a parameter, and the
+same tensors compute different features with the Caffe2 stem (no padding) and the
+PySlowFast one (padding 1; see `resnet3d.STEMS`). The metadata's 'stem' records the one
+the checkpoint was trained with, from the source format: a Caffe2 pickle (what this
+reads) comes from the Caffe2 Non-local code, 'caffe2'; `--stem pyslowfast` says
+otherwise for weights trained in PySlowFast and saved under Caffe2 names. The command
+and the trainer's `init_from` report it next to the model's stem (`stem_report`) and warn
+when the two differ.
 
 A pickle can run arbitrary code when loaded, so `read_caffe2_pickle` unpickles with an
 allow-list that admits numpy array reconstruction and plain containers only.
@@ -63,7 +73,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rstg_jax.models.resnet3d import ResNet3D, temporal_kernel
+from rstg_jax.models.resnet3d import STEMS, ResNet3D, temporal_kernel
 
 try:  # numpy >= 2 moved numpy.core to numpy._core; old pickles still name numpy.core.
     from numpy._core import multiarray as _multiarray
@@ -85,6 +95,11 @@ DEFAULT_DONT_LOAD = ("(params|batch_stats)/pred/.*",)
 _SOLVER_JUNK = re.compile(r".*_momentum|model_iter|lr")
 
 ARCHS = {"i3d_r50": "i3d", "c2d_r50": "c2d", "i3d": "i3d", "c2d": "c2d"}
+
+# The stem each source format's weights were trained with: a Caffe2 pickle is the
+# Caffe2 Non-local code's model, whose pool1 has no padding.
+SOURCE_FORMAT = "caffe2_pickle"
+SOURCE_STEM = {SOURCE_FORMAT: "caffe2"}
 
 
 class UnsafePickleError(pickle.UnpicklingError):
@@ -343,7 +358,8 @@ def _matches(patterns: Iterable[str], *names: Optional[str]) -> Optional[str]:
 
 
 def convert(src: str, arch: str, skip: Sequence[str] = (), num_classes: Optional[int] = None,
-            inflate_mode: str = "average") -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+            inflate_mode: str = "average", stem: Optional[str] = None
+            ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Converts a Caffe2 pickle into flat ResNet3D variables plus metadata.
 
     Args:
@@ -353,7 +369,11 @@ def convert(src: str, arch: str, skip: Sequence[str] = (), num_classes: Optional
       num_classes: the target head size; if the checkpoint's `pred` has another size it
         is left out (and listed in the metadata's `skipped` with the reason).
       inflate_mode: how 2D kernels become 3D ('average' or 'center').
+      stem: the pool1 convention the weights were trained with ('caffe2' or
+        'pyslowfast'); None takes it from the source format (a Caffe2 pickle: 'caffe2').
     """
+    if stem is not None and stem not in STEMS:
+        raise ValueError(f"stem must be one of {sorted(STEMS)}, got {stem!r}")
     blobs, dropped = read_caffe2_pickle(src)
     skipped = []
     for name in sorted(blobs):
@@ -374,8 +394,42 @@ def convert(src: str, arch: str, skip: Sequence[str] = (), num_classes: Optional
         sha256 = hashlib.sha256(f.read()).hexdigest()
     meta = {"format": FORMAT, "source": os.path.abspath(src), "source_sha256": sha256,
             "arch": _arch(arch), "inflate_mode": inflate_mode if info["inflated"] else None,
+            "source_format": SOURCE_FORMAT, "stem": stem or SOURCE_STEM[SOURCE_FORMAT],
+            "stem_from": "--stem" if stem else "source format",
             "skipped": skipped, "dropped": dropped, **info, **infer_structure(flat)}
     return flat, meta
+
+
+def checkpoint_stem(meta: Mapping[str, Any]) -> Optional[str]:
+    """The stem a converted checkpoint was trained with; None if its metadata cannot
+    tell. Files this module wrote before 'stem' was recorded came from Caffe2 pickles."""
+    if meta.get("stem"):
+        return meta["stem"]
+    if meta.get("format") == FORMAT:
+        return SOURCE_STEM[SOURCE_FORMAT]
+    return None
+
+
+def stem_report(meta: Mapping[str, Any], model_stem: str, model: str = "the model"
+                ) -> tuple[str, bool]:
+    """One line on the checkpoint's stem and the model's, and whether they differ
+    (then the caller warns).
+
+    A mismatch leaves every shape from res3 on the same (so loading succeeds) but shifts
+    every pool1 window by one pixel against the grid the weights were trained on.
+    """
+    ckpt = checkpoint_stem(meta)
+    model = f"{model} uses '{model_stem}' (pool1 padding {STEMS[model_stem]})"
+    if ckpt is None:
+        return (f"stem: the checkpoint does not record which stem it was trained with; "
+                f"{model}", False)
+    line = (f"stem: the checkpoint was trained with '{ckpt}' (pool1 padding {STEMS[ckpt]}, "
+            f"from {meta.get('stem_from', 'source format')}), {model}")
+    if ckpt == model_stem:
+        return line, False
+    return (f"{line}: pooling windows are shifted by a pixel against the grid the weights "
+            f"were trained on, so the network is not the checkpoint's; set "
+            f"--config.backbone.stem={ckpt} unless this is intended"), True
 
 
 # ------------------------------------------------------------------------ saving/loading
@@ -548,12 +602,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="leave out Caffe2 blobs whose name fully matches (repeatable)")
     parser.add_argument("--inflate", choices=("average", "center"), default="average",
                         help="how 2D (ImageNet) kernels are inflated to 3D")
+    parser.add_argument("--stem", choices=sorted(STEMS), default=None,
+                        help="the pool1 convention the weights were trained with "
+                             "(default: from the source format; a Caffe2 pickle is "
+                             "'caffe2', no padding); 'pyslowfast' for weights trained "
+                             "in PySlowFast (padding 1)")
     parser.add_argument("--no-check", action="store_true",
                         help="skip the shape check against the ResNet3D the file describes")
     args = parser.parse_args(argv)
 
     flat, meta = convert(args.src, args.arch, skip=args.skip, num_classes=args.num_classes,
-                         inflate_mode=args.inflate)
+                         inflate_mode=args.inflate, stem=args.stem)
     if not args.no_check:
         check_against_model(flat, meta)
     save_converted(args.dst, flat, meta)
@@ -572,6 +631,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if meta["affine_only_bn"]:
         print(f"{len(meta['affine_only_bn'])} BN layers had no statistics: mean 0, "
               f"var 1 - eps")
+    # The model here is the one the configs build by default (config.backbone.stem).
+    line, differs = stem_report(meta, ResNet3D.stem,
+                                "the default model (--config.backbone.stem)")
+    if differs:
+        print(f"WARNING: {line}", file=sys.stderr)
+    else:
+        print(line)
     return 0
 
 

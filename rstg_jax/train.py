@@ -549,6 +549,10 @@ def _load_converted(path: str, variables: dict, config, say) -> dict:
       f'({"; ".join(report["skipped"]) or "none"}); kept at init '
       f'{len(report["kept_at_init"])} model variables '
       f'({", ".join(sorted({"/".join(k.split("/")[:2]) for k in report["kept_at_init"]})) or "none"})')
+  # pool1's padding is no tensor, so the merge cannot catch a stem mismatch: report it.
+  from rstg_jax.models import ssv1_models  # pylint: disable=g-import-not-at-top
+  line, differs = convert.stem_report(meta, ssv1_models.backbone_stem(config))
+  say(f'{"WARNING: " if differs else ""}init_from {path}: {line}')
   return merged
 
 

@@ -153,13 +153,26 @@ def test_i3d_rstg_res3_4_count_and_the_papers_4_scale_graph():
 def test_table4_graph_is_30_nodes_and_feature_sizes_at_224_and_256():
   assert build_graph((1, 2, 3, 4), 14).num_nodes == 30
   model = ssv1_models.create_ssv1_model(_config(scales=(1, 2, 3, 4)))
-  for size, (h3, h4) in ((224, (28, 14)), (256, (32, 16))):
+  # res2 is the Caffe2 original's 55x55 (Table 4: 56x56, a padded pool1); res3 on agree.
+  for size, (h2, h3, h4) in ((224, (55, 28, 14)), (256, (63, 32, 16))):
     (_, stages), _ = jax.eval_shape(
         lambda: model.init_with_output(jax.random.key(0), jnp.zeros((1, 32, size, size, 3)),
                                        return_stages=True))
+    assert stages['res2'].shape == (1, 32, h2, h2, 256)
     assert stages['res3'].shape == (1, 16, h3, h3, 512)
     assert stages['res4'].shape == (1, 16, h4, h4, 1024)
     assert stages['res5'].shape == (1, 16, h4, h4, 2048)  # res5 stride 1 (authors)
+
+
+def test_stem_comes_from_the_config_and_older_configs_keep_the_padded_one():
+  assert ssv1_models.create_ssv1_model(_config()).stem == 'caffe2'
+  config = _config()
+  config.backbone.stem = 'pyslowfast'
+  assert ssv1_models.create_ssv1_model(config).stem == 'pyslowfast'
+  # A config saved in a checkpoint before the field existed describes the model built
+  # then, whose pool1 was padded.
+  del config.backbone['stem']
+  assert ssv1_models.create_ssv1_model(config).stem == 'pyslowfast'
 
 
 # --- Reduced models that run --------------------------------------------------------------
@@ -256,7 +269,8 @@ def test_config_paths_are_overridable_and_placement_typos_list_the_valid_ones():
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
   argv = ['prog', f'--config={os.path.join(REPO, "configs", "ssv1_i3d.py")}',
           '--config.data.root=/data/ssv1', '--config.init_from=k.npz',
-          '--config.data.tfds_dir=/data/tfds', '--config.rstg.scales=(1,2,3,4)']
+          '--config.data.tfds_dir=/data/tfds', '--config.rstg.scales=(1,2,3,4)',
+          '--config.backbone.stem=pyslowfast']
   fv = flags.FlagValues()
   config_flags.DEFINE_config_file('config', None, flag_values=fv, lock_config=True,
                                   sys_argv=argv)
@@ -264,9 +278,14 @@ def test_config_paths_are_overridable_and_placement_typos_list_the_valid_ones():
   c = fv.config
   assert (c.data.root, c.init_from, c.data.tfds_dir, tuple(c.rstg.scales)) == (
       '/data/ssv1', 'k.npz', '/data/tfds', (1, 2, 3, 4))
+  assert c.backbone.stem == 'pyslowfast' and _config().backbone.stem == 'caffe2'
   bad = _config()
   bad.rstg.placement = 'res34'
   with pytest.raises(ValueError, match="placement 'res34'.*res3_4"):
+    train.validate_config(bad)
+  bad = _config()
+  bad.backbone.stem = 'torch'
+  with pytest.raises(ValueError, match="backbone.stem 'torch'.*caffe2, pyslowfast"):
     train.validate_config(bad)
 
 

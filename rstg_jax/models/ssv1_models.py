@@ -35,8 +35,8 @@ from flax import traverse_util
 from rstg_jax.graph import ADJACENCIES, RSTGGraph, build_graph, pool_nodes
 from rstg_jax.model import RSTG, RSTGToMap, rstg_to_vec
 from rstg_jax.models import ABLATIONS
-from rstg_jax.models.resnet3d import (NL_I3D_STAGES, STAGES, TEMPORAL_KERNELS, ResNet3D,
-                                      count_params)
+from rstg_jax.models.resnet3d import (NL_I3D_STAGES, STAGES, STEMS, TEMPORAL_KERNELS,
+                                      ResNet3D, count_params)
 
 MODEL_NAMES = ("resnet3d",)
 ARCHS = tuple(sorted(TEMPORAL_KERNELS))  # ('c2d', 'i3d')
@@ -45,6 +45,14 @@ PLACEMENTS = ("res2", "res3", "res4", "res3_4", "vec", "none")
 PLACEMENT_STAGES = {"res2": ("res2",), "res3": ("res3",), "res4": ("res4",),
                     "res3_4": ("res3", "res4"), "vec": ("res5",), "none": ()}
 GRAPH_SUFFIX = "_graph"
+# A config saved before `backbone.stem` existed (e.g. in an older checkpoint's metadata)
+# describes a model built with the padded pool1 that ResNet3D had then.
+LEGACY_STEM = "pyslowfast"
+
+
+def backbone_stem(config) -> str:
+  """The pool1 convention a config asks for (`resnet3d.STEMS`)."""
+  return config.backbone.get("stem", LEGACY_STEM)
 
 
 @functools.lru_cache(maxsize=32)
@@ -143,6 +151,9 @@ def config_errors(config) -> list[str]:
     errors.append(f"backbone.blocks needs 4 entries (res2..res5), got {tuple(b.blocks)}.")
   if b.res5_stride not in (1, 2):
     errors.append(f"backbone.res5_stride must be 1 or 2, got {b.res5_stride}.")
+  if backbone_stem(config) not in STEMS:
+    errors.append(f"Unknown backbone.stem {backbone_stem(config)!r}. Valid: "
+                  f"{', '.join(STEMS)}.")
   if b.nonlocal_blocks and tuple(b.blocks) != (3, 4, 6, 3):
     errors.append("backbone.nonlocal_blocks places NL-I3D's blocks after blocks 1, 3 of "
                   f"res3 and 1, 3, 5 of res4, which needs blocks=(3, 4, 6, 3), got "
@@ -154,8 +165,8 @@ def create_ssv1_model(config) -> ResNet3D:
   """Builds the Something-Something model a config describes.
 
   Reads: `model`, `ablation`, `num_classes`, `dropout_rate`, `backbone.{arch, blocks,
-  base_width, res5_stride, bn_frozen, nonlocal_blocks}`, `rstg.{placement, scales, dim,
-  num_iters, gather, adjacency, layer_norm, scalewise}`.
+  base_width, res5_stride, bn_frozen, nonlocal_blocks, stem}`, `rstg.{placement, scales,
+  dim, num_iters, gather, adjacency, layer_norm, scalewise}`.
 
   Returns:
     An unbound `ResNet3D`: `logits = model.apply(variables, video, train=...)` with
@@ -179,7 +190,7 @@ def create_ssv1_model(config) -> ResNet3D:
       res5_stride=int(b.res5_stride), bn_frozen=bool(b.bn_frozen),
       dropout_rate=float(config.dropout_rate),
       nonlocal_stages=NL_I3D_STAGES if b.nonlocal_blocks else None,
-      insert=insert or None)
+      insert=insert or None, stem=backbone_stem(config))
 
 
 def is_graph_path(path: Sequence[str]) -> bool:
