@@ -1,10 +1,10 @@
 """Throughput of the SyncMNIST generator (videos/s), to check it never limits training.
 
-Prints one JSON object: median videos/s of `rstg_jax.data.syncmnist.generate` for 3 and
+Prints one JSON object: median videos/s of `rstg_jax.syncmnist.generator.generate` for 3 and
 5 digits at a given batch size, and single-digit images/s of `generate_single_digit`.
 The one-off MNIST load is timed separately and excluded from the rates.
 
-  python -m rstg_jax.benchmarks.syncmnist [--batch 64 --repeats 5 --split train]
+  python -m rstg_jax.bench syncmnist [--batch 64 --repeats 5 --split train]
   python -m rstg_jax.bench syncmnist      (the benchmark dispatcher calls main())
 """
 

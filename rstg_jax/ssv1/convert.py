@@ -14,7 +14,7 @@ Non-local repo (also served by the PySlowFast model zoo). Those are Caffe2 pickl
     *_momentum, model_iter, lr                 (solver state: dropped)
 
 `s` is the BN scale, `b` its bias, `rm` the running mean and `riv` the running variance
-(despite the name). They map onto `rstg_jax.models.resnet3d.ResNet3D`, whose module
+(despite the name). They map onto `rstg_jax.ssv1.resnet3d.ResNet3D`, whose module
 names mirror these: conv weights [out, in, t, h, w] become flax kernels [t, h, w, in, out].
 
 ImageNet ResNet-50 weights in the same Caffe2 naming with 2D kernels [out, in, h, w]
@@ -57,13 +57,14 @@ import os
 import pickle
 import re
 import sys
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from rstg_jax.ssv1.resnet3d import ResNet3D, temporal_kernel
+from rstg_jax.train import init_from
 
 try:  # numpy >= 2 moved numpy.core to numpy._core; old pickles still name numpy.core.
     from numpy._core import multiarray as _multiarray
@@ -95,8 +96,7 @@ class ConversionError(ValueError):
     """A blob could not be mapped onto the model (unknown name, unexpected shape)."""
 
 
-class MergeError(ValueError):
-    """Checkpoint and model variables do not match; the message lists every problem."""
+MergeError = init_from.MergeError
 
 
 # ----------------------------------------------------------------------------- reading
@@ -334,12 +334,7 @@ def _arch(arch: str) -> str:
         raise ValueError(f"arch must be one of {sorted(ARCHS)}, got {arch!r}") from None
 
 
-def _matches(patterns: Iterable[str], *names: Optional[str]) -> Optional[str]:
-    for p in patterns:
-        for n in names:
-            if n is not None and re.fullmatch(p, n):
-                return p
-    return None
+_matches = init_from.matches
 
 
 def convert(src: str, arch: str, skip: Sequence[str] = (), num_classes: Optional[int] = None,
@@ -392,26 +387,10 @@ def save_converted(path: str, flat: Mapping[str, np.ndarray], meta: Mapping[str,
     os.replace(tmp, path)
 
 
-def _unflatten(flat: Mapping[str, Any]) -> dict:
-    tree: dict = {}
-    for key, value in flat.items():
-        node = tree
-        *parents, leaf = key.split("/")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return tree
+_unflatten = init_from.unflatten
 
 
-def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in tree.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, Mapping):
-            out.update(_flatten(v, key + "/"))
-        else:
-            out[key] = v
-    return out
+_flatten = init_from.flatten
 
 
 def load_converted(path: str) -> tuple[dict, dict, dict]:
@@ -462,48 +441,9 @@ def merge_pretrained(init_variables: Mapping[str, Any], loaded: Any,
         params, batch_stats, meta = loaded
         loaded = {"params": params, "batch_stats": batch_stats, "meta": meta}
     meta = loaded.get("meta") or {}
-    sources = meta.get("sources", {})
-    ckpt = _flatten({k: v for k, v in loaded.items() if k != "meta"})
-    model = _flatten(_to_dict(init_variables))
-
-    filled, report = {}, {"loaded": [], "skipped": [], "kept_at_init": []}
-    unused, mismatched, missing, mismatched_keys = [], [], [], set()
-    for key, value in sorted(ckpt.items()):
-        name = sources.get(key)
-        label = f"{key} ({name})" if name else key
-        if p := _matches(skip, key, name):
-            report["skipped"].append(f"{label}: skip {p}")
-        elif key not in model:
-            unused.append(label)
-        elif p := _matches(dont_load, key):
-            report["skipped"].append(f"{label}: dont_load {p}")
-        elif tuple(value.shape) != tuple(model[key].shape):
-            mismatched.append(f"{label}: checkpoint {tuple(value.shape)} vs model "
-                              f"{tuple(model[key].shape)}")
-            mismatched_keys.add(key)
-        else:
-            filled[key] = np.asarray(value).astype(model[key].dtype)
-            report["loaded"].append(key)
-    for key in sorted(model):
-        if key in filled or key in mismatched_keys:  # a mismatch is reported once
-            continue
-        if _matches(dont_load, key):
-            report["kept_at_init"].append(key)
-        else:
-            missing.append(key)
-
-    problems = []
-    if unused:
-        problems.append(f"{len(unused)} checkpoint tensor(s) not used by the model (add a "
-                        f"skip pattern if intended): " + ", ".join(unused))
-    if missing:
-        problems.append(f"{len(missing)} model variable(s) missing from the checkpoint "
-                        f"(add a dont_load pattern if intended): " + ", ".join(missing))
-    if mismatched:
-        problems.append(f"{len(mismatched)} shape mismatch(es): " + "; ".join(mismatched))
-    if problems:
-        raise MergeError("cannot merge pretrained weights:\n  " + "\n  ".join(problems))
-    return _unflatten({**model, **filled}), report
+    return init_from.merge_params(
+        _to_dict(init_variables), {k: v for k, v in loaded.items() if k != "meta"},
+        dont_load=dont_load, skip=skip, sources=meta.get("sources", {}))
 
 
 def _to_dict(tree: Any) -> Any:
@@ -575,10 +515,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def run_cli() -> None:
+    """`python -m rstg_jax.convert`: expected failures get their message, not a traceback."""
     try:
         sys.exit(main())
     except (ConversionError, MergeError, UnsafePickleError, OSError) as e:
-        # Expected failures get their message, not a traceback.
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
+
+
+if __name__ == "__main__":
+    run_cli()

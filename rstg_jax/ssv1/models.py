@@ -34,7 +34,7 @@ from flax import traverse_util
 
 from rstg_jax.graph import ADJACENCIES, RSTGGraph, build_graph, pool_nodes
 from rstg_jax.model import RSTG, RSTGToMap, rstg_to_vec
-from rstg_jax.syncmnist.models import ABLATIONS
+from rstg_jax.syncmnist.rstg_classifier import ABLATIONS, ablation_to_core_args
 from rstg_jax.ssv1.resnet3d import (NL_I3D_STAGES, STAGES, TEMPORAL_KERNELS, ResNet3D,
                                       count_params)
 
@@ -114,8 +114,6 @@ class GraphToVec(_GraphBlock):
 
 def rstg_kwargs(config) -> dict:
   """The `RSTG` keyword arguments a config asks for (ablation -> schedule, positional)."""
-  # Imported here: the SyncMNIST classifier module pulls in its baselines.
-  from rstg_jax.syncmnist.rstg_classifier import ablation_to_core_args  # pylint: disable=g-import-not-at-top
   r = config.rstg
   return dict(num_iters=int(r.num_iters), gather=r.gather, layer_norm=bool(r.layer_norm),
               scalewise=bool(r.scalewise), **ablation_to_core_args(config.ablation))
@@ -153,7 +151,7 @@ def config_errors(config) -> list[str]:
 def create_ssv1_model(config) -> ResNet3D:
   """Builds the Something-Something model a config describes.
 
-  Reads: `model`, `ablation`, `num_classes`, `dropout_rate`, `backbone.{arch, blocks,
+  Reads: `model`, `ablation`, `data.num_classes`, `head.dropout_rate`, `backbone.{arch, blocks,
   base_width, res5_stride, bn_frozen, nonlocal_blocks}`, `rstg.{placement, scales, dim,
   num_iters, gather, adjacency, layer_norm, scalewise}`.
 
@@ -174,10 +172,10 @@ def create_ssv1_model(config) -> ResNet3D:
                               rstg=rstg_kwargs(config))
   insert = {stage: factory for stage in PLACEMENT_STAGES[r.placement]}
   return ResNet3D(
-      num_classes=int(config.num_classes), arch=b.arch,
+      num_classes=int(config.data.num_classes), arch=b.arch,
       blocks=tuple(int(n) for n in b.blocks), base_width=int(b.base_width),
       res5_stride=int(b.res5_stride), bn_frozen=bool(b.bn_frozen),
-      dropout_rate=float(config.dropout_rate),
+      dropout_rate=float(config.head.dropout_rate),
       nonlocal_stages=NL_I3D_STAGES if b.nonlocal_blocks else None,
       insert=insert or None)
 

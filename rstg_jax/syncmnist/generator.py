@@ -26,7 +26,7 @@ come from its own ``np.random.default_rng([seed, split_id, index])``, so any ind
 be generated alone, in any batch or order, and the fixed test set is never stored.
 Rendering is vectorised over the batch with numpy.
 
-Run ``python -m rstg_jax.data.syncmnist show --out samples.png`` for a picture.
+Run ``python -m rstg_jax.syncmnist.generator show --out samples.png`` for a picture.
 """
 
 from __future__ import annotations
@@ -326,7 +326,7 @@ def generate(
         (seed, split, index, num_digits), never on the batch it is generated in.
       num_digits: digits per video (3 or 5 in the paper; 2..10, classes are distinct).
       seed: non-negative dataset seed.
-      mnist_path: optional local MNIST copy, see :func:`rstg_jax.data.mnist.load_mnist`.
+      mnist_path: optional local MNIST copy, see :func:`rstg_jax.syncmnist.mnist.load_mnist`.
 
     Returns:
       dict of numpy arrays:
@@ -343,7 +343,7 @@ def generate(
 
     Raises:
       ValueError: bad split, indices, seed or num_digits.
-      rstg_jax.data.mnist.MNISTNotFoundError: no MNIST copy available.
+      rstg_jax.syncmnist.mnist.MNISTNotFoundError: no MNIST copy available.
     """
     split_id = _check_split(split)
     idx = _check_indices(split, indices)
@@ -632,7 +632,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line entry point; see ``python -m rstg_jax.data.syncmnist show -h``."""
+    """Command line entry point; see ``python -m rstg_jax.syncmnist.generator show -h``."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     parser = _build_parser()
     args = parser.parse_args(argv)

@@ -12,7 +12,7 @@ says how to get one. Sources, tried in this order:
       deeplearning.net ``mnist.pkl.gz`` pickle;
   (b) ``tensorflow_datasets`` "mnist", where it can be downloaded. TensorFlow never
       enters this process (the training process): tfds runs in a SUBPROCESS
-      (``python -m rstg_jax.data.mnist export-tfds --out FILE``) that loads "mnist"
+      (``python -m rstg_jax.syncmnist.mnist export-tfds --out FILE``) that loads "mnist"
       and writes an ``.npz`` (``x_train, y_train, x_test, y_test``; uint8 / int64)
       atomically into the cache directory (``$RSTG_CACHE_DIR``, default
       ``~/.cache/rstg_jax``) as ``mnist_tfds.npz``; this process then reads that file
@@ -343,7 +343,7 @@ def export_tfds_npz(out: str | os.PathLike) -> Path:
     """Load tfds "mnist" and write it to ``out`` as an ``.npz``, atomically.
 
     This imports ``tensorflow_datasets`` (hence TensorFlow), so it is meant to run in
-    its own process: ``python -m rstg_jax.data.mnist export-tfds --out FILE``, which
+    its own process: ``python -m rstg_jax.syncmnist.mnist export-tfds --out FILE``, which
     :func:`_load_from_tfds` spawns. The arrays are written to a temporary file in the
     same directory and moved into place with ``os.replace``, so readers never see a
     partial file, even with several exports racing.
@@ -510,7 +510,7 @@ def _no_source_message() -> str:
         "y_test, or mnist.pkl.gz;\n"
         "  * pip install tensorflow-datasets (with network access: MNIST is exported once, "
         f"in a subprocess, to {tfds_cache_path()}; ${CACHE_ENV_VAR} moves that directory, "
-        "and `python -m rstg_jax.data.mnist export-tfds` runs the export by hand)."
+        "and `python -m rstg_jax.syncmnist.mnist export-tfds` runs the export by hand)."
     )
 
 
@@ -587,7 +587,7 @@ def clear_cache() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m rstg_jax.data.mnist export-tfds [--out FILE]``: write the tfds export.
+    """``python -m rstg_jax.syncmnist.mnist export-tfds [--out FILE]``: write the tfds export.
 
     This is the command the loader spawns; it can also be run by hand (with network
     access) to fill the cache before training.

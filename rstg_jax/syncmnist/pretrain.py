@@ -3,7 +3,7 @@
 The paper (Sec. 3.1): the SyncMNIST backbone is "a small CNN with 3 layers, pre-trained to
 classify a digit randomly placed in a frame of the video". `pretrain_backbone` trains
 `SmallCNN` + global average pooling + a 10-way linear classifier with Adam on 64x64 frames
-holding one MNIST digit at a random place (`rstg_jax.data.syncmnist.generate_single_digit`),
+holding one MNIST digit at a random place (`rstg_jax.syncmnist.generator.generate_single_digit`),
 and returns only the `SmallCNN` parameters: the dict a video model expects at
 `params['backbone']`. The classifier is thrown away.
 
