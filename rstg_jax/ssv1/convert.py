@@ -54,7 +54,6 @@ import argparse
 import hashlib
 import json
 import os
-import pickle
 import re
 import sys
 from typing import Any, Mapping, Optional, Sequence
@@ -63,15 +62,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rstg_jax import safe_pickle
 from rstg_jax.ssv1.resnet3d import ResNet3D, temporal_kernel
 from rstg_jax.train import init_from
-
-try:  # numpy >= 2 moved numpy.core to numpy._core; old pickles still name numpy.core.
-    from numpy._core import multiarray as _multiarray
-    from numpy._core import numeric as _numeric
-except ImportError:  # pragma: no cover - numpy 1.x
-    from numpy.core import multiarray as _multiarray
-    from numpy.core import numeric as _numeric
 
 FORMAT = "rstg_jax.convert/1"
 META_KEY = "__meta__"
@@ -88,8 +81,7 @@ _SOLVER_JUNK = re.compile(r".*_momentum|model_iter|lr")
 ARCHS = {"i3d_r50": "i3d", "c2d_r50": "c2d", "i3d": "i3d", "c2d": "c2d"}
 
 
-class UnsafePickleError(pickle.UnpicklingError):
-    """A pickle referenced a global outside the allow-list (it could run code)."""
+UnsafePickleError = safe_pickle.UnsafePickleError
 
 
 class ConversionError(ValueError):
@@ -101,46 +93,9 @@ MergeError = init_from.MergeError
 
 # ----------------------------------------------------------------------------- reading
 
-# Everything a Caffe2 pickle of numpy arrays needs, and nothing that can call out:
-# array and scalar reconstruction, dtypes, ordered dicts. `_codecs.encode` is how
-# Python 3 writes bytes in protocol 2 pickles (it only turns a str into bytes), and
-# `_frombuffer` how numpy writes arrays in protocol 5 (np.frombuffer + reshape).
-_ALLOWED_GLOBALS = {
-    ("numpy.core.numeric", "_frombuffer"): _numeric._frombuffer,
-    ("numpy._core.numeric", "_frombuffer"): _numeric._frombuffer,
-    ("numpy.core.multiarray", "_reconstruct"): _multiarray._reconstruct,
-    ("numpy._core.multiarray", "_reconstruct"): _multiarray._reconstruct,
-    ("numpy.core.multiarray", "scalar"): _multiarray.scalar,
-    ("numpy._core.multiarray", "scalar"): _multiarray.scalar,
-    ("numpy", "ndarray"): np.ndarray,
-    ("numpy", "dtype"): np.dtype,
-    ("collections", "OrderedDict"): __import__("collections").OrderedDict,
-    ("builtins", "dict"): dict,
-    ("builtins", "list"): list,
-    ("builtins", "tuple"): tuple,
-    ("builtins", "set"): set,
-    ("builtins", "frozenset"): frozenset,
-    ("_codecs", "encode"): __import__("codecs").encode,
-}
-
-
-class RestrictedUnpickler(pickle.Unpickler):
-    """An Unpickler that only resolves the globals of `_ALLOWED_GLOBALS`."""
-
-    def find_class(self, module: str, name: str):
-        try:
-            return _ALLOWED_GLOBALS[(module, name)]
-        except KeyError:
-            raise UnsafePickleError(
-                f"refusing to load global '{module}.{name}' from the pickle: only numpy "
-                "arrays and plain containers are allowed in a checkpoint (a pickle that "
-                "names other globals can run arbitrary code)") from None
-
-
 def restricted_load(f, encoding: str = "latin1") -> Any:
-    """`pickle.load` with the allow-list. latin1 decodes Python 2 `str` blobs (array
-    bytes and names) byte for byte, which is what numpy expects of them."""
-    return RestrictedUnpickler(f, encoding=encoding).load()
+    """`pickle.load` with `rstg_jax.safe_pickle`'s allow-list (arrays and containers)."""
+    return safe_pickle.load(f, what="the checkpoint pickle", encoding=encoding)
 
 
 def read_caffe2_pickle(path: str) -> tuple[dict[str, np.ndarray], list[str]]:

@@ -34,7 +34,6 @@ f'{stage}_graph'), and `__call__(..., return_stages=True)` returns every stage's
 
 from __future__ import annotations
 
-import math
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import jax
@@ -43,6 +42,7 @@ from flax import linen as nn
 from flax import traverse_util
 
 from rstg_jax.ssv1.nonlocal_block import NonLocalBlock, batch_norm
+from rstg_jax.train.state import param_count as count_params  # pylint: disable=unused-import
 
 STAGES = ("res2", "res3", "res4", "res5")
 
@@ -260,7 +260,3 @@ def frozen_bn_mask(params: Mapping[str, Any]) -> Any:
             for k in flat}
     return traverse_util.unflatten_dict(mask)
 
-
-def count_params(params: Any) -> int:
-    """Number of scalars in a pytree of arrays or `jax.ShapeDtypeStruct`s."""
-    return sum(math.prod(x.shape) for x in jax.tree.leaves(params))

@@ -40,6 +40,7 @@ from itertools import combinations
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from rstg_jax.graph import area_resize_matrix
 from rstg_jax.syncmnist.mnist import load_mnist
 
 logger = logging.getLogger(__name__)
@@ -120,25 +121,12 @@ def label_to_pair(label: int) -> tuple[int, int] | None:
 # --------------------------------------------------------------------------------------
 
 
-def _area_matrix(src: int, dst: int) -> np.ndarray:
-    """[dst, src] box-filter weights: each output pixel averages the input it covers.
-
-    Same as OpenCV's INTER_AREA for downscaling: output pixel i covers the input
-    interval [i * s, (i + 1) * s), s = src / dst, weighted by overlap length.
-    """
-    scale = src / dst
-    lo = np.arange(dst)[:, None] * scale
-    hi = lo + scale
-    px = np.arange(src)[None, :]
-    overlap = np.clip(np.minimum(hi, px + 1) - np.maximum(lo, px), 0.0, None)
-    return (overlap / scale).astype(np.float32)
-
-
 # 100 -> 64 is 25 -> 16 four times over (100 / 64 = 25 / 16), and pixel boundaries
 # line up every 25 input pixels, so the 64x100 area matrix is block diagonal with four
 # equal 16x25 blocks. Using one block is exact and does 4x less arithmetic.
 _BLOCK_IN, _BLOCK_OUT = 25, 16
-_AREA_BLOCK = _area_matrix(_BLOCK_IN, _BLOCK_OUT)  # [16, 25]
+# Box (area) filter weights, as OpenCV's INTER_AREA for downscaling.
+_AREA_BLOCK = area_resize_matrix(_BLOCK_OUT, _BLOCK_IN).astype(np.float32)  # [16, 25]
 _AREA_BLOCK_T = np.ascontiguousarray(_AREA_BLOCK.T)  # [25, 16]
 _NUM_BLOCKS = CANVAS // _BLOCK_IN  # 4
 _GEMM_CHUNK = 1024  # rows per matmul call, see _area_downscale

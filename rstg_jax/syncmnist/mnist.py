@@ -37,7 +37,6 @@ import gzip
 import importlib.util
 import logging
 import os
-import pickle
 import signal
 import socket
 import subprocess
@@ -46,6 +45,8 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from rstg_jax import safe_pickle
 
 logger = logging.getLogger(__name__)
 
@@ -85,85 +86,10 @@ class MNISTNotFoundError(FileNotFoundError):
 # Restricted unpickling of the deeplearning.net pickle.
 # --------------------------------------------------------------------------------------
 
-# ndarray.__reduce__ names the reconstruct function of the installed numpy, so we do
-# not import the deprecated ``numpy.core`` alias (numpy 2 warns on it).
-_NDARRAY_RECONSTRUCT = np.empty(0).__reduce__()[0]
-
-
-
-def _latin1_encode(text, encoding="latin1"):
-    """Stand-in for ``_codecs.encode``, which Python 3 protocol-2 pickles use for bytes.
-
-    Only the latin-1 round trip that pickle itself writes is allowed; any other codec
-    name is refused rather than handed to the codec machinery.
-    """
-    if not isinstance(text, str) or encoding.lower().replace("-", "").replace("_", "") != "latin1":
-        raise pickle.UnpicklingError(
-            f"refusing _codecs.encode with encoding {encoding!r}: only latin1 bytes are allowed"
-        )
-    return text.encode("latin1")
-
-
-_ALLOWED_GLOBALS = {
-    ("numpy.core.multiarray", "_reconstruct"): _NDARRAY_RECONSTRUCT,
-    ("numpy._core.multiarray", "_reconstruct"): _NDARRAY_RECONSTRUCT,
-    ("numpy", "ndarray"): np.ndarray,
-    ("numpy", "dtype"): np.dtype,
-    ("_codecs", "encode"): _latin1_encode,
-}
-# Plain containers only: no callables that could run code (eval, getattr, ...).
-_ALLOWED_BUILTINS = {
-    "tuple": tuple,
-    "list": list,
-    "dict": dict,
-    "set": set,
-    "frozenset": frozenset,
-    "bytearray": bytearray,
-}
-
-
-class RestrictedUnpickler(pickle.Unpickler):
-    """Unpickler that only builds numpy arrays and builtin containers.
-
-    Any other global referenced by the pickle (for example ``os.system``) is refused
-    with a :class:`pickle.UnpicklingError` that names it, before it is looked up.
-    """
-
-    def find_class(self, module: str, name: str):
-        """Return the allowed object for ``module.name`` or refuse it.
-
-        Args:
-          module: module path written in the pickle (Python 2 names are already mapped
-            to Python 3 ones by ``fix_imports``).
-          name: attribute name inside ``module``.
-
-        Returns:
-          The whitelisted class or function.
-
-        Raises:
-          pickle.UnpicklingError: the global is not on the whitelist.
-        """
-        if (module, name) in _ALLOWED_GLOBALS:
-            return _ALLOWED_GLOBALS[(module, name)]
-        if module in ("builtins", "__builtin__") and name in _ALLOWED_BUILTINS:
-            return _ALLOWED_BUILTINS[name]
-        raise pickle.UnpicklingError(
-            f"refusing to load global '{module}.{name}' from an MNIST pickle: only numpy "
-            "arrays and builtin containers are allowed (a pickle can run arbitrary code)"
-        )
-
 
 def restricted_pickle_load(fileobj):
-    """Unpickle ``fileobj`` with :class:`RestrictedUnpickler`.
-
-    Args:
-      fileobj: binary file object positioned at the start of a pickle.
-
-    Returns:
-      The unpickled object. Python 2 pickles (like the deeplearning.net MNIST one)
-      are decoded with ``encoding="latin1"``, which is what numpy arrays need.
-    """
-    return RestrictedUnpickler(fileobj, encoding="latin1").load()
+    """Unpickle ``fileobj`` with `rstg_jax.safe_pickle` (numpy arrays and containers only)."""
+    return safe_pickle.load(fileobj, what="an MNIST pickle")
 
 
 # --------------------------------------------------------------------------------------
