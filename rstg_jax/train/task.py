@@ -66,7 +66,7 @@ class Task:
 
   def describe_model(self, config, params) -> str:
     """One log line about the model."""
-    return f'{config.model}: {param_count(params):,} parameters'
+    return f'{type(self.create_model(config)).__name__}: {param_count(params):,} parameters'
 
   def evaluator(self, config, dataset, final: bool = False):
     """The evaluation to run: during training (`final=False`) or in the evaluate
