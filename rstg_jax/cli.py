@@ -50,6 +50,9 @@ def parse_command(define, argv, prog: str):
   """
   flag_values = flags.FlagValues()
   define(flag_values)
+  if any(a in ('-h', '--help', '--helpshort', '--helpfull') for a in argv):
+    print(f'usage: {prog} [flags]\n{flag_values.get_help()}')
+    sys.exit(0)
   try:
     rest = flag_values([prog, *argv])
   except flags.Error as e:

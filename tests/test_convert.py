@@ -323,7 +323,7 @@ def test_num_classes_option_keeps_a_matching_head_and_drops_another(tmp_path):
     flat, meta = convert.convert(src, "i3d_r50", num_classes=174)
     assert "params/pred/kernel" not in flat and meta["num_classes"] is None
     assert [s["name"] for s in meta["skipped"]] == ["pred_w", "pred_b"]
-    assert "not --num-classes 174" in meta["skipped"][0]["reason"]
+    assert "not --num_classes 174" in meta["skipped"][0]["reason"]
     convert.check_against_model(flat, meta)  # a head-less model fits
 
 

@@ -317,7 +317,7 @@ def test_show_command_bad_arguments(argv, message, capsys):
 def test_benchmark_prints_one_json_object(capsys):
     from rstg_jax.bench import syncmnist as bench
 
-    bench.main(["--batch", "4", "--repeats", "1", "--split", "test", "--mnist-path", MNIST])
+    bench.main(["--batch", "4", "--repeats", "1", "--split", "test", "--mnist_path", MNIST])
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 1
     result = json.loads(lines[0])

@@ -24,18 +24,19 @@ warm-up (compile) call.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import platform
 import statistics
 import time
 
+from absl import flags
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from configs import ssv1_i3d
+from rstg_jax import cli
 from rstg_jax.ssv1 import models as ssv1_models
 from rstg_jax.ssv1 import reader
 from rstg_jax.ssv1 import task as ssv1_task
@@ -115,13 +116,13 @@ def bench_models(configs: dict, batch, frames, size, repeats) -> dict:
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(prog='python -m rstg_jax.bench ssv1',
-                                   description=__doc__.split('\n')[0])
-  parser.add_argument('--batch', type=int, default=2, help='clips per step')
-  parser.add_argument('--frames', type=int, default=8, help='frames per clip (paper: 32)')
-  parser.add_argument('--size', type=int, default=112, help='crop size (paper: 224)')
-  parser.add_argument('--repeats', type=int, default=5, help='timed runs (median)')
-  args = parser.parse_args(argv)
+  def define(fv):
+    flags.DEFINE_integer('batch', 2, 'clips per step', flag_values=fv)
+    flags.DEFINE_integer('frames', 8, 'frames per clip (paper: 32)', flag_values=fv)
+    flags.DEFINE_integer('size', 112, 'crop size (paper: 224)', flag_values=fv)
+    flags.DEFINE_integer('repeats', 5, 'timed runs (median)', flag_values=fv)
+
+  args, _ = cli.parse_command(define, argv or [], 'python -m rstg_jax.bench ssv1')
 
   config = ssv1_i3d.get_config()
   config.batch_size = args.batch

@@ -25,7 +25,7 @@ AffineChannel) gets mean 0 and variance 1 - eps, i.e. the same affine map.
 Command:
 
     python -m rstg_jax.convert --src i3d_baseline_8x8_IN_pretrain_400k.pkl \\
-        --dst i3d_r50_k400.npz --arch i3d_r50 [--num-classes 174] [--skip 'pred_.*']
+        --dst i3d_r50_k400.npz --arch i3d_r50 [--num_classes 174] [--skip 'pred_.*']
 
 writes an .npz whose keys are '/'-joined variable paths ('params/res2_0/branch2a/kernel',
 'batch_stats/res2_0/branch2a_bn/mean', ...) plus '__meta__' (JSON: source file and hash,
@@ -50,7 +50,6 @@ allow-list that admits numpy array reconstruction and plain containers only.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -58,10 +57,12 @@ import re
 import sys
 from typing import Any, Mapping, Optional, Sequence
 
+from absl import flags
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rstg_jax import cli
 from rstg_jax import safe_pickle
 from rstg_jax.ssv1.resnet3d import ResNet3D, temporal_kernel
 from rstg_jax.train import init_from
@@ -317,7 +318,7 @@ def convert(src: str, arch: str, skip: Sequence[str] = (), num_classes: Optional
             if name in blobs:
                 skipped.append({"name": name, "shape": list(blobs[name].shape),
                                 "reason": f"{pred_w.shape[0]} classes, not "
-                                          f"--num-classes {num_classes}"})
+                                          f"--num_classes {num_classes}"})
                 del blobs[name]
     flat, info = caffe2_to_flax(blobs, arch, inflate_mode)
     with open(src, "rb") as f:
@@ -429,27 +430,27 @@ def check_against_model(flat: Mapping[str, np.ndarray], meta: Mapping[str, Any])
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m rstg_jax.convert",
-        description="Convert a Caffe2 C2D/I3D ResNet-50 pickle (Non-local repo, PySlowFast "
-                    "model zoo) into an .npz for rstg_jax.convert.load_converted.")
-    parser.add_argument("--src", required=True, help="Caffe2 pickle (.pkl)")
-    parser.add_argument("--dst", required=True, help="output .npz")
-    parser.add_argument("--arch", required=True, choices=("i3d_r50", "c2d_r50"))
-    parser.add_argument("--num-classes", type=int, default=None,
-                        help="target head size; a checkpoint head of another size is "
-                             "left out (e.g. 174 for Something-Something-v1)")
-    parser.add_argument("--skip", action="append", default=[], metavar="REGEX",
-                        help="leave out Caffe2 blobs whose name fully matches (repeatable)")
-    parser.add_argument("--inflate", choices=("average", "center"), default="average",
-                        help="how 2D (ImageNet) kernels are inflated to 3D")
-    parser.add_argument("--no-check", action="store_true",
-                        help="skip the shape check against the ResNet3D the file describes")
-    args = parser.parse_args(argv)
+    def define(fv):
+        flags.DEFINE_string("src", None, "Caffe2 pickle (.pkl)", flag_values=fv)
+        flags.DEFINE_string("dst", None, "output .npz", flag_values=fv)
+        flags.DEFINE_enum("arch", None, ["i3d_r50", "c2d_r50"], "architecture", flag_values=fv)
+        flags.DEFINE_integer("num_classes", None, "target head size; a checkpoint head of "
+                             "another size is left out (e.g. 174 for Something-Something-v1)",
+                             flag_values=fv)
+        flags.DEFINE_multi_string("skip", [], "leave out Caffe2 blobs whose name fully "
+                                  "matches this regex (repeatable)", flag_values=fv)
+        flags.DEFINE_enum("inflate", "average", ["average", "center"],
+                          "how 2D (ImageNet) kernels are inflated to 3D", flag_values=fv)
+        flags.DEFINE_bool("check", True, "check the shapes against the ResNet3D the file "
+                          "describes (--nocheck skips it)", flag_values=fv)
+        flags.mark_flags_as_required(["src", "dst", "arch"], flag_values=fv)
+
+    args, _ = cli.parse_command(define, list(sys.argv[1:] if argv is None else argv),
+                                "python -m rstg_jax.convert")
 
     flat, meta = convert(args.src, args.arch, skip=args.skip, num_classes=args.num_classes,
                          inflate_mode=args.inflate)
-    if not args.no_check:
+    if args.check:
         check_against_model(flat, meta)
     save_converted(args.dst, flat, meta)
     n = sum(v.size for k, v in flat.items() if k.startswith("params/"))

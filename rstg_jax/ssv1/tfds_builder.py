@@ -20,7 +20,6 @@ Two steps:
    the short side, crop, normalise, batch.
 """
 
-import argparse
 import collections
 import concurrent.futures
 import datetime
@@ -29,10 +28,12 @@ import os
 import sys
 from typing import Optional
 
+from absl import flags
 from absl import logging
 import numpy as np
 import tensorflow_datasets as tfds
 
+from rstg_jax import cli
 from rstg_jax.ssv1 import reader as ssv1
 
 NAME = 'something_something_v1'
@@ -258,12 +259,15 @@ def class_names(builder) -> tuple[str, ...]:
 
 def main(argv=None) -> int:
   """`python -m rstg_jax.ssv1.tfds_builder --root=ROOT [--data_dir=DIR]`: convert once."""
-  parser = argparse.ArgumentParser(description='Convert Something-Something-v1 to TFDS.')
-  parser.add_argument('--root', required=True, help='SSv1 root (config.data.root).')
-  parser.add_argument('--data_dir', default=None,
-                      help='TFDS data dir (default $TFDS_DATA_DIR or ~/tensorflow_datasets).')
-  parser.add_argument('--num_workers', type=int, default=8, help='reader threads')
-  args = parser.parse_args(argv)
+  def define(fv):
+    flags.DEFINE_string('root', None, 'SSv1 root (config.data.root).', flag_values=fv)
+    flags.DEFINE_string('data_dir', None, 'TFDS data dir (default $TFDS_DATA_DIR or '
+                        '~/tensorflow_datasets).', flag_values=fv)
+    flags.DEFINE_integer('num_workers', 8, 'reader threads', flag_values=fv)
+    flags.mark_flag_as_required('root', flag_values=fv)
+
+  args, _ = cli.parse_command(define, list(sys.argv[1:] if argv is None else argv),
+                              'python -m rstg_jax.ssv1.tfds_builder')
   logging.set_verbosity(logging.WARNING)
   try:
     builder = prepare(args.root, args.data_dir, num_workers=args.num_workers)

@@ -518,15 +518,20 @@ def main(argv: list[str] | None = None) -> int:
     This is the command the loader spawns; it can also be run by hand (with network
     access) to fill the cache before training.
     """
-    import argparse  # noqa: PLC0415
+    from rstg_jax import cli  # noqa: PLC0415
 
-    parser = argparse.ArgumentParser(prog="python -m rstg_jax.syncmnist.mnist")
-    sub = parser.add_subparsers(dest="command", required=True)
-    export = sub.add_parser("export-tfds", help="export tfds 'mnist' to an .npz")
-    export.add_argument("--out", default=None,
-                        help=f"output .npz (default $RSTG_CACHE_DIR/{TFDS_CACHE_NAME}, "
-                             f"i.e. {tfds_cache_path()})")
-    args = parser.parse_args(argv)
+    def define(fv):
+        from absl import flags  # noqa: PLC0415
+        flags.DEFINE_string("out", None, f"output .npz (default $RSTG_CACHE_DIR/"
+                            f"{TFDS_CACHE_NAME}, i.e. {tfds_cache_path()})", flag_values=fv)
+
+    prog = "python -m rstg_jax.syncmnist.mnist"
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] != "export-tfds":
+        cli.usage_error(prog, "the command is `export-tfds` (see --help)")
+    args, rest = cli.parse_command(define, argv[1:], prog)
+    if rest:
+        cli.usage_error(prog, f"unexpected arguments {rest}")
     out = Path(args.out) if args.out else tfds_cache_path()
     try:
         export_tfds_npz(out)
