@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
+from rstg_jax import convert as convert_cli
 from rstg_jax.ssv1 import convert
 from rstg_jax.ssv1.resnet3d import Bottleneck, ResNet3D
 
@@ -130,7 +131,7 @@ def converted(tmp_path_factory):
     blobs = fake_blobs()
     src = write_caffe2_pickle(str(d / "i3d.pkl"), blobs)
     dst = str(d / "i3d.npz")
-    assert convert.main(["--src", src, "--dst", dst, "--arch", "i3d_r50"]) == 0
+    assert convert_cli.main(["--src", src, "--dst", dst, "--arch", "i3d_r50"]) == 0
     return blobs, dst
 
 
@@ -340,9 +341,9 @@ def test_unknown_blob_is_an_error_unless_skipped(tmp_path):
 def test_check_catches_a_wrong_arch(tmp_path):
     src = write_caffe2_pickle(str(tmp_path / "c2d.pkl"), fake_blobs("c2d"))
     with pytest.raises(convert.MergeError, match="conv1_w"):
-        convert.main(["--src", src, "--dst", str(tmp_path / "x.npz"), "--arch", "i3d_r50"])
+        convert_cli.main(["--src", src, "--dst", str(tmp_path / "x.npz"), "--arch", "i3d_r50"])
     assert not os.path.exists(tmp_path / "x.npz")
-    assert convert.main(["--src", src, "--dst", str(tmp_path / "x.npz"),
+    assert convert_cli.main(["--src", src, "--dst", str(tmp_path / "x.npz"),
                          "--arch", "c2d_r50"]) == 0
 
 
@@ -399,7 +400,7 @@ def test_imagenet_2d_weights_are_inflated_to_i3d(tmp_path):
                        classes=1000)
     src = write_caffe2_pickle(str(tmp_path / "r50.pkl"), blobs, junk=False)
     dst = str(tmp_path / "r50.npz")
-    assert convert.main(["--src", src, "--dst", dst, "--arch", "i3d_r50",
+    assert convert_cli.main(["--src", src, "--dst", dst, "--arch", "i3d_r50",
                          "--inflate", "center", "--skip", "pred_.*"]) == 0
     params, stats, meta = convert.load_converted(dst)
     assert params["conv1"]["kernel"].shape == (5, 7, 7, 3, WIDTH)

@@ -54,15 +54,12 @@ import hashlib
 import json
 import os
 import re
-import sys
 from typing import Any, Mapping, Optional, Sequence
 
-from absl import flags
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rstg_jax import cli
 from rstg_jax import safe_pickle
 from rstg_jax.ssv1.resnet3d import ResNet3D, temporal_kernel
 from rstg_jax.train import init_from
@@ -427,58 +424,3 @@ def check_against_model(flat: Mapping[str, np.ndarray], meta: Mapping[str, Any])
             f"{tuple(meta['blocks'])}); temporal sizes that differ in conv1 and branch2a "
             "kernels mean the checkpoint is of the other --arch)") from None
     return report
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    def define(fv):
-        flags.DEFINE_string("src", None, "Caffe2 pickle (.pkl)", flag_values=fv)
-        flags.DEFINE_string("dst", None, "output .npz", flag_values=fv)
-        flags.DEFINE_enum("arch", None, ["i3d_r50", "c2d_r50"], "architecture", flag_values=fv)
-        flags.DEFINE_integer("num_classes", None, "target head size; a checkpoint head of "
-                             "another size is left out (e.g. 174 for Something-Something-v1)",
-                             flag_values=fv)
-        flags.DEFINE_multi_string("skip", [], "leave out Caffe2 blobs whose name fully "
-                                  "matches this regex (repeatable)", flag_values=fv)
-        flags.DEFINE_enum("inflate", "average", ["average", "center"],
-                          "how 2D (ImageNet) kernels are inflated to 3D", flag_values=fv)
-        flags.DEFINE_bool("check", True, "check the shapes against the ResNet3D the file "
-                          "describes (--nocheck skips it)", flag_values=fv)
-        flags.mark_flags_as_required(["src", "dst", "arch"], flag_values=fv)
-
-    args, _ = cli.parse_command(define, list(sys.argv[1:] if argv is None else argv),
-                                "python -m rstg_jax.convert")
-
-    flat, meta = convert(args.src, args.arch, skip=args.skip, num_classes=args.num_classes,
-                         inflate_mode=args.inflate)
-    if args.check:
-        check_against_model(flat, meta)
-    save_converted(args.dst, flat, meta)
-    n = sum(v.size for k, v in flat.items() if k.startswith("params/"))
-    print(f"wrote {args.dst}: {len(flat)} tensors, {n:,} parameters; arch {meta['arch']}, "
-          f"blocks {meta['blocks']}, non-local {meta['nonlocal_stages'] or 'none'}, "
-          f"head {meta['num_classes']}")
-    if meta["blocks"] != [3, 4, 6, 3]:
-        print(f"note: blocks {meta['blocks']} is not ResNet-50's [3, 4, 6, 3]")
-    for s in meta["skipped"]:
-        print(f"skipped {s['name']} {s['shape']}: {s['reason']}")
-    if meta["dropped"]:
-        print(f"dropped {len(meta['dropped'])} solver entries (momentum, model_iter, lr)")
-    if meta["inflated"]:
-        print(f"inflated {len(meta['inflated'])} 2D kernels ({args.inflate})")
-    if meta["affine_only_bn"]:
-        print(f"{len(meta['affine_only_bn'])} BN layers had no statistics: mean 0, "
-              f"var 1 - eps")
-    return 0
-
-
-def run_cli() -> None:
-    """`python -m rstg_jax.convert`: expected failures get their message, not a traceback."""
-    try:
-        sys.exit(main())
-    except (ConversionError, MergeError, UnsafePickleError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
-
-
-if __name__ == "__main__":
-    run_cli()
