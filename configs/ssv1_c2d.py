@@ -5,7 +5,7 @@ Command (convert the Kinetics-400 C2D-R50 checkpoint with --arch c2d_r50 first):
   python -m rstg_jax.convert --src c2d_baseline_8x8_IN_pretrain_400k.pkl \
       --dst kinetics_c2d_r50.npz --arch c2d_r50
   python -m rstg_jax.main --config=configs/ssv1_c2d.py --workdir=runs/ssv1_c2d \
-      --config.data.root=PATH --config.init_from=kinetics_c2d_r50.npz
+      --config.data.root=PATH --config.init_from.path=kinetics_c2d_r50.npz
   python -m rstg_jax.evaluate --workdir=runs/ssv1_c2d --checkpoint=best
 
 C2D has temporal kernel 1 everywhere, so all temporal reasoning beyond pool2's max is the

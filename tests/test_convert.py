@@ -24,10 +24,11 @@ import pytest
 from flax import linen as nn
 
 from configs import ssv1_i3d
-from rstg_jax import convert
-from rstg_jax import train
-from rstg_jax.models import ssv1_models
-from rstg_jax.models.resnet3d import Bottleneck, ResNet3D
+from rstg_jax import convert as convert_cli
+from rstg_jax.ssv1 import convert
+from rstg_jax.ssv1 import models as ssv1_models
+from rstg_jax.ssv1 import task as ssv1_task
+from rstg_jax.ssv1.resnet3d import Bottleneck, ResNet3D
 
 try:
     from numpy._core import multiarray as _ma
@@ -141,7 +142,7 @@ def converted(tmp_path_factory):
     blobs = fake_blobs()
     src = write_caffe2_pickle(str(d / "i3d.pkl"), blobs)
     dst = str(d / "i3d.npz")
-    assert convert.main(["--src", src, "--dst", dst, "--arch", "i3d_r50"]) == 0
+    assert convert_cli.main(["--src", src, "--dst", dst, "--arch", "i3d_r50"]) == 0
     return blobs, dst
 
 
@@ -309,7 +310,7 @@ def test_converted_network_computes_the_caffe2_original(tmp_path, arch, stem):
     blobs = fake_blobs(arch, nonlocal_stages=None, seed=3)
     src = write_caffe2_pickle(str(tmp_path / "k.pkl"), blobs)
     dst = str(tmp_path / "k.npz")
-    assert convert.main(["--src", src, "--dst", dst, "--arch", f"{arch}_r50"]) == 0
+    assert convert_cli.main(["--src", src, "--dst", dst, "--arch", f"{arch}_r50"]) == 0
     params, stats, meta = convert.load_converted(dst)
     assert meta["stem"] == "caffe2"
     kw = {} if stem is None else {"stem": stem}  # None: ResNet3D's default
@@ -416,7 +417,7 @@ def test_num_classes_option_keeps_a_matching_head_and_drops_another(tmp_path):
     flat, meta = convert.convert(src, "i3d_r50", num_classes=174)
     assert "params/pred/kernel" not in flat and meta["num_classes"] is None
     assert [s["name"] for s in meta["skipped"]] == ["pred_w", "pred_b"]
-    assert "not --num-classes 174" in meta["skipped"][0]["reason"]
+    assert "not --num_classes 174" in meta["skipped"][0]["reason"]
     convert.check_against_model(flat, meta)  # a head-less model fits
 
 
@@ -433,9 +434,9 @@ def test_unknown_blob_is_an_error_unless_skipped(tmp_path):
 def test_check_catches_a_wrong_arch(tmp_path):
     src = write_caffe2_pickle(str(tmp_path / "c2d.pkl"), fake_blobs("c2d"))
     with pytest.raises(convert.MergeError, match="conv1_w"):
-        convert.main(["--src", src, "--dst", str(tmp_path / "x.npz"), "--arch", "i3d_r50"])
+        convert_cli.main(["--src", src, "--dst", str(tmp_path / "x.npz"), "--arch", "i3d_r50"])
     assert not os.path.exists(tmp_path / "x.npz")
-    assert convert.main(["--src", src, "--dst", str(tmp_path / "x.npz"),
+    assert convert_cli.main(["--src", src, "--dst", str(tmp_path / "x.npz"),
                          "--arch", "c2d_r50"]) == 0
 
 
@@ -492,7 +493,7 @@ def test_imagenet_2d_weights_are_inflated_to_i3d(tmp_path):
                        classes=1000)
     src = write_caffe2_pickle(str(tmp_path / "r50.pkl"), blobs, junk=False)
     dst = str(tmp_path / "r50.npz")
-    assert convert.main(["--src", src, "--dst", dst, "--arch", "i3d_r50",
+    assert convert_cli.main(["--src", src, "--dst", dst, "--arch", "i3d_r50",
                          "--inflate", "center", "--skip", "pred_.*"]) == 0
     params, stats, meta = convert.load_converted(dst)
     assert params["conv1"]["kernel"].shape == (5, 7, 7, 3, WIDTH)
@@ -513,7 +514,7 @@ def test_imagenet_2d_weights_are_inflated_to_i3d(tmp_path):
 def test_stem_is_recorded_and_reported_once(tmp_path, capsys):
     src = write_caffe2_pickle(str(tmp_path / "k.pkl"), fake_blobs(nonlocal_stages=None))
     dst = str(tmp_path / "k.npz")
-    assert convert.main(["--src", src, "--dst", dst, "--arch", "i3d_r50"]) == 0
+    assert convert_cli.main(["--src", src, "--dst", dst, "--arch", "i3d_r50"]) == 0
     out, err = capsys.readouterr()
     meta = convert.load_converted(dst)[2]
     assert (meta["stem"], meta["stem_from"], meta["source_format"]) == (
@@ -523,8 +524,8 @@ def test_stem_is_recorded_and_reported_once(tmp_path, capsys):
     assert "default model (--config.backbone.stem) uses 'caffe2'" in out
     # Weights trained with PySlowFast's padded stem: recorded, and a warning, since the
     # default model does not pad.
-    assert convert.main(["--src", src, "--dst", dst, "--arch", "i3d_r50",
-                         "--stem", "pyslowfast"]) == 0
+    assert convert_cli.main(["--src", src, "--dst", dst, "--arch", "i3d_r50",
+                             "--stem", "pyslowfast"]) == 0
     out, err = capsys.readouterr()
     meta = convert.load_converted(dst)[2]
     assert (meta["stem"], meta["stem_from"]) == ("pyslowfast", "--stem")
@@ -542,10 +543,11 @@ def test_stem_of_older_and_foreign_files():
 def test_init_from_reports_the_stems_and_warns_on_a_mismatch(tmp_path):
     src = write_caffe2_pickle(str(tmp_path / "k.pkl"), fake_blobs(nonlocal_stages=None))
     dst = str(tmp_path / "k.npz")
-    assert convert.main(["--src", src, "--dst", dst, "--arch", "i3d_r50"]) == 0
+    assert convert_cli.main(["--src", src, "--dst", dst, "--arch", "i3d_r50"]) == 0
     config = ssv1_i3d.get_config()
     assert config.backbone.stem == "caffe2"  # the default follows the Caffe2 original
-    config.num_classes = CLASSES
+    config.data.num_classes = CLASSES
+    config.init_from.path = dst
     config.backbone.blocks, config.backbone.base_width = BLOCKS, WIDTH
     config.rstg.placement = "none"
     for stem, warns in (("caffe2", False), ("pyslowfast", True)):
@@ -555,7 +557,7 @@ def test_init_from_reports_the_stems_and_warns_on_a_mismatch(tmp_path):
         variables = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype),
                                  ssv1_models.init_shapes(model, (4, 32, 32, 3)))
         said = []
-        train._load_converted(dst, variables, config, said.append)  # pylint: disable=protected-access
+        ssv1_task.load_converted(config, variables, said.append)
         lines = [m for m in said if "stem:" in m]
         assert len(lines) == 1, said
         assert lines[0].startswith("WARNING: ") == warns

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from ml_collections import config_dict
 
-from rstg_jax import models
-from rstg_jax.models import baselines
-from rstg_jax.models.cnn import SmallCNN, apply_per_frame, feature_size, max_pool_2x2
+from rstg_jax.syncmnist import models
+from rstg_jax.syncmnist import baselines
+from rstg_jax.syncmnist.backbone import SmallCNN, apply_per_frame, feature_size, max_pool_2x2
 from flax import linen as nn
 
 NUM_CLASSES = 5
@@ -27,8 +27,8 @@ def tiny_config(model="rstg", ablation="all_temp", freeze=False, width=8):
   c = config_dict.ConfigDict()
   c.model = model
   c.ablation = ablation
-  c.num_classes = NUM_CLASSES
-  c.lstm_dim = 8
+  c.data = config_dict.ConfigDict(dict(num_classes=NUM_CLASSES))
+  c.baseline = config_dict.ConfigDict(dict(lstm_dim=8))
   c.backbone = config_dict.ConfigDict(dict(width=width, freeze=freeze))
   c.rstg = config_dict.ConfigDict(dict(dim=8, num_iters=2, scales=(1, 2), gather="attention",
                                        adjacency="sparse", layer_norm=False, scalewise=False))
@@ -37,8 +37,8 @@ def tiny_config(model="rstg", ablation="all_temp", freeze=False, width=8):
 
 def paper_config(model, ablation="all_temp"):
   c = tiny_config(model, ablation, width=512)
-  c.num_classes = 46
-  c.lstm_dim = 512
+  c.data.num_classes = 46
+  c.baseline.lstm_dim = 512
   c.rstg.update(dim=512, num_iters=3, scales=(1, 2, 3))
   return c
 
@@ -120,7 +120,7 @@ def test_rstg_classifier_and_positional_ablation():
 def test_ablation_names_match_the_core():
   # pylint: disable=g-import-not-at-top
   from rstg_jax.model import SCHEDULES
-  from rstg_jax.models.syncmnist_rstg import ablation_to_core_args
+  from rstg_jax.syncmnist.rstg_classifier import ablation_to_core_args
   assert set(models.ABLATIONS) == set(SCHEDULES) | {"positional"}
   assert ablation_to_core_args("positional") == dict(schedule="all_temp", positional=True)
   for ablation in set(models.ABLATIONS) - {"positional"}:

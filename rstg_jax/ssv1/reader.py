@@ -1,0 +1,297 @@
+"""Something-Something-v1 on disk: the official layout, its label files, and frame checks.
+
+This module reads the data set as 20BN distributed it and decides what is usable; it needs
+only numpy and Pillow (which matplotlib brings), not TensorFlow, so the trainer can read the
+class list (for checkpoint metadata) without importing TF. The TFDS builder
+(`rstg_jax.ssv1.tfds_builder`) calls the functions here once, at
+conversion time, so that training never sees a bad video.
+
+Layout under ROOT (`config.data.root`):
+
+  ROOT/20bn-something-something-v1/<video id>/00001.jpg, 00002.jpg, ...
+  ROOT/something-something-v1-labels.csv       one class name per line, no header
+  ROOT/something-something-v1-train.csv        `<id>;<class name>`
+  ROOT/something-something-v1-validation.csv   `<id>;<class name>`
+  ROOT/something-something-v1-test.csv         `<id>` (unlabelled; optional)
+
+Class index = line order in the labels file (as the RSTG authors and MMAction2 do; TSM
+sorts the names instead, which gives other indices). `read_class_names` returns that list;
+store it with a checkpoint so its logits can be read back with the right names.
+
+What happens to bad input (all decided here, at conversion time):
+  - missing ROOT, frame folder or labels/train/validation file: `SSv1DataError` naming the
+    path, where to get the data and which config field to set;
+  - a class name in a split file that the labels file lacks, or a malformed line:
+    `SSv1DataError` naming the file and line number;
+  - an id without a frame folder, or with a folder holding no frame: video skipped and
+    reported;
+  - a frame that does not decode: replaced by its nearest decodable neighbour (the earlier
+    one on a tie), reported; a video with no decodable frame is skipped and reported;
+  - a grayscale (or CMYK, palette, PNG-in-disguise) frame: re-encoded as an RGB JPEG,
+    reported; a frame of another size than the video's first frame: resized to it, reported;
+  - a video shorter than the number of frames a clip samples is kept: the samplers in
+    `ssv1_tfds` repeat frames.
+"""
+
+import dataclasses
+import io
+import os
+import re
+from typing import Optional
+
+import numpy as np
+
+FRAMES_DIR = '20bn-something-something-v1'
+LABELS_FILE = 'something-something-v1-labels.csv'
+SPLIT_FILES = {
+    'train': 'something-something-v1-train.csv',
+    'validation': 'something-something-v1-validation.csv',
+    'test': 'something-something-v1-test.csv',
+}
+# The test split has no labels and is not needed to train or validate: its file may be absent.
+REQUIRED_SPLITS = ('train', 'validation')
+UNLABELLED = -1
+
+DOWNLOAD_HINT = (
+    'Something-Something-v1 is a manual download: register and download it from the '
+    'Qualcomm AI datasets page (formerly 20bn.com, "20BN-SOMETHING-SOMETHING"), join and '
+    'extract the 20bn-something-something-v1 archive parts, and put the four '
+    'something-something-v1-*.csv label files beside the extracted folder. Then set '
+    'config.data.root to the directory that holds both (e.g. '
+    '--config.data.root=/data/ssv1).')
+
+_FRAME_RE = re.compile(r'^(\d+)\.jpe?g$', re.IGNORECASE)
+# Re-encoded frames: high quality, so that a repaired frame looks like its neighbours.
+_REENCODE_QUALITY = 95
+
+
+class SSv1DataError(ValueError):
+  """The data on disk cannot be used as it is; the message says what to do.
+
+  A ValueError, so the command-line entry points print it as a one-line error.
+  """
+
+
+@dataclasses.dataclass
+class Video:
+  """One video as it will be stored.
+
+  Attributes:
+    video_id: the folder name (a number in SSv1, kept as a string).
+    label: class index, or -1 (UNLABELLED) in the test split.
+    frames: JPEG bytes of each frame, in time order, all RGB and of one size; empty if
+      the video is skipped.
+    height, width: frame size in pixels.
+    skip_reason: None if the video is usable, else 'missing_folder', 'empty_folder' or
+      'no_decodable_frame'.
+    repairs: one dict per repaired frame: {'frame': file name, 'problem': ..., 'action': ...}.
+  """
+  video_id: str
+  label: int
+  frames: list = dataclasses.field(default_factory=list)
+  height: int = 0
+  width: int = 0
+  skip_reason: Optional[str] = None
+  repairs: list = dataclasses.field(default_factory=list)
+
+
+def check_root(root) -> str:
+  """Returns ROOT as a string path after checking that it and its frame folder exist.
+
+  Raises:
+    SSv1DataError: ROOT or ROOT/20bn-something-something-v1 is missing (or root unset).
+  """
+  if not root:
+    raise SSv1DataError(f'No Something-Something-v1 root given. {DOWNLOAD_HINT}')
+  root = os.fspath(root)
+  if not os.path.isdir(root):
+    raise SSv1DataError(
+        f'Something-Something-v1 root {root!r} does not exist. {DOWNLOAD_HINT}')
+  frames = os.path.join(root, FRAMES_DIR)
+  if not os.path.isdir(frames):
+    raise SSv1DataError(
+        f'Frame folder {frames!r} does not exist: expected ROOT/{FRAMES_DIR}/<video id>/'
+        f'00001.jpg ... under config.data.root={root!r}. {DOWNLOAD_HINT}')
+  return root
+
+
+def _label_file(root: str, name: str) -> str:
+  path = os.path.join(root, name)
+  if not os.path.isfile(path):
+    raise SSv1DataError(
+        f'Label file {path!r} is missing (expected {name} in config.data.root={root!r}; '
+        f'it comes with the data set\'s label archive). {DOWNLOAD_HINT}')
+  return path
+
+
+def _read_lines(path: str):
+  """Yields (line number, stripped line) for the non-blank lines of a text file."""
+  # utf-8-sig: a byte-order mark left by a spreadsheet editor is not part of a class name.
+  with open(path, encoding='utf-8-sig') as f:
+    for number, line in enumerate(f, start=1):
+      line = line.strip()
+      if line:
+        yield number, line
+
+
+def read_class_names(root) -> tuple[str, ...]:
+  """The class names in the labels file's line order; index i = class i.
+
+  Raises:
+    SSv1DataError: the labels file is missing, empty or names a class twice.
+  """
+  path = _label_file(os.fspath(root), LABELS_FILE)
+  names, seen = [], {}
+  for number, name in _read_lines(path):
+    if name in seen:
+      raise SSv1DataError(f'{path}, line {number}: class {name!r} already named on line '
+                          f'{seen[name]}.')
+    seen[name] = number
+    names.append(name)
+  if not names:
+    raise SSv1DataError(f'Label file {path!r} names no class.')
+  return tuple(names)
+
+
+def read_split(root, split: str, class_names) -> list[tuple[str, int]]:
+  """(video id, class index) for each line of a split file, in file order.
+
+  Args:
+    root: the data set root.
+    split: 'train', 'validation' or 'test'.
+    class_names: from `read_class_names`; the test split ignores it (labels are -1).
+
+  Returns:
+    A list of (id, label); an empty list for an absent test file.
+
+  Raises:
+    SSv1DataError: a required split file is missing, or a line names an unknown class,
+      has no id, or repeats an id.
+  """
+  if split not in SPLIT_FILES:
+    raise SSv1DataError(f'Unknown split {split!r}; known: {", ".join(SPLIT_FILES)}.')
+  root = os.fspath(root)
+  name = SPLIT_FILES[split]
+  if split not in REQUIRED_SPLITS and not os.path.isfile(os.path.join(root, name)):
+    return []
+  path = _label_file(root, name)
+  index = {c: i for i, c in enumerate(class_names)}
+  out, seen = [], {}
+  for number, line in _read_lines(path):
+    if split == 'test':
+      video_id, label = line.split(';', 1)[0].strip(), UNLABELLED
+    else:
+      if ';' not in line:
+        raise SSv1DataError(f'{path}, line {number}: expected "<id>;<class name>", got '
+                            f'{line!r}.')
+      video_id, name_ = (s.strip() for s in line.split(';', 1))
+      if name_ not in index:
+        raise SSv1DataError(f'{path}, line {number}: class {name_!r} is not in '
+                            f'{LABELS_FILE}.')
+      label = index[name_]
+    if not video_id:
+      raise SSv1DataError(f'{path}, line {number}: no video id in {line!r}.')
+    if video_id in seen:
+      raise SSv1DataError(f'{path}, line {number}: video {video_id} already listed on '
+                          f'line {seen[video_id]}.')
+    seen[video_id] = number
+    out.append((video_id, label))
+  return out
+
+
+def list_frames(video_dir: str) -> list[str]:
+  """Frame file names in a video folder, sorted by frame number (other files ignored)."""
+  numbered = []
+  for name in os.listdir(video_dir):
+    m = _FRAME_RE.match(name)
+    if m:
+      numbered.append((int(m.group(1)), name))
+  return [name for _, name in sorted(numbered)]
+
+
+def _open_frame(data: bytes):
+  """The decoded PIL image, or None if the bytes do not decode completely."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  try:
+    img = Image.open(io.BytesIO(data))
+    img.load()  # Image.open only reads the header; truncation shows up here.
+    return img
+  except Exception:  # pylint: disable=broad-except  # PIL raises many types for bad data.
+    return None
+
+
+def _encode_jpeg(img) -> bytes:
+  buf = io.BytesIO()
+  img.save(buf, format='JPEG', quality=_REENCODE_QUALITY)
+  return buf.getvalue()
+
+
+def load_video(root, video_id: str, label: int) -> Video:
+  """Reads and checks one video's frames; see the module docstring for the repairs.
+
+  Every frame is decoded once (Pillow), so a corrupt or non-RGB frame is found here and
+  not in the training loop.
+  """
+  video = Video(video_id=video_id, label=label)
+  video_dir = os.path.join(os.fspath(root), FRAMES_DIR, video_id)
+  if not os.path.isdir(video_dir):
+    video.skip_reason = 'missing_folder'
+    return video
+  names = list_frames(video_dir)
+  if not names:
+    video.skip_reason = 'empty_folder'
+    return video
+
+  frames: list[Optional[bytes]] = []
+  size = None  # (width, height) of the first decodable frame: the video's size.
+  for name in names:
+    with open(os.path.join(video_dir, name), 'rb') as f:
+      data = f.read()
+    img = _open_frame(data)
+    if img is None:
+      frames.append(None)
+      video.repairs.append({'frame': name, 'problem': 'does not decode'})
+      continue
+    fixes = []
+    if img.format != 'JPEG':
+      fixes.append(f'{img.format} data, not JPEG')
+    if img.mode != 'RGB':
+      fixes.append(f'{"grayscale" if img.mode in ("L", "LA", "I", "I;16") else img.mode} '
+                   'image')
+      img = img.convert('RGB')
+    if size is None:
+      size = img.size
+    elif img.size != size:
+      fixes.append(f'size {img.size[0]}x{img.size[1]}, not {size[0]}x{size[1]}')
+      img = img.convert('RGB').resize(size)
+    if fixes:
+      data = _encode_jpeg(img)
+      video.repairs.append({'frame': name, 'problem': '; '.join(fixes),
+                            'action': 're-encoded as an RGB JPEG'})
+    frames.append(data)
+
+  good = np.array([i for i, d in enumerate(frames) if d is not None])
+  if good.size == 0:
+    video.skip_reason = 'no_decodable_frame'
+    video.repairs = []  # The skip says it all.
+    return video
+  for repair in video.repairs:
+    if 'action' in repair:
+      continue
+    i = names.index(repair['frame'])
+    # Nearest decodable frame; argmin takes the earlier one on a tie.
+    j = int(good[np.argmin(np.abs(good - i))])
+    frames[i] = frames[j]
+    repair['action'] = f'replaced by {names[j]}'
+  video.frames = frames
+  video.width, video.height = size
+  return video
+
+
+# The authors' input normalisation for the Kinetics ResNets (Caffe2 convention).
+MEAN, STD = 114.75, 57.375
+
+
+def normalize(video):
+  """uint8 pixels -> (x - 114.75) / 57.375 (jnp, np or tf arrays)."""
+  return (video.astype('float32') - MEAN) / STD

@@ -1,0 +1,112 @@
+"""The per-frame convolutional backbone shared by every SyncMNIST model.
+
+The paper (Sec. 3.1, App. D) uses "a small CNN with 3 layers": 3x3 convolutions with
+512 filters, ReLU and 2x2 max-pooling after each, pre-trained to classify a single digit
+placed at random in a frame (see `rstg_jax.syncmnist.pretrain`). The authors' feature map for a
+64x64 frame is 6x6, which only VALID (unpadded) convolutions give:
+64 -conv-> 62 -pool-> 31 -conv-> 29 -pool-> 14 -conv-> 12 -pool-> 6.
+SAME padding would give 8x8 and a different graph (cells of a 3x3 grid would no longer
+be 2x2 feature pixels), so VALID is the default here.
+
+Every model in `rstg_jax.syncmnist` applies the backbone frame by frame: it never sees time,
+so all temporal reasoning happens in the model on top of it.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+
+def feature_size(input_size: int, num_layers: int = 3, padding: str = "VALID") -> int:
+  """Side of the backbone's output map for a square input of side `input_size`.
+
+  Used to build the graph for the feature map without hard-coding 6x6.
+  """
+  size = input_size
+  for _ in range(num_layers):
+    if padding.upper() == "VALID":
+      size -= 2  # a 3x3 kernel without padding eats one pixel per side
+    size //= 2  # 2x2 max-pool, stride 2, floor like VALID pooling
+  if size < 1:
+    raise ValueError(
+      f"input of side {input_size} is too small for {num_layers} conv+pool layers")
+  return size
+
+
+@jax.custom_vjp
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+  """2x2 max-pooling with stride 2 and VALID padding (an odd last row/column is dropped).
+
+  The forward pass is `nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")`; the
+  gradient is written as a masked broadcast over the four inputs of each window, which
+  XLA:CPU fuses into one pass, where the reduce-window gradient (select-and-scatter)
+  took half of a backbone pre-training step. A tie splits the gradient equally among
+  the tied inputs (after a ReLU, ties are at 0, where the ReLU passes no gradient).
+  """
+  return nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
+
+
+def _max_pool_fwd(x):
+  y = max_pool_2x2(x)
+  return y, (x, y)
+
+
+def _max_pool_bwd(res, g):
+  x, y = res
+  b, h, w, c = x.shape
+  windows = x[:, :h - h % 2, :w - w % 2].reshape(b, h // 2, 2, w // 2, 2, c)
+  hit = (windows == y[:, :, None, :, None, :]).astype(g.dtype)
+  share = hit / jnp.sum(hit, axis=(2, 4), keepdims=True)
+  dx = (share * g[:, :, None, :, None, :]).reshape(b, h - h % 2, w - w % 2, c)
+  return (jnp.pad(dx, ((0, 0), (0, h % 2), (0, w % 2), (0, 0))),)
+
+
+max_pool_2x2.defvjp(_max_pool_fwd, _max_pool_bwd)
+
+
+def apply_per_frame(fn: Callable[[jax.Array], jax.Array], video: jax.Array) -> jax.Array:
+  """Applies a frame-wise function to a video by folding time into the batch.
+
+  Args:
+    fn: maps frames [N, H, W, C] to anything with a leading axis N, e.g. SmallCNN.
+    video: [B, T, H, W, C].
+
+  Returns:
+    fn's output reshaped to [B, T, ...].
+  """
+  b, t = video.shape[:2]
+  out = fn(video.reshape((b * t,) + video.shape[2:]))
+  return out.reshape((b, t) + out.shape[1:])
+
+
+class SmallCNN(nn.Module):
+  """The paper's 3-layer frame backbone.
+
+  Attributes:
+    width: filters in every conv layer (512 in the paper).
+    num_layers: conv+ReLU+max-pool layers (3 in the paper).
+    padding: "VALID" (default; 64x64 -> 6x6 as in the authors' code) or "SAME"
+      (64x64 -> 8x8).
+  """
+
+  width: int = 512
+  num_layers: int = 3
+  padding: str = "VALID"
+
+  @nn.compact
+  def __call__(self, frames: jax.Array) -> jax.Array:
+    """Maps frames [B, H, W, C] (float in [0, 1]) to a feature map [B, h, w, width]."""
+    x = jnp.asarray(frames, jnp.float32)
+    for i in range(self.num_layers):
+      x = nn.Conv(self.width, (3, 3), padding=self.padding, name=f"conv{i}")(x)
+      x = nn.relu(x)
+      x = max_pool_2x2(x)
+    return x
+
+  def video(self, video: jax.Array) -> jax.Array:
+    """Maps a video [B, T, H, W, C] to per-frame feature maps [B, T, h, w, width]."""
+    return apply_per_frame(self, video)

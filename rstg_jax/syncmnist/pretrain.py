@@ -1,0 +1,181 @@
+"""Backbone pre-training on single digits, and the backbone's on-disk cache.
+
+The paper (Sec. 3.1): the SyncMNIST backbone is "a small CNN with 3 layers, pre-trained to
+classify a digit randomly placed in a frame of the video". `pretrain_backbone` trains
+`SmallCNN` + global average pooling + a 10-way linear classifier with Adam on 64x64 frames
+holding one MNIST digit at a random place (`rstg_jax.syncmnist.generator.generate_single_digit`),
+and returns only the `SmallCNN` parameters: the dict a video model expects at
+`params['backbone']`. The classifier is thrown away.
+
+`save_backbone` / `load_backbone` store those parameters as a plain `.npz` whose keys are
+the '/'-joined parameter paths (e.g. `conv0/kernel`), so the trainer can cache the
+pre-trained backbone in its workdir and anyone can inspect it with numpy alone.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import time
+from typing import Any, Optional
+
+import jax
+import numpy as np
+import optax
+from flax import linen as nn
+from flax import traverse_util
+from tqdm.auto import tqdm
+
+from rstg_jax import cli
+from rstg_jax.train import metrics as metrics_lib
+from rstg_jax.train import state as state_lib
+from rstg_jax.train import steps as steps_lib
+from rstg_jax.syncmnist.backbone import SmallCNN
+
+NUM_DIGIT_CLASSES = 10
+
+
+class DigitClassifier(nn.Module):
+  """The pre-training network: backbone, global average pool, linear 10-way classifier.
+
+  Global average pooling (rather than flattening) makes the classifier blind to where the
+  digit is, so the backbone has to produce digit features at every position: what the
+  video models need, since digits move.
+
+  Attributes:
+    width: backbone filters.
+  """
+
+  width: int = 512
+
+  @nn.compact
+  def __call__(self, frames: jax.Array, train: bool = False) -> jax.Array:
+    del train  # the trainer's model contract; no dropout or BatchNorm here
+    fmap = SmallCNN(self.width, name="backbone")(frames)
+    return nn.Dense(NUM_DIGIT_CLASSES, name="classifier")(fmap.mean(axis=(1, 2)))
+
+
+def _frames(split: str, indices: np.ndarray, seed: int,
+            mnist_path: Optional[str]) -> dict[str, np.ndarray]:
+  """A batch of single-digit frames: 'video' uint8 [B, 64, 64, 1], 'label' int32 [B]."""
+  # Imported here so that importing this module (and the models) does not need the data
+  # package's generator.
+  from rstg_jax.syncmnist import generator as syncmnist  # pylint: disable=g-import-not-at-top
+  out = syncmnist.generate_single_digit(split, indices, seed=seed, mnist_path=mnist_path)
+  return {"video": np.asarray(out["image"], np.uint8),
+          "label": np.asarray(out["label"], np.int32)}
+
+
+def _num_frames(split: str) -> int:
+  """How many distinct single-digit frames the generator defines for a split."""
+  from rstg_jax.syncmnist import generator as syncmnist  # pylint: disable=g-import-not-at-top
+  return int(syncmnist.SPLIT_SIZES[split])
+
+
+def pretrain_backbone(width: int = 512,
+                      steps: int = 300,
+                      batch_size: int = 64,
+                      seed: int = 0,
+                      learning_rate: float = 1e-3,
+                      mnist_path: Optional[str] = None,
+                      log_every: int = 50,
+                      eval_frames: int = 2000,
+                      eval_batch_size: int = 250,
+                      progress_bar: bool = True) -> tuple[dict[str, Any], dict[str, Any]]:
+  """Trains the frame backbone to classify one randomly placed MNIST digit.
+
+  Frame i of a split is fixed by (generator seed, split, i): a random MNIST digit of the
+  split at a random place. Each step draws `batch_size` train frame indices at random
+  (numpy generator seeded with `seed`), so a run is reproducible. Evaluation uses test
+  frames 0..eval_frames-1 with generator seed 0 whatever `seed` is, so all runs are
+  compared on the same frames.
+
+  Args:
+    width: backbone filters (config.backbone.width).
+    steps: Adam steps.
+    batch_size: frames per step.
+    seed: seeds the initialisation, the digit order and the placements.
+    learning_rate: Adam learning rate (constant).
+    mnist_path: local MNIST copy, passed on to the data module (None: its default).
+    log_every: steps between loss records (and progress-bar updates).
+    eval_frames: test frames for the final accuracy (0: no evaluation).
+    eval_batch_size: frames per evaluation batch.
+    progress_bar: show a tqdm bar.
+
+  Returns:
+    (backbone_params, metrics): the `SmallCNN` parameters (a nested dict of numpy
+    arrays, to be put at `params['backbone']`), and a dict with `train_loss` (list of
+    (step, mean loss since the previous record)), `final_train_loss`, `test_accuracy`,
+    `test_loss`, `eval_frames`, `seconds` (wall time, evaluation included) and
+    `steps_per_second`.
+  """
+  if steps < 1:
+    raise ValueError(f"steps must be >= 1, got {steps}")
+  start = time.time()
+  model = DigitClassifier(width)
+  from rstg_jax.syncmnist import generator as syncmnist  # pylint: disable=g-import-not-at-top
+  frame_shape = (syncmnist.FRAME, syncmnist.FRAME, 1)
+  params = state_lib.init_variables(model, jax.random.PRNGKey(seed), frame_shape)["params"]
+  tx = optax.adam(learning_rate)
+  state = state_lib.create_train_state(params, {}, tx)
+  # The trainer's steps (uint8 frames scaled on the device); donating the state lets
+  # XLA update it in place.
+  train_step = jax.jit(functools.partial(steps_lib.train_step, model=model, tx=tx,
+                                         base_key=jax.random.PRNGKey(seed)),
+                       donate_argnums=0)
+  eval_step = jax.jit(functools.partial(steps_lib.eval_step, model=model))
+
+  num_train = _num_frames("train")
+  rng = np.random.default_rng(seed)
+  history, window = [], None
+  bar = tqdm(range(steps), desc=f"pretrain backbone (width {width})",
+             disable=not progress_bar, file=sys.stderr, mininterval=cli.progress_interval())
+  for step in bar:
+    indices = rng.integers(0, num_train, size=batch_size)
+    state, m = train_step(state, _frames("train", indices, seed, mnist_path))
+    window = metrics_lib.add(window, {"loss": m["loss"]})
+    if (step + 1) % log_every == 0 or step + 1 == steps:
+      mean_loss = metrics_lib.compute(jax.device_get(window))["loss"]
+      if not np.isfinite(mean_loss):
+        raise FloatingPointError(f"pre-training loss is {mean_loss} at step {step + 1}")
+      history.append((step + 1, mean_loss))
+      window = None
+      bar.set_postfix(loss=f"{mean_loss:.4f}", refresh=False)
+  bar.close()
+
+  metrics: dict[str, Any] = {"train_loss": history, "final_train_loss": history[-1][1]}
+  if eval_frames > 0:
+    eval_frames = min(eval_frames, _num_frames("test"))
+    totals = None
+    for lo in range(0, eval_frames, eval_batch_size):
+      idx = np.arange(lo, min(lo + eval_batch_size, eval_frames))
+      # Generator seed 0 for the test frames, independent of the training seed.
+      batch = dict(_frames("test", idx, 0, mnist_path), mask=np.ones(len(idx), np.float32))
+      totals = metrics_lib.add(totals, eval_step(state, batch)[0])
+    result = metrics_lib.compute(jax.device_get(totals))
+    metrics.update(test_accuracy=result["top1"], test_loss=result["loss"],
+                   eval_frames=eval_frames)
+  seconds = time.time() - start
+  metrics.update(seconds=seconds, steps_per_second=steps / seconds)
+  return jax.device_get(state["params"]["backbone"]), metrics
+
+
+def save_backbone(path: str | os.PathLike, params: dict[str, Any]) -> None:
+  """Writes backbone parameters to `path` as an .npz keyed by '/'-joined param paths.
+
+  Written to a temporary file first and renamed, so a crash never leaves a truncated
+  cache that a later run would load.
+  """
+  flat = traverse_util.flatten_dict(jax.device_get(params), sep="/")
+  path = os.fspath(path)
+  tmp = path + ".tmp.npz"  # np.savez appends .npz to names without it
+  np.savez(tmp, **{k: np.asarray(v) for k, v in flat.items()})
+  os.replace(tmp, path)
+
+
+def load_backbone(path: str | os.PathLike) -> dict[str, Any]:
+  """Reads parameters written by `save_backbone` back into a nested dict of arrays."""
+  with np.load(os.fspath(path), allow_pickle=False) as data:
+    flat = {k: np.asarray(data[k]) for k in data.files}
+  return traverse_util.unflatten_dict(flat, sep="/")

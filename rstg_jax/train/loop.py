@@ -1,0 +1,194 @@
+"""The training loop (in the shape of the Flax ImageNet example), generic over tasks.
+
+`train_and_evaluate(config, workdir, task)` trains `task.create_model(config)` on
+`task.create_dataset(config)`, evaluating every `eval.every` steps and at the end:
+
+- The train state is one dict (`rstg_jax.train.state`), replicated; each batch is split
+  over a 1-D mesh axis `data` of all devices (of all processes), so the same code runs
+  on one CPU, on 4 fake CPU devices, on a GPU or on several hosts.
+- Resumable exactly: the batch of step s is a function of (seed, s), the dropout key of
+  step s is `fold_in(key, s)`, and everything else that changes during training
+  (optimizer moments, the plateau scale) is in the checkpoint. The same command run
+  again resumes from the latest checkpoint and ends with the same parameters. (A
+  tf.data stream, Something-Something-v1, is the exception for the data order only.)
+- A NaN or inf in the loss or the gradients stops the run before anything bad is saved.
+"""
+
+import os
+import sys
+import time
+
+import jax
+import tqdm
+
+from rstg_jax import cli
+from rstg_jax.train import checkpoints
+from rstg_jax.train import input as input_lib
+from rstg_jax.train import metrics as metrics_lib
+from rstg_jax.train import optim
+from rstg_jax.train import setup as setup_lib
+from rstg_jax.train.state import State
+
+
+class NonFiniteLossError(FloatingPointError):
+  """The loss or the gradients became NaN/inf; the last good checkpoint is kept."""
+
+
+def train_and_evaluate(config, workdir: str, task, *, dataset=None) -> State:
+  """Trains (resuming from workdir's latest checkpoint if any); returns the final state.
+
+  Args:
+    config: the experiment config (see configs/common.py and the task's configs).
+    workdir: checkpoints/, metrics.jsonl and curves.png go here (and task caches).
+    task: the task (`rstg_jax.train.task.Task`; `rstg_jax.tasks.get(config)`).
+    dataset: a data set to use instead of `task.create_dataset(config)` (tests).
+  """
+  setup = setup_lib.make_setup(config, task, dataset)
+  is_main = jax.process_index() == 0
+  say = (lambda msg: print(msg, flush=True)) if is_main else (lambda msg: None)
+  os.makedirs(workdir, exist_ok=True)
+  opts, data = setup.options, setup.dataset
+  say(f'Data: {data.description}')
+  say(f'Devices: {jax.device_count()} x {jax.devices()[0].device_kind} '
+      f'({jax.default_backend()}), {jax.process_count()} process(es); global batch '
+      f'{opts.batch_size}, {opts.batch_size // jax.device_count()} per device')
+  mngr = checkpoints.manager(workdir, opts.keep_checkpoints)
+  state = _restore_or_init(setup, mngr, workdir, say)
+  say(f'Model: {setup_lib.describe(setup, state["params"])}')
+  start, total = int(jax.device_get(state['step'])), opts.total_steps
+  say(f'Training steps {start} -> {total} ({opts.optimizer}); workdir '
+      f'{os.path.abspath(workdir)}')
+  log = _Log(setup, workdir, start, is_main)
+  evaluator = task.evaluator(config, data, final=False)
+  try:
+    with input_lib.Prefetcher(data, start, total, setup.to_device,
+                              opts.prefetch) as batches:
+      for s, batch in batches:
+        state, m = setup.train_step(state, batch)
+        step = s + 1
+        log.train_step(step, m)
+        is_last = step == total
+        is_log = step % opts.log_every == 0 or is_last
+        is_eval = step % opts.eval_every == 0 or is_last
+        is_ckpt = step % opts.checkpoint_every == 0 or is_eval
+        if not (is_log or is_eval or is_ckpt):
+          continue
+        _check_finite(log.take_nonfinite(), mngr)
+        if is_log:
+          log.write_train(step, state)
+        eval_metrics = None
+        if is_eval:
+          eval_metrics, state = _evaluate(setup, evaluator, state, step, log)
+        if is_ckpt:
+          meta = checkpoints.metadata(setup.config_json, data.class_names, step,
+                                      eval_metrics)
+          checkpoints.save(mngr, step, state, meta, eval_metrics)
+  finally:
+    log.close()
+    mngr.wait_until_finished()
+    mngr.close()
+  log.finish(state)
+  return state
+
+
+def _restore_or_init(setup, mngr, workdir: str, say) -> State:
+  """The latest checkpoint's state, or the step-0 state of a fresh run."""
+  latest = mngr.latest_step()
+  if latest is None:
+    return setup_lib.initial_state(setup, workdir, say)
+  state, meta = checkpoints.restore(mngr, latest, setup.abstract_state)
+  if meta.get('class_names') != list(setup.dataset.class_names):
+    raise ValueError('The checkpoint was trained with another class order: '
+                     f'{meta.get("class_names")} vs {list(setup.dataset.class_names)}.')
+  changed = checkpoints.changed_fields(meta.get('config', {}), setup.config_json)
+  say(f'Resuming from {mngr.directory} step {latest}'
+      + (f' (config fields changed since: {changed})' if changed else ''))
+  return state
+
+
+def _check_finite(pending, mngr) -> None:
+  """Raises at the first non-finite step since the last check (before any save)."""
+  for s, bad in jax.device_get(pending):
+    if bad[0] > 0:
+      raise NonFiniteLossError(
+          f'Loss or gradients became NaN/inf at step {s}; training stopped. Nothing '
+          f'after it was saved: the last good checkpoint is step {mngr.latest_step()} in '
+          f'{mngr.directory}. Try a lower optim.learning_rate or set '
+          'optim.grad_clip_norm, then rerun the same command to resume from it.')
+
+
+def _evaluate(setup, evaluator, state: State, step: int, log) -> tuple[dict, State]:
+  """Runs the evaluator, logs it and applies the plateau rule (which updates state)."""
+  t0 = time.time()
+  result = evaluator(setup, state)
+  eval_metrics = {k: result.metrics[k] for k in ('loss', 'top1', 'top5')}
+  msg = (f'step {step}: test top-1 {eval_metrics["top1"]:.4f}, top-5 '
+         f'{eval_metrics["top5"]:.4f}, loss {eval_metrics["loss"]:.4f}')
+  rule = setup.options.plateau
+  if rule is not None:
+    plateau, reduced = optim.update_plateau(jax.device_get(state['plateau']),
+                                            eval_metrics, rule)
+    state = dict(state, plateau=jax.device_put(plateau, setup.replicated))
+    if reduced:
+      msg += f'; plateau: learning-rate scale -> {float(plateau["scale"]):g}'
+  log.write_eval(step, eval_metrics, time.time() - t0, msg)
+  return eval_metrics, state
+
+
+class _Log:
+  """metrics.jsonl rows, the progress bar, the window of train metrics, curves.png."""
+
+  def __init__(self, setup, workdir: str, start: int, is_main: bool):
+    self.setup, self.workdir, self.is_main = setup, workdir, is_main
+    self.path = os.path.join(workdir, 'metrics.jsonl')
+    self.writer = metrics_lib.JsonlWriter(self.path, start, is_main)
+    self.window, self.pending, self.last_eval = None, [], None
+    self.t_window, self.n_window = time.time(), 0
+    self.pbar = tqdm.tqdm(
+        total=setup.options.total_steps, initial=start, desc='train', unit='step',
+        dynamic_ncols=True, disable=not (is_main and setup.options.progress_bar),
+        file=sys.stderr, mininterval=cli.progress_interval())
+
+  def train_step(self, step: int, m: dict) -> None:
+    self.pending.append((step, m['nonfinite']))
+    self.window = metrics_lib.add(self.window, {k: m[k] for k in ('loss', 'accuracy')})
+    self.n_window += 1
+    self.pbar.update(1)
+
+  def take_nonfinite(self) -> list:
+    pending, self.pending = self.pending, []
+    return pending
+
+  def write_train(self, step: int, state: State) -> None:
+    row = metrics_lib.compute(jax.device_get(self.window))
+    dt = time.time() - self.t_window
+    scale = float(jax.device_get(state['plateau']['scale']))
+    row = {'step': step, 'split': 'train', **row,
+           'lr': float(self.setup.lr_fn(step - 1)) * scale,
+           'videos_per_sec': self.n_window * self.setup.options.batch_size / max(dt, 1e-9)}
+    self.writer.write(row)
+    last = self.last_eval
+    self.pbar.set_postfix(loss=f'{row["loss"]:.3f}', acc=f'{row["accuracy"]:.3f}',
+                          **({'test_top1': f'{last["top1"]:.3f}'} if last else {}),
+                          refresh=False)  # drawn at the bar's own interval
+    self.window, self.t_window, self.n_window = None, time.time(), 0
+
+  def write_eval(self, step: int, eval_metrics: dict, seconds: float, msg: str) -> None:
+    self.last_eval = eval_metrics
+    self.writer.write({'step': step, 'split': 'test', **eval_metrics,
+                       'eval_seconds': seconds})
+    if self.is_main:
+      tqdm.tqdm.write(msg, file=sys.stdout)
+    self.t_window = time.time()  # evaluation time is not training throughput.
+
+  def close(self) -> None:
+    self.pbar.close()
+
+  def finish(self, state: State) -> None:
+    if not self.is_main:
+      return
+    curves = os.path.join(self.workdir, 'curves.png')
+    metrics_lib.plot_curves(metrics_lib.read_jsonl(self.path), curves)
+    print(f'Done: step {int(jax.device_get(state["step"]))}; curves in {curves}'
+          + (f'; last test top-1 {self.last_eval["top1"]:.4f}' if self.last_eval else ''),
+          flush=True)

@@ -1,0 +1,152 @@
+"""Metrics as (sum, count) pairs, the metrics.jsonl log, and the figures.
+
+A step returns `{name: (sum, count)}`; pairs are added across steps and batches and
+divided only when reported, so a padded last test batch or an uneven number of steps
+per log window weigh every video exactly once.
+"""
+
+import csv
+import json
+import os
+from typing import Iterable, Mapping, Optional, Sequence
+
+import numpy as np
+
+Pairs = Mapping[str, tuple]
+
+
+def add(total: Optional[dict], new: Pairs) -> dict:
+  """Elementwise sum of two {name: (sum, count)} dicts (total may be None)."""
+  if total is None:
+    return {k: (v[0], v[1]) for k, v in new.items()}
+  return {k: (total[k][0] + v[0], total[k][1] + v[1]) for k, v in new.items()}
+
+
+def compute(pairs: Pairs) -> dict[str, float]:
+  """{name: sum / count} as Python floats (NaN when the count is 0)."""
+  out = {}
+  for k, (s, n) in pairs.items():
+    s, n = float(s), float(n)
+    out[k] = s / n if n else float('nan')
+  return out
+
+
+class JsonlWriter:
+  """Appends one JSON object per line to workdir/metrics.jsonl.
+
+  On resume from step S, rows after S (written by the interrupted run after its last
+  checkpoint) are dropped first, so the file reads as one uninterrupted run.
+  """
+
+  def __init__(self, path: str, resume_step: int, enabled: bool = True):
+    self.path = path
+    self.enabled = enabled
+    if not enabled:
+      return
+    rows = [r for r in read_jsonl(path) if r.get('step', 0) <= resume_step]
+    with open(path, 'w') as f:
+      for r in rows:
+        f.write(json.dumps(r) + '\n')
+
+  def write(self, row: dict):
+    if not self.enabled:
+      return
+    with open(self.path, 'a') as f:
+      f.write(json.dumps(row) + '\n')
+
+
+def read_jsonl(path: str) -> list[dict]:
+  if not os.path.exists(path):
+    return []
+  rows = []
+  with open(path) as f:
+    for line in f:
+      line = line.strip()
+      if line:
+        try:
+          rows.append(json.loads(line))
+        except json.JSONDecodeError:
+          pass  # a line cut short by a kill
+  return rows
+
+
+def _pyplot():
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')  # files only; no display on a training machine.
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  return plt
+
+
+def plot_curves(rows: Iterable[dict], path: str):
+  """Training curves: loss and train/test accuracy against the step."""
+  rows = list(rows)
+  train = [r for r in rows if r.get('split') == 'train']
+  test = [r for r in rows if r.get('split') == 'test']
+  plt = _pyplot()
+  fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+  if train:
+    ax_loss.plot([r['step'] for r in train], [r['loss'] for r in train], label='train')
+    ax_acc.plot([r['step'] for r in train], [r['accuracy'] for r in train],
+                label='train top-1')
+  if test:
+    steps = [r['step'] for r in test]
+    ax_loss.plot(steps, [r['loss'] for r in test], 'o-', label='test')
+    ax_acc.plot(steps, [r['top1'] for r in test], 'o-', label='test top-1')
+    ax_acc.plot(steps, [r['top5'] for r in test], 's--', label='test top-5')
+  ax_loss.set(xlabel='step', ylabel='cross-entropy', title='loss')
+  ax_acc.set(xlabel='step', ylabel='accuracy', title='accuracy', ylim=(0, 1))
+  for ax in (ax_loss, ax_acc):
+    ax.grid(alpha=0.3)
+    ax.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def confusion_matrix(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> np.ndarray:
+  """[true class, predicted class] counts."""
+  cm = np.zeros((num_classes, num_classes), np.int64)
+  np.add.at(cm, (labels, preds), 1)
+  return cm
+
+
+def write_per_class(cm: np.ndarray, class_names: Sequence[str], out_dir: str) -> list[dict]:
+  """per_class_accuracy.json and .csv: for each class, its videos and top-1 accuracy."""
+  rows = []
+  for i, name in enumerate(class_names):
+    n = int(cm[i].sum())
+    rows.append({'class_index': i, 'class_name': name, 'count': n,
+                 'correct': int(cm[i, i]),
+                 'accuracy': float(cm[i, i] / n) if n else None})
+  with open(os.path.join(out_dir, 'per_class_accuracy.json'), 'w') as f:
+    json.dump(rows, f, indent=1)
+  with open(os.path.join(out_dir, 'per_class_accuracy.csv'), 'w', newline='') as f:
+    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+  return rows
+
+
+def plot_confusion(cm: np.ndarray, class_names: Sequence[str], path: str, title: str = ''):
+  """Row-normalised confusion matrix (rows: true class, columns: prediction)."""
+  plt = _pyplot()
+  rates = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+  n = len(class_names)
+  size = max(6.0, 0.22 * n + 2)
+  fig, ax = plt.subplots(figsize=(size + 1, size))
+  im = ax.imshow(rates, cmap='Blues', vmin=0, vmax=1)
+  ax.set_xticks(range(n))
+  ax.set_yticks(range(n))
+  fontsize = 6 if n > 20 else 9
+  ax.set_xticklabels(class_names, rotation=90, fontsize=fontsize)
+  ax.set_yticklabels(class_names, fontsize=fontsize)
+  ax.set(xlabel='predicted', ylabel='true', title=title or 'confusion (row-normalised)')
+  fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def top_k(logits: np.ndarray, k: int = 5) -> np.ndarray:
+  """[N, min(k, C)] class indices by decreasing logit (stable: ties keep class order)."""
+  return np.argsort(-np.asarray(logits), axis=-1, kind='stable')[:, :min(k, logits.shape[-1])]
