@@ -7,7 +7,7 @@ r"""Trains an RSTG model (or a baseline) and evaluates it during training.
 Something-Something-v1 (see the docstrings of configs/ssv1_*.py for the recipes):
 
   python -m rstg_jax.main --config=configs/ssv1_i3d.py --workdir=runs/ssv1_i3d \
-      --config.data.root=PATH --config.init_from=kinetics_i3d_r50.npz
+      --config.data.root=PATH --config.init_from.path=kinetics_i3d_r50.npz
 
 Every config field can be overridden with --config.<field>=<value>. Running the same
 command again resumes from the workdir's latest checkpoint. `--mode=evaluate` evaluates a
@@ -40,17 +40,18 @@ def main(argv):
   cli.quiet_logging()
   runtime.reuse_freed_memory()  # XLA:CPU intermediates: reuse, not fresh pages
   # Imported after flag parsing: `--help` and flag errors stay instant.
-  from rstg_jax.train import loop as train  # pylint: disable=g-import-not-at-top
-  from rstg_jax import config_checks  # pylint: disable=g-import-not-at-top
-  from rstg_jax.ssv1 import reader as ssv1  # pylint: disable=g-import-not-at-top  # numpy only
+  # pylint: disable=g-import-not-at-top
+  from rstg_jax import tasks
+  from rstg_jax.ssv1 import reader as ssv1  # numpy only: for its error type
+  from rstg_jax.train import config_checks
+  from rstg_jax.train import loop
 
   config = FLAGS.config
   try:
     # Before any heavy work: a misspelt model or ablation name costs a second, not a run,
     # and so does a meaningless value, or a data set that is not where the config says
     # or that is refused (MNIST missing or a hostile pickle, SSv1 label files).
-    train.validate_config(config)
-    train.input_pipeline.check_data(config)
+    task = tasks.for_config(config)
   except (ValueError, OSError, pickle.UnpicklingError) as e:
     raise SystemExit(f'ERROR: {e}') from None
 
@@ -58,17 +59,17 @@ def main(argv):
   # backbone pre-training), a full disk or unwritable file, refused or unusable data.
   user_errors = (FloatingPointError, OSError, pickle.UnpicklingError, ssv1.SSv1DataError)
   if FLAGS.mode == 'evaluate':
-    from rstg_jax import evaluate  # pylint: disable=g-import-not-at-top
+    from rstg_jax import evaluate
     try:
-      evaluate.run(config, FLAGS.workdir, FLAGS.checkpoint)
-    except user_errors as e:
+      evaluate.run(config, FLAGS.workdir, FLAGS.checkpoint, task=task)
+    except (ValueError, *user_errors) as e:
       raise SystemExit(f'ERROR: {e}') from None
     return
   problem = config_checks.workdir_error(FLAGS.workdir)
   if problem:
     raise SystemExit(f'ERROR: {problem}')
   try:
-    train.train_and_evaluate(config, FLAGS.workdir)
+    loop.train_and_evaluate(config, FLAGS.workdir, task)
   except user_errors as e:
     raise SystemExit(f'ERROR: {e}') from None
 

@@ -1,7 +1,7 @@
 """Restricted unpickling of numpy arrays: the one reader of pickles in this package.
 
 Two files we read are pickles: Caffe2 checkpoints (`rstg_jax.convert`) and the
-deeplearning.net `mnist.pkl.gz` (`rstg_jax.data.mnist`). A pickle is a program: besides
+deeplearning.net `mnist.pkl.gz` (`rstg_jax.syncmnist.mnist`). A pickle is a program: besides
 calling arbitrary functions, it can hand numpy a forged object state (a "dtype" whose
 `__setstate__` describes an object field with its flags cleared, then raw bytes that numpy
 takes for object pointers) and crash the process the moment the array is copied. An

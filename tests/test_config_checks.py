@@ -8,7 +8,9 @@ import sys
 
 import pytest
 
-from rstg_jax import config_checks
+from rstg_jax import tasks
+from rstg_jax.train import config_checks
+from rstg_jax.train import setup
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)  # configs/ is a plain directory of modules
@@ -18,28 +20,38 @@ def _config(name='syncmnist'):
   return importlib.import_module(f'configs.{name}').get_config()
 
 
+def value_errors(config) -> list[str]:
+  """What `tasks.for_config` reports: the task's and the trainer's checks."""
+  try:
+    setup.validate(config, tasks.get(config.data.name))
+  except ValueError as e:
+    return str(e).splitlines()[1:]
+  return []
+
+
 @pytest.mark.parametrize('name', ['default', 'syncmnist', 'syncmnist5', 'syncmnist_quick',
                                   'ssv1_c2d', 'ssv1_i3d', 'ssv1_i3d_nl', 'ssv1_i3d_vec'])
 def test_shipped_configs_have_no_value_errors(name):
-  assert config_checks.value_errors(_config(name)) == []
+  assert value_errors(_config(name)) == []
 
 
 @pytest.mark.parametrize('field,value,message', [
-    ('learning_rate', float('nan'), 'learning_rate=nan must be a positive finite number'),
-    ('learning_rate', 0.0, 'learning_rate=0.0 must be a positive finite number'),
-    ('learning_rate', -1e-4, 'learning_rate=-0.0001 must be'),
-    ('learning_rate', float('inf'), 'learning_rate=inf must be'),
+    ('optim.learning_rate', float('nan'),
+     'optim.learning_rate=nan must be a positive finite number'),
+    ('optim.learning_rate', 0.0, 'optim.learning_rate=0.0 must be a positive finite number'),
+    ('optim.learning_rate', -1e-4, 'optim.learning_rate=-0.0001 must be'),
+    ('optim.learning_rate', float('inf'), 'optim.learning_rate=inf must be'),
     ('rstg.dim', 0, 'rstg.dim=0 must be a positive integer'),
     ('rstg.dim', -8, 'rstg.dim=-8 must be a positive integer'),
-    ('lstm_dim', 0, 'lstm_dim=0 must be'),
+    ('baseline.lstm_dim', 0, 'baseline.lstm_dim=0 must be'),
     ('backbone.width', 0, 'backbone.width=0 must be'),
     ('rstg.scales', (), 'rstg.scales=() must name at least one grid size'),
     ('rstg.scales', (1, 0), 'rstg.scales=(1, 0) must hold positive integers'),
     ('data.train_size', 0, 'data.train_size=0 must be a positive integer'),
     ('num_epochs', float('nan'), 'num_epochs=nan must be a finite number'),
     ('backbone.pretrain_lr', float('nan'), 'backbone.pretrain_lr=nan must be'),
-    ('momentum', 1.5, 'momentum=1.5 must be in [0, 1)'),
-    ('weight_decay', -1.0, 'weight_decay=-1.0 must be a finite number >= 0'),
+    ('optim.momentum', 1.5, 'optim.momentum=1.5 must be in [0, 1)'),
+    ('optim.weight_decay', -1.0, 'optim.weight_decay=-1.0 must be a finite number >= 0'),
 ])
 def test_meaningless_values_are_named(field, value, message):
   config = _config('syncmnist')  # pretrain_steps > 0, epoch-based
@@ -48,23 +60,24 @@ def test_meaningless_values_are_named(field, value, message):
   for p in parents:
     node = node[p]
   node[leaf] = value
-  errors = config_checks.value_errors(config)
-  assert len(errors) == 1 and errors[0].startswith(message), errors
+  errors = value_errors(config)
+  assert len(errors) == 1 and errors[0].strip().startswith(message), errors
 
 
 def test_train_size_only_matters_where_it_is_used():
   config = _config('ssv1_i3d')
   config.data.train_size = 0
-  assert config_checks.value_errors(config)  # epoch-based: 0 videos -> 0 steps
+  assert value_errors(config)  # epoch-based: 0 videos -> 0 steps
   config.num_train_steps = 100
-  assert config_checks.value_errors(config) == []  # SSv1 counts its videos itself
+  assert value_errors(config) == []  # SSv1 counts its videos itself
 
 
-def test_namespaced_fields_are_checked_too():
-  from ml_collections import config_dict  # pylint: disable=g-import-not-at-top
-  config = config_dict.ConfigDict({'optim': {'learning_rate': -1.0}})
-  assert config_checks.value_errors(config) == [
-      'optim.learning_rate=-1.0 must be a positive finite number.']
+def test_ssv1_model_sizes_are_checked_too():
+  config = _config('ssv1_i3d')
+  config.rstg.dim, config.rstg.scales = 0, ()
+  errors = [e.strip() for e in value_errors(config)]
+  assert errors[0].startswith('rstg.dim=0 must be a positive integer'), errors
+  assert errors[1].startswith('rstg.scales=() must name at least one grid size'), errors
 
 
 def test_workdir_error(tmp_path):
@@ -85,11 +98,11 @@ def _main(*args, timeout=300):
 def test_main_stops_on_meaningless_values_before_the_workdir(tmp_path):
   workdir = tmp_path / 'w'
   proc = _main('--config=configs/syncmnist_quick.py', f'--workdir={workdir}',
-               '--config.learning_rate=nan', '--config.rstg.dim=0',
+               '--config.optim.learning_rate=nan', '--config.rstg.dim=0',
                '--config.rstg.scales=()', '--config.data.train_size=0',
                '--config.num_train_steps=-1', '--config.num_epochs=1')
   assert proc.returncode == 1 and 'Traceback' not in proc.stderr, proc.stderr[-3000:]
-  for message in ('learning_rate=nan must be', 'rstg.dim=0 must be',
+  for message in ('optim.learning_rate=nan must be', 'rstg.dim=0 must be',
                   'rstg.scales=() must name', 'data.train_size=0 must be'):
     assert message in proc.stderr
   assert not workdir.exists()

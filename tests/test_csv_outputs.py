@@ -5,7 +5,7 @@ import csv
 
 import numpy as np
 
-from rstg_jax import metrics
+from rstg_jax.train import metrics
 
 NAMES = ('Putting something, something and something on the table',
          'Pretending to put "something" behind something',
@@ -37,7 +37,7 @@ def test_per_class_csv_round_trips_names(tmp_path):
 
 
 def test_predictions_csv_round_trips_names(tmp_path):
-  from rstg_jax import evaluate  # pylint: disable=g-import-not-at-top
+  from rstg_jax.train import evaluators as evaluate  # pylint: disable=g-import-not-at-top
   logits = np.array([[0.1, 0.9, 0.0], [2.0, 0.0, 1.0]])
   path = tmp_path / 'predictions.csv'
   evaluate.write_predictions(str(path), ['17', '42'], logits, np.array([1, -1]), NAMES)

@@ -35,7 +35,7 @@ import numpy as np
 import pytest
 
 from rstg_jax import safe_pickle
-from rstg_jax.data import mnist
+from rstg_jax.syncmnist import mnist
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -170,7 +170,7 @@ def test_convert_command_refuses_in_one_line(case, tmp_path):
 
 _MNIST_SCRIPT = '''
 import sys
-from rstg_jax.data import mnist
+from rstg_jax.syncmnist import mnist
 try:
     mnist.load_local(sys.argv[1])
 except mnist.UnsafePickleError as e:

@@ -12,7 +12,7 @@ says how to get one. Sources, tried in this order:
       deeplearning.net ``mnist.pkl.gz`` pickle;
   (b) ``tensorflow_datasets`` "mnist", where it can be downloaded. TensorFlow never
       enters this process (the training process): tfds runs in a SUBPROCESS
-      (``python -m rstg_jax.data.mnist export-tfds --out FILE``) that loads "mnist"
+      (``python -m rstg_jax.syncmnist.mnist export-tfds --out FILE``) that loads "mnist"
       and writes an ``.npz`` (``x_train, y_train, x_test, y_test``; uint8 / int64)
       atomically into the cache directory (``$RSTG_CACHE_DIR``, default
       ``~/.cache/rstg_jax``) as ``mnist_tfds.npz``; this process then reads that file
@@ -279,7 +279,7 @@ def export_tfds_npz(out: str | os.PathLike) -> Path:
     """Load tfds "mnist" and write it to ``out`` as an ``.npz``, atomically.
 
     This imports ``tensorflow_datasets`` (hence TensorFlow), so it is meant to run in
-    its own process: ``python -m rstg_jax.data.mnist export-tfds --out FILE``, which
+    its own process: ``python -m rstg_jax.syncmnist.mnist export-tfds --out FILE``, which
     :func:`_load_from_tfds` spawns. The arrays are written to a temporary file in the
     same directory and moved into place with ``os.replace``, so readers never see a
     partial file, even with several exports racing.
@@ -446,7 +446,7 @@ def _no_source_message() -> str:
         "y_test, or mnist.pkl.gz;\n"
         "  * pip install tensorflow-datasets (with network access: MNIST is exported once, "
         f"in a subprocess, to {tfds_cache_path()}; ${CACHE_ENV_VAR} moves that directory, "
-        "and `python -m rstg_jax.data.mnist export-tfds` runs the export by hand)."
+        "and `python -m rstg_jax.syncmnist.mnist export-tfds` runs the export by hand)."
     )
 
 
@@ -523,20 +523,25 @@ def clear_cache() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m rstg_jax.data.mnist export-tfds [--out FILE]``: write the tfds export.
+    """``python -m rstg_jax.syncmnist.mnist export-tfds [--out FILE]``: write the tfds export.
 
     This is the command the loader spawns; it can also be run by hand (with network
     access) to fill the cache before training.
     """
-    import argparse  # noqa: PLC0415
+    from rstg_jax import cli  # noqa: PLC0415
 
-    parser = argparse.ArgumentParser(prog="python -m rstg_jax.syncmnist.mnist")
-    sub = parser.add_subparsers(dest="command", required=True)
-    export = sub.add_parser("export-tfds", help="export tfds 'mnist' to an .npz")
-    export.add_argument("--out", default=None,
-                        help=f"output .npz (default $RSTG_CACHE_DIR/{TFDS_CACHE_NAME}, "
-                             f"i.e. {tfds_cache_path()})")
-    args = parser.parse_args(argv)
+    def define(fv):
+        from absl import flags  # noqa: PLC0415
+        flags.DEFINE_string("out", None, f"output .npz (default $RSTG_CACHE_DIR/"
+                            f"{TFDS_CACHE_NAME}, i.e. {tfds_cache_path()})", flag_values=fv)
+
+    prog = "python -m rstg_jax.syncmnist.mnist"
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] != "export-tfds":
+        cli.usage_error(prog, "the command is `export-tfds` (see --help)")
+    args, rest = cli.parse_command(define, argv[1:], prog)
+    if rest:
+        cli.usage_error(prog, f"unexpected arguments {rest}")
     out = Path(args.out) if args.out else tfds_cache_path()
     try:
         export_tfds_npz(out)
