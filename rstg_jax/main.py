@@ -43,6 +43,7 @@ def main(argv):
   # pylint: disable=g-import-not-at-top
   from rstg_jax import tasks
   from rstg_jax.ssv1 import reader as ssv1  # numpy only: for its error type
+  from rstg_jax.train import checkpoints
   from rstg_jax.train import config_checks
   from rstg_jax.train import loop
 
@@ -56,8 +57,10 @@ def main(argv):
     raise SystemExit(f'ERROR: {e}') from None
 
   # Errors a user can act on end in one line, not a traceback: NaN loss (training or
-  # backbone pre-training), a full disk or unwritable file, refused or unusable data.
-  user_errors = (FloatingPointError, OSError, pickle.UnpicklingError, ssv1.SSv1DataError)
+  # backbone pre-training), a full disk or unwritable file, refused or unusable data, a
+  # workdir whose checkpoints do not fit this config.
+  user_errors = (FloatingPointError, OSError, pickle.UnpicklingError, ssv1.SSv1DataError,
+                 checkpoints.ResumeError)
   if FLAGS.mode == 'evaluate':
     from rstg_jax import evaluate
     try:

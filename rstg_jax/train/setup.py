@@ -77,6 +77,7 @@ class Options:
   prefetch: int
   plateau: Optional[Any]  # the config.optim.plateau rule, None when disabled
   optimizer: str  # for the log: "adam, lr 0.002, cosine schedule"
+  resume_changes_ok: bool = False  # resume although the data stream changed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,7 +152,8 @@ def make_setup(config, task, dataset=None) -> Setup:
       eval_every=config.eval.every, checkpoint_every=config.checkpoint_every,
       keep_checkpoints=config.keep_checkpoints, progress_bar=config.progress_bar,
       prefetch=config.data.prefetch, plateau=o.plateau if o.plateau.enabled else None,
-      optimizer=f'{o.optimizer}, lr {o.learning_rate}, {o.lr_schedule} schedule')
+      optimizer=f'{o.optimizer}, lr {o.learning_rate}, {o.lr_schedule} schedule',
+      resume_changes_ok=config.resume_changes_ok)
   return Setup(
       config=config, config_json=checkpoints.config_json(config), task=task, model=model,
       dataset=dataset, options=options, mesh=mesh, replicated=replicated,
