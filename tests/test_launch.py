@@ -7,13 +7,17 @@ and two processes started with different configs each stop with one line.
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
+import numpy as np
 import pytest
 
 from rstg_jax import distributed
+import tiny_run
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, 'launch'))
@@ -226,3 +230,57 @@ def test_sweep_skips_finished_and_running_runs(tmp_path, capsys):
       ['resume', 'ablation=space_only'], ['new', 'ablation=time_only']]
   assert out[0].endswith(': done') and out[1].endswith(': running')
   assert out[-1] == f'4 run(s) in {workdir}: 2 to run, 2 skipped'
+
+
+# ------------------------------------------------------------------------------------
+# Two processes on this machine = one process with two devices; kill both and resume.
+# ------------------------------------------------------------------------------------
+
+
+def test_two_processes_equal_two_devices_and_resume_after_a_kill(tmp_path):
+  """launch/local.sh 2 (1 CPU device each, gloo) vs 1 process with 2 fake devices.
+
+  The same global batch of 8, 20 steps: the parameters must agree. The two-process run
+  is killed (both processes, SIGKILL) after its step-5 checkpoint and rerun: it resumes
+  and still ends with the same parameters.
+  """
+  if not tiny_run.have_mnist():
+    pytest.skip('MNIST not available')
+  flags = (['--config=configs/default.py', '--config.model=mean_lstm'] + tiny_run.TINY
+           + ['--config.num_train_steps=20', '--config.eval_every=10',
+              '--config.checkpoint_every=5', '--config.log_every=5'])
+  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  ref, two = tmp_path / 'one_process', tmp_path / 'two_processes'
+  subprocess.run(
+      [sys.executable, '-m', 'rstg_jax.main', *flags, f'--workdir={ref}'], cwd=REPO,
+      env=dict(env, XLA_FLAGS='--xla_force_host_platform_device_count=2'),
+      check=True, capture_output=True, timeout=300)
+
+  local = ['bash', 'launch/local.sh', '2', *flags, f'--workdir={two}']
+  env = dict(env, PYTHON=sys.executable)
+  with open(tmp_path / 'first.log', 'w') as log:
+    proc = subprocess.Popen(local, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+      deadline = time.time() + 300
+      while not (two / 'checkpoints' / '5').is_dir():
+        assert proc.poll() is None, (tmp_path / 'first.log').read_text()
+        assert time.time() < deadline, 'no step-5 checkpoint'
+        time.sleep(0.05)
+    finally:
+      os.killpg(proc.pid, signal.SIGKILL)  # the script and both processes, at once
+      proc.wait()
+  assert not (two / 'checkpoints' / '20').exists(), 'finished before the kill'
+
+  second = subprocess.run(local, cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300)
+  assert second.returncode == 0, second.stdout + second.stderr
+  assert 'Resuming from' in second.stdout
+  assert 'Devices: 2 x cpu (cpu), 2 process(es)' in second.stdout
+  # Only process 0 writes the figures and the metrics, once per step.
+  rows = [json.loads(l) for l in (two / 'metrics.jsonl').read_text().splitlines()]
+  assert [r['step'] for r in rows if r['split'] == 'train'] == [5, 10, 15, 20]
+  assert (two / 'curves.png').exists()
+
+  for a, b in zip(tiny_run.checkpoint_params(ref, 20), tiny_run.checkpoint_params(two, 20)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

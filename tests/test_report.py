@@ -10,6 +10,7 @@ import pytest
 
 from rstg_jax import paper
 from rstg_jax import report
+import tiny_run
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -124,36 +125,19 @@ def test_paper_entries():
   assert report.kendall_tau([1, 2, 3], [30, 20, 10]) == -1.0
 
 
-def _have_mnist() -> bool:
-  from rstg_jax.syncmnist import mnist  # pylint: disable=g-import-not-at-top
-  try:
-    mnist.load_mnist('test')
-  except mnist.MNISTNotFoundError:
-    return False
-  return True
-
-
-# A model small enough for a few steps in seconds (phase of the trainer's config names).
-TINY = ['--config.backbone.width=8', '--config.rstg.dim=16', '--config.lstm_dim=16',
-        '--config.rstg.num_iters=1', '--config.batch_size=4', '--config.eval_batch_size=4',
-        '--config.eval_size=8', '--config.num_train_steps=4', '--config.log_every=2',
-        '--config.eval_every=2', '--config.checkpoint_every=2', '--config.progress_bar=False',
-        '--config.backbone.pretrain_steps=0']
-
-
 def test_sweep_of_two_ablations_writes_the_report(tmp_path):
-  if not _have_mnist():
+  if not tiny_run.have_mnist():
     pytest.skip('MNIST not available')
   workdir = tmp_path / 'sweep'
   cmd = [sys.executable, 'launch/sweep.py', '--config=configs/syncmnist.py',
          '--grid=ablation=all_temp,space_only', f'--workdir={workdir}', '--parallel=2',
-         '--', *TINY]
+         '--', *tiny_run.TINY]
   result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stdout + result.stderr
   assert 'finished ablation=all_temp' in result.stdout
   text = (workdir / 'report.md').read_text()
-  assert '| ablation=all_temp | all_temp | done | 4 / 4 | 16 |' in text
-  assert '| ablation=space_only | space_only | done | 4 / 4 | 16 |' in text
+  assert '| ablation=all_temp | all_temp | done | 4 / 4 | 32 |' in text
+  assert '| ablation=space_only | space_only | done | 4 / 4 | 32 |' in text
   assert (workdir / 'report.png').stat().st_size > 10_000
   for name in ('ablation=all_temp', 'ablation=space_only'):
     assert (workdir / name / 'sweep.json').exists()
