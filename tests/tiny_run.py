@@ -40,3 +40,24 @@ def checkpoint_params(workdir: str, step: int) -> list[np.ndarray]:
     state = m.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(target)))['state']
   return [np.asarray(x) for x in jax.tree.leaves(state['params'])]
+
+
+def tensorboard_scalars(logdir: str) -> dict[str, list[tuple[int, float]]]:
+  """{tag: [(step, value), ...]} from the event files in logdir (TFRecord framing:
+  length u64, its crc u32, the Event proto, its crc u32), read without TensorBoard."""
+  import struct  # pylint: disable=g-import-not-at-top
+  from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
+  out = {}
+  for name in sorted(os.listdir(logdir)):
+    if not name.startswith('events.out.tfevents'):
+      continue
+    with open(os.path.join(logdir, name), 'rb') as f:
+      data = f.read()
+    i = 0
+    while i + 12 <= len(data):
+      (n,) = struct.unpack('<Q', data[i:i + 8])
+      event = event_pb2.Event.FromString(data[i + 12:i + 12 + n])
+      i += 12 + n + 4
+      for v in event.summary.value:
+        out.setdefault(v.tag, []).append((event.step, v.simple_value))
+  return out
