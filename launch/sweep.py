@@ -25,8 +25,9 @@ Executors:
   --processes=N processes (N > 1: through launch/local.sh); a run's output goes to
   DIR/<name>/log.txt. The sweep waits for its runs; Ctrl-C stops them (rerun to resume).
 - slurm: one `sbatch --array` of launch/slurm.sbatch (its #SBATCH lines say the nodes
-  and GPUs of each run), at most K array tasks at a time (--parallel=K, 0: no limit);
-  the flags of array task i are line i+1 of DIR/sweep_args.txt.
+  and GPUs of each run), at most K array tasks at a time (--parallel=K; default no limit);
+  the flags of array task i are line i+1 of DIR/sweep_args.txt. The array's task ids go
+  into each run's sweep.json, and a rerun skips the runs `squeue` still lists.
 
 --dry_run prints what would run, and writes nothing.
 """
@@ -237,7 +238,8 @@ def slurm_submit(todo: list[dict], args) -> int:
   """One job array of launch/slurm.sbatch; returns sbatch's exit status."""
   args_file = os.path.abspath(os.path.join(args.workdir, 'sweep_args.txt'))
   limit = f'%{args.parallel}' if args.parallel > 0 else ''
-  command = ['sbatch', f'--array=0-{len(todo) - 1}{limit}', '--job-name=rstg-sweep',
+  command = ['sbatch', '--parsable', f'--array=0-{len(todo) - 1}{limit}',
+             '--job-name=rstg-sweep',
              f'--output={os.path.abspath(args.workdir)}/slurm-%A_%a.out',
              f'--export=ALL,RSTG_SWEEP_ARGS={args_file}',
              os.path.join(ROOT, 'launch', 'slurm.sbatch')]
@@ -255,7 +257,17 @@ def slurm_submit(todo: list[dict], args) -> int:
   with open(args_file, 'w') as f:
     f.write('\n'.join(lines) + '\n')
   print('$ ' + shlex.join(command), flush=True)
-  return subprocess.call(command)
+  result = subprocess.run(command, capture_output=True, text=True)
+  if result.returncode:
+    print(result.stdout + result.stderr, file=sys.stderr)
+    return result.returncode
+  job = result.stdout.strip().split(';')[0]
+  print(f'submitted array job {job} ({len(todo)} runs)')
+  # Rerunning the sweep asks squeue about these tasks instead of submitting them again.
+  for i, run in enumerate(todo):
+    path = os.path.join(run['workdir'], 'sweep.json')
+    write_json_atomic(path, dict(report_lib.read_json(path) or {}, slurm_job=f'{job}_{i}'))
+  return 0
 
 
 def parse_args(argv):
@@ -275,8 +287,9 @@ def parse_args(argv):
                       help="the paper's rows (multiplied by any --grid)")
   parser.add_argument('--workdir', help='the sweep folder; run NAME goes to WORKDIR/NAME')
   parser.add_argument('--executor', choices=('local', 'slurm'), default='local')
-  parser.add_argument('--parallel', type=int, default=1,
-                      help='runs at a time (slurm: array tasks at a time, 0 = no limit)')
+  parser.add_argument('--parallel', type=int, default=None,
+                      help='runs at a time (default: local 1; slurm: array tasks at a '
+                           'time, default 0 = no limit)')
   parser.add_argument('--processes', type=int, default=1,
                       help='local: processes per run (launch/local.sh when > 1)')
   parser.add_argument('--dry_run', action='store_true', help='print, run nothing')
@@ -285,6 +298,8 @@ def parse_args(argv):
   parser.add_argument('--list_presets', action='store_true')
   args = parser.parse_args(argv)
   args.extra = extra
+  if args.parallel is None:
+    args.parallel = 1 if args.executor == 'local' else 0
   if args.list_presets:
     return args
   if not args.workdir:
@@ -314,7 +329,7 @@ def main(argv=None):
   todo = []
   for run in runs:
     status = status_of(run)
-    if status in ('done', 'running'):
+    if status in ('done', 'running', 'queued'):
       print(f'skip     {run["name"]}: {status}')
       continue
     what = 'resume' if status == 'partial' else 'new'

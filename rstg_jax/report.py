@@ -19,13 +19,16 @@ What it reads in a run folder:
 - config.json (written by the trainer at start): {'config': ..., 'total_steps': ...}.
   Without it, the config is rebuilt from sweep.json (config file + overrides).
 - sweep.json (written by launch/sweep.py): name, grid values, command, paper row.
-- DONE (written by the trainer at the end) and RUNNING (by the local sweep executor).
+- DONE (written by the trainer at the end), RUNNING (by the local sweep executor) and
+  sweep.json's 'slurm_job' (the SLURM executor; looked up in squeue).
 """
 
 import json
 import math
 import os
+import shutil
 import socket
+import subprocess
 import sys
 from typing import Any, Optional
 
@@ -154,9 +157,25 @@ def running_marker(rundir: str) -> Optional[dict]:
   return marker
 
 
+def slurm_state(rundir: str) -> Optional[str]:
+  """'running' or 'queued' while the SLURM array task a sweep submitted for the run
+  is in `squeue`; None otherwise (or without squeue)."""
+  job = (read_json(os.path.join(rundir, 'sweep.json')) or {}).get('slurm_job')
+  if not job or not shutil.which('squeue'):
+    return None
+  try:
+    out = subprocess.run(['squeue', '-h', '-j', str(job), '-o', '%T'], capture_output=True,
+                         text=True, timeout=30).stdout.split()
+  except (OSError, subprocess.SubprocessError):
+    return None
+  if not out:
+    return None
+  return 'queued' if out[0] in ('PENDING', 'CONFIGURING', 'REQUEUED') else 'running'
+
+
 def run_status(rundir: str, rows: Optional[list] = None,
                total: Optional[int] = None) -> str:
-  """'done', 'running', 'partial' (started, unfinished, not running) or 'new'.
+  """'done', 'running', 'queued', 'partial' (started, unfinished, idle) or 'new'.
 
   Finished: the trainer wrote DONE at the end, or metrics.jsonl has a test row at the
   last training step (runs from before DONE existed).
@@ -170,6 +189,9 @@ def run_status(rundir: str, rows: Optional[list] = None,
     return 'done'
   if running_marker(rundir):
     return 'running'
+  state = slurm_state(rundir)
+  if state:
+    return state
   if rows or os.path.isdir(os.path.join(rundir, 'checkpoints')):
     return 'partial'
   return 'new'

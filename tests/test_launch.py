@@ -197,7 +197,7 @@ def test_sweep_presets_and_slurm_dry_run(tmp_path, capsys):
   assert lines[8] == (f'  [8] --config=configs/syncmnist.py --workdir={workdir}/sync3_all_temp '
                       '--config.data.num_digits=3 --config.model=rstg '
                       '--config.ablation=all_temp')
-  assert (f'would run: sbatch --array=0-9%3 --job-name=rstg-sweep --output={workdir}/'
+  assert (f'would run: sbatch --parsable --array=0-9%3 --job-name=rstg-sweep --output={workdir}/'
           f'slurm-%A_%a.out --export=ALL,RSTG_SWEEP_ARGS={workdir}/sweep_args.txt '
           f'{REPO}/launch/slurm.sbatch') in out
   # Every preset's points name configs fields that exist, with the paper's numbers.
@@ -206,6 +206,34 @@ def test_sweep_presets_and_slurm_dry_run(tmp_path, capsys):
       None, 39.7, 90.6, 93.5, None, None, 58.3, 74.1, 94.5, 97.2]
   assert [p['name'] for p in paper.PRESETS['ssv1_table2']['points']] == [
       'ssv1_c2d', 'ssv1_c2d_rstg', 'ssv1_i3d', 'ssv1_nl_i3d', 'ssv1_i3d_rstg']
+
+
+def test_sweep_slurm_submits_an_array_and_asks_squeue_on_rerun(tmp_path, monkeypatch,
+                                                               capsys):
+  bin_dir, workdir = tmp_path / 'bin', tmp_path / 'sw'
+  bin_dir.mkdir()
+  (bin_dir / 'sbatch').write_text(f'#!/bin/sh\necho "$@" > {tmp_path}/sbatch_args\n'
+                                  'echo "777;cluster"\n')
+  (bin_dir / 'squeue').write_text(f'#!/bin/sh\ncat {tmp_path}/squeue_out 2>/dev/null\n')
+  for tool in ('sbatch', 'squeue'):
+    os.chmod(bin_dir / tool, 0o755)
+  monkeypatch.setenv('PATH', f'{bin_dir}{os.pathsep}{os.environ["PATH"]}')
+  argv = ['--config=configs/syncmnist.py', '--grid=ablation=all_temp,one_temp',
+          f'--workdir={workdir}', '--executor=slurm', '--', '--config.seed=3']
+  assert sweep.main(argv) == 0
+  assert (tmp_path / 'sbatch_args').read_text().startswith('--parsable --array=0-1 ')
+  assert (workdir / 'sweep_args.txt').read_text().splitlines() == [
+      f'--config=configs/syncmnist.py --workdir={workdir}/ablation={a} '
+      f'--config.ablation={a} --config.seed=3' for a in ('all_temp', 'one_temp')]
+  saved = json.loads((workdir / 'ablation=one_temp' / 'sweep.json').read_text())
+  assert saved['slurm_job'] == '777_1' and saved['grid'] == {'ablation': 'one_temp'}
+  capsys.readouterr()
+  (tmp_path / 'squeue_out').write_text('PENDING\n')
+  assert sweep.main(argv) == 0
+  assert 'skip     ablation=all_temp: queued' in capsys.readouterr().out
+  (tmp_path / 'squeue_out').write_text('')  # gone from the queue, never started: again
+  assert sweep.main(argv) == 0
+  assert '2 run(s) in' in capsys.readouterr().out and (tmp_path / 'sbatch_args').exists()
 
 
 def test_sweep_skips_finished_and_running_runs(tmp_path, capsys):
