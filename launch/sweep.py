@@ -32,7 +32,6 @@ Executors:
 --dry_run prints what would run, and writes nothing.
 """
 
-import argparse
 import datetime
 import itertools
 import json
@@ -44,6 +43,9 @@ import socket
 import subprocess
 import sys
 import time
+import types
+
+from absl import flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
@@ -270,44 +272,65 @@ def slurm_submit(todo: list[dict], args) -> int:
   return 0
 
 
+def _define_flags() -> flags.FlagValues:
+  """The sweep's flags, on their own FlagValues (the tests import this script beside
+  rstg_jax.main, whose --config and --workdir are absl's global flags)."""
+  fv = flags.FlagValues()
+  flags.DEFINE_string('config', None, 'config file of every run (a preset has its own)',
+                      flag_values=fv)
+  flags.DEFINE_multi_string('grid', [], 'KEY=V1,V2,...: a config field and its values; '
+                            'repeat to multiply', flag_values=fv)
+  flags.DEFINE_enum('preset', None, sorted(paper_lib.PRESETS),
+                    "the paper's rows (multiplied by any --grid): " + '; '.join(
+                        f'{k}: {v["doc"]}' for k, v in paper_lib.PRESETS.items()),
+                    flag_values=fv)
+  flags.DEFINE_string('workdir', None, 'the sweep folder; run NAME goes to WORKDIR/NAME',
+                      flag_values=fv)
+  flags.DEFINE_enum('executor', 'local', ['local', 'slurm'], 'where the runs go',
+                    flag_values=fv)
+  flags.DEFINE_integer('parallel', None, 'runs at a time (default: local 1; slurm: array '
+                       'tasks at a time, default 0 = no limit)', flag_values=fv)
+  flags.DEFINE_integer('processes', 1, 'local: processes per run (launch/local.sh when > 1)',
+                       flag_values=fv)
+  flags.DEFINE_bool('dry_run', False, 'print, run nothing', flag_values=fv)
+  flags.DEFINE_bool('no_report', False, 'local: skip writing WORKDIR/report.md at the end',
+                    flag_values=fv)
+  flags.DEFINE_bool('list_presets', False, "print the paper's presets", flag_values=fv)
+  return fv
+
+
 def parse_args(argv):
+  """Flags before `--`; everything after it goes to every run (EXTRA_MAIN_FLAGS)."""
   if '--' in argv:
     i = argv.index('--')
     argv, extra = argv[:i], argv[i + 1:]
   else:
     extra = []
-  parser = argparse.ArgumentParser(
-      prog='launch/sweep.py', description=__doc__.split('\n\n')[0],
-      formatter_class=argparse.RawDescriptionHelpFormatter,
-      epilog='Presets: ' + '; '.join(f'{k}: {v["doc"]}' for k, v in paper_lib.PRESETS.items()))
-  parser.add_argument('--config', help='config file of every run (a preset has its own)')
-  parser.add_argument('--grid', action='append', default=[],
-                      help="KEY=V1,V2,...: a config field and its values; repeat to multiply")
-  parser.add_argument('--preset', choices=sorted(paper_lib.PRESETS),
-                      help="the paper's rows (multiplied by any --grid)")
-  parser.add_argument('--workdir', help='the sweep folder; run NAME goes to WORKDIR/NAME')
-  parser.add_argument('--executor', choices=('local', 'slurm'), default='local')
-  parser.add_argument('--parallel', type=int, default=None,
-                      help='runs at a time (default: local 1; slurm: array tasks at a '
-                           'time, default 0 = no limit)')
-  parser.add_argument('--processes', type=int, default=1,
-                      help='local: processes per run (launch/local.sh when > 1)')
-  parser.add_argument('--dry_run', action='store_true', help='print, run nothing')
-  parser.add_argument('--no_report', action='store_true',
-                      help='local: skip writing WORKDIR/report.md at the end')
-  parser.add_argument('--list_presets', action='store_true')
-  args = parser.parse_args(argv)
+  fv = _define_flags()
+  usage = 'usage: launch/sweep.py --config=CONFIG --grid=KEY=V1,V2 --workdir=DIR [...]'
+  if any(a in ('-h', '--help', '--helpfull', '-help') for a in argv):
+    print(__doc__ + '\nFlags:\n' + fv.get_help())
+    raise SystemExit(0)
+  try:
+    rest = fv(['launch/sweep.py', *argv])
+  except flags.Error as e:
+    raise SystemExit(f'ERROR: {e}\n{usage} (--help for all flags)') from None
+  if len(rest) > 1:
+    raise SystemExit(f'ERROR: unexpected arguments {rest[1:]} (flags for the runs go '
+                     f'after --)\n{usage}')
+  args = types.SimpleNamespace(**{name: fv[name].value for name in fv})
   args.extra = extra
   if args.parallel is None:
     args.parallel = 1 if args.executor == 'local' else 0
   if args.list_presets:
     return args
-  if not args.workdir:
-    parser.error('--workdir is required')
-  if not args.config and not args.preset:
-    parser.error('--config is required (or a --preset)')
-  if not args.grid and not args.preset:
-    parser.error('give at least one --grid (or a --preset)')
+  for missing, message in ((not args.workdir, '--workdir is required'),
+                           (not args.config and not args.preset,
+                            '--config is required (or a --preset)'),
+                           (not args.grid and not args.preset,
+                            'give at least one --grid (or a --preset)')):
+    if missing:
+      raise SystemExit(f'ERROR: {message}\n{usage}')
   return args
 
 

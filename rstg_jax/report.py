@@ -469,20 +469,19 @@ def write_report(root: str) -> tuple[str, str, list[dict]]:
   return md_path, png_path, runs
 
 
-def main(argv=None):
-  import argparse  # pylint: disable=g-import-not-at-top
-  parser = argparse.ArgumentParser(
-      prog='python -m rstg_jax.report',
-      description='Writes DIR/report.md and DIR/report.png from the runs under DIR.')
-  parser.add_argument('dir', help='a sweep folder (or any folder of runs)')
-  args = parser.parse_args(argv)
-  if not os.path.isdir(args.dir):
-    raise SystemExit(f'ERROR: no such folder: {args.dir}')
-  md_path, png_path, runs = write_report(args.dir)
+def main(argv):
+  if len(argv) != 2:
+    raise SystemExit('usage: python -m rstg_jax.report DIR   (writes DIR/report.md and '
+                     'DIR/report.png from the runs under DIR)')
+  root = argv[1]
+  if not os.path.isdir(root):
+    raise SystemExit(f'ERROR: no such folder: {root}')
+  md_path, png_path, runs = write_report(root)
   with open(md_path) as f:
     print(f.read())
   print(f'{len(runs)} run(s): wrote {md_path} and {png_path}')
 
 
 if __name__ == '__main__':
-  main()
+  from absl import app  # pylint: disable=g-import-not-at-top
+  app.run(main)
