@@ -157,6 +157,7 @@ def write_sweep_json(run: dict, command: list[str], args):
       'grid': run['grid'], 'paper': run['paper'], 'extra_args': list(args.extra),
       'command': command, 'cwd': os.getcwd(), 'preset': args.preset,
       'executor': args.executor,
+      'exit_code': None,
       'created': old.get('created') or datetime.datetime.now().isoformat(timespec='seconds'),
   })
 
@@ -203,6 +204,8 @@ def run_local(todo: list[dict], args) -> int:
     except OSError:
       pass
     minutes = (time.time() - t0) / 60
+    path = os.path.join(run['workdir'], 'sweep.json')  # the report shows failed runs
+    write_json_atomic(path, dict(report_lib.read_json(path) or {}, exit_code=rc))
     if rc == 0:
       print(f'finished {run["name"]} in {minutes:.1f} min', flush=True)
     else:
@@ -355,7 +358,7 @@ def main(argv=None):
     if status in ('done', 'running', 'queued'):
       print(f'skip     {run["name"]}: {status}')
       continue
-    what = 'resume' if status == 'partial' else 'new'
+    what = {'partial': 'resume', 'new': 'new'}.get(status, 'retry')  # retry: failed
     todo.append(run)
     if args.dry_run and args.executor == 'local':
       print(f'{what:<8} {run["name"]}: {shlex.join(run_command(run, args.processes))}')

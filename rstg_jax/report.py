@@ -175,7 +175,8 @@ def slurm_state(rundir: str) -> Optional[str]:
 
 def run_status(rundir: str, rows: Optional[list] = None,
                total: Optional[int] = None) -> str:
-  """'done', 'running', 'queued', 'partial' (started, unfinished, idle) or 'new'.
+  """'done', 'running', 'queued', 'failed (EXIT CODE)', 'partial' (started, unfinished,
+  idle) or 'new'.
 
   Finished: the trainer wrote DONE at the end, or metrics.jsonl has a test row at the
   last training step (runs from before DONE existed).
@@ -192,6 +193,9 @@ def run_status(rundir: str, rows: Optional[list] = None,
   state = slurm_state(rundir)
   if state:
     return state
+  exit_code = (read_json(os.path.join(rundir, 'sweep.json')) or {}).get('exit_code')
+  if exit_code:  # the local sweep's last attempt failed (see its log.txt)
+    return f'failed ({exit_code})'
   if rows or os.path.isdir(os.path.join(rundir, 'checkpoints')):
     return 'partial'
   return 'new'

@@ -239,25 +239,27 @@ def test_sweep_slurm_submits_an_array_and_asks_squeue_on_rerun(tmp_path, monkeyp
 def test_sweep_skips_finished_and_running_runs(tmp_path, capsys):
   workdir = tmp_path / 'sw'
   names = ['ablation=all_temp', 'ablation=one_temp', 'ablation=space_only',
-           'ablation=time_only']
-  done, running, partial, _ = [workdir / n for n in names]
-  for d in (done, running, partial):
+           'ablation=time_only', 'ablation=homogeneous']
+  done, running, partial, _, failed = [workdir / n for n in names]
+  for d in (done, running, partial, failed):
     d.mkdir(parents=True)
+  (failed / 'sweep.json').write_text(json.dumps({'exit_code': 1}))
   (done / 'DONE').write_text('{}')
   (running / 'RUNNING').write_text(json.dumps({'host': socket.gethostname(),
                                                'pid': os.getpid()}))
   (running / 'metrics.jsonl').write_text('{"step": 2, "split": "train", "loss": 1.0}\n')
   (partial / 'metrics.jsonl').write_text('{"step": 2, "split": "train", "loss": 1.0}\n')
   rc = sweep.main(['--config=configs/syncmnist.py',
-                   '--grid=ablation=all_temp,one_temp,space_only,time_only',
+                   '--grid=ablation=all_temp,one_temp,space_only,time_only,homogeneous',
                    f'--workdir={workdir}', '--dry_run'])
   out = capsys.readouterr().out.splitlines()
   assert rc == 0
-  assert [l.split(':')[0].split() for l in out[:4]] == [
+  assert [l.split(':')[0].split() for l in out[:5]] == [
       ['skip', 'ablation=all_temp'], ['skip', 'ablation=one_temp'],
-      ['resume', 'ablation=space_only'], ['new', 'ablation=time_only']]
+      ['resume', 'ablation=space_only'], ['new', 'ablation=time_only'],
+      ['retry', 'ablation=homogeneous']]
   assert out[0].endswith(': done') and out[1].endswith(': running')
-  assert out[-1] == f'4 run(s) in {workdir}: 2 to run, 2 skipped'
+  assert out[-1] == f'5 run(s) in {workdir}: 3 to run, 2 skipped'
 
 
 # ------------------------------------------------------------------------------------
