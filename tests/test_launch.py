@@ -277,7 +277,7 @@ def test_two_processes_equal_two_devices_and_resume_after_a_kill(tmp_path):
   if not tiny_run.have_mnist():
     pytest.skip('MNIST not available')
   flags = (['--config=configs/default.py', '--config.model=mean_lstm'] + tiny_run.TINY
-           + ['--config.num_train_steps=20', '--config.eval_every=10',
+           + ['--config.num_train_steps=20', '--config.eval.every=10',
               '--config.checkpoint_every=5', '--config.log_every=5'])
   env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
   ref, two = tmp_path / 'one_process', tmp_path / 'two_processes'
@@ -310,7 +310,12 @@ def test_two_processes_equal_two_devices_and_resume_after_a_kill(tmp_path):
   # Only process 0 writes the figures and the metrics, once per step.
   rows = [json.loads(l) for l in (two / 'metrics.jsonl').read_text().splitlines()]
   assert [r['step'] for r in rows if r['split'] == 'train'] == [5, 10, 15, 20]
-  assert (two / 'curves.png').exists()
+  assert (two / 'curves.png').exists() and (two / 'DONE').exists()
+  saved = json.loads((two / 'config.json').read_text())
+  assert (saved['num_processes'], saved['num_devices'], saved['resume_step']) == (2, 2, 5)
+  # One event file per start of process 0 (the killed one and the resumed one).
+  assert len([f for f in os.listdir(two) if f.startswith('events.out.tfevents')]) == 2
+  assert [s for s, _ in tiny_run.tensorboard_scalars(str(two))['test/top1']][-1] == 20
 
   for a, b in zip(tiny_run.checkpoint_params(ref, 20), tiny_run.checkpoint_params(two, 20)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

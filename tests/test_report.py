@@ -140,8 +140,15 @@ def test_sweep_of_two_ablations_writes_the_report(tmp_path):
   assert '| ablation=space_only | space_only | done | 4 / 4 | 32 |' in text
   assert (workdir / 'report.png').stat().st_size > 10_000
   for name in ('ablation=all_temp', 'ablation=space_only'):
-    assert (workdir / name / 'sweep.json').exists()
-    assert not (workdir / name / 'RUNNING').exists()
+    run = workdir / name
+    assert (run / 'sweep.json').exists() and (run / 'DONE').exists()
+    assert not (run / 'RUNNING').exists()
+    assert json.loads((run / 'config.json').read_text())['total_steps'] == 4
+    scalars = tiny_run.tensorboard_scalars(str(run))  # TensorBoard events in every run
+    assert [s for s, _ in scalars['train/loss']] == [2, 4]
+    assert [s for s, _ in scalars['test/top1']] == [2, 4]
+    assert {'train/lr', 'train/accuracy', 'train/videos_per_sec'} <= set(scalars)
+  assert '| ~' not in text  # wall time from the rows' 'elapsed', not estimated
   # Rerunning the sweep skips both runs.
   again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
   assert again.returncode == 0 and '2 to run' not in again.stdout
