@@ -85,7 +85,7 @@ def _ssv1_preset(table: str) -> dict:
   } for name, row, tab, overrides, top1, top5 in SSV1_ROWS if tab == table]
   return {'config': 'configs/ssv1_i3d.py', 'points': points,
           'doc': f'paper {table}, Something-Something-v1 (pass --config.data.root and '
-                 '--config.init_from after --)'}
+                 '--config.init_from.path after --)'}
 
 
 PRESETS = {

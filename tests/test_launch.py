@@ -319,3 +319,16 @@ def test_two_processes_equal_two_devices_and_resume_after_a_kill(tmp_path):
 
   for a, b in zip(tiny_run.checkpoint_params(ref, 20), tiny_run.checkpoint_params(two, 20)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_presets_name_real_config_fields():
+  """Every preset point's overrides parse on its config (a locked config rejects typos)
+  and the resolved config leads back to the same paper row."""
+  from rstg_jax import paper, report  # pylint: disable=g-import-not-at-top
+  for preset in paper.PRESETS.values():
+    for point in preset['points']:
+      flat = report.load_config(
+          preset['config'], [f'--config.{k}={v}' for k, v in point['overrides'].items()],
+          cwd=REPO)
+      assert paper.paper_entry(flat) == point['paper'] or (
+          point['name'] == 'ssv1_res3_4'), point['name']  # res3_4 reads as Table 2's row
