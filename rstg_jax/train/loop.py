@@ -199,6 +199,6 @@ class _Log:
     metrics_lib.plot_curves(metrics_lib.read_jsonl(self.path), curves)
     step = int(jax.device_get(state['step']))
     run_log.write_done(self.workdir, step=step, last_eval=self.last_eval)
-    print(f'Done: step {int(jax.device_get(state["step"]))}; curves in {curves}'
+    print(f'Done: step {step}; curves in {curves}'
           + (f'; last test top-1 {self.last_eval["top1"]:.4f}' if self.last_eval else ''),
           flush=True)
