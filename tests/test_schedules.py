@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import jaxpr_flops
 from rstg_jax import model as model_lib
 from rstg_jax.graph import build_graph
 from rstg_jax.model import RSTG
@@ -111,29 +112,6 @@ def test_online_equals_offline_on_the_scan_path(schedule, num_frames):
                                err_msg=f'frame {t}')
 
 
-def _jaxpr_flops(jaxpr) -> float:
-  """FLOPs of a (closed) jaxpr: 2*M*N*K per dot_general, one per output element of any
-  other primitive; a scan's body counts `length` times, nested jaxprs are walked."""
-  jaxpr = getattr(jaxpr, 'jaxpr', jaxpr)
-  total = 0.0
-  for eqn in jaxpr.eqns:
-    subs = [v for k, v in eqn.params.items() if k in ('jaxpr', 'call_jaxpr', 'fun_jaxpr')]
-    if eqn.primitive.name == 'while':
-      raise AssertionError('a while loop has no static trip count to count')
-    if subs:
-      times = eqn.params.get('length', 1) if eqn.primitive.name == 'scan' else 1
-      total += times * sum(_jaxpr_flops(j) for j in subs)
-      continue
-    out = sum(float(np.prod(v.aval.shape)) for v in eqn.outvars)
-    if eqn.primitive.name == 'dot_general':
-      (lhs_contract, _), _ = eqn.params['dimension_numbers']
-      k = np.prod([eqn.invars[0].aval.shape[d] for d in lhs_contract])
-      total += 2.0 * out * float(k)
-    else:
-      total += out
-  return total
-
-
 @pytest.mark.parametrize('schedule', ['all_temp', 'homogeneous'])
 def test_cost_is_linear_in_the_number_of_frames(schedule):
   """The traced program's FLOPs at T = 8, 16, 32 lie on a line (paper: linear in T).
@@ -145,7 +123,7 @@ def test_cost_is_linear_in_the_number_of_frames(schedule):
   """
   m = RSTG(GRAPH, dim=DIM, num_iters=2, schedule=schedule, positional=True)
   variables = m.init(jax.random.key(0), jnp.zeros((1, 8, GRAPH.num_nodes, DIM)))
-  flops = {t: _jaxpr_flops(jax.make_jaxpr(m.apply)(
+  flops = {t: jaxpr_flops.count(jax.make_jaxpr(m.apply)(
       variables, jnp.ones((2, t, GRAPH.num_nodes, DIM)))) for t in (8, 16, 32)}
   per_frame_a = (flops[16] - flops[8]) / 8
   per_frame_b = (flops[32] - flops[16]) / 16
