@@ -59,6 +59,8 @@ def test_rstg_classifier_on_four_devices_equals_one():
   for a, b in zip(single, sharded):
     a, b = np.asarray(a), np.asarray(b)
     assert a.shape == b.shape
-    # Reduction order differs across devices: compare on the scale of each array.
+    # Reduction order differs across devices (float32 sums, BatchNorm statistics, the
+    # attention softmax): compare on the scale of each array. A batch split wrongly
+    # (e.g. statistics per shard) would differ by O(1) of that scale.
     scale = float(np.abs(a).max()) if a.size else 0.0
-    assert float(np.abs(a - b).max()) <= 1e-4 * scale + 1e-7, (a, b)
+    assert float(np.abs(a - b).max()) <= 1e-3 * scale + 1e-7, (a, b)
