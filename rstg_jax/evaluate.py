@@ -31,9 +31,9 @@ import orbax.checkpoint as ocp
 
 from rstg_jax import cli
 from rstg_jax import runtime
-from rstg_jax import input_pipeline
-from rstg_jax import metrics as metrics_lib
-from rstg_jax import train
+from rstg_jax.train import input as input_pipeline
+from rstg_jax.train import metrics as metrics_lib
+from rstg_jax.train import loop as train
 
 
 def _tuples(x):

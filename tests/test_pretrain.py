@@ -5,12 +5,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rstg_jax import pretrain
-from rstg_jax.models.cnn import SmallCNN
+from rstg_jax.syncmnist import pretrain
+from rstg_jax.syncmnist.backbone import SmallCNN
 
 
 def _mnist_available():
-  from rstg_jax.data.mnist import load_mnist  # pylint: disable=g-import-not-at-top
+  from rstg_jax.syncmnist.mnist import load_mnist  # pylint: disable=g-import-not-at-top
   try:
     load_mnist("test")
   except Exception:  # pylint: disable=broad-except
