@@ -18,7 +18,7 @@ _CHILD = r'''
 import json
 import jax, jax.numpy as jnp, numpy as np, optax
 from jax.sharding import NamedSharding, PartitionSpec as P
-from rstg_jax.models.syncmnist_rstg import RSTGClassifier
+from rstg_jax.syncmnist.rstg_classifier import RSTGClassifier
 
 assert jax.device_count() == 4, jax.devices()
 model = RSTGClassifier(num_classes=46, width=8, dim=8, num_iters=2, scales=(1, 2, 3),
