@@ -1,0 +1,92 @@
+"""The SyncMNIST task: what the trainer gets for `config.data.name == 'syncmnist'`.
+
+Model: `rstg_jax.syncmnist.models.create_model` (RSTG or a baseline). Data: videos
+generated on the fly (`rstg_jax.syncmnist.dataset`). Pre-trained weights: the backbone
+pre-trained on single digits when `backbone.pretrain_steps > 0` (cached in
+`WORKDIR/backbone.npz`), then `init_from.path` (another run). Frozen: the backbone when
+`backbone.freeze`. No TensorFlow anywhere on this path.
+"""
+
+import os
+
+import jax
+
+from rstg_jax.syncmnist import models
+from rstg_jax.train import init_from
+from rstg_jax.train import task as task_lib
+from rstg_jax.train.state import param_count
+
+
+class SyncMNISTTask(task_lib.Task):
+  """See the module docstring."""
+
+  name = 'syncmnist'
+
+  def config_errors(self, config) -> list[str]:
+    return models.config_errors(config)
+
+  def create_model(self, config):
+    return models.create_model(config)
+
+  def create_dataset(self, config, process_index: int = 0, process_count: int = 1):
+    from rstg_jax.syncmnist.dataset import SyncMNISTDataset  # pylint: disable=g-import-not-at-top
+    d = config.data
+    return SyncMNISTDataset(
+        num_digits=d.num_digits, data_seed=d.seed, mnist_path=d.mnist_path,
+        train_size=d.train_size, batch_size=config.batch_size, seed=config.seed,
+        eval_size=config.eval.size, eval_batch_size=config.eval.batch_size,
+        process_index=process_index, process_count=process_count)
+
+  def frozen_mask(self, config, params):
+    if not config.backbone.freeze:
+      return None
+    if 'backbone' not in params:
+      raise ValueError('config.backbone.freeze is set but the model has no `backbone` '
+                       f'submodule (top-level params: {sorted(params)}).')
+    return {k: jax.tree.map(lambda _, k=k: k == 'backbone', v) for k, v in params.items()}
+
+  def load_pretrained(self, config, workdir: str, variables: dict, say) -> dict:
+    if config.backbone.pretrain_steps > 0:
+      variables = dict(variables, params=pretrained_backbone(
+          config, workdir, variables['params'], say))
+    return super().load_pretrained(config, workdir, variables, say)
+
+  def describe_model(self, config, params) -> str:
+    ablation = f', ablation {config.ablation}' if config.model == 'rstg' else ''
+    return (f'{type(models.create_model(config)).__name__} ({config.model}{ablation}): '
+            f'{param_count(params):,} parameters')
+
+
+def pretrained_backbone(config, workdir: str, params: dict, say) -> dict:
+  """`params` with the backbone pre-trained on single digits (computed once, then read
+  from the cache WORKDIR/backbone.npz)."""
+  from rstg_jax.syncmnist import pretrain  # pylint: disable=g-import-not-at-top
+  if 'backbone' not in params:
+    raise ValueError('config.backbone.pretrain_steps > 0 but the model has no `backbone` '
+                     f'submodule (top-level params: {sorted(params)}).')
+  path = os.path.join(workdir, 'backbone.npz')
+  if os.path.exists(path):
+    say(f'Backbone: loading the pretrained backbone cached at {path}')
+    backbone = pretrain.load_backbone(path)
+  else:
+    b = config.backbone
+    say(f'Backbone: pretraining for {b.pretrain_steps} steps on single digits (cached in '
+        'workdir/backbone.npz for later runs)')
+    backbone, pre = pretrain.pretrain_backbone(
+        width=b.width, steps=b.pretrain_steps, batch_size=b.pretrain_batch_size,
+        seed=config.seed, learning_rate=b.pretrain_lr, mnist_path=config.data.mnist_path,
+        log_every=max(1, b.pretrain_steps // 10),
+        progress_bar=config.progress_bar and jax.process_index() == 0)
+    say(f'Backbone pretraining done in {pre.get("seconds", 0):.0f} s: final train loss '
+        f'{pre.get("final_train_loss", float("nan")):.4f}, single-digit test accuracy '
+        f'{pre.get("test_accuracy", float("nan")):.4f}')
+    if jax.process_index() == 0:
+      pretrain.save_backbone(path, backbone)  # atomic (temporary file + rename)
+  host = jax.tree.map(lambda x: jax.device_get(x), params['backbone'])
+  merged, report = init_from.merge_params({'backbone': host},
+                                          {'backbone': jax.device_get(backbone)})
+  say(init_from.summary('pretrained backbone', report))
+  return dict(params, backbone=merged['backbone'])
+
+
+TASK = SyncMNISTTask()
