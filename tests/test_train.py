@@ -7,6 +7,7 @@ uninterrupted run exactly, 4 devices equal 1, a NaN stops the run keeping the la
 checkpoint, and the evaluate command writes its files.
 """
 
+import csv
 import json
 import math
 import os
@@ -303,6 +304,26 @@ def test_evaluate_writes_per_class_accuracy_and_confusion(uninterrupted):
   assert sum(r['correct'] for r in rows) == round(summary['top1'] * 20)
   assert os.path.getsize(os.path.join(out, 'confusion.png')) > 1000
   assert os.path.exists(os.path.join(out, 'per_class_accuracy.csv'))
+  # 'best' is the saved step with the highest selection top-1 among the evaluations.
+  evals = [r for r in metrics_lib.read_jsonl(os.path.join(workdir, 'metrics.jsonl'))
+           if r['split'] in ('val', 'test') and 'top1' in r and r['step'] in (2, 4, 6)]
+  split = 'val' if any(r['split'] == 'val' for r in evals) else 'test'
+  evals = [r for r in evals if r['split'] == split]
+  assert len(evals) == 3
+  assert max(r['top1'] for r in evals) == pytest.approx(
+      next(r['top1'] for r in evals if r['step'] == summary['step']))
+  # The written files say what the returned summary says.
+  with open(os.path.join(out, 'summary.json')) as f:
+    written = json.load(f)
+  for key in ('step', 'count', 'top1', 'top5', 'loss'):
+    assert written[key] == pytest.approx(summary[key]), key
+  with open(os.path.join(out, 'confusion_matrix.csv'), newline='') as f:
+    table = list(csv.reader(f))
+  assert table[0][1:] == list(FakeData.class_names)
+  assert [r[0] for r in table[1:]] == list(FakeData.class_names)
+  cm = np.asarray([[int(v) for v in r[1:]] for r in table[1:]])
+  assert cm.sum() == 20 and np.trace(cm) == round(summary['top1'] * 20)
+  assert [int(n) for n in cm.sum(axis=1)] == [r['count'] for r in rows]
 
 
 _FOUR_DEVICES = """
