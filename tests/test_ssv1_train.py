@@ -26,6 +26,7 @@ from rstg_jax.train import setup as setup_lib
 from rstg_jax.ssv1 import task as ssv1_task
 from rstg_jax.ssv1 import models as ssv1_models
 import ssv1_fixtures as fx
+from conftest import require
 
 T, CROP, SHORT = 4, 24, 32  # frames 32x48: dense crops are 32x32, 11 along the width
 
@@ -75,7 +76,8 @@ def _fake_kinetics_checkpoint(path, config):
 
 @pytest.fixture(scope='module')
 def run(tmp_path_factory):
-  tfds_mod = pytest.importorskip('rstg_jax.ssv1.tfds_builder')
+  require('tensorflow_datasets', 'the Something-Something pipeline')
+  from rstg_jax.ssv1 import tfds_builder as tfds_mod  # pylint: disable=g-import-not-at-top
   d = tmp_path_factory.mktemp('ssv1_train')
   fake = fx.make_fake_ssv1(d / 'raw', num_classes=3,
                            videos_per_split={'train': 4, 'validation': 2})

