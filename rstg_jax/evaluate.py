@@ -22,6 +22,7 @@ from typing import Optional
 
 from absl import app
 from absl import flags
+import jax
 import ml_collections
 
 from rstg_jax import cli
@@ -80,10 +81,11 @@ def run(config: Optional[ml_collections.ConfigDict], workdir: str,
   result = task.evaluator(config, setup.dataset, final=True)(setup, state)
   summary = {'step': int(step), **result.metrics, 'workdir': os.path.abspath(workdir)}
   out_dir = os.path.join(workdir, f'eval_{step}')
-  evaluators.write_reports(out_dir, result, class_names, summary)
-  print(f'Checkpoint step {step}: top-1 {summary["top1"]:.4f}, top-5 {summary["top5"]:.4f}, '
-        f'loss {summary["loss"]:.4f} on {summary["count"]} test videos; outputs in {out_dir}',
-        flush=True)
+  if jax.process_index() == 0:  # every process holds the gathered result; one writes it
+    evaluators.write_reports(out_dir, result, class_names, summary)
+    print(f'Checkpoint step {step}: top-1 {summary["top1"]:.4f}, top-5 '
+          f'{summary["top5"]:.4f}, loss {summary["loss"]:.4f} on {summary["count"]} test '
+          f'videos; outputs in {out_dir}', flush=True)
   return summary
 
 

@@ -319,4 +319,7 @@ def _set_aside(mngr: ocp.CheckpointManager, steps, is_main: bool, say) -> None:
         dst = os.path.join(aside, f'{step}-{int(time.time())}')
         os.replace(src, dst)
         say(f'Checkpoints: moved the unreadable step {step} to {dst}')
+  if jax.process_count() > 1:  # every process sees the move before it rereads the steps
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices('rstg_jax.checkpoints.set_aside')
   mngr.reload()

@@ -26,6 +26,7 @@ from rstg_jax.train import checkpoints
 from rstg_jax.train import input as input_lib
 from rstg_jax.train import metrics as metrics_lib
 from rstg_jax.train import optim
+from rstg_jax.train import run_log
 from rstg_jax.train import setup as setup_lib
 from rstg_jax.train.state import State
 
@@ -60,6 +61,11 @@ def train_and_evaluate(config, workdir: str, task, *, dataset=None) -> State:
   start, total = int(jax.device_get(state['step'])), opts.total_steps
   say(f'Training steps {start} -> {total} ({opts.optimizer}); workdir '
       f'{os.path.abspath(workdir)}')
+  if is_main:  # for launch/sweep.py and rstg_jax.report; DONE comes back at the end
+    run_log.clear_done(workdir)
+    run_log.write_config_json(workdir, setup.config_json, total, resume_step=start,
+                              num_processes=jax.process_count(),
+                              num_devices=jax.device_count())
   log = _Log(setup, workdir, start, is_main)
   evaluator = task.evaluator(config, data, final=False)
   try:
@@ -145,7 +151,8 @@ class _Log:
   def __init__(self, setup, workdir: str, start: int, is_main: bool):
     self.setup, self.workdir, self.is_main = setup, workdir, is_main
     self.path = os.path.join(workdir, 'metrics.jsonl')
-    self.writer = metrics_lib.JsonlWriter(self.path, start, is_main)
+    # metrics.jsonl with wall time, and the same rows as TensorBoard scalars.
+    self.writer = run_log.RunLog(workdir, start, is_main)
     self.window, self.pending, self.last_eval = None, [], None
     self.t_window, self.n_window = time.time(), 0
     self.pbar = tqdm.tqdm(
@@ -187,12 +194,15 @@ class _Log:
 
   def close(self) -> None:
     self.pbar.close()
+    self.writer.close()
 
   def finish(self, state: State) -> None:
     if not self.is_main:
       return
     curves = os.path.join(self.workdir, 'curves.png')
     metrics_lib.plot_curves(metrics_lib.read_jsonl(self.path), curves)
-    print(f'Done: step {int(jax.device_get(state["step"]))}; curves in {curves}'
+    step = int(jax.device_get(state['step']))
+    run_log.write_done(self.workdir, step=step, last_eval=self.last_eval)
+    print(f'Done: step {step}; curves in {curves}'
           + (f'; last test top-1 {self.last_eval["top1"]:.4f}' if self.last_eval else ''),
           flush=True)
