@@ -24,7 +24,7 @@ _BASELINES = {'mean_lstm': baselines.MeanLSTM, 'conv_lstm': baselines.ConvLSTM,
 
 def config_errors(config) -> list[str]:
   """Unknown model or ablation names, with the valid ones; sizes that are not positive,
-  an empty `rstg.scales`; an empty training stream."""
+  an empty `rstg.scales` (the fields `create_model` reads)."""
   errors = []
   if config.model not in MODEL_NAMES:
     errors.append(f'Unknown model {config.model!r}. Valid names: {", ".join(MODEL_NAMES)}.')
@@ -37,18 +37,8 @@ def config_errors(config) -> list[str]:
       ('rstg.dim', r.dim, 'a positive integer', integer),
       ('baseline.lstm_dim', config.baseline.lstm_dim, 'a positive integer', integer),
       ('backbone.width', b.width, 'a positive integer', integer),
-      ('rstg.num_iters', r.num_iters, 'an integer >= 0', dict(integer=True, allow_zero=True)),
-      ('backbone.pretrain_steps', b.pretrain_steps, 'an integer >= 0',
-       dict(integer=True, allow_zero=True)),
-      # The training stream is drawn from the first data.train_size videos.
-      ('data.train_size', config.data.train_size, 'a positive integer (the training videos)',
-       integer))
+      ('rstg.num_iters', r.num_iters, 'an integer >= 0', dict(integer=True, allow_zero=True)))
   errors += filter(None, [config_checks.scales_error('rstg.scales', r.scales)])
-  if isinstance(b.pretrain_steps, int) and b.pretrain_steps > 0:
-    errors += config_checks.positive_errors(
-        ('backbone.pretrain_lr', b.pretrain_lr, 'a positive finite number'),
-        ('backbone.pretrain_batch_size', b.pretrain_batch_size, 'a positive integer',
-         integer))
   return errors
 
 

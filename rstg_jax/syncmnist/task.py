@@ -12,6 +12,7 @@ import os
 import jax
 
 from rstg_jax.syncmnist import models
+from rstg_jax.train import config_checks
 from rstg_jax.train import init_from
 from rstg_jax.train import task as task_lib
 from rstg_jax.train.state import param_count
@@ -23,7 +24,19 @@ class SyncMNISTTask(task_lib.Task):
   name = 'syncmnist'
 
   def config_errors(self, config) -> list[str]:
-    return models.config_errors(config)
+    b = config.backbone
+    errors = models.config_errors(config) + config_checks.positive_errors(
+        ('backbone.pretrain_steps', b.pretrain_steps, 'an integer >= 0',
+         dict(integer=True, allow_zero=True)),
+        # The training stream is drawn from the first data.train_size videos.
+        ('data.train_size', config.data.train_size, 'a positive integer (the training videos)',
+         dict(integer=True)))
+    if isinstance(b.pretrain_steps, int) and b.pretrain_steps > 0:
+      errors += config_checks.positive_errors(
+          ('backbone.pretrain_lr', b.pretrain_lr, 'a positive finite number'),
+          ('backbone.pretrain_batch_size', b.pretrain_batch_size, 'a positive integer',
+           dict(integer=True)))
+    return errors
 
   def check_data(self, config) -> None:
     """Loads the MNIST digits (cached for the run): a missing copy (`MNISTNotFoundError`,
