@@ -57,6 +57,13 @@ def get_config():
   # Size of the training stream: 10 passes over the 60k MNIST digits (authors' recipe).
   config.data.train_size = 600_000
   config.data.prefetch = 2  # batches generated ahead by the background thread.
+  # 'clean': every digit's track has the same distribution, pair or not, so only
+  # comparing motions finds the pair. 'authors': the authors' generator (clipped at the
+  # border, pair kept apart), which has single-digit shortcuts; for comparison only.
+  config.data.motion = 'clean'
+  # Val videos evaluated during training (indices 0..val_size-1 of the val split, made
+  # from the last 10k MNIST training digits): plateau, best checkpoint, printed numbers.
+  config.data.val_size = 10_000
 
   # --- Training -----------------------------------------------------------------------
   config.seed = 0  # parameter init, training order, dropout.
@@ -74,7 +81,7 @@ def get_config():
   config.lr_schedule = 'constant'  # 'constant' or 'cosine' (to 0 at the last step).
   config.warmup_steps = 0
 
-  # Learning rate divided by 10 when the test metric stops improving (paper).
+  # Learning rate divided by 10 when the val metric stops improving (paper).
   config.plateau = config_dict.ConfigDict()
   config.plateau.enabled = True
   config.plateau.metric = 'top1'  # 'top1' (higher is better) or 'loss' (lower).
@@ -84,12 +91,15 @@ def get_config():
   config.plateau.min_scale = 1e-3  # at most three reductions of 10x.
 
   # --- Evaluation, logging, checkpoints -----------------------------------------------
-  config.eval_size = 10_000  # test videos: indices 0..eval_size-1 of the test split.
+  # SyncMNIST test videos (indices 0..eval_size-1 of the test split), evaluated once at
+  # the end of training (checkpoint chosen on val) and by rstg_jax.evaluate. SSv1: the
+  # validation videos evaluated during training.
+  config.eval_size = 10_000
   config.eval_batch_size = 100
   config.eval_every = 2_000  # steps; also evaluated at the last step.
   config.log_every = 50
   config.checkpoint_every = 1_000  # also saved at every evaluation and the last step.
-  config.keep_checkpoints = 3  # the latest N are kept, plus the best by test top-1.
+  config.keep_checkpoints = 3  # the latest N are kept, plus the best by val top-1.
   config.progress_bar = True
 
   return config

@@ -57,7 +57,8 @@ def get_config():
 
   config.batch_size = 32
   config.num_train_steps = 9_000
-  config.eval_size = 2_000
+  config.data.val_size = 2_000  # evaluated at steps 4,500 and 9,000 (selection)
+  config.eval_size = 10_000  # the whole test set, once at the end
   config.eval_every = 4_500
   config.checkpoint_every = 1_000
   config.log_every = 25

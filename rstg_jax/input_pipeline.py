@@ -7,14 +7,17 @@ Something) needs one more class here, not changes to the training loop:
                            training batch of step `step` ('video' uint8 [b,T,H,W,C],
                            'label' int32 [b]). A pure function of (seed, step): this is
                            what makes a resumed run equal an uninterrupted one.
-  dataset.eval_batches() -> iterator over the fixed test set, in fixed-size batches with a
-                           'mask' (1 for real videos, 0 for padding of the last batch).
+  dataset.eval_batches() -> iterator over the fixed set evaluated during training (model
+                           selection), in fixed-size batches with a 'mask' (1 for real
+                           videos, 0 for padding of the last batch).
   dataset.class_names, dataset.num_classes, dataset.input_shape (T,H,W,C),
   dataset.eval_size, dataset.description (one line for the log).
 
 Optional members: `preprocess` (the on-device normalisation of 'video'; default uint8 /
-255) and, for multi-view evaluation, `view_batches(mode, split)`, `num_videos(split)`
-and `video_ids(split)` (see `SSv1`).
+255); `eval_split` (the name metrics.jsonl gives the eval_batches rows; default 'test')
+with `test_batches()` and `test_size` (a held-out test set, evaluated once at the end of
+training and by `rstg_jax.evaluate`; see `SyncMNIST`); for multi-view evaluation,
+`view_batches(mode, split)`, `num_videos(split)` and `video_ids(split)` (see `SSv1`).
 
 Data sets: `SyncMNIST` (generated on the fly) and `SSv1` (Something-Something-v1 through
 `rstg_jax.data.ssv1_tfds`, imported only when `config.data.name == 'ssv1'`, so that the
@@ -109,10 +112,14 @@ def padded_eval_batches(make_batch: Callable[[np.ndarray], dict[str, np.ndarray]
 class SyncMNIST:
   """SyncMNIST videos from `rstg_jax.data.syncmnist` (generated on the fly from MNIST).
 
-  Training stream: indices 0..train_size-1 of the 'train' split; test set: indices
-  0..eval_size-1 of the 'test' split, generated once and kept in memory (10k videos are
-  41 MB of uint8).
+  Training stream: indices 0..train_size-1 of the 'train' split. Evaluated during
+  training (plateau, best checkpoint): indices 0..data.val_size-1 of the 'val' split
+  (`eval_batches`). Test set: indices 0..eval_size-1 of the 'test' split
+  (`test_batches`), evaluated once at the end of training and by `rstg_jax.evaluate`.
+  Both are generated once and kept in memory (10k videos are 41 MB of uint8).
   """
+
+  eval_split = 'val'
 
   def __init__(self, config, process_index: int = 0, process_count: int = 1):
     # Imported here so that the trainer imports (and its tests run) without the module.
@@ -121,37 +128,57 @@ class SyncMNIST:
     self.num_digits = config.data.num_digits
     self.data_seed = config.data.seed
     self.mnist_path = config.data.mnist_path
+    self.motion = config.data.get('motion', 'clean')
     self.class_names = tuple(syncmnist.CLASS_NAMES)
     self.num_classes = len(self.class_names)
     self.input_shape = (10, 64, 64, 1)
-    self.eval_size = config.eval_size
+    self.eval_size = config.data.get('val_size', config.eval_size)
+    self.test_size = config.eval_size
     self.eval_batch_size = config.eval_batch_size
     self.process_index, self.process_count = process_index, process_count
     self._local = _local_slice(config.batch_size, process_index, process_count)
     self._order = StreamOrder(config.data.train_size, config.batch_size, config.seed)
-    self._test: Optional[dict[str, np.ndarray]] = None
+    self._held: dict[str, dict[str, np.ndarray]] = {}
     self.description = (
-        f'SyncMNIST ({self.num_digits} digits, generated from real MNIST'
-        f'{" at " + self.mnist_path if self.mnist_path else ""}, data seed '
-        f'{self.data_seed}): train stream of {config.data.train_size} videos, '
-        f'test = first {self.eval_size} videos of the test split')
+        f'SyncMNIST ({self.num_digits} digits, {self.motion} motion, generated from real '
+        f'MNIST{" at " + self.mnist_path if self.mnist_path else ""}, data seed '
+        f'{self.data_seed}): train stream of {config.data.train_size} videos; model '
+        f'selection on the first {self.eval_size} val videos; test = first '
+        f'{self.test_size} videos of the test split')
 
   def _generate(self, split: str, indices: np.ndarray) -> dict[str, np.ndarray]:
     out = self._gen.generate(split, indices, num_digits=self.num_digits,
-                             seed=self.data_seed, mnist_path=self.mnist_path)
+                             seed=self.data_seed, mnist_path=self.mnist_path,
+                             motion=self.motion)
     return {'video': np.asarray(out['video'], np.uint8),
             'label': np.asarray(out['label'], np.int32)}
 
   def batch(self, step: int) -> dict[str, np.ndarray]:
     return self._generate('train', self._order.indices(step, self._local))
 
-  def eval_batches(self) -> Iterator[dict[str, np.ndarray]]:
-    if self._test is None:
-      self._test = self._generate('test', np.arange(self.eval_size))
-    test = self._test
-    return padded_eval_batches(lambda idx: {k: v[idx] for k, v in test.items()},
-                               self.eval_size, self.eval_batch_size,
+  def _held_out_batches(self, split: str, size: int) -> Iterator[dict[str, np.ndarray]]:
+    if split not in self._held:
+      self._held[split] = self._generate(split, np.arange(size))
+    held = self._held[split]
+    return padded_eval_batches(lambda idx: {k: v[idx] for k, v in held.items()},
+                               size, self.eval_batch_size,
                                self.process_index, self.process_count)
+
+  def eval_batches(self) -> Iterator[dict[str, np.ndarray]]:
+    """The val videos: what training evaluates, schedules and selects on."""
+    return self._held_out_batches('val', self.eval_size)
+
+  def test_batches(self) -> Iterator[dict[str, np.ndarray]]:
+    """The test videos: reported, never selected on."""
+    return self._held_out_batches('test', self.test_size)
+
+  def digits(self, split: str = 'test') -> np.ndarray:
+    """int32 [n, num_digits]: the digit classes of the videos `test_batches` (or, for
+    'val', `eval_batches`) yield, in order (for the digit-oracle diagnostic)."""
+    n = self.test_size if split == 'test' else self.eval_size
+    return self._gen.generate_tracks(split, np.arange(n), num_digits=self.num_digits,
+                                     seed=self.data_seed, mnist_path=self.mnist_path,
+                                     motion=self.motion)['digits']
 
 
 # Something-Something-v1 ------------------------------------------------------------------

@@ -19,8 +19,12 @@
   (.npz from `rstg_jax.convert`, merged strictly; the graph blocks and the head keep
   their init), frozen BatchNorm gets no update, and `evaluate_views` averages the
   logits of each video's views (the dense 22-view protocol of `rstg_jax.evaluate`).
+- Model selection: the plateau, the best checkpoint and every number printed during
+  training come from the data set's `eval_batches` (SyncMNIST: the `val` split). A data
+  set with a held-out `test_batches` (SyncMNIST) is evaluated on it once, at the end, with
+  the checkpoint chosen on val: a row with 'split': 'test' in metrics.jsonl.
 - Learning rate: `config.learning_rate` times an optional warmup/cosine schedule times a
-  plateau scale that is divided by 10 when the test metric stops improving (paper). The
+  plateau scale that is divided by 10 when the eval metric stops improving (paper). The
   plateau logic runs on the host after each evaluation, since the metric only exists
   there; `optax.contrib.reduce_on_plateau` would instead read a value at every update.
 - A NaN or inf in the loss or the gradients stops the run before anything bad is saved.
@@ -95,6 +99,7 @@ def validate_config(config: ml_collections.ConfigDict, check_model_names: bool =
   if config.lr_schedule not in LR_SCHEDULES:
     errors.append(f'Unknown lr_schedule {config.lr_schedule!r}. Valid: '
                   f'{", ".join(LR_SCHEDULES)}.')
+  errors.extend(_data_config_errors(config))
   if config.plateau.metric not in PLATEAU_METRICS:
     errors.append(f'Unknown plateau.metric {config.plateau.metric!r}. Valid: '
                   f'{", ".join(PLATEAU_METRICS)}.')
@@ -114,6 +119,26 @@ def validate_config(config: ml_collections.ConfigDict, check_model_names: bool =
     errors.append('Set num_train_steps > 0 or num_epochs > 0.')
   if errors:
     raise ValueError('Invalid config:\n  ' + '\n  '.join(errors))
+
+
+def _data_config_errors(config) -> list[str]:
+  """SyncMNIST fields: data.motion and data.val_size."""
+  if config.data.name != 'syncmnist':
+    return []
+  errors = []
+  from rstg_jax.data import syncmnist  # pylint: disable=g-import-not-at-top
+  motion = config.data.get('motion', 'clean')
+  if motion not in syncmnist.MOTIONS:
+    errors.append(f'Unknown data.motion {motion!r}. Valid: {", ".join(syncmnist.MOTIONS)}.')
+  val_size = config.data.get('val_size', 1)
+  if not 0 < val_size <= syncmnist.SPLIT_SIZES['val']:
+    errors.append(f'data.val_size must be in 1..{syncmnist.SPLIT_SIZES["val"]}, got {val_size}.')
+  return errors
+
+
+def eval_split_name(dataset) -> str:
+  """What metrics.jsonl calls the rows of `dataset.eval_batches()` (SyncMNIST: 'val')."""
+  return getattr(dataset, 'eval_split', 'test') if hasattr(dataset, 'test_batches') else 'test'
 
 
 def num_train_steps(config) -> int:
@@ -375,7 +400,7 @@ def finish_setup(setup: Setup, params_for_labels) -> Setup:
 
 
 def checkpoint_manager(workdir: str, config, read_only: bool = False) -> ocp.CheckpointManager:
-  """Keeps the latest `config.keep_checkpoints` saves plus the best by test top-1."""
+  """Keeps the latest `config.keep_checkpoints` saves plus the best by eval (val) top-1."""
   policy = ocp.checkpoint_managers.AnyPreservationPolicy([
       ocp.checkpoint_managers.LatestN(n=config.keep_checkpoints),
       ocp.checkpoint_managers.BestN(get_metric_fn=lambda m: m['top1'], n=1,
@@ -402,6 +427,7 @@ def checkpoint_meta(config, dataset, step: int, eval_metrics: Optional[dict]) ->
       'class_names': list(dataset.class_names),
       'num_classes': int(dataset.num_classes),
       'eval': eval_metrics,
+      'eval_split': eval_split_name(dataset),
       'jax_version': jax.__version__,
       'num_devices': jax.device_count(),
   }
@@ -477,8 +503,8 @@ def _load_pretrained_backbone(config, workdir: str, params: dict, say) -> dict:
         log_every=max(1, config.backbone.pretrain_steps // 10),
         progress_bar=config.progress_bar and jax.process_index() == 0)
     say(f'Backbone pretraining done in {pre.get("seconds", 0):.0f} s: final train loss '
-        f'{pre.get("final_train_loss", float("nan")):.4f}, single-digit test accuracy '
-        f'{pre.get("test_accuracy", float("nan")):.4f}')
+        f'{pre.get("final_train_loss", float("nan")):.4f}, single-digit val accuracy '
+        f'{pre.get("val_accuracy", float("nan")):.4f}')
     if jax.process_index() == 0:
       pretrain.save_backbone(path, backbone)  # atomic (temporary file + rename)
   if 'backbone' not in params:
@@ -561,10 +587,11 @@ def _param_count(tree) -> int:
 # ------------------------------------------------------------------------------------
 
 
-def evaluate(setup: Setup, state: State, collect: bool = False):
-  """(sum, count) totals over the test set; with `collect`, also labels and predictions."""
+def evaluate(setup: Setup, state: State, collect: bool = False, batches=None):
+  """(sum, count) totals over `batches` (default: the data set's `eval_batches()`, the
+  split selected on); with `collect`, also labels and predictions."""
   totals, labels, preds = None, [], []
-  for batch in setup.dataset.eval_batches():
+  for batch in (setup.dataset.eval_batches() if batches is None else batches):
     m, pred = setup.eval_step(state, setup.to_device(batch))
     totals = metrics_lib.add(totals, m)
     if collect:
@@ -724,6 +751,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, model
       f'{config.lr_schedule} schedule); workdir {os.path.abspath(workdir)}')
   writer = metrics_lib.JsonlWriter(os.path.join(workdir, 'metrics.jsonl'), start, is_main)
 
+  split = eval_split_name(dataset)
   window, pending, last_eval = None, [], None
   t_window, n_window = time.time(), 0
   pbar = tqdm.tqdm(total=total, initial=start, desc='train', unit='step', dynamic_ncols=True,
@@ -768,7 +796,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, model
                  'videos_per_sec': n_window * config.batch_size / max(dt, 1e-9)}
           writer.write(row)
           pbar.set_postfix(loss=f'{row["loss"]:.3f}', acc=f'{row["accuracy"]:.3f}',
-                           **({'test_top1': f'{last_eval["top1"]:.3f}'} if last_eval else {}),
+                           **({f'{split}_top1': f'{last_eval["top1"]:.3f}'} if last_eval else {}),
                            refresh=False)  # drawn at the bar's own interval
           window, t_window, n_window = None, time.time(), 0
         eval_metrics = None
@@ -776,9 +804,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, model
           t0 = time.time()
           eval_metrics = metrics_lib.compute(evaluate(setup, state))
           last_eval = eval_metrics
-          writer.write({'step': step, 'split': 'test', **eval_metrics,
+          writer.write({'step': step, 'split': split, **eval_metrics,
                         'eval_seconds': time.time() - t0})
-          msg = (f'step {step}: test top-1 {eval_metrics["top1"]:.4f}, top-5 '
+          msg = (f'step {step}: {split} top-1 {eval_metrics["top1"]:.4f}, top-5 '
                  f'{eval_metrics["top5"]:.4f}, loss {eval_metrics["loss"]:.4f}')
           if config.plateau.enabled:
             new_plateau, reduced = update_plateau(plateau, eval_metrics, config)
@@ -793,6 +821,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, model
               state=ocp.args.StandardSave(state),
               meta=ocp.args.JsonSave(checkpoint_meta(config, dataset, step, eval_metrics))),
                     metrics=eval_metrics)
+    test_metrics = _final_test(setup, mngr, state, writer, total, workdir, say)
   finally:
     pbar.close()
     mngr.wait_until_finished()
@@ -803,8 +832,42 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, model
                             os.path.join(workdir, 'curves.png'))
     say(f'Done: step {int(jax.device_get(state["step"]))}; curves in '
         f'{os.path.join(workdir, "curves.png")}'
-        + (f'; last test top-1 {last_eval["top1"]:.4f}' if last_eval else ''))
+        + (f'; last {split} top-1 {last_eval["top1"]:.4f}' if last_eval else '')
+        + (f'; test top-1 {test_metrics["top1"]:.4f} (step {test_metrics["step"]}, chosen '
+           f'on {split})' if test_metrics else ''))
   return state
+
+
+def _final_test(setup: Setup, mngr, state: State, writer, total: int, workdir: str,
+                say) -> Optional[dict]:
+  """Evaluates the checkpoint chosen on the eval split once on the held-out test set.
+
+  Only for data sets with `test_batches` (SyncMNIST). Writes a 'split': 'test' row for
+  the best checkpoint by eval top-1 (the latest if none has metrics); a rerun of a
+  finished run that already has that row does not evaluate again.
+  """
+  dataset = setup.dataset
+  if not hasattr(dataset, 'test_batches') or int(jax.device_get(state['step'])) != total:
+    return None
+  best = mngr.best_step()
+  best = mngr.latest_step() if best is None else best
+  if best is None:
+    return None
+  for row in metrics_lib.read_jsonl(os.path.join(workdir, 'metrics.jsonl')):
+    if row.get('split') == 'test' and row.get('step') == best and row.get('final_step') == total:
+      return row
+  if best != int(jax.device_get(state['step'])):
+    state = restore(mngr, best, setup.abstract_state)[0]
+  t0 = time.time()
+  metrics = metrics_lib.compute(evaluate(setup, state, batches=dataset.test_batches()))
+  row = {'step': int(best), 'split': 'test', **metrics,
+         'count': int(getattr(dataset, 'test_size', 0)), 'chosen_on': eval_split_name(dataset),
+         'final_step': int(total), 'eval_seconds': time.time() - t0}
+  writer.write(row)
+  say(f'test (checkpoint of step {best}, chosen on {eval_split_name(dataset)} top-1): top-1 '
+      f'{metrics["top1"]:.4f}, top-5 {metrics["top5"]:.4f}, loss {metrics["loss"]:.4f} on '
+      f'{row["count"]} videos')
+  return row
 
 
 def _flat(d: dict, prefix: str = '') -> dict:

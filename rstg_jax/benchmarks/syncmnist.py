@@ -51,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--batch", type=int, default=64, help="videos per generate() call")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per setting (median)")
-    parser.add_argument("--split", choices=("train", "test"), default="train")
+    parser.add_argument("--split", choices=("train", "val", "test"), default="train")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--mnist-path", default=None, help="local MNIST copy")
     args = parser.parse_args(argv)
