@@ -7,6 +7,12 @@ Without --config, the config saved in the checkpoint's metadata is used. Writes 
 workdir/eval_<step>/: summary.json (top1, top5, loss, count), per_class_accuracy.json and
 .csv, confusion_matrix.csv (counts, rows = true class) and confusion.png.
 
+SyncMNIST: the test split (`--checkpoint=best` is the checkpoint chosen on val), and the
+digit-oracle diagnostic (`syncmnist.digit_oracle_report`), printed and in summary.json
+under "oracle": the accuracy of an oracle that knows which digits are present but not
+how they move, the model's accuracy on pair and no-pair videos, and how often it names a
+pair of present digits that do not move together. Above the oracle, it uses motion.
+
 Something-Something-v1 (`config.data.name == 'ssv1'`) is evaluated on the whole
 `config.data.eval_split` with multi-view testing: `--eval_mode=dense` (the default,
 `config.data.evaluate_mode`) runs 2 temporal samplings x 11 crops of 256x256 per video
@@ -83,7 +89,7 @@ def run(config: Optional[ml_collections.ConfigDict], workdir: str,
   Args:
     config: the run's config; None: read it from the checkpoint.
     workdir: the training workdir (its checkpoints/ subdirectory is read).
-    checkpoint: 'latest', 'best' (by test top-1) or a step number.
+    checkpoint: 'latest', 'best' (by eval top-1: val for SyncMNIST) or a step number.
     model, dataset: stand-ins for tests (default: built from the config).
     eval_mode: multi-view data sets only (SSv1): 'dense' or 'center'; default
       `config.data.evaluate_mode`.
@@ -120,9 +126,14 @@ def run(config: Optional[ml_collections.ConfigDict], workdir: str,
     write_predictions(os.path.join(out_dir, 'predictions.csv'), video_ids, logits, labels,
                       class_names)
   else:
-    totals, labels, preds = train.evaluate(setup, state, collect=True)
+    test = getattr(setup.dataset, 'test_batches', None)
+    totals, labels, preds = train.evaluate(setup, state, collect=True,
+                                           batches=test() if test else None)
     summary = {'step': int(step), **metrics_lib.compute(totals),
-               'count': int(totals['top1'][1]), 'workdir': os.path.abspath(workdir)}
+               'count': int(totals['top1'][1]), 'split': 'test' if test else
+               train.eval_split_name(setup.dataset), 'workdir': os.path.abspath(workdir)}
+    if hasattr(setup.dataset, 'digits'):
+      summary['oracle'] = _oracle_diagnostic(setup.dataset, labels, preds)
     os.makedirs(out_dir, exist_ok=True)
   cm = metrics_lib.confusion_matrix(labels, preds, len(class_names))
   metrics_lib.write_per_class(cm, class_names, out_dir)
@@ -139,6 +150,19 @@ def run(config: Optional[ml_collections.ConfigDict], workdir: str,
         f'loss {summary["loss"]:.4f} on {summary["count"]} test videos; outputs in {out_dir}',
         flush=True)
   return summary
+
+
+def _oracle_diagnostic(dataset, labels, preds) -> dict:
+  """SyncMNIST: the digit-oracle comparison on the test videos, printed and returned."""
+  from rstg_jax.data import syncmnist  # pylint: disable=g-import-not-at-top
+  report = syncmnist.digit_oracle_report(labels, preds, dataset.digits('test'))
+  print(f'Digit oracle (knows the digits, not their motion): top-1 '
+        f'{report["oracle_top1"]:.4f}; model: top-1 {report["top1"]:.4f}, on pair videos '
+        f'{report["pair_top1"]:.4f} ({report["pair_videos"]}), on no-pair videos '
+        f'{report["no_pair_top1"]:.4f} ({report["no_pair_videos"]}); names a present but '
+        f'asynchronous pair in {report["present_async_pair"]:.4f} of the videos, a pair '
+        f'with an absent digit in {report["absent_digit_pair"]:.4f}', flush=True)
+  return report
 
 
 def _define_flags():

@@ -440,3 +440,25 @@ def test_proximity_does_not_rule_the_pair_out():
     pair, *independent = rates["clean"]
     assert 0.5 * min(independent) < pair < 2 * max(independent), rates
     assert rates["authors"][0] == 0 and min(rates["authors"][1:]) > 0.02, rates
+
+
+def test_digit_oracle_report():
+    # Two 3-digit pair videos and one no-pair video; the oracle gets 1/3 of each pair
+    # video and nothing of the no-pair one.
+    digits = np.array([[1, 2, 3], [4, 5, 6], [7, 8, 9]])
+    labels = np.array([S.pair_to_label(1, 2), S.pair_to_label(4, 5), S.NO_PAIR_LABEL])
+    preds = np.array([S.pair_to_label(1, 2), S.pair_to_label(5, 6), S.pair_to_label(0, 8)])
+    r = S.digit_oracle_report(labels, preds, digits)
+    assert r["oracle_top1"] == pytest.approx(2 / 9) and r["top1"] == pytest.approx(1 / 3)
+    assert r["pair_top1"] == 0.5 and r["no_pair_top1"] == 0.0
+    assert (r["pair_videos"], r["no_pair_videos"]) == (2, 1)
+    assert r["present_async_pair"] == pytest.approx(1 / 3)  # 5-6: present, not the pair
+    assert r["absent_digit_pair"] == pytest.approx(1 / 3)  # 0-8: 0 is absent
+    assert r["predicts_no_pair"] == 0.0
+    # A model that picks a present pair at random is at the oracle; 5 digits: 1/10.
+    data = S.generate_tracks("test", np.arange(2000), num_digits=5, mnist_path=MNIST)
+    rng = np.random.default_rng(0)
+    guess = np.array([S.pair_to_label(*sorted(rng.choice(row, 2, replace=False))) for row in data["digits"]])
+    r = S.digit_oracle_report(data["label"], guess, data["digits"])
+    assert abs(r["top1"] - r["oracle_top1"]) < 0.03 and abs(r["oracle_top1"] - 0.1 * 46 / 47) < 0.01
+    assert r["absent_digit_pair"] == 0.0

@@ -583,6 +583,56 @@ def generate(
     return {"video": video, **out}
 
 
+def digit_oracle_report(labels, preds, digits) -> dict[str, float]:
+    """Does a model use motion? Its accuracy beside that of the "digit oracle".
+
+    The digit oracle knows which digit classes a video holds but not how they move. The
+    digit slots are exchangeable, so each of the m = K(K-1)/2 pairs of present classes is
+    a priori equally likely to be the synchronous one, and "no pair" (prior 1/47) is less
+    likely than any of them: the best it can do is name one of the m pairs, which is
+    right with probability 1/m on a pair video and never on a no-pair video. This is the
+    optimal oracle (knowing the class prior does not help), computed exactly per video.
+
+    Args:
+      labels: int [n] true labels; preds: int [n] predicted labels; digits: int [n, K]
+        the classes present in each video.
+
+    Returns:
+      dict: ``top1``; ``oracle_top1`` (expected accuracy of the digit oracle);
+      ``pair_top1`` / ``no_pair_top1`` (the model's accuracy on pair / no-pair videos)
+      and ``pair_videos`` / ``no_pair_videos`` (their counts); ``present_async_pair``
+      (fraction of videos where the model names a pair of digits that are present but
+      not synchronous), ``absent_digit_pair`` (names a pair with a digit not in the
+      video) and ``predicts_no_pair`` (fraction of "none" predictions).
+    """
+    labels, preds = np.asarray(labels), np.asarray(preds)
+    digits = np.asarray(digits)
+    n, k = digits.shape
+    if not len(labels) == len(preds) == n:
+        raise ValueError(f"labels {labels.shape}, preds {preds.shape}, digits {digits.shape} disagree")
+    present = np.zeros((n, 10), bool)
+    present[np.arange(n)[:, None], digits] = True
+    pairs = np.array(PAIRS + [(0, 0)])  # "none" maps to a dummy pair, masked below
+    named = pairs[preds]  # [n, 2]
+    names_pair = preds != NO_PAIR_LABEL
+    both_present = present[np.arange(n), named[:, 0]] & present[np.arange(n), named[:, 1]]
+    correct = preds == labels
+    has_pair = labels != NO_PAIR_LABEL
+    m = k * (k - 1) / 2
+    mean = lambda x: float(np.mean(x)) if np.size(x) else float("nan")
+    return {
+        "top1": mean(correct),
+        "oracle_top1": mean(np.where(has_pair, 1.0 / m, 0.0)),
+        "pair_top1": mean(correct[has_pair]),
+        "no_pair_top1": mean(correct[~has_pair]),
+        "pair_videos": int(has_pair.sum()),
+        "no_pair_videos": int((~has_pair).sum()),
+        "present_async_pair": mean(names_pair & both_present & ~correct),
+        "absent_digit_pair": mean(names_pair & ~both_present),
+        "predicts_no_pair": mean(~names_pair),
+    }
+
+
 def iterate_batches(
     split: str,
     batch_size: int,
@@ -702,8 +752,33 @@ def _boxes(ax, batch: dict, r: int, t: int):
     return patches
 
 
+# Trajectories of the other digits: red and its neighbours (the paper's Figure 6 draws
+# the pair's paths green and the others' red).
+_OTHER_COLOURS = ("#ff3030", "#ff9900", "#ff44cc", "#33bbff", "#ffee33", "#bb77ff", "#aaaaaa", "#ffffff")
+
+
+def _tracks(ax, batch: dict, r: int) -> None:
+    """All frames of video r overlaid (max), with the path of every digit's centre: the
+    synchronous pair in green, the other digits each in its own colour; a dot marks
+    the first frame, an arrow head the last."""
+    ax.imshow(batch["video"][r, :, :, :, 0].max(axis=0), cmap="gray", vmin=0, vmax=600)
+    centre = batch["canvas_positions"][r] * SCALE + DIGIT_IN_FRAME / 2 - 0.5  # [T, K, 2]
+    paired = int(batch["label"][r]) != NO_PAIR_LABEL
+    for d in range(centre.shape[1]):
+        other = d - 2 if paired else d
+        colour = _SYNC_COLOURS[d] if paired and d < 2 else _OTHER_COLOURS[other % len(_OTHER_COLOURS)]
+        rows, cols = centre[:, d, 0], centre[:, d, 1]
+        ax.plot(cols, rows, "-", color=colour, linewidth=1.2)
+        ax.plot(cols[0], rows[0], "o", color=colour, markersize=2.5)
+        ax.annotate("", xy=(cols[-1], rows[-1]), xytext=(cols[-2], rows[-2]),
+                    arrowprops=dict(arrowstyle="-|>", color=colour, lw=1.2, mutation_scale=7))
+    ax.set_xlim(-0.5, FRAME - 0.5)
+    ax.set_ylim(FRAME - 0.5, -0.5)
+
+
 def save_grid(batch: dict, indices: Sequence[int], out: str) -> None:
-    """PNG grid: one row per video (titled by its label), one column per frame.
+    """PNG grid: one row per video (titled by its label), one column per frame, and a
+    last column with every digit's trajectory (the synchronous pair's in green).
 
     The synchronous pair is boxed in green in every frame; other digits are unmarked.
     """
@@ -714,9 +789,14 @@ def save_grid(batch: dict, indices: Sequence[int], out: str) -> None:
 
     n = len(indices)
     fig, axes = plt.subplots(
-        n, NUM_FRAMES, figsize=(NUM_FRAMES * 1.25, n * 1.55), squeeze=False
+        n, NUM_FRAMES + 1, figsize=((NUM_FRAMES + 1) * 1.25, n * 1.55), squeeze=False
     )
     for r in range(n):
+        _tracks(axes[r, NUM_FRAMES], batch, r)
+        axes[r, NUM_FRAMES].set_xticks([])
+        axes[r, NUM_FRAMES].set_yticks([])
+        if r == n - 1:
+            axes[r, NUM_FRAMES].set_xlabel("tracks", fontsize=8)
         for t in range(NUM_FRAMES):
             ax = axes[r, t]
             ax.imshow(batch["video"][r, t, :, :, 0], cmap="gray", vmin=0, vmax=255)
@@ -726,7 +806,7 @@ def save_grid(batch: dict, indices: Sequence[int], out: str) -> None:
             if r == n - 1:
                 ax.set_xlabel(f"t={t}", fontsize=8)
         axes[r, 0].set_title(_row_title(batch, r, int(indices[r])), loc="left", fontsize=9)
-    fig.suptitle("SyncMNIST (green boxes: synchronous pair)", fontsize=10)
+    fig.suptitle("SyncMNIST (green: the synchronous pair; last column: every digit's path)", fontsize=10)
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)
@@ -798,6 +878,8 @@ def _build_parser() -> argparse.ArgumentParser:
     show = sub.add_parser("show", help="write a PNG grid (and optionally a GIF) of videos")
     show.add_argument("--out", required=True, help="PNG file to write")
     show.add_argument("--split", choices=tuple(SPLIT_IDS), default="test")
+    show.add_argument("--motion", choices=MOTIONS, default="clean",
+                      help="clean (default) or authors (the authors' generator, has shortcuts)")
     show.add_argument("--num", type=positive, default=8, help="number of videos (rows)")
     show.add_argument("--start", type=non_negative, default=0, help="first video index")
     show.add_argument("--num-digits", type=digit_count, default=3)
@@ -819,7 +901,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if stop > SPLIT_SIZES[args.split]:
         parser.error(f"--start + --num exceeds the {args.split} size {SPLIT_SIZES[args.split]}")
     indices = list(range(args.start, stop))
-    batch = generate(args.split, indices, args.num_digits, args.seed, args.mnist_path)
+    batch = generate(args.split, indices, args.num_digits, args.seed, args.mnist_path, args.motion)
     save_grid(batch, indices, args.out)
     print(f"wrote {args.out}")
     if args.gif:
