@@ -54,7 +54,8 @@ def get_config():
   # The training order is drawn from `config.seed`.
   config.data.seed = 0
   config.data.mnist_path = config_dict.placeholder(str)  # None: the data module's default.
-  # Size of the training stream: 10 passes over the 60k MNIST digits (authors' recipe).
+  # Size of the training stream: 600k videos as in the authors' recipe (their 10 passes over
+  # 60k digits; here 12 passes over the 50k train digits, val holds out the other 10k).
   config.data.train_size = 600_000
   config.data.prefetch = 2  # batches generated ahead by the background thread.
   # 'clean': every digit's track has the same distribution, pair or not, so only
