@@ -26,7 +26,7 @@ What makes it fit, and why (tuned on 2 CPU cores):
 Expected runtime: 23 min 46 s measured on an idle 2-core machine on the previous data
 (authors' generator); on the clean data 45 min 27 s on a shared 2-core machine (load 4-9
 from other jobs; backbone pretraining 5 min 28 s, then ~3.8 steps/s).
-Expected result (clean data, measured): 38.6% top-1, 88.8% top-5 on all 10,000 test
+Expected result: 38.6% top-1 (clean data, measured), 88.8% top-5 on all 10,000 test
 videos with the checkpoint chosen on val (step 9,000; val top-1 40.9% on 2,000 val
 videos, 35.9% at step 4,500); the digit oracle gets 32.6%. The tuning runs above were
 measured on the previous data (the authors' generator, evaluated on test), where this
