@@ -37,9 +37,9 @@ import orbax.checkpoint as ocp
 
 from rstg_jax import cli
 from rstg_jax import runtime
-from rstg_jax import input_pipeline
-from rstg_jax import metrics as metrics_lib
-from rstg_jax import train
+from rstg_jax.train import input as input_pipeline
+from rstg_jax.train import metrics as metrics_lib
+from rstg_jax.train import loop as train
 
 
 def _tuples(x):
@@ -154,7 +154,7 @@ def run(config: Optional[ml_collections.ConfigDict], workdir: str,
 
 def _oracle_diagnostic(dataset, labels, preds) -> dict:
   """SyncMNIST: the digit-oracle comparison on the test videos, printed and returned."""
-  from rstg_jax.data import syncmnist  # pylint: disable=g-import-not-at-top
+  from rstg_jax.syncmnist import generator as syncmnist  # pylint: disable=g-import-not-at-top
   report = syncmnist.digit_oracle_report(labels, preds, dataset.digits('test'))
   print(f'Digit oracle (knows the digits, not their motion): top-1 '
         f'{report["oracle_top1"]:.4f}; model: top-1 {report["top1"]:.4f}, on pair videos '

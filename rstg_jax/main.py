@@ -38,7 +38,7 @@ def main(argv):
   cli.quiet_logging()
   runtime.reuse_freed_memory()  # XLA:CPU intermediates: reuse, not fresh pages
   # Imported after flag parsing: `--help` and flag errors stay instant.
-  from rstg_jax import train  # pylint: disable=g-import-not-at-top
+  from rstg_jax.train import loop as train  # pylint: disable=g-import-not-at-top
 
   config = FLAGS.config
   try:

@@ -1,6 +1,6 @@
 """A tiny fake Something-Something-v1 tree for tests: real JPEGs, label files, bad cases.
 
-`make_fake_ssv1(root)` writes the official layout (see `rstg_jax.data.ssv1`) with frames
+`make_fake_ssv1(root)` writes the official layout (see `rstg_jax.ssv1.reader`) with frames
 whose pixels say what they are, so a test can read back which frame, which class and which
 crop a pipeline produced:
 

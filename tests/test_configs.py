@@ -14,11 +14,11 @@ from absl import flags
 from ml_collections import config_flags
 import pytest
 
-from rstg_jax import train
+from rstg_jax.train import loop as train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = ('default', 'syncmnist', 'syncmnist5', 'syncmnist_quick')
-# The fields rstg_jax.models.create_model reads (its contract with the trainer).
+# The fields rstg_jax.syncmnist.models.create_model reads (its contract with the trainer).
 MODEL_FIELDS = ('model', 'ablation', 'num_classes', 'backbone.width', 'backbone.freeze',
                 'rstg.dim', 'rstg.num_iters', 'rstg.scales', 'rstg.gather',
                 'rstg.adjacency', 'rstg.layer_norm', 'rstg.scalewise', 'lstm_dim')

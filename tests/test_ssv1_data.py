@@ -14,7 +14,7 @@ import sys
 import numpy as np
 import pytest
 
-from rstg_jax.data import ssv1
+from rstg_jax.ssv1 import reader as ssv1
 import ssv1_fixtures as fx
 
 T, CROP, SHORT = 4, 24, 32
@@ -83,7 +83,7 @@ def test_unknown_class_name_names_the_line(raw):
 
 
 def test_import_rstg_jax_does_not_import_tensorflow():
-  code = ('import sys, rstg_jax, rstg_jax.data, rstg_jax.data.ssv1, rstg_jax.input_pipeline\n'
+  code = ('import sys, rstg_jax, rstg_jax.syncmnist, rstg_jax.ssv1.reader, rstg_jax.train.input\n'
           'bad = [m for m in sys.modules if m.split(".")[0] in '
           '("tensorflow", "tensorflow_datasets")]\n'
           'assert not bad, bad')
@@ -98,7 +98,7 @@ def test_import_rstg_jax_does_not_import_tensorflow():
 @pytest.fixture(scope='module')
 def tfds_mod():
   pytest.importorskip('tensorflow_datasets')
-  from rstg_jax.data import ssv1_tfds  # pylint: disable=g-import-not-at-top
+  from rstg_jax.ssv1 import tfds_builder as ssv1_tfds  # pylint: disable=g-import-not-at-top
   return ssv1_tfds
 
 

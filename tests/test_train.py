@@ -20,9 +20,9 @@ import pytest
 
 from configs import default
 from rstg_jax import evaluate as evaluate_lib
-from rstg_jax import input_pipeline
-from rstg_jax import metrics as metrics_lib
-from rstg_jax import train
+from rstg_jax.train import input as input_pipeline
+from rstg_jax.train import metrics as metrics_lib
+from rstg_jax.train import loop as train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_CLASSES = 4
@@ -323,7 +323,7 @@ def test_four_devices_give_the_same_losses_as_one(tmp_path):
 
 def test_pretrained_backbone_is_computed_once_then_loaded_from_the_cache(tmp_path,
                                                                         monkeypatch):
-  import rstg_jax  # pylint: disable=g-import-not-at-top
+  import rstg_jax.syncmnist  # pylint: disable=g-import-not-at-top
   calls = []
   fresh = train.init_variables(TinyModel(), jax.random.key(0), INPUT_SHAPE)['params']
   trained = jax.tree.map(lambda x: np.full(x.shape, 0.5, np.float32), fresh['backbone'])
@@ -335,8 +335,8 @@ def test_pretrained_backbone_is_computed_once_then_loaded_from_the_cache(tmp_pat
   fake.pretrain_backbone = lambda **kw: (calls.append(kw) or trained, {'seconds': 1.0})
   fake.save_backbone = saver
   fake.load_backbone = lambda path: dict(np.load(path))
-  monkeypatch.setattr(rstg_jax, 'pretrain', fake, raising=False)
-  monkeypatch.setitem(sys.modules, 'rstg_jax.pretrain', fake)
+  monkeypatch.setattr(rstg_jax.syncmnist, 'pretrain', fake, raising=False)
+  monkeypatch.setitem(sys.modules, 'rstg_jax.syncmnist.pretrain', fake)
   config = make_config()
   config.backbone.pretrain_steps = 7
   for _ in range(2):
@@ -358,8 +358,8 @@ def test_init_from_copies_the_parameters_of_another_run(uninterrupted):
 @pytest.mark.slow
 def test_real_model_and_syncmnist_end_to_end(tmp_path):
   """Two steps of the real RSTG on real SyncMNIST, then the evaluate command (-m slow)."""
-  pytest.importorskip('rstg_jax.models')
-  from rstg_jax.data import mnist  # pylint: disable=g-import-not-at-top
+  pytest.importorskip('rstg_jax.syncmnist.models')
+  from rstg_jax.syncmnist import mnist  # pylint: disable=g-import-not-at-top
   try:
     mnist.load_mnist('test')
   except mnist.MNISTNotFoundError as e:

@@ -63,7 +63,7 @@ from itertools import combinations
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from rstg_jax.data.mnist import load_mnist
+from rstg_jax.syncmnist.mnist import load_mnist
 
 logger = logging.getLogger(__name__)
 
@@ -872,7 +872,7 @@ def _build_parser() -> argparse.ArgumentParser:
         return value
 
     parser = argparse.ArgumentParser(
-        prog="python -m rstg_jax.data.syncmnist", description=__doc__.splitlines()[0]
+        prog="python -m rstg_jax.syncmnist.generator", description=__doc__.splitlines()[0]
     )
     sub = parser.add_subparsers(dest="command", required=True)
     show = sub.add_parser("show", help="write a PNG grid (and optionally a GIF) of videos")

@@ -395,7 +395,7 @@ def _run_tfds_export(out: Path) -> str | None:
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
     env["CUDA_VISIBLE_DEVICES"] = "-1"
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    cmd = [sys.executable, "-m", "rstg_jax.data.mnist", "export-tfds", "--out", str(out)]
+    cmd = [sys.executable, "-m", "rstg_jax.syncmnist.mnist", "export-tfds", "--out", str(out)]
     try:
         # Own session, so a timeout ends the whole group (download helpers included).
         proc = subprocess.Popen(
@@ -594,7 +594,7 @@ def main(argv: list[str] | None = None) -> int:
     """
     import argparse  # noqa: PLC0415
 
-    parser = argparse.ArgumentParser(prog="python -m rstg_jax.data.mnist")
+    parser = argparse.ArgumentParser(prog="python -m rstg_jax.syncmnist.mnist")
     sub = parser.add_subparsers(dest="command", required=True)
     export = sub.add_parser("export-tfds", help="export tfds 'mnist' to an .npz")
     export.add_argument("--out", default=None,

@@ -19,7 +19,7 @@ def main(argv=None):
     sys.exit(f"usage: python -m rstg_jax.bench {{{','.join(BENCHMARKS)}}} [options]\n"
              f"  (each benchmark takes --help)")
   runtime.reuse_freed_memory()  # as the training entry points do
-  module = importlib.import_module(f"rstg_jax.benchmarks.{argv[0]}")
+  module = importlib.import_module(f"rstg_jax.bench.{argv[0]}")
   return module.main(argv[1:])
 
 

@@ -51,14 +51,14 @@ def create_model(config) -> nn.Module:
     if config.ablation not in ABLATIONS:
       raise ValueError(f"unknown RSTG ablation {config.ablation!r}; valid: "
                        f"{', '.join(ABLATIONS)}")
-    from rstg_jax.models.syncmnist_rstg import RSTGClassifier
+    from rstg_jax.syncmnist.rstg_classifier import RSTGClassifier
     r = config.rstg
     return RSTGClassifier(dim=int(r.dim), num_iters=int(r.num_iters),
                           scales=tuple(int(s) for s in r.scales), ablation=config.ablation,
                           gather=r.gather, adjacency=r.adjacency,
                           layer_norm=bool(r.layer_norm), scalewise=bool(r.scalewise),
                           **common)
-  from rstg_jax.models import baselines
+  from rstg_jax.syncmnist import baselines
   if name == "mean_lstm":
     return baselines.MeanLSTM(lstm_dim=int(config.lstm_dim), **common)
   if name == "conv_lstm":

@@ -21,9 +21,9 @@ from flax import linen as nn
 
 from rstg_jax.graph import build_graph, pool_nodes
 from rstg_jax.model import RSTG, SCHEDULES, rstg_to_vec
-from rstg_jax.models import ABLATIONS
-from rstg_jax.models.baselines import backbone_features
-from rstg_jax.models.cnn import SmallCNN
+from rstg_jax.syncmnist.models import ABLATIONS
+from rstg_jax.syncmnist.baselines import backbone_features
+from rstg_jax.syncmnist.backbone import SmallCNN
 
 
 def ablation_to_core_args(ablation: str) -> dict:

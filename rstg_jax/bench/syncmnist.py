@@ -47,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> None:
       None, so that ``sys.exit(main())`` exits with status 0.
     """
     parser = argparse.ArgumentParser(
-        prog="python -m rstg_jax.benchmarks.syncmnist", description=__doc__.splitlines()[0]
+        prog="python -m rstg_jax.bench.syncmnist", description=__doc__.splitlines()[0]
     )
     parser.add_argument("--batch", type=int, default=64, help="videos per generate() call")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per setting (median)")
@@ -60,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if (args.repeats + 1) * args.batch > 10_000:
         parser.error("(--repeats + 1) * --batch must be at most 10000 (the test split size)")
 
-    from rstg_jax.data import mnist, syncmnist
+    from rstg_jax.syncmnist import mnist, generator as syncmnist
 
     start = time.perf_counter()
     mnist.load_mnist(args.split, args.mnist_path)

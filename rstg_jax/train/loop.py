@@ -53,8 +53,8 @@ import orbax.checkpoint as ocp
 import tqdm
 
 from rstg_jax import cli
-from rstg_jax import input_pipeline
-from rstg_jax import metrics as metrics_lib
+from rstg_jax.train import input as input_pipeline
+from rstg_jax.train import metrics as metrics_lib
 
 State = dict[str, Any]
 
@@ -81,11 +81,11 @@ def validate_config(config: ml_collections.ConfigDict, check_model_names: bool =
     errors.append(f'Unknown data.name {config.data.name!r}. Valid: '
                   f'{", ".join(input_pipeline.DATASETS)}.')
   elif check_model_names and config.data.name == 'ssv1':
-    from rstg_jax.models import ssv1_models  # pylint: disable=g-import-not-at-top
+    from rstg_jax.ssv1 import models as ssv1_models  # pylint: disable=g-import-not-at-top
     errors.extend(ssv1_models.config_errors(config))
   elif check_model_names:
     try:
-      from rstg_jax import models  # pylint: disable=g-import-not-at-top
+      from rstg_jax.syncmnist import models  # pylint: disable=g-import-not-at-top
     except ImportError as e:
       raise ValueError(f'Cannot import rstg_jax.models to check the model name: {e}') from e
     if config.model not in models.MODEL_NAMES:
@@ -126,7 +126,7 @@ def _data_config_errors(config) -> list[str]:
   if config.data.name != 'syncmnist':
     return []
   errors = []
-  from rstg_jax.data import syncmnist  # pylint: disable=g-import-not-at-top
+  from rstg_jax.syncmnist import generator as syncmnist  # pylint: disable=g-import-not-at-top
   motion = config.data.get('motion', 'clean')
   if motion not in syncmnist.MOTIONS:
     errors.append(f'Unknown data.motion {motion!r}. Valid: {", ".join(syncmnist.MOTIONS)}.')
@@ -156,9 +156,9 @@ def create_model(config):
   """The model factory of the data set: Something-Something models or SyncMNIST ones."""
   # pylint: disable=g-import-not-at-top
   if config.data.name == 'ssv1':
-    from rstg_jax.models import ssv1_models
+    from rstg_jax.ssv1 import models as ssv1_models
     return ssv1_models.create_ssv1_model(config)
-  from rstg_jax import models
+  from rstg_jax.syncmnist import models
   return models.create_model(config)
 
 
@@ -202,7 +202,7 @@ def create_optimizer(config, lr_fn, params) -> optax.GradientTransformation:
   if config.backbone.get('bn_frozen', False):
     # Frozen BatchNorm (ResNet3D) gets no gradient, but weight decay or momentum would
     # still move its scale and bias: they get no update at all.
-    from rstg_jax.models.resnet3d import frozen_bn_mask  # pylint: disable=g-import-not-at-top
+    from rstg_jax.ssv1.resnet3d import frozen_bn_mask  # pylint: disable=g-import-not-at-top
     bn = frozen_bn_mask(flax.core.unfreeze(params))
     frozen = bn if frozen is None else jax.tree.map(lambda a, b: a or b, frozen, bn)
   if frozen is not None:
@@ -488,7 +488,7 @@ def merge_params(init: dict, loaded: dict, what: str) -> dict:
 
 def _load_pretrained_backbone(config, workdir: str, params: dict, say) -> dict:
   """Pretrains the backbone on single digits once (cached in workdir/backbone.npz)."""
-  from rstg_jax import pretrain  # pylint: disable=g-import-not-at-top
+  from rstg_jax.syncmnist import pretrain  # pylint: disable=g-import-not-at-top
   path = os.path.join(workdir, 'backbone.npz')
   if os.path.exists(path):
     say(f'Backbone: loading the pretrained backbone cached at {path}')
@@ -549,7 +549,7 @@ def _load_converted(path: str, variables: dict, config, say) -> dict:
   pattern (the graph blocks, the head, `config.init_dont_load`); shapes must agree.
   BatchNorm statistics come from the checkpoint too: with frozen BN they are the model.
   """
-  from rstg_jax import convert  # pylint: disable=g-import-not-at-top
+  from rstg_jax.ssv1 import convert  # pylint: disable=g-import-not-at-top
   if not os.path.isfile(path):
     raise ValueError(f'config.init_from={path!r}: no such file. Convert a Kinetics '
                      'checkpoint first: python -m rstg_jax.convert --src MODEL.pkl '
@@ -734,12 +734,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, model
   n_params = _param_count(state['params'])
   n_frozen = _param_count(state['params'].get('backbone', {})) if config.backbone.freeze else 0
   if config.backbone.get('bn_frozen', False):
-    from rstg_jax.models import resnet3d  # pylint: disable=g-import-not-at-top
+    from rstg_jax.ssv1 import resnet3d  # pylint: disable=g-import-not-at-top
     mask = resnet3d.frozen_bn_mask(state['params'])
     n_frozen += sum(int(np.prod(x.shape)) for x, m in zip(
         jax.tree.leaves(state['params']), jax.tree.leaves(mask)) if m)
   if config.data.name == 'ssv1':
-    from rstg_jax.models import ssv1_models  # pylint: disable=g-import-not-at-top
+    from rstg_jax.ssv1 import models as ssv1_models  # pylint: disable=g-import-not-at-top
     say(f'Model: {ssv1_models.describe(config, state["params"])}; '
         f'{n_params - n_frozen:,} trained (frozen BN scale/bias excluded)')
   else:

@@ -36,9 +36,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from configs import ssv1_i3d
-from rstg_jax import input_pipeline
-from rstg_jax import train
-from rstg_jax.models import ssv1_models
+from rstg_jax.train import input as input_pipeline
+from rstg_jax.train import loop as train
+from rstg_jax.ssv1 import models as ssv1_models
 
 
 def _once(fn, *args):

@@ -42,7 +42,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 from flax import traverse_util
 
-from rstg_jax.models.nonlocal_block import NonLocalBlock, batch_norm
+from rstg_jax.ssv1.nonlocal_block import NonLocalBlock, batch_norm
 
 STAGES = ("res2", "res3", "res4", "res5")
 

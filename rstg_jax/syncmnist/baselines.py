@@ -28,10 +28,10 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from rstg_jax.models.cnn import SmallCNN
+from rstg_jax.syncmnist.backbone import SmallCNN
 # The non-local block is shared with the ResNet-50 models; re-exported here because the
 # SyncMNIST Non-local baseline is built from it.
-from rstg_jax.models.nonlocal_block import NonLocalBlock, batch_norm
+from rstg_jax.ssv1.nonlocal_block import NonLocalBlock, batch_norm
 
 __all__ = ["backbone_features", "LSTMHead", "MeanLSTM", "ConvLSTM", "NonLocalBlock",
            "Bottleneck3D", "I3DSmall", "NonLocalI3D"]

@@ -34,7 +34,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from rstg_jax.data import ssv1
+from rstg_jax.ssv1 import reader as ssv1
 
 NAME = 'something_something_v1'
 REPORT_FILE = 'ssv1_report.json'

@@ -123,7 +123,7 @@ class SyncMNIST:
 
   def __init__(self, config, process_index: int = 0, process_count: int = 1):
     # Imported here so that the trainer imports (and its tests run) without the module.
-    from rstg_jax.data import syncmnist  # pylint: disable=g-import-not-at-top
+    from rstg_jax.syncmnist import generator as syncmnist  # pylint: disable=g-import-not-at-top
     self._gen = syncmnist
     self.num_digits = config.data.num_digits
     self.data_seed = config.data.seed
@@ -205,7 +205,7 @@ def check_ssv1_data(config) -> None:
   `config.data.root` (checked for its frame folder and label files) that the first run
   converts. Only file-system checks: no TensorFlow import, nothing compiled.
   """
-  from rstg_jax.data import ssv1  # pylint: disable=g-import-not-at-top  # numpy only
+  from rstg_jax.ssv1 import reader as ssv1  # pylint: disable=g-import-not-at-top  # numpy only
   tfds_dir = ssv1_tfds_dir(config)
   # TFDS writes dataset_info.json last, when every shard of every split is complete.
   if glob.glob(os.path.join(tfds_dir, 'something_something_v1', '*', 'dataset_info.json')):
@@ -247,7 +247,7 @@ class SSv1:
 
   def __init__(self, config, process_index: int = 0, process_count: int = 1):
     check_ssv1_data(config)  # before TensorFlow is imported: a missing copy fails fast
-    from rstg_jax.data import ssv1_tfds  # pylint: disable=g-import-not-at-top
+    from rstg_jax.ssv1 import tfds_builder as ssv1_tfds  # pylint: disable=g-import-not-at-top
     self._tfds = ssv1_tfds
     d = config.data
     self._config = config

@@ -34,8 +34,8 @@ from flax import traverse_util
 
 from rstg_jax.graph import ADJACENCIES, RSTGGraph, build_graph, pool_nodes
 from rstg_jax.model import RSTG, RSTGToMap, rstg_to_vec
-from rstg_jax.models import ABLATIONS
-from rstg_jax.models.resnet3d import (NL_I3D_STAGES, STAGES, TEMPORAL_KERNELS, ResNet3D,
+from rstg_jax.syncmnist.models import ABLATIONS
+from rstg_jax.ssv1.resnet3d import (NL_I3D_STAGES, STAGES, TEMPORAL_KERNELS, ResNet3D,
                                       count_params)
 
 MODEL_NAMES = ("resnet3d",)
@@ -115,7 +115,7 @@ class GraphToVec(_GraphBlock):
 def rstg_kwargs(config) -> dict:
   """The `RSTG` keyword arguments a config asks for (ablation -> schedule, positional)."""
   # Imported here: the SyncMNIST classifier module pulls in its baselines.
-  from rstg_jax.models.syncmnist_rstg import ablation_to_core_args  # pylint: disable=g-import-not-at-top
+  from rstg_jax.syncmnist.rstg_classifier import ablation_to_core_args  # pylint: disable=g-import-not-at-top
   r = config.rstg
   return dict(num_iters=int(r.num_iters), gather=r.gather, layer_norm=bool(r.layer_norm),
               scalewise=bool(r.scalewise), **ablation_to_core_args(config.ablation))

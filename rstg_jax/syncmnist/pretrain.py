@@ -28,7 +28,7 @@ from flax import traverse_util
 from tqdm.auto import tqdm
 
 from rstg_jax import cli
-from rstg_jax.models.cnn import SmallCNN
+from rstg_jax.syncmnist.backbone import SmallCNN
 
 NUM_DIGIT_CLASSES = 10
 
@@ -57,7 +57,7 @@ def _frames(split: str, indices: np.ndarray, seed: int,
   """Single-digit frames as float32 [B, 64, 64, 1] in [0, 1] and int32 labels [B]."""
   # Imported here so that importing this module (and the models) does not need the data
   # package's generator.
-  from rstg_jax.data import syncmnist  # pylint: disable=g-import-not-at-top
+  from rstg_jax.syncmnist import generator as syncmnist  # pylint: disable=g-import-not-at-top
   out = syncmnist.generate_single_digit(split, indices, seed=seed, mnist_path=mnist_path)
   images = np.asarray(out["image"], np.float32) / 255.0
   return images, np.asarray(out["label"], np.int32)
@@ -65,7 +65,7 @@ def _frames(split: str, indices: np.ndarray, seed: int,
 
 def _num_frames(split: str) -> int:
   """How many distinct single-digit frames the generator defines for a split."""
-  from rstg_jax.data import syncmnist  # pylint: disable=g-import-not-at-top
+  from rstg_jax.syncmnist import generator as syncmnist  # pylint: disable=g-import-not-at-top
   return int(syncmnist.SPLIT_SIZES[split])
 
 
@@ -111,7 +111,7 @@ def pretrain_backbone(width: int = 512,
     raise ValueError(f"steps must be >= 1, got {steps}")
   start = time.time()
   model = DigitClassifier(width)
-  from rstg_jax.data import syncmnist  # pylint: disable=g-import-not-at-top
+  from rstg_jax.syncmnist import generator as syncmnist  # pylint: disable=g-import-not-at-top
   frame_shape = (1, syncmnist.FRAME, syncmnist.FRAME, 1)
   params = model.init(jax.random.PRNGKey(seed), jnp.zeros(frame_shape, jnp.float32))["params"]
   tx = optax.adam(learning_rate)

@@ -63,7 +63,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rstg_jax.models.resnet3d import ResNet3D, temporal_kernel
+from rstg_jax.ssv1.resnet3d import ResNet3D, temporal_kernel
 
 try:  # numpy >= 2 moved numpy.core to numpy._core; old pickles still name numpy.core.
     from numpy._core import multiarray as _multiarray
