@@ -5,11 +5,11 @@ Command (convert the Kinetics-400 I3D-R50 checkpoint first, see rstg_jax/convert
   python -m rstg_jax.convert --src i3d_baseline_8x8_IN_pretrain_400k.pkl \
       --dst kinetics_i3d_r50.npz --arch i3d_r50
   python -m rstg_jax.main --config=configs/ssv1_i3d.py --workdir=runs/ssv1_i3d \
-      --config.data.root=PATH --config.init_from=kinetics_i3d_r50.npz
+      --config.data.root=PATH --config.init_from.path=kinetics_i3d_r50.npz
   python -m rstg_jax.evaluate --workdir=runs/ssv1_i3d --checkpoint=best   # dense, 22 views
 
 PATH holds 20bn-something-something-v1/ and the something-something-v1-*.csv files (a
-manual download, see rstg_jax/data/ssv1.py). The first run converts it into TFDS shards
+manual download, see rstg_jax/ssv1/reader.py). The first run converts it into TFDS shards
 under `config.data.tfds_dir` (default: $TFDS_DATA_DIR or ~/tensorflow_datasets); later
 runs read only the shards (then data.root may be left unset).
 
@@ -23,6 +23,13 @@ for this model, see shared/notes/facts-from-the-field.md):
     flip (labels are directional); (x - 114.75) / 57.375;
   - I3D-R50 with res5 spatial stride 1, backbone BatchNorm frozen (statistics and
     affine), dropout 0.3 before the classifier, 174 classes;
+  - stem (`backbone.stem`): 'caffe2', the original Caffe2 network that the Kinetics
+    weights were trained in, whose pool1 has no padding (res2 55x55 at 224 px). The
+    paper's Table 4 lists res2 at 56x56, the padded pool1 of PySlowFast's PyTorch stem
+    ('pyslowfast'); the default differs because running the Caffe2 weights with padding
+    shifts every pool1 window by a pixel and changes their outputs by several percent.
+    res3, res4, res5 (28, 14, 14) and so the graphs are the same either way. Use
+    --config.backbone.stem=pyslowfast only for weights trained in PySlowFast;
   - graphs: 3 scales (1x1, 2x2, 3x3; the authors' config; Table 4 draws 4 scales, use
     --config.rstg.scales='(1,2,3,4)'), D = 512, K = 3, all-temp, dot-product attention,
     LayerNorm in the space stage, per-scale update MLPs; each block starts as identity
@@ -32,7 +39,7 @@ for this model, see shared/notes/facts-from-the-field.md):
     theirs), constant, divided by 10 when the centre-crop top-1 on the first 2,048
     validation videos stops improving (patience 3 evaluations, every 5,000 steps),
     20 epochs of 86,017 videos (215,043 steps; the paper gives no epoch count).
-    `--config.batch_size=2 --config.learning_rate=1e-4` is the authors' exact setting.
+    `--config.batch_size=2 --config.optim.learning_rate=1e-4` is the authors' exact setting.
 
 Expected runtime: not measured on a GPU yet. On 2 CPU cores a training step of this
 model at 32x224x224 is far too slow to be useful (see `python -m rstg_jax.bench ssv1`).
@@ -41,18 +48,20 @@ Expected result: not measured yet; the paper reports 49.2 / 78.8.
 
 from ml_collections import config_dict
 
-from configs import default
+from configs import common
 
 
 def get_config():
-  config = default.get_config()
+  config = common.get_config()
 
-  # --- Model (read by rstg_jax.models.ssv1_models.create_ssv1_model) -----------------
+  # --- Model (read by rstg_jax.ssv1.models.create_ssv1_model) ------------------------
   config.model = 'resnet3d'  # ResNet3D with RSTG blocks at `rstg.placement`.
-  config.ablation = 'all_temp'  # RSTG schedule (rstg_jax.models.ABLATIONS).
-  config.num_classes = 174
-  config.dropout_rate = 0.3  # before the classifier (authors).
+  # RSTG schedule (rstg_jax.syncmnist.rstg_classifier.ABLATIONS).
+  config.ablation = 'all_temp'
+  config.head = config_dict.ConfigDict()
+  config.head.dropout_rate = 0.3  # before the classifier (authors).
 
+  config.backbone = config_dict.ConfigDict()
   config.backbone.arch = 'i3d'  # 'i3d' or 'c2d'.
   config.backbone.blocks = (3, 4, 6, 3)  # ResNet-50.
   config.backbone.base_width = 64
@@ -61,8 +70,11 @@ def get_config():
   # few clips give useless batch statistics).
   config.backbone.bn_frozen = True
   config.backbone.nonlocal_blocks = False  # True: NL-I3D's 5 non-local blocks.
-  config.backbone.freeze = False  # the whole model is trained end to end.
+  # pool1 padding: 'caffe2' (none, as the Kinetics checkpoints were trained) or
+  # 'pyslowfast' (1, Table 4's 56x56 res2); see the docstring.
+  config.backbone.stem = 'caffe2'
 
+  config.rstg = config_dict.ConfigDict()
   # One of res2, res3, res4, res3_4 (RSTG-to-map), vec (RSTG-to-vec on res5), none.
   config.rstg.placement = 'res3_4'
   config.rstg.scales = (1, 2, 3)
@@ -75,6 +87,7 @@ def get_config():
 
   # --- Data ---------------------------------------------------------------------------
   config.data.name = 'ssv1'
+  config.data.num_classes = 174
   # ROOT with 20bn-something-something-v1/ and the csv files (manual download).
   config.data.root = config_dict.placeholder(str)
   # Where the TFDS shards are written / read (None: $TFDS_DATA_DIR or ~/tensorflow_datasets).
@@ -83,32 +96,30 @@ def get_config():
   config.data.crop_size = 224
   config.data.short_side = 256
   config.data.train_size = 86_017  # only used to turn num_epochs into steps.
-  # Evaluations during training: one centre crop (cheap). The evaluate command uses
-  # `evaluate_mode`: 'dense' = 11 crops of 256x256 x 2 temporal samplings per video.
-  config.data.eval_mode = 'center'
-  config.data.evaluate_mode = 'dense'
-  config.data.eval_split = 'validation'
 
   # --- Training -----------------------------------------------------------------------
-  config.init_from = config_dict.placeholder(str)  # converted Kinetics .npz (or a workdir)
-  # Extra regexes (over 'params/...' / 'batch_stats/...') of model variables that keep
-  # their init values when loading `init_from`, beyond the graph blocks and the head.
-  config.init_dont_load = ()
+  # init_from.path: a converted Kinetics .npz (or a workdir). The graph blocks and the
+  # head always keep their init; init_from.dont_load adds more patterns.
   config.batch_size = 8
   config.num_epochs = 20.0
-  config.optimizer = 'sgd'
-  config.learning_rate = 4e-4
-  config.momentum = 0.9
-  config.nesterov = True
-  config.weight_decay = 0.0
-  config.lr_schedule = 'constant'
-  config.plateau.enabled = True
-  config.plateau.patience = 3
+  config.optim.optimizer = 'sgd'
+  config.optim.learning_rate = 4e-4
+  config.optim.momentum = 0.9
+  config.optim.nesterov = True
+  config.optim.weight_decay = 0.0
+  config.optim.lr_schedule = 'constant'
+  config.optim.plateau.enabled = True
+  config.optim.plateau.patience = 3
 
   # --- Evaluation, logging, checkpoints -----------------------------------------------
-  config.eval_size = 2_048  # the first N validation videos (centre crop) during training.
-  config.eval_batch_size = 8
-  config.eval_every = 5_000
+  config.eval.split = 'validation'
+  config.eval.size = 2_048  # the first N videos of eval.split during training ...
+  config.eval.periodic_views = 'center'  # ... one centre crop each (cheap).
+  # The evaluate command: 'dense' = 11 crops of 256x256 x 2 temporal samplings per video,
+  # on the whole eval.split.
+  config.eval.views = 'dense'
+  config.eval.batch_size = 8
+  config.eval.every = 5_000
   config.log_every = 50
   config.checkpoint_every = 1_000
   return config

@@ -3,7 +3,7 @@ r"""Something-Something-v1: I3D ResNet-50 + RSTG-to-vec on res5 (paper Table 3).
 Command:
 
   python -m rstg_jax.main --config=configs/ssv1_i3d_vec.py --workdir=runs/ssv1_i3d_vec \
-      --config.data.root=PATH --config.init_from=kinetics_i3d_r50.npz
+      --config.data.root=PATH --config.init_from.path=kinetics_i3d_r50.npz
   python -m rstg_jax.evaluate --workdir=runs/ssv1_i3d_vec --checkpoint=best
 
 The graph reads res5 (16x14x14x2048 for a 32x224x224 clip, res5 stride 1): nodes are

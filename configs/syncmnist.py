@@ -29,15 +29,15 @@ def get_config():
   config.data.num_digits = 3
   config.backbone.pretrain_steps = 2_000
   config.backbone.freeze = False  # trained end to end after the pretraining.
-  config.optimizer = 'sgd'
-  config.learning_rate = 1e-4
-  config.momentum = 0.9
-  config.nesterov = True
+  config.optim.optimizer = 'sgd'
+  config.optim.learning_rate = 1e-4
+  config.optim.momentum = 0.9
+  config.optim.nesterov = True
   config.batch_size = 32
   config.num_epochs = 10.0
-  config.eval_size = 10_000
+  config.eval.size = 10_000
   config.data.val_size = 10_000
-  config.eval_every = 5_000
+  config.eval.every = 5_000
   config.checkpoint_every = 2_500
-  config.plateau.patience = 3
+  config.optim.plateau.patience = 3
   return config

@@ -1,7 +1,7 @@
 r"""5SyncMNIST (5 digits per video): positional all-temp RSTG, the paper's best there.
 
 Command (the paper also transfers from a 3SyncMNIST run: add
---config.init_from=runs/sync3_rstg to start from its latest checkpoint):
+--config.init_from.path=runs/sync3_rstg to start from its latest checkpoint):
 
   python -m rstg_jax.main --config=configs/syncmnist5.py --workdir=runs/sync5_rstg
 

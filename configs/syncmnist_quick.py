@@ -51,20 +51,20 @@ def get_config():
   config.rstg.dim = 64
   config.rstg.layer_norm = True
   config.rstg.num_iters = 1
-  config.lstm_dim = 64
+  config.baseline.lstm_dim = 64
 
-  config.optimizer = 'adam'
-  config.learning_rate = 2e-3
-  config.lr_schedule = 'cosine'
-  config.warmup_steps = 100
-  config.grad_clip_norm = 1.0
-  config.plateau.enabled = False  # the cosine schedule already decays the lr.
+  config.optim.optimizer = 'adam'
+  config.optim.learning_rate = 2e-3
+  config.optim.lr_schedule = 'cosine'
+  config.optim.warmup_steps = 100
+  config.optim.grad_clip_norm = 1.0
+  config.optim.plateau.enabled = False  # the cosine schedule already decays the lr.
 
   config.batch_size = 32
   config.num_train_steps = 9_000
   config.data.val_size = 2_000  # evaluated at steps 4,500 and 9,000 (selection)
-  config.eval_size = 10_000  # the whole test set, once at the end
-  config.eval_every = 4_500
+  config.eval.size = 10_000  # the whole test set, once at the end
+  config.eval.every = 4_500
   config.checkpoint_every = 1_000
   config.log_every = 25
   return config

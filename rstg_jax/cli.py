@@ -33,3 +33,34 @@ def progress_interval() -> float:
   """Seconds between progress-bar redraws: twice a second on a terminal, twice a minute
   when stderr is redirected to a file, which a livelier bar fills with carriage returns."""
   return 0.5 if sys.stderr.isatty() else 30.0
+
+
+def parse_command(define, argv, prog: str):
+  """absl flags for a command that is also called as a function (`main(argv)`).
+
+  Args:
+    define: define(flag_values) defines the command's flags on a fresh FlagValues, so
+      that a second call (a test, the `bench` dispatcher) parses from scratch.
+    argv: the arguments after the program name.
+    prog: the command as a user types it, for messages.
+
+  Returns:
+    (flag_values, positional arguments). A bad or missing flag exits with status 2 and
+    one line on stderr, without a traceback.
+  """
+  flag_values = flags.FlagValues()
+  define(flag_values)
+  if any(a in ('-h', '--help', '--helpshort', '--helpfull') for a in argv):
+    print(f'usage: {prog} [flags]\n{flag_values.get_help()}')
+    sys.exit(0)
+  try:
+    rest = flag_values([prog, *argv])
+  except flags.Error as e:
+    usage_error(prog, str(e))
+  return flag_values, rest[1:]
+
+
+def usage_error(prog: str, message: str):
+  """Exits with status 2 and `prog: error: message` on stderr."""
+  print(f'{prog}: error: {message}', file=sys.stderr)
+  sys.exit(2)

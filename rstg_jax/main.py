@@ -7,7 +7,7 @@ r"""Trains an RSTG model (or a baseline) and evaluates it during training.
 Something-Something-v1 (see the docstrings of configs/ssv1_*.py for the recipes):
 
   python -m rstg_jax.main --config=configs/ssv1_i3d.py --workdir=runs/ssv1_i3d \
-      --config.data.root=PATH --config.init_from=kinetics_i3d_r50.npz
+      --config.data.root=PATH --config.init_from.path=kinetics_i3d_r50.npz
 
 Every config field can be overridden with --config.<field>=<value>. Running the same
 command again resumes from the workdir's latest checkpoint. `--mode=evaluate` evaluates a
@@ -38,24 +38,28 @@ def main(argv):
   cli.quiet_logging()
   runtime.reuse_freed_memory()  # XLA:CPU intermediates: reuse, not fresh pages
   # Imported after flag parsing: `--help` and flag errors stay instant.
-  from rstg_jax.train import loop as train  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  from rstg_jax import tasks
+  from rstg_jax.train import loop
 
   config = FLAGS.config
   try:
     # Before any heavy work: a misspelt model or ablation name costs a second, not a run,
     # and so does a data set that is not where the config says (SSv1).
-    train.validate_config(config)
-    train.input_pipeline.check_data(config)
+    task = tasks.for_config(config)
   except ValueError as e:
     raise SystemExit(f'ERROR: {e}') from None
 
   if FLAGS.mode == 'evaluate':
-    from rstg_jax import evaluate  # pylint: disable=g-import-not-at-top
-    evaluate.run(config, FLAGS.workdir, FLAGS.checkpoint)
+    from rstg_jax import evaluate
+    try:
+      evaluate.run(config, FLAGS.workdir, FLAGS.checkpoint, task=task)
+    except ValueError as e:
+      raise SystemExit(f'ERROR: {e}') from None
     return
   try:
-    train.train_and_evaluate(config, FLAGS.workdir)
-  except train.NonFiniteLossError as e:
+    loop.train_and_evaluate(config, FLAGS.workdir, task)
+  except loop.NonFiniteLossError as e:
     raise SystemExit(f'ERROR: {e}') from None
 
 

@@ -14,14 +14,16 @@ from absl import flags
 from ml_collections import config_flags
 import pytest
 
-from rstg_jax.train import loop as train
+from rstg_jax import tasks
+from rstg_jax.train import setup as setup_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = ('default', 'syncmnist', 'syncmnist5', 'syncmnist_quick')
 # The fields rstg_jax.syncmnist.models.create_model reads (its contract with the trainer).
-MODEL_FIELDS = ('model', 'ablation', 'num_classes', 'backbone.width', 'backbone.freeze',
-                'rstg.dim', 'rstg.num_iters', 'rstg.scales', 'rstg.gather',
-                'rstg.adjacency', 'rstg.layer_norm', 'rstg.scalewise', 'lstm_dim')
+MODEL_FIELDS = ('model', 'ablation', 'data.num_classes', 'backbone.width',
+                'backbone.freeze', 'rstg.dim', 'rstg.num_iters', 'rstg.scales',
+                'rstg.gather', 'rstg.adjacency', 'rstg.layer_norm', 'rstg.scalewise',
+                'baseline.lstm_dim')
 
 
 def _load(name):
@@ -50,9 +52,9 @@ def test_configs_are_valid_and_complete(name):
   config = _load(name)
   for field in MODEL_FIELDS:
     _get(config, field)  # KeyError/AttributeError if missing
-  assert config.num_classes == 46
-  train.validate_config(config)
-  assert train.num_train_steps(config) > 0
+  assert config.data.num_classes == 46
+  tasks.for_config(config, check_data=False)
+  assert setup_lib.num_train_steps(config) > 0
 
 
 @pytest.mark.parametrize('name', CONFIGS[1:])
@@ -64,10 +66,10 @@ def test_config_docstrings_give_command_runtime_and_result(name):
 
 def test_paper_recipe():
   config = _load('syncmnist')
-  assert (config.optimizer, config.learning_rate, config.momentum, config.nesterov) == (
-      'sgd', 1e-4, 0.9, True)
-  assert config.plateau.enabled and config.plateau.factor == 0.1
-  assert config.data.train_size == 600_000 and config.eval_size == 10_000
+  o = config.optim
+  assert (o.optimizer, o.learning_rate, o.momentum, o.nesterov) == ('sgd', 1e-4, 0.9, True)
+  assert o.plateau.enabled and o.plateau.factor == 0.1
+  assert config.data.train_size == 600_000 and config.eval.size == 10_000
   assert (config.backbone.width, config.rstg.dim, config.rstg.scales) == (512, 512, (1, 2, 3))
   assert _load('syncmnist5').data.num_digits == 5
 
@@ -80,7 +82,20 @@ def test_unknown_names_list_the_valid_ones(field, value, valid):
   config = _load('syncmnist')
   config[field] = value
   with pytest.raises(ValueError, match=f'{value}.*Valid names:.*{valid}'):
-    train.validate_config(config)
+    tasks.for_config(config, check_data=False)
+
+
+@pytest.mark.parametrize('field,value,message', [
+    ('motion', 'bounce', "Unknown data.motion 'bounce'. Valid: clean, authors"),
+    ('val_size', 0, 'data.val_size must be in 1..10000'),
+    ('val_size', 10_001, 'data.val_size must be in 1..10000'),
+])
+def test_syncmnist_data_fields_are_checked(field, value, message):
+  config = _load('syncmnist')
+  assert (config.data.motion, config.data.val_size) == ('clean', 10_000)
+  config.data[field] = value
+  with pytest.raises(ValueError, match=message):
+    tasks.for_config(config, check_data=False)
 
 
 def test_misspelt_field_suggests_the_right_one():
@@ -96,10 +111,10 @@ def _main(*args, timeout=120):
 
 def test_every_field_and_optional_path_is_overridable():
   config = _parse(['--config.ablation=space_only', '--config.rstg.num_iters=2',
-                   '--config.data.mnist_path=/data/mnist', '--config.init_from=runs/a',
+                   '--config.data.mnist_path=/data/mnist', '--config.init_from.path=runs/a',
                    '--config.rstg.scales=(1,2)', '--config.backbone.freeze=False'])
   assert (config.ablation, config.rstg.num_iters, config.data.mnist_path,
-          config.init_from, tuple(config.rstg.scales), config.backbone.freeze) == (
+          config.init_from.path, tuple(config.rstg.scales), config.backbone.freeze) == (
               'space_only', 2, '/data/mnist', 'runs/a', (1, 2), False)
 
 

@@ -4,6 +4,11 @@ The fake checkpoints below follow the real naming scheme and shapes of the Non-l
 repo / PySlowFast pickles for a reduced-depth, reduced-width network, and are written the
 way Python 2 wrote them (numpy globals under `numpy.core.multiarray`, array bytes and
 names as Python 2 `str`), so that the latin1 path is exercised.
+
+"Converted weights compute the original network" is checked against a float64 numpy
+reference written from the Caffe2 operators' rules (Non-local repo, `resnet_video.py`,
+`resnet_helper.py`): explicit symmetric pads, output size floor((n + 2p - k) / s) + 1,
+pool1 a 1x3x3 / (1,2,2) MaxPool with no pads, BN from the `_s/_b/_rm/_riv` blobs.
 """
 
 import functools
@@ -18,7 +23,11 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
+from configs import ssv1_i3d
+from rstg_jax import convert as convert_cli
 from rstg_jax.ssv1 import convert
+from rstg_jax.ssv1 import models as ssv1_models
+from rstg_jax.ssv1 import task as ssv1_task
 from rstg_jax.ssv1.resnet3d import Bottleneck, ResNet3D
 
 try:
@@ -30,6 +39,9 @@ ARCH_KT = {  # written out independently of resnet3d.TEMPORAL_KERNELS
     "i3d": (5, [[3, 3, 3], [3, 1, 3, 1], [3, 1, 3, 1, 3, 1], [1, 3, 1]]),
     "c2d": (1, [[1] * 3, [1] * 4, [1] * 6, [1] * 3]),
 }
+# pool1's spatial pads: Caffe2 Non-local `MaxPool(kernels=[1,3,3], strides=[1,2,2],
+# pads=[0,0,0]*2)`; PySlowFast `MaxPool3d([1,3,3], [1,2,2], padding=[0,1,1])`.
+STEM_POOL1_PAD = {"caffe2": 0, "pyslowfast": 1}
 BLOCKS = (2, 2, 1, 1)
 WIDTH = 4
 NL = {"res3": (1,)}
@@ -130,7 +142,7 @@ def converted(tmp_path_factory):
     blobs = fake_blobs()
     src = write_caffe2_pickle(str(d / "i3d.pkl"), blobs)
     dst = str(d / "i3d.npz")
-    assert convert.main(["--src", src, "--dst", dst, "--arch", "i3d_r50"]) == 0
+    assert convert_cli.main(["--src", src, "--dst", dst, "--arch", "i3d_r50"]) == 0
     return blobs, dst
 
 
@@ -242,6 +254,88 @@ def test_converted_bottleneck_matches_numpy(converted, block, width, cin, kt, st
     np.testing.assert_allclose(np.asarray(y[0]), want, rtol=1e-4, atol=1e-4)
 
 
+def _caffe2_out_size(n, k, s, p):
+    """Caffe2's conv/pool output size (ConvPoolOpBase, no legacy pad): floor rounding."""
+    return (n + 2 * p - k) // s + 1
+
+
+def _max_pool_np(x, kernel, stride, pad):
+    """Caffe2 MaxPool on x [T, H, W, C]: symmetric explicit pads (which never win the
+    max), floor output size; every window lies inside the padded input."""
+    sizes = [_caffe2_out_size(n, k, s, p) for n, k, s, p in zip(x.shape, kernel, stride, pad)]
+    x = np.pad(x, [(p, p) for p in pad] + [(0, 0)], constant_values=-np.inf)
+    out = np.empty(sizes + [x.shape[-1]], np.float64)
+    for t in range(sizes[0]):
+        for i in range(sizes[1]):
+            for j in range(sizes[2]):
+                t0, i0, j0 = t * stride[0], i * stride[1], j * stride[2]
+                out[t, i, j] = x[t0:t0 + kernel[0], i0:i0 + kernel[1],
+                                 j0:j0 + kernel[2]].max(axis=(0, 1, 2))
+    return out
+
+
+def _network_np(x, blobs, arch, blocks, pool1_pad, res5_stride=2):
+    """Every stage of the C2D / I3D ResNet straight from the Caffe2 blobs, in float64
+    (no non-local blocks): a dict like ResNet3D's `return_stages`."""
+    kt1, kts = ARCH_KT[arch]
+    relu = functools.partial(np.maximum, 0)
+    w1 = blobs["conv1_w"].transpose(2, 3, 4, 1, 0).astype(np.float64)
+    y = _conv3d_np(x, w1, (1, 2, 2), ((kt1 // 2,) * 2, (3, 3), (3, 3)))
+    assert y.shape[1] == _caffe2_out_size(x.shape[1], 7, 2, 3)
+    y = relu(_bn_np(y, blobs, "res_conv1_bn"))
+    y = _max_pool_np(y, (1, 3, 3), (1, 2, 2), (0, pool1_pad, pool1_pad))
+    out = {"pool1": y}
+    for s, n in enumerate(blocks):
+        stride = 1 if s == 0 else (res5_stride if s == 3 else 2)
+        for i in range(n):
+            y = _bottleneck_np(y, blobs, f"res{s + 2}_{i}", kts[s][i],
+                               stride if i == 0 else 1, shortcut=i == 0)
+        out[f"res{s + 2}"] = y
+        if s == 0:  # pool2: MaxPool kernels [2,1,1], strides [2,1,1], no pads
+            y = _max_pool_np(y, (2, 1, 1), (2, 1, 1), (0, 0, 0))
+    out["pooled"] = y.mean(axis=(0, 1, 2))
+    out["logits"] = out["pooled"] @ blobs["pred_w"].T.astype(np.float64) + blobs["pred_b"]
+    return out
+
+
+def _rel_err(got, want):
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    return float(np.linalg.norm(got - want) / np.linalg.norm(want))
+
+
+@pytest.mark.parametrize("arch,stem", [("i3d", None), ("c2d", None), ("i3d", "pyslowfast")])
+def test_converted_network_computes_the_caffe2_original(tmp_path, arch, stem):
+    # A 30x30 clip: conv1 15x15, pool1 7x7 (Caffe2) or 8x8 (padded), res3 4x4 either way,
+    # res4 2x2, res5 1x1. No non-local blocks: the numpy reference has none.
+    blobs = fake_blobs(arch, nonlocal_stages=None, seed=3)
+    src = write_caffe2_pickle(str(tmp_path / "k.pkl"), blobs)
+    dst = str(tmp_path / "k.npz")
+    assert convert_cli.main(["--src", src, "--dst", dst, "--arch", f"{arch}_r50"]) == 0
+    params, stats, meta = convert.load_converted(dst)
+    assert meta["stem"] == "caffe2"
+    kw = {} if stem is None else {"stem": stem}  # None: ResNet3D's default
+    model = ResNet3D(num_classes=CLASSES, arch=arch, blocks=BLOCKS, base_width=WIDTH, **kw)
+    x = np.random.default_rng(4).normal(size=(1, 4, 30, 30, 3)).astype(np.float32)
+    logits, stages = jax.jit(functools.partial(model.apply, return_stages=True))(
+        {"params": params, "batch_stats": stats}, x)
+    stages = {**stages, "logits": logits}
+    want = _network_np(x[0].astype(np.float64), blobs, arch, BLOCKS,
+                       STEM_POOL1_PAD[stem or "caffe2"])
+    for name, ref in want.items():
+        got = np.asarray(stages[name][0])
+        assert got.shape == ref.shape, name
+        # float32 against float64: 1e-5 relative, elementwise up to the stage's scale.
+        assert _rel_err(got, ref) < 1e-5, (name, _rel_err(got, ref))
+        np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max(),
+                                   err_msg=name)
+    if stem is None:
+        # The padded pool1 is another network on the same weights: from res3 on the
+        # shapes agree but the values do not (the bug this test guards against).
+        other = _network_np(x[0].astype(np.float64), blobs, arch, BLOCKS, 1)
+        assert other["res3"].shape == want["res3"].shape
+        assert _rel_err(other["logits"], want["logits"]) > 1e-2
+
+
 def _model(**kw):
     return ResNet3D(**{**dict(arch="i3d", blocks=BLOCKS, base_width=WIDTH,
                               num_classes=174, nonlocal_stages=NL), **kw})
@@ -323,7 +417,7 @@ def test_num_classes_option_keeps_a_matching_head_and_drops_another(tmp_path):
     flat, meta = convert.convert(src, "i3d_r50", num_classes=174)
     assert "params/pred/kernel" not in flat and meta["num_classes"] is None
     assert [s["name"] for s in meta["skipped"]] == ["pred_w", "pred_b"]
-    assert "not --num-classes 174" in meta["skipped"][0]["reason"]
+    assert "not --num_classes 174" in meta["skipped"][0]["reason"]
     convert.check_against_model(flat, meta)  # a head-less model fits
 
 
@@ -340,9 +434,9 @@ def test_unknown_blob_is_an_error_unless_skipped(tmp_path):
 def test_check_catches_a_wrong_arch(tmp_path):
     src = write_caffe2_pickle(str(tmp_path / "c2d.pkl"), fake_blobs("c2d"))
     with pytest.raises(convert.MergeError, match="conv1_w"):
-        convert.main(["--src", src, "--dst", str(tmp_path / "x.npz"), "--arch", "i3d_r50"])
+        convert_cli.main(["--src", src, "--dst", str(tmp_path / "x.npz"), "--arch", "i3d_r50"])
     assert not os.path.exists(tmp_path / "x.npz")
-    assert convert.main(["--src", src, "--dst", str(tmp_path / "x.npz"),
+    assert convert_cli.main(["--src", src, "--dst", str(tmp_path / "x.npz"),
                          "--arch", "c2d_r50"]) == 0
 
 
@@ -399,7 +493,7 @@ def test_imagenet_2d_weights_are_inflated_to_i3d(tmp_path):
                        classes=1000)
     src = write_caffe2_pickle(str(tmp_path / "r50.pkl"), blobs, junk=False)
     dst = str(tmp_path / "r50.npz")
-    assert convert.main(["--src", src, "--dst", dst, "--arch", "i3d_r50",
+    assert convert_cli.main(["--src", src, "--dst", dst, "--arch", "i3d_r50",
                          "--inflate", "center", "--skip", "pred_.*"]) == 0
     params, stats, meta = convert.load_converted(dst)
     assert params["conv1"]["kernel"].shape == (5, 7, 7, 3, WIDTH)
@@ -415,3 +509,57 @@ def test_imagenet_2d_weights_are_inflated_to_i3d(tmp_path):
     np.testing.assert_array_equal(stats["res_conv1_bn"]["mean"], 0)
     np.testing.assert_allclose(stats["res_conv1_bn"]["var"] + 1e-5, 1, rtol=1e-7)
     assert "res_conv1_bn" in meta["affine_only_bn"]
+
+
+def test_stem_is_recorded_and_reported_once(tmp_path, capsys):
+    src = write_caffe2_pickle(str(tmp_path / "k.pkl"), fake_blobs(nonlocal_stages=None))
+    dst = str(tmp_path / "k.npz")
+    assert convert_cli.main(["--src", src, "--dst", dst, "--arch", "i3d_r50"]) == 0
+    out, err = capsys.readouterr()
+    meta = convert.load_converted(dst)[2]
+    assert (meta["stem"], meta["stem_from"], meta["source_format"]) == (
+        "caffe2", "source format", "caffe2_pickle")
+    assert out.count("stem:") == 1 and "WARNING" not in out + err
+    assert "trained with 'caffe2' (pool1 padding 0" in out
+    assert "default model (--config.backbone.stem) uses 'caffe2'" in out
+    # Weights trained with PySlowFast's padded stem: recorded, and a warning, since the
+    # default model does not pad.
+    assert convert_cli.main(["--src", src, "--dst", dst, "--arch", "i3d_r50",
+                             "--stem", "pyslowfast"]) == 0
+    out, err = capsys.readouterr()
+    meta = convert.load_converted(dst)[2]
+    assert (meta["stem"], meta["stem_from"]) == ("pyslowfast", "--stem")
+    assert "stem:" not in out and err.count("WARNING: stem:") == 1
+    assert "--config.backbone.stem=pyslowfast" in err
+
+
+def test_stem_of_older_and_foreign_files():
+    # Files converted before 'stem' was recorded came from Caffe2 pickles.
+    assert convert.checkpoint_stem({"format": convert.FORMAT}) == "caffe2"
+    line, differs = convert.stem_report({"arch": "i3d"}, "caffe2")
+    assert not differs and "does not record" in line
+
+
+def test_init_from_reports_the_stems_and_warns_on_a_mismatch(tmp_path):
+    src = write_caffe2_pickle(str(tmp_path / "k.pkl"), fake_blobs(nonlocal_stages=None))
+    dst = str(tmp_path / "k.npz")
+    assert convert_cli.main(["--src", src, "--dst", dst, "--arch", "i3d_r50"]) == 0
+    config = ssv1_i3d.get_config()
+    assert config.backbone.stem == "caffe2"  # the default follows the Caffe2 original
+    config.data.num_classes = CLASSES
+    config.init_from.path = dst
+    config.backbone.blocks, config.backbone.base_width = BLOCKS, WIDTH
+    config.rstg.placement = "none"
+    for stem, warns in (("caffe2", False), ("pyslowfast", True)):
+        config.backbone.stem = stem
+        model = ssv1_models.create_ssv1_model(config)
+        assert model.stem == stem
+        variables = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype),
+                                 ssv1_models.init_shapes(model, (4, 32, 32, 3)))
+        said = []
+        ssv1_task.load_converted(config, variables, said.append)
+        lines = [m for m in said if "stem:" in m]
+        assert len(lines) == 1, said
+        assert lines[0].startswith("WARNING: ") == warns
+        assert f"the model uses '{stem}'" in lines[0]
+        assert "trained with 'caffe2'" in lines[0]

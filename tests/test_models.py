@@ -27,8 +27,8 @@ def tiny_config(model="rstg", ablation="all_temp", freeze=False, width=8):
   c = config_dict.ConfigDict()
   c.model = model
   c.ablation = ablation
-  c.num_classes = NUM_CLASSES
-  c.lstm_dim = 8
+  c.data = config_dict.ConfigDict(dict(num_classes=NUM_CLASSES))
+  c.baseline = config_dict.ConfigDict(dict(lstm_dim=8))
   c.backbone = config_dict.ConfigDict(dict(width=width, freeze=freeze))
   c.rstg = config_dict.ConfigDict(dict(dim=8, num_iters=2, scales=(1, 2), gather="attention",
                                        adjacency="sparse", layer_norm=False, scalewise=False))
@@ -37,8 +37,8 @@ def tiny_config(model="rstg", ablation="all_temp", freeze=False, width=8):
 
 def paper_config(model, ablation="all_temp"):
   c = tiny_config(model, ablation, width=512)
-  c.num_classes = 46
-  c.lstm_dim = 512
+  c.data.num_classes = 46
+  c.baseline.lstm_dim = 512
   c.rstg.update(dim=512, num_iters=3, scales=(1, 2, 3))
   return c
 

@@ -69,13 +69,18 @@ def test_expected_param_numbers_are_the_published_ones():
     assert NL_I3D_R50_PARAMS == 35_401_936
 
 
+# The Caffe2 original's unpadded pool1 takes conv1's 112x112 to floor((112 - 3) / 2) + 1
+# = 55; Table 4's 56 is the padded pool1 (stem='pyslowfast'). From res3 on the sizes
+# agree: res3's stride-2 3x3 (padding 1) gives floor((55 + 2 - 3) / 2) + 1 = 28 too.
+@pytest.mark.parametrize("stem,res2_hw", [(None, 55), ("caffe2", 55), ("pyslowfast", 56)])
 @pytest.mark.parametrize("res5_stride,res5_hw", [(1, 14), (2, 7)])
-def test_table4_feature_sizes(res5_stride, res5_hw):
-    model = ResNet3D(num_classes=174, arch="i3d", res5_stride=res5_stride)
+def test_table4_feature_sizes(stem, res2_hw, res5_stride, res5_hw):
+    kw = {} if stem is None else {"stem": stem}  # None: the default
+    model = ResNet3D(num_classes=174, arch="i3d", res5_stride=res5_stride, **kw)
     (logits, stages), _ = _shapes(model, (2, 32, 224, 224, 3), return_stages=True)
-    assert stages["pool1"].shape == (2, 32, 56, 56, 64)
-    assert stages["res2"].shape == (2, 32, 56, 56, 256)
-    assert stages["pool2"].shape == (2, 16, 56, 56, 256)
+    assert stages["pool1"].shape == (2, 32, res2_hw, res2_hw, 64)
+    assert stages["res2"].shape == (2, 32, res2_hw, res2_hw, 256)
+    assert stages["pool2"].shape == (2, 16, res2_hw, res2_hw, 256)
     assert stages["res3"].shape == (2, 16, 28, 28, 512)
     assert stages["res4"].shape == (2, 16, 14, 14, 1024)
     assert stages["res5"].shape == (2, 16, res5_hw, res5_hw, 2048)
@@ -212,6 +217,8 @@ def test_invalid_configurations_are_refused():
         jax.eval_shape(_tiny(nonlocal_stages={"res3": (1,)}).init, jax.random.key(0), X)
     with pytest.raises(ValueError, match="arch"):
         jax.eval_shape(_tiny(arch="x3d").init, jax.random.key(0), X)
+    with pytest.raises(ValueError, match="stem must be one of"):
+        jax.eval_shape(_tiny(stem="torch").init, jax.random.key(0), X)
 
 
 @functools.lru_cache(maxsize=None)

@@ -112,7 +112,8 @@ def prepared(tfds_mod, tmp_path_factory):
 
 def _dataset(tfds_mod, builder, split, **kw):
   kw.setdefault('batch_size', 4)
-  return tfds_mod.make_dataset(split, builder=builder, num_frames=T, crop_size=CROP,
+  from rstg_jax.ssv1 import pipeline  # pylint: disable=g-import-not-at-top
+  return pipeline.make_dataset(split, builder=builder, num_frames=T, crop_size=CROP,
                                short_side=SHORT, process_index=kw.pop('process_index', 0),
                                process_count=kw.pop('process_count', 1), **kw)
 

@@ -17,11 +17,12 @@ import optax
 import pytest
 from flax import traverse_util
 
-from rstg_jax.train import input as input_pipeline
-from rstg_jax.train import loop as train
+from rstg_jax import tasks
+from rstg_jax.train import optim
 from rstg_jax.graph import build_graph
 from rstg_jax.model import RSTG
 from rstg_jax.ssv1 import models as ssv1_models
+from rstg_jax.ssv1 import task as ssv1_task
 from rstg_jax.ssv1.resnet3d import count_params, frozen_bn_mask
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -44,7 +45,7 @@ def _config(name='ssv1_i3d', **rstg):
 
 def _tiny_config(placement='res3_4', arch='i3d'):
   config = _config()
-  config.num_classes = 5
+  config.data.num_classes = 5
   config.backbone.arch = arch
   config.backbone.blocks = (1, 1, 1, 1)
   config.backbone.base_width = 8
@@ -153,13 +154,22 @@ def test_i3d_rstg_res3_4_count_and_the_papers_4_scale_graph():
 def test_table4_graph_is_30_nodes_and_feature_sizes_at_224_and_256():
   assert build_graph((1, 2, 3, 4), 14).num_nodes == 30
   model = ssv1_models.create_ssv1_model(_config(scales=(1, 2, 3, 4)))
-  for size, (h3, h4) in ((224, (28, 14)), (256, (32, 16))):
+  # res2 is the Caffe2 original's 55x55 (Table 4: 56x56, a padded pool1); res3 on agree.
+  for size, (h2, h3, h4) in ((224, (55, 28, 14)), (256, (63, 32, 16))):
     (_, stages), _ = jax.eval_shape(
         lambda: model.init_with_output(jax.random.key(0), jnp.zeros((1, 32, size, size, 3)),
                                        return_stages=True))
+    assert stages['res2'].shape == (1, 32, h2, h2, 256)
     assert stages['res3'].shape == (1, 16, h3, h3, 512)
     assert stages['res4'].shape == (1, 16, h4, h4, 1024)
     assert stages['res5'].shape == (1, 16, h4, h4, 2048)  # res5 stride 1 (authors)
+
+
+def test_stem_comes_from_the_config():
+  assert ssv1_models.create_ssv1_model(_config()).stem == 'caffe2'
+  config = _config()
+  config.backbone.stem = 'pyslowfast'
+  assert ssv1_models.create_ssv1_model(config).stem == 'pyslowfast'
 
 
 # --- Reduced models that run --------------------------------------------------------------
@@ -218,10 +228,11 @@ def test_same_params_at_two_sizes_with_an_active_graph():
 
 def test_frozen_bn_gets_no_update_even_with_weight_decay():
   config = _tiny_config('res3')
-  config.weight_decay = 0.1
+  config.optim.weight_decay = 0.1
   model = ssv1_models.create_ssv1_model(config)
   params = _fill(ssv1_models.init_shapes(model, X.shape[1:]))['params']
-  tx = train.create_optimizer(config, optax.constant_schedule(0.1), params)
+  tx = optim.create_optimizer(config.optim, optax.constant_schedule(0.1),
+                              ssv1_task.TASK.frozen_mask(config, params))
   grads = jax.tree.map(np.ones_like, params)
   updates, _ = jax.jit(tx.update)(grads, tx.init(params), params)
   mask = traverse_util.flatten_dict(frozen_bn_mask(params))
@@ -237,15 +248,15 @@ def test_frozen_bn_gets_no_update_even_with_weight_decay():
 @pytest.mark.parametrize('name', SSV1_CONFIGS)
 def test_configs_are_valid_and_documented(name):
   config = _config(name)
-  train.validate_config(config)
-  assert config.num_classes == 174 and config.data.name == 'ssv1'
-  assert (config.data.num_frames, config.data.crop_size, config.dropout_rate) == (32, 224, 0.3)
+  tasks.for_config(check_data=False, config=config)
+  assert config.data.num_classes == 174 and config.data.name == 'ssv1'
+  assert (config.data.num_frames, config.data.crop_size, config.head.dropout_rate) == (32, 224, 0.3)
   assert config.backbone.bn_frozen and config.backbone.res5_stride == 1
-  assert (config.optimizer, config.momentum, config.nesterov) == ('sgd', 0.9, True)
-  assert config.data.root is None and config.init_from is None
+  assert (config.optim.optimizer, config.optim.momentum, config.optim.nesterov) == ('sgd', 0.9, True)
+  assert config.data.root is None and config.init_from.path is None
   doc = importlib.import_module(f'configs.{name}').__doc__
   assert f'python -m rstg_jax.main --config=configs/{name}.py' in doc
-  assert '--config.data.root=PATH' in doc and '--config.init_from=' in doc
+  assert '--config.data.root=PATH' in doc and '--config.init_from.path=' in doc
   paper = {'ssv1_i3d': '49.2', 'ssv1_i3d_vec': '47.7', 'ssv1_c2d': '42.8',
            'ssv1_i3d_nl': '44.4'}[name]
   assert paper in doc and 'Expected result:' in doc
@@ -255,19 +266,25 @@ def test_config_paths_are_overridable_and_placement_typos_list_the_valid_ones():
   from absl import flags  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
   argv = ['prog', f'--config={os.path.join(REPO, "configs", "ssv1_i3d.py")}',
-          '--config.data.root=/data/ssv1', '--config.init_from=k.npz',
-          '--config.data.tfds_dir=/data/tfds', '--config.rstg.scales=(1,2,3,4)']
+          '--config.data.root=/data/ssv1', '--config.init_from.path=k.npz',
+          '--config.data.tfds_dir=/data/tfds', '--config.rstg.scales=(1,2,3,4)',
+          '--config.backbone.stem=pyslowfast']
   fv = flags.FlagValues()
   config_flags.DEFINE_config_file('config', None, flag_values=fv, lock_config=True,
                                   sys_argv=argv)
   fv(argv)
   c = fv.config
-  assert (c.data.root, c.init_from, c.data.tfds_dir, tuple(c.rstg.scales)) == (
+  assert (c.data.root, c.init_from.path, c.data.tfds_dir, tuple(c.rstg.scales)) == (
       '/data/ssv1', 'k.npz', '/data/tfds', (1, 2, 3, 4))
+  assert c.backbone.stem == 'pyslowfast' and _config().backbone.stem == 'caffe2'
   bad = _config()
   bad.rstg.placement = 'res34'
   with pytest.raises(ValueError, match="placement 'res34'.*res3_4"):
-    train.validate_config(bad)
+    tasks.for_config(check_data=False, config=bad)
+  bad = _config()
+  bad.backbone.stem = 'torch'
+  with pytest.raises(ValueError, match="backbone.stem 'torch'.*caffe2, pyslowfast"):
+    tasks.for_config(check_data=False, config=bad)
 
 
 # --- Missing data -------------------------------------------------------------------------
@@ -294,4 +311,4 @@ def test_incomplete_root_names_the_missing_file(tmp_path):
   config.data.root = str(tmp_path)
   config.data.tfds_dir = str(tmp_path / 'tfds')
   with pytest.raises(ValueError, match='something-something-v1-labels.csv.*tfds_dir'):
-    input_pipeline.check_data(config)
+    ssv1_task.TASK.check_data(config)

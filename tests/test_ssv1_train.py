@@ -18,9 +18,9 @@ import pytest
 from configs import ssv1_i3d
 from rstg_jax.ssv1 import convert
 from rstg_jax import evaluate as evaluate_lib
-from rstg_jax.train import input as input_pipeline
 from rstg_jax.train import metrics as metrics_lib
 from rstg_jax.train import loop as train
+from rstg_jax.ssv1 import task as ssv1_task
 from rstg_jax.ssv1 import models as ssv1_models
 import ssv1_fixtures as fx
 
@@ -32,19 +32,19 @@ def _config(fake, tfds_dir, init_from):
   config.data.root = fake.root
   config.data.tfds_dir = str(tfds_dir)
   config.data.num_frames, config.data.crop_size, config.data.short_side = T, CROP, SHORT
-  config.num_classes = len(fake.class_names)
+  config.data.num_classes = len(fake.class_names)
   config.backbone.blocks = (1, 1, 1, 1)
   config.backbone.base_width = 8
   config.rstg.dim = 16
   config.rstg.scales = (1, 2)
   config.rstg.num_iters = 1
-  config.init_from = str(init_from)
+  config.init_from.path = str(init_from)
   config.batch_size = 2
-  config.eval_batch_size = 4
-  config.eval_size = 2
+  config.eval.batch_size = 4
+  config.eval.size = 2
   config.num_train_steps = 2
-  config.learning_rate = 0.05  # a visible change in two steps
-  config.log_every = config.eval_every = config.checkpoint_every = 2
+  config.optim.learning_rate = 0.05  # a visible change in two steps
+  config.log_every = config.eval.every = config.checkpoint_every = 2
   config.progress_bar = False
   return config
 
@@ -80,7 +80,7 @@ def run(tmp_path_factory):
   config = _config(fake, d / 'tfds', d / 'kinetics.npz')
   kinetics = _fake_kinetics_checkpoint(d / 'kinetics.npz', config)
   workdir = str(d / 'workdir')
-  state = train.train_and_evaluate(config, workdir)
+  state = train.train_and_evaluate(config, workdir, ssv1_task.TASK)
   return fake, config, kinetics, workdir, state
 
 
@@ -131,11 +131,11 @@ def test_training_stream_is_reproducible_from_any_start_step(run):
   # Resume semantics: the stream that starts at step s is a function of (seed, s), so a
   # run resumed from a checkpoint at step s reads the same data each time it is resumed.
   _, config, _, _, _ = run
-  a, b = input_pipeline.SSv1(config), input_pipeline.SSv1(config)
+  a, b = ssv1_task.TASK.create_dataset(config), ssv1_task.TASK.create_dataset(config)
   first = [a.batch(s)['video'] for s in (0, 1)]
   np.testing.assert_array_equal(b.batch(0)['video'], first[0])
   np.testing.assert_array_equal(b.batch(1)['video'], first[1])
   assert first[0].dtype == np.uint8 and first[0].shape == (2, T, CROP, CROP, 3)
-  resumed = [input_pipeline.SSv1(config).batch(5)['video'] for _ in range(2)]
+  resumed = [ssv1_task.TASK.create_dataset(config).batch(5)['video'] for _ in range(2)]
   np.testing.assert_array_equal(resumed[0], resumed[1])
   assert a.stream_seed(5) != a.stream_seed(0)

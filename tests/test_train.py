@@ -20,9 +20,15 @@ import pytest
 
 from configs import default
 from rstg_jax import evaluate as evaluate_lib
+from rstg_jax.syncmnist import task as syncmnist_task
+from rstg_jax.train import init_from
 from rstg_jax.train import input as input_pipeline
-from rstg_jax.train import metrics as metrics_lib
 from rstg_jax.train import loop as train
+from rstg_jax.train import metrics as metrics_lib
+from rstg_jax.train import optim
+from rstg_jax.train import setup as setup_lib
+from rstg_jax.train import state as state_lib
+from rstg_jax.train import task as task_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_CLASSES = 4
@@ -83,25 +89,43 @@ class FakeData:
         lambda idx: self._make(10 ** 6 + idx), self.eval_size, self.eval_batch_size)
 
 
+class FakeTask(task_lib.Task):
+  """The task contract around a given model and data set."""
+
+  def __init__(self, model, data):
+    self.model, self.data = model, data
+
+  def create_model(self, config):
+    return self.model
+
+  def create_dataset(self, config, process_index=0, process_count=1):
+    return self.data
+
+
 def make_config(**overrides):
+  """The default config made tiny; overrides by dotted name, e.g. **{'eval.every': 2}."""
   config = default.get_config()
-  config.num_classes = NUM_CLASSES
+  config.data.num_classes = NUM_CLASSES
   config.batch_size = 8
-  config.eval_batch_size = 8
-  config.eval_size = 20  # not a multiple of 8: the padded last batch is exercised.
+  config.eval.batch_size = 8
+  config.eval.size = 20  # not a multiple of 8: the padded last batch is exercised.
   config.num_train_steps = 6
   config.log_every = 1
-  config.eval_every = 2
+  config.eval.every = 2
   config.checkpoint_every = 3  # saves at 2, 3, 4, 6: evaluations are saved too.
-  config.optimizer = 'adam'
-  config.learning_rate = 0.05
+  config.optim.optimizer = 'adam'
+  config.optim.learning_rate = 0.05
   # Every evaluation counts as a plateau, so the lr scale changes mid-run and must be
   # restored on resume.
-  config.plateau.patience = 1
-  config.plateau.min_delta = 2.0
+  config.optim.plateau.patience = 1
+  config.optim.plateau.min_delta = 2.0
   config.progress_bar = False
   for k, v in overrides.items():
-    config[k] = v
+    *parents, leaf = k.split('.')
+    block = config
+    for part in parents:
+      block = block[part]
+    block[leaf] = v
   return config
 
 
@@ -110,7 +134,7 @@ def run_fake(workdir, config=None, **data_kw):
   config = config or make_config()
   model = TinyModel(nan_on_white='white_from' in data_kw)
   data = FakeData(config.batch_size, **data_kw)
-  return train.train_and_evaluate(config, workdir, model=model, dataset=data)
+  return train.train_and_evaluate(config, workdir, FakeTask(model, data))
 
 
 def _leaves(state):
@@ -123,11 +147,11 @@ def _train_losses(workdir):
 
 
 def test_loss_decreases_on_a_fixed_batch():
-  config = make_config(optimizer='sgd', learning_rate=0.1)
-  setup = train.make_setup(config, TinyModel(), FakeData(8))
-  variables = train.init_variables(setup.model, jax.random.key(0), INPUT_SHAPE)
-  train.finish_setup(setup, variables['params'])
-  state = train.create_train_state(variables['params'], variables['batch_stats'], setup.tx)
+  config = make_config(**{'optim.optimizer': 'sgd', 'optim.learning_rate': 0.1})
+  setup = setup_lib.make_setup(config, FakeTask(TinyModel(), FakeData(8)))
+  variables = state_lib.init_variables(setup.model, jax.random.key(0), INPUT_SHAPE)
+  state = state_lib.create_train_state(variables['params'], variables['batch_stats'],
+                                       setup.tx)
   batch = setup.to_device(setup.dataset.batch(0))
   losses = []
   for _ in range(15):
@@ -139,14 +163,14 @@ def test_loss_decreases_on_a_fixed_batch():
 
 def test_plateau_divides_the_scale_after_patience_evals():
   config = make_config()
-  config.plateau.patience = 2
-  config.plateau.min_delta = 0.01
+  config.optim.plateau.patience = 2
+  config.optim.plateau.min_delta = 0.01
   p = {'scale': 1.0, 'best': -np.inf, 'num_bad': 0}
-  p, reduced = train.update_plateau(p, {'top1': 0.5, 'loss': 1.0}, config)
+  p, reduced = optim.update_plateau(p, {'top1': 0.5, 'loss': 1.0}, config.optim.plateau)
   assert (float(p['best']), int(p['num_bad']), reduced) == (0.5, 0, False)
-  p, reduced = train.update_plateau(p, {'top1': 0.505, 'loss': 1.0}, config)  # < min_delta
+  p, reduced = optim.update_plateau(p, {'top1': 0.505, 'loss': 1.0}, config.optim.plateau)  # < min_delta
   assert (int(p['num_bad']), reduced) == (1, False)
-  p, reduced = train.update_plateau(p, {'top1': 0.4, 'loss': 1.0}, config)
+  p, reduced = optim.update_plateau(p, {'top1': 0.4, 'loss': 1.0}, config.optim.plateau)
   assert reduced and float(p['scale']) == pytest.approx(0.1) and int(p['num_bad']) == 0
 
 
@@ -193,7 +217,7 @@ def test_training_writes_metrics_checkpoints_and_curves(uninterrupted):
   assert os.path.exists(os.path.join(workdir, 'curves.png'))
   meta = json.load(open(os.path.join(workdir, 'checkpoints', '6', 'meta', 'metadata')))
   assert meta['step'] == 6 and meta['class_names'] == list(FakeData.class_names)
-  assert meta['config']['optimizer'] == 'adam'
+  assert meta['config']['optim']['optimizer'] == 'adam'
   assert 'tensorflow' not in sys.modules
 
 
@@ -223,7 +247,8 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
   with pytest.raises(train.NonFiniteLossError, match=r'at step 4.*last good checkpoint '
                      r'is step 2'):
     # The batch of step index 3 (the 4th step) is white: NaN loss at step 4.
-    run_fake(workdir, make_config(log_every=100, eval_every=100, checkpoint_every=2),
+    run_fake(workdir, make_config(**{'log_every': 100, 'eval.every': 100,
+                                     'checkpoint_every': 2}),
              white_from=3)
   saved = sorted(int(d) for d in os.listdir(os.path.join(workdir, 'checkpoints'))
                  if d.isdigit())
@@ -233,8 +258,8 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
 def test_evaluate_writes_per_class_accuracy_and_confusion(uninterrupted):
   workdir, _ = uninterrupted
   config = make_config()
-  summary = evaluate_lib.run(config, workdir, 'best', model=TinyModel(),
-                             dataset=FakeData(8))
+  summary = evaluate_lib.run(config, workdir, 'best',
+                             task=FakeTask(TinyModel(), FakeData(8)))
   out = os.path.join(workdir, f'eval_{summary["step"]}')
   assert summary['count'] == 20 and summary['step'] in (2, 4, 6)
   rows = json.load(open(os.path.join(out, 'per_class_accuracy.json')))
@@ -246,8 +271,7 @@ def test_evaluate_writes_per_class_accuracy_and_confusion(uninterrupted):
 
 
 class FakeDataWithTest(FakeData):
-  """FakeData with a val split (evaluated during training) and a held-out test split."""
-  eval_split = 'val'
+  """FakeData with a held-out test split beside the one evaluated during training."""
   test_size = 12
 
   def __init__(self, *args, **kwargs):
@@ -260,11 +284,17 @@ class FakeDataWithTest(FakeData):
         lambda idx: self._make(2 * 10 ** 6 + idx), self.test_size, self.eval_batch_size)
 
 
+class FakeTaskWithTest(FakeTask):
+  """Selects on 'val' (`eval_batches`), reports 'test' (`test_batches`), as SyncMNIST."""
+  selection_split = 'val'
+  test_split = 'test'
+
+
 def test_selection_on_val_and_test_once_at_the_end(tmp_path):
   workdir = str(tmp_path)
   config = make_config()
   data = FakeDataWithTest(config.batch_size)
-  train.train_and_evaluate(config, workdir, model=TinyModel(), dataset=data)
+  train.train_and_evaluate(config, workdir, FakeTaskWithTest(TinyModel(), data))
   rows = metrics_lib.read_jsonl(os.path.join(workdir, 'metrics.jsonl'))
   val = [r for r in rows if r['split'] == 'val']
   test = [r for r in rows if r['split'] == 'test']
@@ -273,19 +303,32 @@ def test_selection_on_val_and_test_once_at_the_end(tmp_path):
   best = max(r['top1'] for r in val)
   assert test[0]['step'] in [r['step'] for r in val if r['top1'] == best]
   assert test[0]['chosen_on'] == 'val' and test[0]['count'] == 12
+  assert test[0]['final_step'] == 6
   # ... whose metadata holds its val metrics.
   meta = json.load(open(os.path.join(workdir, 'checkpoints', str(test[0]['step']), 'meta',
                                      'metadata')))
   assert meta['eval_split'] == 'val' and meta['eval']['top1'] == best
   # The same command on the finished run does not evaluate test again.
   again = FakeDataWithTest(config.batch_size)
-  train.train_and_evaluate(config, workdir, model=TinyModel(), dataset=again)
+  train.train_and_evaluate(config, workdir, FakeTaskWithTest(TinyModel(), again))
   rows = metrics_lib.read_jsonl(os.path.join(workdir, 'metrics.jsonl'))
   assert again.test_calls == 0 and len([r for r in rows if r['split'] == 'test']) == 1
   # The evaluate command reads the test split.
-  summary = evaluate_lib.run(config, workdir, 'best', model=TinyModel(), dataset=again)
+  summary = evaluate_lib.run(config, workdir, 'best',
+                             task=FakeTaskWithTest(TinyModel(), again))
   assert summary['split'] == 'test' and summary['count'] == 12 and again.test_calls == 1
   assert summary['top1'] == pytest.approx(test[0]['top1'])
+
+
+def test_a_task_without_a_test_split_selects_and_reports_one_split(uninterrupted):
+  # The default contract (SSv1: its labelled validation split is the only one): rows
+  # named 'test', no final evaluation, metadata says what the best checkpoint was chosen on.
+  workdir, _ = uninterrupted
+  rows = metrics_lib.read_jsonl(os.path.join(workdir, 'metrics.jsonl'))
+  assert {r['split'] for r in rows} == {'train', 'test'}
+  assert not any('chosen_on' in r for r in rows)
+  meta = json.load(open(os.path.join(workdir, 'checkpoints', '6', 'meta', 'metadata')))
+  assert meta['eval_split'] == 'test'
 
 
 _FOUR_DEVICES = """
@@ -302,7 +345,7 @@ print('RESULT' + json.dumps([x.tolist() for x in t._leaves(state)]))
 def test_four_devices_give_the_same_losses_as_one(tmp_path):
   # SGD here: Adam divides by sqrt(v) and so amplifies the last-bit differences of
   # near-zero gradients that a different reduction order produces.
-  overrides = dict(optimizer='sgd', learning_rate=0.1)
+  overrides = {'optim.optimizer': 'sgd', 'optim.learning_rate': 0.1}
   workdir = str(tmp_path / 'one')
   assert jax.device_count() == 1
   state = run_fake(workdir, make_config(**overrides))
@@ -325,7 +368,7 @@ def test_pretrained_backbone_is_computed_once_then_loaded_from_the_cache(tmp_pat
                                                                         monkeypatch):
   import rstg_jax.syncmnist  # pylint: disable=g-import-not-at-top
   calls = []
-  fresh = train.init_variables(TinyModel(), jax.random.key(0), INPUT_SHAPE)['params']
+  fresh = state_lib.init_variables(TinyModel(), jax.random.key(0), INPUT_SHAPE)['params']
   trained = jax.tree.map(lambda x: np.full(x.shape, 0.5, np.float32), fresh['backbone'])
 
   def saver(path, params):
@@ -340,7 +383,7 @@ def test_pretrained_backbone_is_computed_once_then_loaded_from_the_cache(tmp_pat
   config = make_config()
   config.backbone.pretrain_steps = 7
   for _ in range(2):
-    params = train._load_pretrained_backbone(config, str(tmp_path), fresh, print)
+    params = syncmnist_task.pretrained_backbone(config, str(tmp_path), fresh, print)
     np.testing.assert_array_equal(params['backbone']['kernel'], trained['kernel'])
     np.testing.assert_array_equal(params['Dense_0']['kernel'], fresh['Dense_0']['kernel'])
   assert len(calls) == 1 and calls[0]['steps'] == 7
@@ -349,8 +392,8 @@ def test_pretrained_backbone_is_computed_once_then_loaded_from_the_cache(tmp_pat
 
 def test_init_from_copies_the_parameters_of_another_run(uninterrupted):
   workdir, state = uninterrupted
-  fresh = train.init_variables(TinyModel(), jax.random.key(1), INPUT_SHAPE)['params']
-  params = train._load_init_from(workdir, fresh, print)
+  fresh = state_lib.init_variables(TinyModel(), jax.random.key(1), INPUT_SHAPE)
+  params = init_from.init_from_run(workdir, fresh, (), print)['params']
   for a, b in zip(jax.tree.leaves(params), _leaves(state)):
     np.testing.assert_array_equal(np.asarray(a), b)
 
@@ -367,15 +410,15 @@ def test_real_model_and_syncmnist_end_to_end(tmp_path):
   config = default.get_config()
   config.backbone.width = 8
   config.rstg.dim = 16
-  config.lstm_dim = 16
+  config.baseline.lstm_dim = 16
   config.rstg.num_iters = 1
-  config.batch_size = config.eval_batch_size = 4
-  config.eval_size = 6
+  config.batch_size = config.eval.batch_size = 4
+  config.eval.size = 6
   config.data.val_size = 4
   config.num_train_steps = 2
-  config.log_every = config.eval_every = config.checkpoint_every = 1
+  config.log_every = config.eval.every = config.checkpoint_every = 1
   config.progress_bar = False
-  state = train.train_and_evaluate(config, str(tmp_path))
+  state = train.train_and_evaluate(config, str(tmp_path), syncmnist_task.TASK)
   assert int(state['step']) == 2
   summary = evaluate_lib.run(None, str(tmp_path), 'latest')  # config from the checkpoint
   assert summary['count'] == 6 and summary['step'] == 2 and summary['split'] == 'test'

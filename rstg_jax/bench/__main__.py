@@ -2,7 +2,7 @@
 
 Names: graph (the RSTG module, issue targets vs a matmul measured in the same run),
 syncmnist (the SyncMNIST generator), ssv1 (I3D-R50 + RSTG forward and training step, and
-the graph's share of the time). Each lives in `rstg_jax/benchmarks/NAME.py`.
+the graph's share of the time). Each lives in `rstg_jax/bench/NAME.py`.
 """
 
 import importlib

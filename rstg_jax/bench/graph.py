@@ -20,15 +20,16 @@ meaningful on a noisy machine even when absolute numbers are not:
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import statistics
 import time
 
+from absl import flags
 import jax
 import jax.numpy as jnp
 
+from rstg_jax import cli
 from rstg_jax.graph import build_graph
 from rstg_jax.model import RSTG
 from rstg_jax.stages import init_space_params, space_stage_flops
@@ -101,12 +102,13 @@ def bench_case(scales, feature_size, batch, frames, dim, num_iters, adjacency, r
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(prog="python -m rstg_jax.bench graph",
-                                   description=__doc__.split("\n")[0])
-  parser.add_argument("--repeats", type=int, default=3, help="timed runs per case (median)")
-  parser.add_argument("--quick", action="store_true",
-                      help="smaller batch for a fast smoke run (numbers not comparable)")
-  args = parser.parse_args(argv)
+  def define(fv):
+    flags.DEFINE_integer("repeats", 3, "timed runs per case (median)", flag_values=fv)
+    flags.DEFINE_bool("quick", False,
+                      "smaller batch for a fast smoke run (numbers not comparable)",
+                      flag_values=fv)
+
+  args, _ = cli.parse_command(define, argv or [], "python -m rstg_jax.bench graph")
   r = args.repeats
   batch = 2 if args.quick else 8
   dim, k = 512, 3

@@ -24,21 +24,25 @@ warm-up (compile) call.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import platform
 import statistics
 import time
 
+from absl import flags
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from configs import ssv1_i3d
-from rstg_jax.train import input as input_pipeline
-from rstg_jax.train import loop as train
+from rstg_jax import cli
 from rstg_jax.ssv1 import models as ssv1_models
+from rstg_jax.ssv1 import reader
+from rstg_jax.ssv1 import task as ssv1_task
+from rstg_jax.train import optim
+from rstg_jax.train import state as state_lib
+from rstg_jax.train import steps
 
 
 def _once(fn, *args):
@@ -73,15 +77,15 @@ def build_cases(config, batch, frames, size):
   variables = _random_variables(model, input_shape)
   rng = np.random.default_rng(1)
   video = jnp.asarray(rng.integers(0, 256, (batch, *input_shape), dtype=np.uint8))
-  labels = jnp.asarray(rng.integers(0, config.num_classes, batch), jnp.int32)
-  normalize = input_pipeline.normalize_ssv1
+  labels = jnp.asarray(rng.integers(0, config.data.num_classes, batch), jnp.int32)
+  normalize = reader.normalize
 
   forward = jax.jit(lambda v, x: model.apply(v, normalize(x), train=False))
-  tx = train.create_optimizer(config, lambda step: config.learning_rate,
-                              variables['params'])
-  state = train.create_train_state(variables['params'], variables['batch_stats'], tx)
+  tx = optim.create_optimizer(config.optim, lambda step: config.optim.learning_rate,
+                              ssv1_task.TASK.frozen_mask(config, variables['params']))
+  state = state_lib.create_train_state(variables['params'], variables['batch_stats'], tx)
   # No donation: the same state is reused by every timed call.
-  step = jax.jit(functools.partial(train.train_step, model=model, tx=tx,
+  step = jax.jit(functools.partial(steps.train_step, model=model, tx=tx,
                                    base_key=jax.random.key(0), preprocess=normalize))
   cases = {'forward': (forward, (variables, video)),
            'train_step': (step, (state, {'video': video, 'label': labels}))}
@@ -112,13 +116,13 @@ def bench_models(configs: dict, batch, frames, size, repeats) -> dict:
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(prog='python -m rstg_jax.bench ssv1',
-                                   description=__doc__.split('\n')[0])
-  parser.add_argument('--batch', type=int, default=2, help='clips per step')
-  parser.add_argument('--frames', type=int, default=8, help='frames per clip (paper: 32)')
-  parser.add_argument('--size', type=int, default=112, help='crop size (paper: 224)')
-  parser.add_argument('--repeats', type=int, default=5, help='timed runs (median)')
-  args = parser.parse_args(argv)
+  def define(fv):
+    flags.DEFINE_integer('batch', 2, 'clips per step', flag_values=fv)
+    flags.DEFINE_integer('frames', 8, 'frames per clip (paper: 32)', flag_values=fv)
+    flags.DEFINE_integer('size', 112, 'crop size (paper: 224)', flag_values=fv)
+    flags.DEFINE_integer('repeats', 5, 'timed runs (median)', flag_values=fv)
+
+  args, _ = cli.parse_command(define, argv or [], 'python -m rstg_jax.bench ssv1')
 
   config = ssv1_i3d.get_config()
   config.batch_size = args.batch

@@ -1,16 +1,15 @@
 """Throughput of the SyncMNIST generator (videos/s), to check it never limits training.
 
-Prints one JSON object: median videos/s of `rstg_jax.data.syncmnist.generate` for 3 and
+Prints one JSON object: median videos/s of `rstg_jax.syncmnist.generator.generate` for 3 and
 5 digits at a given batch size, and single-digit images/s of `generate_single_digit`.
 The one-off MNIST load is timed separately and excluded from the rates.
 
-  python -m rstg_jax.benchmarks.syncmnist [--batch 64 --repeats 5 --split train]
+  python -m rstg_jax.bench syncmnist [--batch 64 --repeats 5 --split train]
   python -m rstg_jax.bench syncmnist      (the benchmark dispatcher calls main())
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -18,7 +17,10 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 
+from absl import flags
 import numpy as np
+
+from rstg_jax import cli
 
 
 def _median_rate(fn: Callable[[np.ndarray], object], batch: int, repeats: int, first: int) -> float:
@@ -46,19 +48,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     Returns:
       None, so that ``sys.exit(main())`` exits with status 0.
     """
-    parser = argparse.ArgumentParser(
-        prog="python -m rstg_jax.bench.syncmnist", description=__doc__.splitlines()[0]
-    )
-    parser.add_argument("--batch", type=int, default=64, help="videos per generate() call")
-    parser.add_argument("--repeats", type=int, default=5, help="timed calls per setting (median)")
-    parser.add_argument("--split", choices=("train", "val", "test"), default="train")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--mnist-path", default=None, help="local MNIST copy")
-    args = parser.parse_args(argv)
+    def define(fv):
+        flags.DEFINE_integer("batch", 64, "videos per generate() call", flag_values=fv)
+        flags.DEFINE_integer("repeats", 5, "timed calls per setting (median)", flag_values=fv)
+        flags.DEFINE_enum("split", "train", ["train", "val", "test"], "split", flag_values=fv)
+        flags.DEFINE_integer("seed", 0, "generator seed", flag_values=fv)
+        flags.DEFINE_string("mnist_path", None, "local MNIST copy", flag_values=fv)
+
+    args, _ = cli.parse_command(define, list(argv or []), "python -m rstg_jax.bench syncmnist")
     if args.batch <= 0 or args.repeats <= 0:
-        parser.error("--batch and --repeats must be positive")
+        cli.usage_error("python -m rstg_jax.bench syncmnist", "--batch and --repeats must be positive")
     if (args.repeats + 1) * args.batch > 10_000:
-        parser.error("(--repeats + 1) * --batch must be at most 10000 (the test split size)")
+        cli.usage_error("python -m rstg_jax.bench syncmnist",
+                        "(--repeats + 1) * --batch must be at most 10000 (the test split size)")
 
     from rstg_jax.syncmnist import mnist, generator as syncmnist
 

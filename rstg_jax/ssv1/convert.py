@@ -14,7 +14,7 @@ Non-local repo (also served by the PySlowFast model zoo). Those are Caffe2 pickl
     *_momentum, model_iter, lr                 (solver state: dropped)
 
 `s` is the BN scale, `b` its bias, `rm` the running mean and `riv` the running variance
-(despite the name). They map onto `rstg_jax.models.resnet3d.ResNet3D`, whose module
+(despite the name). They map onto `rstg_jax.ssv1.resnet3d.ResNet3D`, whose module
 names mirror these: conv weights [out, in, t, h, w] become flax kernels [t, h, w, in, out].
 
 ImageNet ResNet-50 weights in the same Caffe2 naming with 2D kernels [out, in, h, w]
@@ -25,14 +25,15 @@ AffineChannel) gets mean 0 and variance 1 - eps, i.e. the same affine map.
 Command:
 
     python -m rstg_jax.convert --src i3d_baseline_8x8_IN_pretrain_400k.pkl \\
-        --dst i3d_r50_k400.npz --arch i3d_r50 [--num-classes 174] [--skip 'pred_.*']
+        --dst i3d_r50_k400.npz --arch i3d_r50 [--num_classes 174] [--skip 'pred_.*']
+        [--stem caffe2|pyslowfast]
 
 writes an .npz whose keys are '/'-joined variable paths ('params/res2_0/branch2a/kernel',
 'batch_stats/res2_0/branch2a_bn/mean', ...) plus '__meta__' (JSON: source file and hash,
-arch, skipped and dropped blobs, the Caffe2 name of every tensor). A trainer reads it with
-`load_converted` and fills its initial variables with `merge_pretrained`, which is strict
-like big_vision's loader: every checkpoint tensor is used or skipped by a pattern, every
-model variable is filled or named by a `dont_load` pattern, and shapes must agree.
+arch, stem, skipped and dropped blobs, the Caffe2 name of every tensor). A trainer reads
+it with `load_converted` and fills its initial variables with `merge_pretrained`, which is
+strict like big_vision's loader: every checkpoint tensor is used or skipped by a pattern,
+every model variable is filled or named by a `dont_load` pattern, and shapes must agree.
 
 In a trainer (the graph blocks and the new 174-way head keep their init values):
 
@@ -44,33 +45,34 @@ In a trainer (the graph blocks and the new 174-way head keep their init values):
 Pass real initial variables: with `jax.eval_shape` ones, the variables kept at init
 stay `ShapeDtypeStruct`s (which is what the command's own shape check uses).
 
+The weights alone do not fix the network: pool1's padding is not a parameter, and the
+same tensors compute different features with the Caffe2 stem (no padding) and the
+PySlowFast one (padding 1; see `resnet3d.STEMS`). The metadata's 'stem' records the one
+the checkpoint was trained with, from the source format: a Caffe2 pickle (what this
+reads) comes from the Caffe2 Non-local code, 'caffe2'; `--stem pyslowfast` says
+otherwise for weights trained in PySlowFast and saved under Caffe2 names. The command
+and the trainer's `init_from` report it next to the model's stem (`stem_report`) and warn
+when the two differ.
+
 A pickle can run arbitrary code when loaded, so `read_caffe2_pickle` unpickles with an
 allow-list that admits numpy array reconstruction and plain containers only.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
-import pickle
 import re
-import sys
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rstg_jax.ssv1.resnet3d import ResNet3D, temporal_kernel
-
-try:  # numpy >= 2 moved numpy.core to numpy._core; old pickles still name numpy.core.
-    from numpy._core import multiarray as _multiarray
-    from numpy._core import numeric as _numeric
-except ImportError:  # pragma: no cover - numpy 1.x
-    from numpy.core import multiarray as _multiarray
-    from numpy.core import numeric as _numeric
+from rstg_jax import safe_pickle
+from rstg_jax.ssv1.resnet3d import STEMS, ResNet3D, temporal_kernel
+from rstg_jax.train import init_from
 
 FORMAT = "rstg_jax.convert/1"
 META_KEY = "__meta__"
@@ -87,60 +89,26 @@ _SOLVER_JUNK = re.compile(r".*_momentum|model_iter|lr")
 ARCHS = {"i3d_r50": "i3d", "c2d_r50": "c2d", "i3d": "i3d", "c2d": "c2d"}
 
 
-class UnsafePickleError(pickle.UnpicklingError):
-    """A pickle referenced a global outside the allow-list (it could run code)."""
+UnsafePickleError = safe_pickle.UnsafePickleError
 
 
 class ConversionError(ValueError):
     """A blob could not be mapped onto the model (unknown name, unexpected shape)."""
 
+# The stem each source format's weights were trained with: a Caffe2 pickle is the
+# Caffe2 Non-local code's model, whose pool1 has no padding.
+SOURCE_FORMAT = "caffe2_pickle"
+SOURCE_STEM = {SOURCE_FORMAT: "caffe2"}
 
-class MergeError(ValueError):
-    """Checkpoint and model variables do not match; the message lists every problem."""
+
+MergeError = init_from.MergeError
 
 
 # ----------------------------------------------------------------------------- reading
 
-# Everything a Caffe2 pickle of numpy arrays needs, and nothing that can call out:
-# array and scalar reconstruction, dtypes, ordered dicts. `_codecs.encode` is how
-# Python 3 writes bytes in protocol 2 pickles (it only turns a str into bytes), and
-# `_frombuffer` how numpy writes arrays in protocol 5 (np.frombuffer + reshape).
-_ALLOWED_GLOBALS = {
-    ("numpy.core.numeric", "_frombuffer"): _numeric._frombuffer,
-    ("numpy._core.numeric", "_frombuffer"): _numeric._frombuffer,
-    ("numpy.core.multiarray", "_reconstruct"): _multiarray._reconstruct,
-    ("numpy._core.multiarray", "_reconstruct"): _multiarray._reconstruct,
-    ("numpy.core.multiarray", "scalar"): _multiarray.scalar,
-    ("numpy._core.multiarray", "scalar"): _multiarray.scalar,
-    ("numpy", "ndarray"): np.ndarray,
-    ("numpy", "dtype"): np.dtype,
-    ("collections", "OrderedDict"): __import__("collections").OrderedDict,
-    ("builtins", "dict"): dict,
-    ("builtins", "list"): list,
-    ("builtins", "tuple"): tuple,
-    ("builtins", "set"): set,
-    ("builtins", "frozenset"): frozenset,
-    ("_codecs", "encode"): __import__("codecs").encode,
-}
-
-
-class RestrictedUnpickler(pickle.Unpickler):
-    """An Unpickler that only resolves the globals of `_ALLOWED_GLOBALS`."""
-
-    def find_class(self, module: str, name: str):
-        try:
-            return _ALLOWED_GLOBALS[(module, name)]
-        except KeyError:
-            raise UnsafePickleError(
-                f"refusing to load global '{module}.{name}' from the pickle: only numpy "
-                "arrays and plain containers are allowed in a checkpoint (a pickle that "
-                "names other globals can run arbitrary code)") from None
-
-
 def restricted_load(f, encoding: str = "latin1") -> Any:
-    """`pickle.load` with the allow-list. latin1 decodes Python 2 `str` blobs (array
-    bytes and names) byte for byte, which is what numpy expects of them."""
-    return RestrictedUnpickler(f, encoding=encoding).load()
+    """`pickle.load` with `rstg_jax.safe_pickle`'s allow-list (arrays and containers)."""
+    return safe_pickle.load(f, what="the checkpoint pickle", encoding=encoding)
 
 
 def read_caffe2_pickle(path: str) -> tuple[dict[str, np.ndarray], list[str]]:
@@ -334,16 +302,12 @@ def _arch(arch: str) -> str:
         raise ValueError(f"arch must be one of {sorted(ARCHS)}, got {arch!r}") from None
 
 
-def _matches(patterns: Iterable[str], *names: Optional[str]) -> Optional[str]:
-    for p in patterns:
-        for n in names:
-            if n is not None and re.fullmatch(p, n):
-                return p
-    return None
+_matches = init_from.matches
 
 
 def convert(src: str, arch: str, skip: Sequence[str] = (), num_classes: Optional[int] = None,
-            inflate_mode: str = "average") -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+            inflate_mode: str = "average", stem: Optional[str] = None
+            ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Converts a Caffe2 pickle into flat ResNet3D variables plus metadata.
 
     Args:
@@ -353,7 +317,11 @@ def convert(src: str, arch: str, skip: Sequence[str] = (), num_classes: Optional
       num_classes: the target head size; if the checkpoint's `pred` has another size it
         is left out (and listed in the metadata's `skipped` with the reason).
       inflate_mode: how 2D kernels become 3D ('average' or 'center').
+      stem: the pool1 convention the weights were trained with ('caffe2' or
+        'pyslowfast'); None takes it from the source format (a Caffe2 pickle: 'caffe2').
     """
+    if stem is not None and stem not in STEMS:
+        raise ValueError(f"stem must be one of {sorted(STEMS)}, got {stem!r}")
     blobs, dropped = read_caffe2_pickle(src)
     skipped = []
     for name in sorted(blobs):
@@ -367,15 +335,49 @@ def convert(src: str, arch: str, skip: Sequence[str] = (), num_classes: Optional
             if name in blobs:
                 skipped.append({"name": name, "shape": list(blobs[name].shape),
                                 "reason": f"{pred_w.shape[0]} classes, not "
-                                          f"--num-classes {num_classes}"})
+                                          f"--num_classes {num_classes}"})
                 del blobs[name]
     flat, info = caffe2_to_flax(blobs, arch, inflate_mode)
     with open(src, "rb") as f:
         sha256 = hashlib.sha256(f.read()).hexdigest()
     meta = {"format": FORMAT, "source": os.path.abspath(src), "source_sha256": sha256,
             "arch": _arch(arch), "inflate_mode": inflate_mode if info["inflated"] else None,
+            "source_format": SOURCE_FORMAT, "stem": stem or SOURCE_STEM[SOURCE_FORMAT],
+            "stem_from": "--stem" if stem else "source format",
             "skipped": skipped, "dropped": dropped, **info, **infer_structure(flat)}
     return flat, meta
+
+
+def checkpoint_stem(meta: Mapping[str, Any]) -> Optional[str]:
+    """The stem a converted checkpoint was trained with; None if its metadata cannot
+    tell. Files this module wrote before 'stem' was recorded came from Caffe2 pickles."""
+    if meta.get("stem"):
+        return meta["stem"]
+    if meta.get("format") == FORMAT:
+        return SOURCE_STEM[SOURCE_FORMAT]
+    return None
+
+
+def stem_report(meta: Mapping[str, Any], model_stem: str, model: str = "the model"
+                ) -> tuple[str, bool]:
+    """One line on the checkpoint's stem and the model's, and whether they differ
+    (then the caller warns).
+
+    A mismatch leaves every shape from res3 on the same (so loading succeeds) but shifts
+    every pool1 window by one pixel against the grid the weights were trained on.
+    """
+    ckpt = checkpoint_stem(meta)
+    model = f"{model} uses '{model_stem}' (pool1 padding {STEMS[model_stem]})"
+    if ckpt is None:
+        return (f"stem: the checkpoint does not record which stem it was trained with; "
+                f"{model}", False)
+    line = (f"stem: the checkpoint was trained with '{ckpt}' (pool1 padding {STEMS[ckpt]}, "
+            f"from {meta.get('stem_from', 'source format')}), {model}")
+    if ckpt == model_stem:
+        return line, False
+    return (f"{line}: pooling windows are shifted by a pixel against the grid the weights "
+            f"were trained on, so the network is not the checkpoint's; set "
+            f"--config.backbone.stem={ckpt} unless this is intended"), True
 
 
 # ------------------------------------------------------------------------ saving/loading
@@ -392,26 +394,10 @@ def save_converted(path: str, flat: Mapping[str, np.ndarray], meta: Mapping[str,
     os.replace(tmp, path)
 
 
-def _unflatten(flat: Mapping[str, Any]) -> dict:
-    tree: dict = {}
-    for key, value in flat.items():
-        node = tree
-        *parents, leaf = key.split("/")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return tree
+_unflatten = init_from.unflatten
 
 
-def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in tree.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, Mapping):
-            out.update(_flatten(v, key + "/"))
-        else:
-            out[key] = v
-    return out
+_flatten = init_from.flatten
 
 
 def load_converted(path: str) -> tuple[dict, dict, dict]:
@@ -462,48 +448,9 @@ def merge_pretrained(init_variables: Mapping[str, Any], loaded: Any,
         params, batch_stats, meta = loaded
         loaded = {"params": params, "batch_stats": batch_stats, "meta": meta}
     meta = loaded.get("meta") or {}
-    sources = meta.get("sources", {})
-    ckpt = _flatten({k: v for k, v in loaded.items() if k != "meta"})
-    model = _flatten(_to_dict(init_variables))
-
-    filled, report = {}, {"loaded": [], "skipped": [], "kept_at_init": []}
-    unused, mismatched, missing, mismatched_keys = [], [], [], set()
-    for key, value in sorted(ckpt.items()):
-        name = sources.get(key)
-        label = f"{key} ({name})" if name else key
-        if p := _matches(skip, key, name):
-            report["skipped"].append(f"{label}: skip {p}")
-        elif key not in model:
-            unused.append(label)
-        elif p := _matches(dont_load, key):
-            report["skipped"].append(f"{label}: dont_load {p}")
-        elif tuple(value.shape) != tuple(model[key].shape):
-            mismatched.append(f"{label}: checkpoint {tuple(value.shape)} vs model "
-                              f"{tuple(model[key].shape)}")
-            mismatched_keys.add(key)
-        else:
-            filled[key] = np.asarray(value).astype(model[key].dtype)
-            report["loaded"].append(key)
-    for key in sorted(model):
-        if key in filled or key in mismatched_keys:  # a mismatch is reported once
-            continue
-        if _matches(dont_load, key):
-            report["kept_at_init"].append(key)
-        else:
-            missing.append(key)
-
-    problems = []
-    if unused:
-        problems.append(f"{len(unused)} checkpoint tensor(s) not used by the model (add a "
-                        f"skip pattern if intended): " + ", ".join(unused))
-    if missing:
-        problems.append(f"{len(missing)} model variable(s) missing from the checkpoint "
-                        f"(add a dont_load pattern if intended): " + ", ".join(missing))
-    if mismatched:
-        problems.append(f"{len(mismatched)} shape mismatch(es): " + "; ".join(mismatched))
-    if problems:
-        raise MergeError("cannot merge pretrained weights:\n  " + "\n  ".join(problems))
-    return _unflatten({**model, **filled}), report
+    return init_from.merge_params(
+        _to_dict(init_variables), {k: v for k, v in loaded.items() if k != "meta"},
+        dont_load=dont_load, skip=skip, sources=meta.get("sources", {}))
 
 
 def _to_dict(tree: Any) -> Any:
@@ -531,54 +478,3 @@ def check_against_model(flat: Mapping[str, np.ndarray], meta: Mapping[str, Any])
             f"{tuple(meta['blocks'])}); temporal sizes that differ in conv1 and branch2a "
             "kernels mean the checkpoint is of the other --arch)") from None
     return report
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m rstg_jax.convert",
-        description="Convert a Caffe2 C2D/I3D ResNet-50 pickle (Non-local repo, PySlowFast "
-                    "model zoo) into an .npz for rstg_jax.convert.load_converted.")
-    parser.add_argument("--src", required=True, help="Caffe2 pickle (.pkl)")
-    parser.add_argument("--dst", required=True, help="output .npz")
-    parser.add_argument("--arch", required=True, choices=("i3d_r50", "c2d_r50"))
-    parser.add_argument("--num-classes", type=int, default=None,
-                        help="target head size; a checkpoint head of another size is "
-                             "left out (e.g. 174 for Something-Something-v1)")
-    parser.add_argument("--skip", action="append", default=[], metavar="REGEX",
-                        help="leave out Caffe2 blobs whose name fully matches (repeatable)")
-    parser.add_argument("--inflate", choices=("average", "center"), default="average",
-                        help="how 2D (ImageNet) kernels are inflated to 3D")
-    parser.add_argument("--no-check", action="store_true",
-                        help="skip the shape check against the ResNet3D the file describes")
-    args = parser.parse_args(argv)
-
-    flat, meta = convert(args.src, args.arch, skip=args.skip, num_classes=args.num_classes,
-                         inflate_mode=args.inflate)
-    if not args.no_check:
-        check_against_model(flat, meta)
-    save_converted(args.dst, flat, meta)
-    n = sum(v.size for k, v in flat.items() if k.startswith("params/"))
-    print(f"wrote {args.dst}: {len(flat)} tensors, {n:,} parameters; arch {meta['arch']}, "
-          f"blocks {meta['blocks']}, non-local {meta['nonlocal_stages'] or 'none'}, "
-          f"head {meta['num_classes']}")
-    if meta["blocks"] != [3, 4, 6, 3]:
-        print(f"note: blocks {meta['blocks']} is not ResNet-50's [3, 4, 6, 3]")
-    for s in meta["skipped"]:
-        print(f"skipped {s['name']} {s['shape']}: {s['reason']}")
-    if meta["dropped"]:
-        print(f"dropped {len(meta['dropped'])} solver entries (momentum, model_iter, lr)")
-    if meta["inflated"]:
-        print(f"inflated {len(meta['inflated'])} 2D kernels ({args.inflate})")
-    if meta["affine_only_bn"]:
-        print(f"{len(meta['affine_only_bn'])} BN layers had no statistics: mean 0, "
-              f"var 1 - eps")
-    return 0
-
-
-if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (ConversionError, MergeError, UnsafePickleError, OSError) as e:
-        # Expected failures get their message, not a traceback.
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)

@@ -34,9 +34,9 @@ from flax import traverse_util
 
 from rstg_jax.graph import ADJACENCIES, RSTGGraph, build_graph, pool_nodes
 from rstg_jax.model import RSTG, RSTGToMap, rstg_to_vec
-from rstg_jax.syncmnist.models import ABLATIONS
-from rstg_jax.ssv1.resnet3d import (NL_I3D_STAGES, STAGES, TEMPORAL_KERNELS, ResNet3D,
-                                      count_params)
+from rstg_jax.syncmnist.rstg_classifier import ABLATIONS, ablation_to_core_args
+from rstg_jax.ssv1.resnet3d import (NL_I3D_STAGES, STAGES, STEMS, TEMPORAL_KERNELS,
+                                    ResNet3D, count_params)
 
 MODEL_NAMES = ("resnet3d",)
 ARCHS = tuple(sorted(TEMPORAL_KERNELS))  # ('c2d', 'i3d')
@@ -45,7 +45,6 @@ PLACEMENTS = ("res2", "res3", "res4", "res3_4", "vec", "none")
 PLACEMENT_STAGES = {"res2": ("res2",), "res3": ("res3",), "res4": ("res4",),
                     "res3_4": ("res3", "res4"), "vec": ("res5",), "none": ()}
 GRAPH_SUFFIX = "_graph"
-
 
 @functools.lru_cache(maxsize=32)
 def cached_graph(scales: tuple[int, ...], height: int, width: int,
@@ -114,8 +113,6 @@ class GraphToVec(_GraphBlock):
 
 def rstg_kwargs(config) -> dict:
   """The `RSTG` keyword arguments a config asks for (ablation -> schedule, positional)."""
-  # Imported here: the SyncMNIST classifier module pulls in its baselines.
-  from rstg_jax.syncmnist.rstg_classifier import ablation_to_core_args  # pylint: disable=g-import-not-at-top
   r = config.rstg
   return dict(num_iters=int(r.num_iters), gather=r.gather, layer_norm=bool(r.layer_norm),
               scalewise=bool(r.scalewise), **ablation_to_core_args(config.ablation))
@@ -143,6 +140,9 @@ def config_errors(config) -> list[str]:
     errors.append(f"backbone.blocks needs 4 entries (res2..res5), got {tuple(b.blocks)}.")
   if b.res5_stride not in (1, 2):
     errors.append(f"backbone.res5_stride must be 1 or 2, got {b.res5_stride}.")
+  if config.backbone.stem not in STEMS:
+    errors.append(f"Unknown backbone.stem {config.backbone.stem!r}. Valid: "
+                  f"{', '.join(STEMS)}.")
   if b.nonlocal_blocks and tuple(b.blocks) != (3, 4, 6, 3):
     errors.append("backbone.nonlocal_blocks places NL-I3D's blocks after blocks 1, 3 of "
                   f"res3 and 1, 3, 5 of res4, which needs blocks=(3, 4, 6, 3), got "
@@ -153,9 +153,9 @@ def config_errors(config) -> list[str]:
 def create_ssv1_model(config) -> ResNet3D:
   """Builds the Something-Something model a config describes.
 
-  Reads: `model`, `ablation`, `num_classes`, `dropout_rate`, `backbone.{arch, blocks,
-  base_width, res5_stride, bn_frozen, nonlocal_blocks}`, `rstg.{placement, scales, dim,
-  num_iters, gather, adjacency, layer_norm, scalewise}`.
+  Reads: `model`, `ablation`, `data.num_classes`, `head.dropout_rate`, `backbone.{arch,
+  blocks, base_width, res5_stride, bn_frozen, nonlocal_blocks, stem}`, `rstg.{placement,
+  scales, dim, num_iters, gather, adjacency, layer_norm, scalewise}`.
 
   Returns:
     An unbound `ResNet3D`: `logits = model.apply(variables, video, train=...)` with
@@ -174,12 +174,12 @@ def create_ssv1_model(config) -> ResNet3D:
                               rstg=rstg_kwargs(config))
   insert = {stage: factory for stage in PLACEMENT_STAGES[r.placement]}
   return ResNet3D(
-      num_classes=int(config.num_classes), arch=b.arch,
+      num_classes=int(config.data.num_classes), arch=b.arch,
       blocks=tuple(int(n) for n in b.blocks), base_width=int(b.base_width),
       res5_stride=int(b.res5_stride), bn_frozen=bool(b.bn_frozen),
-      dropout_rate=float(config.dropout_rate),
+      dropout_rate=float(config.head.dropout_rate),
       nonlocal_stages=NL_I3D_STAGES if b.nonlocal_blocks else None,
-      insert=insert or None)
+      insert=insert or None, stem=config.backbone.stem)
 
 
 def is_graph_path(path: Sequence[str]) -> bool:

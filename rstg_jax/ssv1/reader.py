@@ -2,8 +2,8 @@
 
 This module reads the data set as 20BN distributed it and decides what is usable; it needs
 only numpy and Pillow (which matplotlib brings), not TensorFlow, so the trainer can read the
-class list (for checkpoint metadata) without importing TF. The TFDS builder and the tf.data
-input pipeline are in `rstg_jax.data.ssv1_tfds`, which calls the functions here once, at
+class list (for checkpoint metadata) without importing TF. The TFDS builder
+(`rstg_jax.ssv1.tfds_builder`) calls the functions here once, at
 conversion time, so that training never sees a bad video.
 
 Layout under ROOT (`config.data.root`):
@@ -286,3 +286,12 @@ def load_video(root, video_id: str, label: int) -> Video:
   video.frames = frames
   video.width, video.height = size
   return video
+
+
+# The authors' input normalisation for the Kinetics ResNets (Caffe2 convention).
+MEAN, STD = 114.75, 57.375
+
+
+def normalize(video):
+  """uint8 pixels -> (x - 114.75) / 57.375 (jnp, np or tf arrays)."""
+  return (video.astype('float32') - MEAN) / STD

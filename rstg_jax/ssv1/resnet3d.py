@@ -6,7 +6,7 @@ checkpoints of the Non-local repo and the PySlowFast model zoo, so that
 `rstg_jax.convert` can map every blob onto a parameter by name:
 
     conv1      1x7x7 (C2D) / 5x7x7 (I3D), 64 ch, stride (1,2,2)  + res_conv1_bn + ReLU
-    pool1      max 1x3x3, stride (1,2,2), padding 1 in space
+    pool1      max 1x3x3, stride (1,2,2), no padding (`stem='pyslowfast'`: padding 1)
     res2       3 bottlenecks, width 64  (out 256)
     pool2      max 2x1x1, stride (2,1,1)                         T -> T/2
     res3       4 bottlenecks, width 128 (out 512),  spatial stride 2 in block 0
@@ -14,9 +14,11 @@ checkpoints of the Non-local repo and the PySlowFast model zoo, so that
     res5       3 bottlenecks, width 512 (out 2048), spatial stride `res5_stride`
     head       global average pool, dropout, Dense `pred`
 
-For 32x224x224 input this gives the sizes of the paper's Table 4: res2 32x56x56x256,
+For 32x224x224 input: conv1 32x112x112x64, pool1 and res2 32x55x55 (x64, x256),
 res3 16x28x28x512, res4 16x14x14x1024 (and res5 16x14x14x2048 with the authors'
-res5_stride=1, or 16x7x7x2048 with the Kinetics stride 2).
+res5_stride=1, or 16x7x7x2048 with the Kinetics stride 2). The paper's Table 4 lists
+res2 at 56x56, the size of the padded pool1 (see `STEMS`); res3..res5 are the same
+either way, so the graphs see the same maps.
 
 A bottleneck is branch2a (kt x1x1, kt in {1, 3}) -> branch2b (1x3x3, spatial stride) ->
 branch2c (1x1x1, 4x width), each followed by BatchNorm, ReLU after the first two and after
@@ -24,8 +26,15 @@ the residual sum; the shortcut of block 0 is branch1 (1x1x1 with the block's str
 I3D's temporal kernels per block are res2 [3,3,3], res3 [3,1,3,1], res4 [3,1,3,1,3,1],
 res5 [1,3,1]; C2D uses 1 everywhere.
 
-pool1's spatial padding is the PySlowFast one (padding 1): with no padding a 112 map
-pools to 55, not to the 56 of Table 4. The weights are the same either way.
+The stem (`stem`, see `STEMS`) is the original Caffe2 model's by default: the Non-local
+repo's pool1 is `MaxPool(kernels=[1,3,3], strides=[1,2,2], pads=0)`, which takes a 112
+map to floor((112 - 3) / 2) + 1 = 55. PySlowFast's PyTorch stem pads pool1 by 1 (112 ->
+56, the size in Table 4). The parameters are the same, but the two are different
+networks: padding shifts every pooling window by one pixel against the grid the other
+was trained on, and a Kinetics checkpoint run in the wrong one gives logits several
+percent off (checked against the Caffe2 rules in `tests/test_convert.py`). So take
+'caffe2' for the Caffe2 pickles of the Non-local repo (the Kinetics weights the paper
+starts from) and 'pyslowfast' only for weights trained in PySlowFast.
 
 Extension points for the RSTG graph blocks: `insert` maps a stage name to a factory of a
 module applied to that stage's output (x -> x, called as `block(x, train=train)`, named
@@ -34,7 +43,6 @@ f'{stage}_graph'), and `__call__(..., return_stages=True)` returns every stage's
 
 from __future__ import annotations
 
-import math
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import jax
@@ -43,8 +51,14 @@ from flax import linen as nn
 from flax import traverse_util
 
 from rstg_jax.ssv1.nonlocal_block import NonLocalBlock, batch_norm
+from rstg_jax.train.state import param_count as count_params  # pylint: disable=unused-import
 
 STAGES = ("res2", "res3", "res4", "res5")
+
+# Spatial padding of pool1 per stem convention: the Caffe2 Non-local / Kinetics models
+# pool without padding (floor output size, 112 -> 55); PySlowFast's PyTorch ResNet stem
+# pads by 1 (112 -> 56). Checkpoints must run in the stem they were trained with.
+STEMS = {"caffe2": 0, "pyslowfast": 1}
 
 # Per-stage temporal kernel patterns, repeated over a stage's blocks (block i uses
 # pattern[i % len(pattern)]). For the standard depths (3,4,6,3) these give the Non-local
@@ -154,6 +168,9 @@ class ResNet3D(nn.Module):
         module's compact scope (a module class or a functools.partial of one fits), so
         the block's variables live under that name.
       use_pool2: the 2x1x1 temporal max-pool after res2 (T -> T/2).
+      stem: pool1 convention, a key of `STEMS`: 'caffe2' (no padding, the original
+        Non-local / Kinetics models; default) or 'pyslowfast' (padding 1, for weights
+        trained with PySlowFast's PyTorch stem; gives Table 4's 56x56 res2).
       dtype: computation dtype (parameters stay float32).
     """
 
@@ -168,6 +185,7 @@ class ResNet3D(nn.Module):
     nonlocal_subsample: bool = True
     insert: Optional[Mapping[str, Callable[[], nn.Module]]] = None
     use_pool2: bool = True
+    stem: str = "caffe2"
     dtype: Any = None
 
     def _check(self):
@@ -189,6 +207,8 @@ class ResNet3D(nn.Module):
                                  f"{stage} with {n} blocks")
         if self.res5_stride not in (1, 2):
             raise ValueError(f"res5_stride must be 1 or 2, got {self.res5_stride}")
+        if self.stem not in STEMS:
+            raise ValueError(f"stem must be one of {sorted(STEMS)}, got {self.stem!r}")
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False, return_stages: bool = False):
@@ -212,7 +232,8 @@ class ResNet3D(nn.Module):
                     kernel_init=_CONV_INIT, dtype=self.dtype, name="conv1")(x)
         x = batch_norm(self.bn_frozen, train, name="res_conv1_bn", dtype=self.dtype)(x)
         x = nn.relu(x)
-        x = nn.max_pool(x, (1, 3, 3), strides=(1, 2, 2), padding=((0, 0), (1, 1), (1, 1)))
+        p = STEMS[self.stem]  # explicit and symmetric, as Caffe2 and PyTorch pad
+        x = nn.max_pool(x, (1, 3, 3), strides=(1, 2, 2), padding=((0, 0), (p, p), (p, p)))
         stages["pool1"] = x
 
         nonlocal_stages = self.nonlocal_stages or {}
@@ -260,7 +281,3 @@ def frozen_bn_mask(params: Mapping[str, Any]) -> Any:
             for k in flat}
     return traverse_util.unflatten_dict(mask)
 
-
-def count_params(params: Any) -> int:
-    """Number of scalars in a pytree of arrays or `jax.ShapeDtypeStruct`s."""
-    return sum(math.prod(x.shape) for x in jax.tree.leaves(params))

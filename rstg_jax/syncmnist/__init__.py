@@ -1,0 +1,1 @@
+"""The SyncMNIST task: MNIST sources, the video generator, models, pre-training, figures."""

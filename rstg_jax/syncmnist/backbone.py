@@ -2,13 +2,13 @@
 
 The paper (Sec. 3.1, App. D) uses "a small CNN with 3 layers": 3x3 convolutions with
 512 filters, ReLU and 2x2 max-pooling after each, pre-trained to classify a single digit
-placed at random in a frame (see `rstg_jax.pretrain`). The authors' feature map for a
+placed at random in a frame (see `rstg_jax.syncmnist.pretrain`). The authors' feature map for a
 64x64 frame is 6x6, which only VALID (unpadded) convolutions give:
 64 -conv-> 62 -pool-> 31 -conv-> 29 -pool-> 14 -conv-> 12 -pool-> 6.
 SAME padding would give 8x8 and a different graph (cells of a 3x3 grid would no longer
 be 2x2 feature pixels), so VALID is the default here.
 
-Every model in `rstg_jax.models` applies the backbone frame by frame: it never sees time,
+Every model in `rstg_jax.syncmnist` applies the backbone frame by frame: it never sees time,
 so all temporal reasoning happens in the model on top of it.
 """
 

@@ -14,7 +14,7 @@ feature maps [B, T, h, w, C] (6x6x512 for 64x64 frames):
   included, has about 10M parameters as in Appendix D.
 - `NonLocalI3D`: the same with one non-local block in the second residual stage.
 
-The non-local block is `rstg_jax.models.nonlocal_block.NonLocalBlock`, the one the
+The non-local block is `rstg_jax.ssv1.nonlocal_block.NonLocalBlock`, the one the
 ResNet-50 models use (re-exported here). Every BatchNorm is that module's `batch_norm`
 (momentum 0.9, epsilon 1e-5, as in Caffe2): a running average over ~10 steps rather than
 the ~100 of Flax's default 0.99 suits short SyncMNIST runs too.

@@ -49,20 +49,19 @@ pass permutations from ``[seed, split_id, pass, num_digits, 2]``, so any index c
 generated alone, in any batch or order, and the fixed val and test sets are never
 stored. :func:`generate_tracks` gives labels and trajectories without rendering.
 
-Run ``python -m rstg_jax.data.syncmnist show --out samples.png`` for a picture.
+Run ``python -m rstg_jax.syncmnist.figures show --out samples.png`` for a picture.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
-import sys
 from collections.abc import Iterator, Sequence
 from itertools import combinations
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from rstg_jax.graph import area_resize_matrix
 from rstg_jax.syncmnist.mnist import load_mnist
 
 logger = logging.getLogger(__name__)
@@ -149,25 +148,12 @@ def label_to_pair(label: int) -> tuple[int, int] | None:
 # --------------------------------------------------------------------------------------
 
 
-def _area_matrix(src: int, dst: int) -> np.ndarray:
-    """[dst, src] box-filter weights: each output pixel averages the input it covers.
-
-    Same as OpenCV's INTER_AREA for downscaling: output pixel i covers the input
-    interval [i * s, (i + 1) * s), s = src / dst, weighted by overlap length.
-    """
-    scale = src / dst
-    lo = np.arange(dst)[:, None] * scale
-    hi = lo + scale
-    px = np.arange(src)[None, :]
-    overlap = np.clip(np.minimum(hi, px + 1) - np.maximum(lo, px), 0.0, None)
-    return (overlap / scale).astype(np.float32)
-
-
 # 100 -> 64 is 25 -> 16 four times over (100 / 64 = 25 / 16), and pixel boundaries
 # line up every 25 input pixels, so the 64x100 area matrix is block diagonal with four
 # equal 16x25 blocks. Using one block is exact and does 4x less arithmetic.
 _BLOCK_IN, _BLOCK_OUT = 25, 16
-_AREA_BLOCK = _area_matrix(_BLOCK_IN, _BLOCK_OUT)  # [16, 25]
+# Box (area) filter weights, as OpenCV's INTER_AREA for downscaling.
+_AREA_BLOCK = area_resize_matrix(_BLOCK_OUT, _BLOCK_IN).astype(np.float32)  # [16, 25]
 _AREA_BLOCK_T = np.ascontiguousarray(_AREA_BLOCK.T)  # [25, 16]
 _NUM_BLOCKS = CANVAS // _BLOCK_IN  # 4
 _GEMM_CHUNK = 1024  # rows per matmul call, see _area_downscale
@@ -556,7 +542,7 @@ def generate(
         (seed, split, index, num_digits, motion), never on the batch it is generated in.
       num_digits: digits per video (3 or 5 in the paper; 2..10, classes are distinct).
       seed: non-negative dataset seed.
-      mnist_path: optional local MNIST copy, see :func:`rstg_jax.data.mnist.load_mnist`.
+      mnist_path: optional local MNIST copy, see :func:`rstg_jax.syncmnist.mnist.load_mnist`.
       motion: "clean" (default) or "authors" (has single-digit shortcuts), see the
         module docstring.
 
@@ -575,7 +561,7 @@ def generate(
 
     Raises:
       ValueError: bad split, indices, seed, num_digits or motion.
-      rstg_jax.data.mnist.MNISTNotFoundError: no MNIST copy available.
+      rstg_jax.syncmnist.mnist.MNISTNotFoundError: no MNIST copy available.
     """
     out = generate_tracks(split, indices, num_digits, seed, mnist_path, motion)
     images, _, offset = split_digits(split, mnist_path)
@@ -717,198 +703,3 @@ def generate_single_digit(
         "position": np.rint(pos * SCALE).astype(np.int32),
         "mnist_index": mnist_index + offset,
     }
-
-
-# --------------------------------------------------------------------------------------
-# Pictures for people.
-# --------------------------------------------------------------------------------------
-
-_SYNC_COLOURS = ("#22dd22", "#22dd22")  # green, as in the paper's Figure 6
-
-
-def _row_title(batch: dict, r: int, index: int) -> str:
-    label = int(batch["label"][r])
-    digits = ",".join(str(int(d)) for d in batch["digits"][r])
-    name = "no pair" if label == NO_PAIR_LABEL else f"pair {CLASS_NAMES[label]}"
-    return f"video {index}: {name}   (digits {digits})"
-
-
-def _boxes(ax, batch: dict, r: int, t: int):
-    """Add boxes around the synchronous pair of video r, frame t; return the patches."""
-    from matplotlib.patches import Rectangle
-
-    patches = []
-    if int(batch["label"][r]) == NO_PAIR_LABEL:
-        return patches
-    for d in (0, 1):
-        row, col = batch["canvas_positions"][r, t, d] * SCALE
-        # imshow puts pixel centres on integers, so pixel edges are at -0.5.
-        rect = Rectangle(
-            (col - 0.5, row - 0.5), DIGIT_IN_FRAME, DIGIT_IN_FRAME,
-            fill=False, edgecolor=_SYNC_COLOURS[d], linewidth=1.2,
-        )
-        ax.add_patch(rect)
-        patches.append(rect)
-    return patches
-
-
-# Trajectories of the other digits: red and its neighbours (the paper's Figure 6 draws
-# the pair's paths green and the others' red).
-_OTHER_COLOURS = ("#ff3030", "#ff9900", "#ff44cc", "#33bbff", "#ffee33", "#bb77ff", "#aaaaaa", "#ffffff")
-
-
-def _tracks(ax, batch: dict, r: int) -> None:
-    """All frames of video r overlaid (max), with the path of every digit's centre: the
-    synchronous pair in green, the other digits each in its own colour; a dot marks
-    the first frame, an arrow head the last."""
-    ax.imshow(batch["video"][r, :, :, :, 0].max(axis=0), cmap="gray", vmin=0, vmax=600)
-    centre = batch["canvas_positions"][r] * SCALE + DIGIT_IN_FRAME / 2 - 0.5  # [T, K, 2]
-    paired = int(batch["label"][r]) != NO_PAIR_LABEL
-    for d in range(centre.shape[1]):
-        other = d - 2 if paired else d
-        colour = _SYNC_COLOURS[d] if paired and d < 2 else _OTHER_COLOURS[other % len(_OTHER_COLOURS)]
-        rows, cols = centre[:, d, 0], centre[:, d, 1]
-        ax.plot(cols, rows, "-", color=colour, linewidth=1.2)
-        ax.plot(cols[0], rows[0], "o", color=colour, markersize=2.5)
-        ax.annotate("", xy=(cols[-1], rows[-1]), xytext=(cols[-2], rows[-2]),
-                    arrowprops=dict(arrowstyle="-|>", color=colour, lw=1.2, mutation_scale=7))
-    ax.set_xlim(-0.5, FRAME - 0.5)
-    ax.set_ylim(FRAME - 0.5, -0.5)
-
-
-def save_grid(batch: dict, indices: Sequence[int], out: str) -> None:
-    """PNG grid: one row per video (titled by its label), one column per frame, and a
-    last column with every digit's trajectory (the synchronous pair's in green).
-
-    The synchronous pair is boxed in green in every frame; other digits are unmarked.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    n = len(indices)
-    fig, axes = plt.subplots(
-        n, NUM_FRAMES + 1, figsize=((NUM_FRAMES + 1) * 1.25, n * 1.55), squeeze=False
-    )
-    for r in range(n):
-        _tracks(axes[r, NUM_FRAMES], batch, r)
-        axes[r, NUM_FRAMES].set_xticks([])
-        axes[r, NUM_FRAMES].set_yticks([])
-        if r == n - 1:
-            axes[r, NUM_FRAMES].set_xlabel("tracks", fontsize=8)
-        for t in range(NUM_FRAMES):
-            ax = axes[r, t]
-            ax.imshow(batch["video"][r, t, :, :, 0], cmap="gray", vmin=0, vmax=255)
-            _boxes(ax, batch, r, t)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if r == n - 1:
-                ax.set_xlabel(f"t={t}", fontsize=8)
-        axes[r, 0].set_title(_row_title(batch, r, int(indices[r])), loc="left", fontsize=9)
-    fig.suptitle("SyncMNIST (green: the synchronous pair; last column: every digit's path)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-
-
-def save_gif(batch: dict, indices: Sequence[int], out: str, fps: float = 2.0) -> None:
-    """Animated GIF of the videos side by side (needs pillow, which matplotlib ships with)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.animation import FuncAnimation, PillowWriter
-
-    n = len(indices)
-    cols = min(n, 4)
-    rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 2.2, rows * 2.4), squeeze=False)
-    shown, patches = [], [[] for _ in range(n)]
-    for r in range(rows * cols):
-        ax = axes.flat[r]
-        ax.set_xticks([])
-        ax.set_yticks([])
-        if r >= n:
-            ax.axis("off")
-            continue
-        shown.append(ax.imshow(batch["video"][r, 0, :, :, 0], cmap="gray", vmin=0, vmax=255))
-        label = int(batch["label"][r])
-        ax.set_title(
-            f"{indices[r]}: " + ("no pair" if label == NO_PAIR_LABEL else CLASS_NAMES[label]),
-            fontsize=9,
-        )
-
-    def update(t):
-        for r in range(n):
-            shown[r].set_data(batch["video"][r, t, :, :, 0])
-            for p in patches[r]:
-                p.remove()
-            patches[r] = _boxes(axes.flat[r], batch, r, t)
-        return shown
-
-    anim = FuncAnimation(fig, update, frames=NUM_FRAMES, blit=False)
-    anim.save(out, writer=PillowWriter(fps=fps))
-    plt.close(fig)
-
-
-def _build_parser() -> argparse.ArgumentParser:
-    def positive(text):
-        value = int(text)
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-        return value
-
-    def non_negative(text):
-        value = int(text)
-        if value < 0:
-            raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text}")
-        return value
-
-    def digit_count(text):
-        value = int(text)
-        if not 2 <= value <= 10:
-            raise argparse.ArgumentTypeError(f"must lie in 2..10, got {text}")
-        return value
-
-    parser = argparse.ArgumentParser(
-        prog="python -m rstg_jax.syncmnist.generator", description=__doc__.splitlines()[0]
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-    show = sub.add_parser("show", help="write a PNG grid (and optionally a GIF) of videos")
-    show.add_argument("--out", required=True, help="PNG file to write")
-    show.add_argument("--split", choices=tuple(SPLIT_IDS), default="test")
-    show.add_argument("--motion", choices=MOTIONS, default="clean",
-                      help="clean (default) or authors (the authors' generator, has shortcuts)")
-    show.add_argument("--num", type=positive, default=8, help="number of videos (rows)")
-    show.add_argument("--start", type=non_negative, default=0, help="first video index")
-    show.add_argument("--num-digits", type=digit_count, default=3)
-    show.add_argument("--seed", type=non_negative, default=0)
-    show.add_argument("--gif", default=None, help="also write an animated GIF here")
-    show.add_argument("--fps", type=float, default=2.0, help="GIF frames per second")
-    show.add_argument("--mnist-path", default=None, help="local MNIST copy (IDX dir, .npz, .pkl.gz)")
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command line entry point; see ``python -m rstg_jax.data.syncmnist show -h``."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    parser = _build_parser()
-    args = parser.parse_args(argv)
-    stop = args.start + args.num
-    if args.num > 64:
-        parser.error("--num: at most 64 videos fit a readable picture")
-    if stop > SPLIT_SIZES[args.split]:
-        parser.error(f"--start + --num exceeds the {args.split} size {SPLIT_SIZES[args.split]}")
-    indices = list(range(args.start, stop))
-    batch = generate(args.split, indices, args.num_digits, args.seed, args.mnist_path, args.motion)
-    save_grid(batch, indices, args.out)
-    print(f"wrote {args.out}")
-    if args.gif:
-        save_gif(batch, indices, args.gif, fps=args.fps)
-        print(f"wrote {args.gif}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

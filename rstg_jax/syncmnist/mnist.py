@@ -12,7 +12,7 @@ says how to get one. Sources, tried in this order:
       deeplearning.net ``mnist.pkl.gz`` pickle;
   (b) ``tensorflow_datasets`` "mnist", where it can be downloaded. TensorFlow never
       enters this process (the training process): tfds runs in a SUBPROCESS
-      (``python -m rstg_jax.data.mnist export-tfds --out FILE``) that loads "mnist"
+      (``python -m rstg_jax.syncmnist.mnist export-tfds --out FILE``) that loads "mnist"
       and writes an ``.npz`` (``x_train, y_train, x_test, y_test``; uint8 / int64)
       atomically into the cache directory (``$RSTG_CACHE_DIR``, default
       ``~/.cache/rstg_jax``) as ``mnist_tfds.npz``; this process then reads that file
@@ -37,7 +37,6 @@ import gzip
 import importlib.util
 import logging
 import os
-import pickle
 import signal
 import socket
 import subprocess
@@ -46,6 +45,8 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from rstg_jax import safe_pickle
 
 logger = logging.getLogger(__name__)
 
@@ -85,85 +86,10 @@ class MNISTNotFoundError(FileNotFoundError):
 # Restricted unpickling of the deeplearning.net pickle.
 # --------------------------------------------------------------------------------------
 
-# ndarray.__reduce__ names the reconstruct function of the installed numpy, so we do
-# not import the deprecated ``numpy.core`` alias (numpy 2 warns on it).
-_NDARRAY_RECONSTRUCT = np.empty(0).__reduce__()[0]
-
-
-
-def _latin1_encode(text, encoding="latin1"):
-    """Stand-in for ``_codecs.encode``, which Python 3 protocol-2 pickles use for bytes.
-
-    Only the latin-1 round trip that pickle itself writes is allowed; any other codec
-    name is refused rather than handed to the codec machinery.
-    """
-    if not isinstance(text, str) or encoding.lower().replace("-", "").replace("_", "") != "latin1":
-        raise pickle.UnpicklingError(
-            f"refusing _codecs.encode with encoding {encoding!r}: only latin1 bytes are allowed"
-        )
-    return text.encode("latin1")
-
-
-_ALLOWED_GLOBALS = {
-    ("numpy.core.multiarray", "_reconstruct"): _NDARRAY_RECONSTRUCT,
-    ("numpy._core.multiarray", "_reconstruct"): _NDARRAY_RECONSTRUCT,
-    ("numpy", "ndarray"): np.ndarray,
-    ("numpy", "dtype"): np.dtype,
-    ("_codecs", "encode"): _latin1_encode,
-}
-# Plain containers only: no callables that could run code (eval, getattr, ...).
-_ALLOWED_BUILTINS = {
-    "tuple": tuple,
-    "list": list,
-    "dict": dict,
-    "set": set,
-    "frozenset": frozenset,
-    "bytearray": bytearray,
-}
-
-
-class RestrictedUnpickler(pickle.Unpickler):
-    """Unpickler that only builds numpy arrays and builtin containers.
-
-    Any other global referenced by the pickle (for example ``os.system``) is refused
-    with a :class:`pickle.UnpicklingError` that names it, before it is looked up.
-    """
-
-    def find_class(self, module: str, name: str):
-        """Return the allowed object for ``module.name`` or refuse it.
-
-        Args:
-          module: module path written in the pickle (Python 2 names are already mapped
-            to Python 3 ones by ``fix_imports``).
-          name: attribute name inside ``module``.
-
-        Returns:
-          The whitelisted class or function.
-
-        Raises:
-          pickle.UnpicklingError: the global is not on the whitelist.
-        """
-        if (module, name) in _ALLOWED_GLOBALS:
-            return _ALLOWED_GLOBALS[(module, name)]
-        if module in ("builtins", "__builtin__") and name in _ALLOWED_BUILTINS:
-            return _ALLOWED_BUILTINS[name]
-        raise pickle.UnpicklingError(
-            f"refusing to load global '{module}.{name}' from an MNIST pickle: only numpy "
-            "arrays and builtin containers are allowed (a pickle can run arbitrary code)"
-        )
-
 
 def restricted_pickle_load(fileobj):
-    """Unpickle ``fileobj`` with :class:`RestrictedUnpickler`.
-
-    Args:
-      fileobj: binary file object positioned at the start of a pickle.
-
-    Returns:
-      The unpickled object. Python 2 pickles (like the deeplearning.net MNIST one)
-      are decoded with ``encoding="latin1"``, which is what numpy arrays need.
-    """
-    return RestrictedUnpickler(fileobj, encoding="latin1").load()
+    """Unpickle ``fileobj`` with `rstg_jax.safe_pickle` (numpy arrays and containers only)."""
+    return safe_pickle.load(fileobj, what="an MNIST pickle")
 
 
 # --------------------------------------------------------------------------------------
@@ -343,7 +269,7 @@ def export_tfds_npz(out: str | os.PathLike) -> Path:
     """Load tfds "mnist" and write it to ``out`` as an ``.npz``, atomically.
 
     This imports ``tensorflow_datasets`` (hence TensorFlow), so it is meant to run in
-    its own process: ``python -m rstg_jax.data.mnist export-tfds --out FILE``, which
+    its own process: ``python -m rstg_jax.syncmnist.mnist export-tfds --out FILE``, which
     :func:`_load_from_tfds` spawns. The arrays are written to a temporary file in the
     same directory and moved into place with ``os.replace``, so readers never see a
     partial file, even with several exports racing.
@@ -510,7 +436,7 @@ def _no_source_message() -> str:
         "y_test, or mnist.pkl.gz;\n"
         "  * pip install tensorflow-datasets (with network access: MNIST is exported once, "
         f"in a subprocess, to {tfds_cache_path()}; ${CACHE_ENV_VAR} moves that directory, "
-        "and `python -m rstg_jax.data.mnist export-tfds` runs the export by hand)."
+        "and `python -m rstg_jax.syncmnist.mnist export-tfds` runs the export by hand)."
     )
 
 
@@ -587,20 +513,25 @@ def clear_cache() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m rstg_jax.data.mnist export-tfds [--out FILE]``: write the tfds export.
+    """``python -m rstg_jax.syncmnist.mnist export-tfds [--out FILE]``: write the tfds export.
 
     This is the command the loader spawns; it can also be run by hand (with network
     access) to fill the cache before training.
     """
-    import argparse  # noqa: PLC0415
+    from rstg_jax import cli  # noqa: PLC0415
 
-    parser = argparse.ArgumentParser(prog="python -m rstg_jax.syncmnist.mnist")
-    sub = parser.add_subparsers(dest="command", required=True)
-    export = sub.add_parser("export-tfds", help="export tfds 'mnist' to an .npz")
-    export.add_argument("--out", default=None,
-                        help=f"output .npz (default $RSTG_CACHE_DIR/{TFDS_CACHE_NAME}, "
-                             f"i.e. {tfds_cache_path()})")
-    args = parser.parse_args(argv)
+    def define(fv):
+        from absl import flags  # noqa: PLC0415
+        flags.DEFINE_string("out", None, f"output .npz (default $RSTG_CACHE_DIR/"
+                            f"{TFDS_CACHE_NAME}, i.e. {tfds_cache_path()})", flag_values=fv)
+
+    prog = "python -m rstg_jax.syncmnist.mnist"
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] != "export-tfds":
+        cli.usage_error(prog, "the command is `export-tfds` (see --help)")
+    args, rest = cli.parse_command(define, argv[1:], prog)
+    if rest:
+        cli.usage_error(prog, f"unexpected arguments {rest}")
     out = Path(args.out) if args.out else tfds_cache_path()
     try:
         export_tfds_npz(out)

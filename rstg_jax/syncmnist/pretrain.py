@@ -3,7 +3,7 @@
 The paper (Sec. 3.1): the SyncMNIST backbone is "a small CNN with 3 layers, pre-trained to
 classify a digit randomly placed in a frame of the video". `pretrain_backbone` trains
 `SmallCNN` + global average pooling + a 10-way linear classifier with Adam on 64x64 frames
-holding one MNIST digit at a random place (`rstg_jax.data.syncmnist.generate_single_digit`),
+holding one MNIST digit at a random place (`rstg_jax.syncmnist.generator.generate_single_digit`),
 and returns only the `SmallCNN` parameters: the dict a video model expects at
 `params['backbone']`. The classifier is thrown away.
 
@@ -14,13 +14,13 @@ pre-trained backbone in its workdir and anyone can inspect it with numpy alone.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import time
 from typing import Any, Optional
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import linen as nn
@@ -28,6 +28,9 @@ from flax import traverse_util
 from tqdm.auto import tqdm
 
 from rstg_jax import cli
+from rstg_jax.train import metrics as metrics_lib
+from rstg_jax.train import state as state_lib
+from rstg_jax.train import steps as steps_lib
 from rstg_jax.syncmnist.backbone import SmallCNN
 
 NUM_DIGIT_CLASSES = 10
@@ -47,20 +50,21 @@ class DigitClassifier(nn.Module):
   width: int = 512
 
   @nn.compact
-  def __call__(self, frames: jax.Array) -> jax.Array:
+  def __call__(self, frames: jax.Array, train: bool = False) -> jax.Array:
+    del train  # the trainer's model contract; no dropout or BatchNorm here
     fmap = SmallCNN(self.width, name="backbone")(frames)
     return nn.Dense(NUM_DIGIT_CLASSES, name="classifier")(fmap.mean(axis=(1, 2)))
 
 
 def _frames(split: str, indices: np.ndarray, seed: int,
-            mnist_path: Optional[str]) -> tuple[np.ndarray, np.ndarray]:
-  """Single-digit frames as float32 [B, 64, 64, 1] in [0, 1] and int32 labels [B]."""
+            mnist_path: Optional[str]) -> dict[str, np.ndarray]:
+  """A batch of single-digit frames: 'video' uint8 [B, 64, 64, 1], 'label' int32 [B]."""
   # Imported here so that importing this module (and the models) does not need the data
   # package's generator.
   from rstg_jax.syncmnist import generator as syncmnist  # pylint: disable=g-import-not-at-top
   out = syncmnist.generate_single_digit(split, indices, seed=seed, mnist_path=mnist_path)
-  images = np.asarray(out["image"], np.float32) / 255.0
-  return images, np.asarray(out["label"], np.int32)
+  return {"video": np.asarray(out["image"], np.uint8),
+          "label": np.asarray(out["label"], np.int32)}
 
 
 def _num_frames(split: str) -> int:
@@ -112,64 +116,50 @@ def pretrain_backbone(width: int = 512,
   start = time.time()
   model = DigitClassifier(width)
   from rstg_jax.syncmnist import generator as syncmnist  # pylint: disable=g-import-not-at-top
-  frame_shape = (1, syncmnist.FRAME, syncmnist.FRAME, 1)
-  params = model.init(jax.random.PRNGKey(seed), jnp.zeros(frame_shape, jnp.float32))["params"]
+  frame_shape = (syncmnist.FRAME, syncmnist.FRAME, 1)
+  params = state_lib.init_variables(model, jax.random.PRNGKey(seed), frame_shape)["params"]
   tx = optax.adam(learning_rate)
-  opt_state = tx.init(params)
-
-  def loss_fn(p, images, labels):
-    logits = model.apply({"params": p}, images)
-    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-    return loss, logits
-
-  def train_step(p, o, images, labels):
-    (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(p, images, labels)
-    updates, o = tx.update(grads, o, p)
-    return optax.apply_updates(p, updates), o, loss
-
-  # Donating params and optimiser state lets XLA update them in place.
-  train_step = jax.jit(train_step, donate_argnums=(0, 1))
-
-  @jax.jit
-  def eval_step(p, images, labels):
-    loss, logits = loss_fn(p, images, labels)
-    return loss * labels.shape[0], jnp.sum(jnp.argmax(logits, -1) == labels)
+  state = state_lib.create_train_state(params, {}, tx)
+  # The trainer's steps (uint8 frames scaled on the device); donating the state lets
+  # XLA update it in place.
+  train_step = jax.jit(functools.partial(steps_lib.train_step, model=model, tx=tx,
+                                         base_key=jax.random.PRNGKey(seed)),
+                       donate_argnums=0)
+  eval_step = jax.jit(functools.partial(steps_lib.eval_step, model=model))
 
   num_train = _num_frames("train")
   rng = np.random.default_rng(seed)
-  history, window = [], []
+  history, window = [], None
   bar = tqdm(range(steps), desc=f"pretrain backbone (width {width})",
              disable=not progress_bar, file=sys.stderr, mininterval=cli.progress_interval())
   for step in bar:
     indices = rng.integers(0, num_train, size=batch_size)
-    images, labels = _frames("train", indices, seed, mnist_path)
-    params, opt_state, loss = train_step(params, opt_state, images, labels)
-    window.append(loss)
+    state, m = train_step(state, _frames("train", indices, seed, mnist_path))
+    window = metrics_lib.add(window, {"loss": m["loss"]})
     if (step + 1) % log_every == 0 or step + 1 == steps:
-      mean_loss = float(np.mean(jax.device_get(window)))
+      mean_loss = metrics_lib.compute(jax.device_get(window))["loss"]
       if not np.isfinite(mean_loss):
         raise FloatingPointError(f"pre-training loss is {mean_loss} at step {step + 1}")
       history.append((step + 1, mean_loss))
-      window = []
+      window = None
       bar.set_postfix(loss=f"{mean_loss:.4f}", refresh=False)
   bar.close()
 
   metrics: dict[str, Any] = {"train_loss": history, "final_train_loss": history[-1][1]}
   if eval_frames > 0:
     eval_frames = min(eval_frames, _num_frames("val"))
-    total_loss, correct = 0.0, 0
+    totals = None
     for lo in range(0, eval_frames, eval_batch_size):
       idx = np.arange(lo, min(lo + eval_batch_size, eval_frames))
       # Generator seed 0 for the val frames, independent of the training seed.
-      images, labels = _frames("val", idx, 0, mnist_path)
-      batch_loss, batch_correct = eval_step(params, images, labels)
-      total_loss += float(batch_loss)
-      correct += int(batch_correct)
-    metrics.update(val_accuracy=correct / eval_frames, val_loss=total_loss / eval_frames,
+      batch = dict(_frames("val", idx, 0, mnist_path), mask=np.ones(len(idx), np.float32))
+      totals = metrics_lib.add(totals, eval_step(state, batch)[0])
+    result = metrics_lib.compute(jax.device_get(totals))
+    metrics.update(val_accuracy=result["top1"], val_loss=result["loss"],
                    eval_frames=eval_frames)
   seconds = time.time() - start
   metrics.update(seconds=seconds, steps_per_second=steps / seconds)
-  return jax.device_get(params["backbone"]), metrics
+  return jax.device_get(state["params"]["backbone"]), metrics
 
 
 def save_backbone(path: str | os.PathLike, params: dict[str, Any]) -> None:

@@ -21,9 +21,13 @@ from flax import linen as nn
 
 from rstg_jax.graph import build_graph, pool_nodes
 from rstg_jax.model import RSTG, SCHEDULES, rstg_to_vec
-from rstg_jax.syncmnist.models import ABLATIONS
 from rstg_jax.syncmnist.baselines import backbone_features
 from rstg_jax.syncmnist.backbone import SmallCNN
+
+
+# The ablations of the paper's SyncMNIST table: the core's schedules
+# (rstg_jax.model.SCHEDULES), plus "positional" = all_temp with positional maps.
+ABLATIONS = ("all_temp", "one_temp", "homogeneous", "space_only", "time_only", "positional")
 
 
 def ablation_to_core_args(ablation: str) -> dict:

@@ -147,3 +147,8 @@ def plot_confusion(cm: np.ndarray, class_names: Sequence[str], path: str, title:
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)
+
+
+def top_k(logits: np.ndarray, k: int = 5) -> np.ndarray:
+  """[N, min(k, C)] class indices by decreasing logit (stable: ties keep class order)."""
+  return np.argsort(-np.asarray(logits), axis=-1, kind='stable')[:, :min(k, logits.shape[-1])]

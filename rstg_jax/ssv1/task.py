@@ -1,0 +1,162 @@
+"""The Something-Something-v1 task: what the trainer gets for `config.data.name == 'ssv1'`.
+
+Model: a ResNet-50 (C2D or I3D) with RSTG blocks (`rstg_jax.ssv1.models`). Data: the
+TFDS shards that the first run converts from the raw download, read with tf.data
+(`rstg_jax.ssv1.pipeline`). Pre-trained weights: a converted Kinetics checkpoint
+(`init_from.path` ending in .npz, from `python -m rstg_jax.convert`; the graph blocks and
+the new head keep their init), or another run. Frozen: the backbone's BatchNorm scale
+and bias when `backbone.bn_frozen`. Evaluation: one centre crop of the first
+`eval.size` videos during training; the evaluate command runs `eval.views` ('dense':
+2 temporal samplings x 11 crops per video, logits averaged) on all of `eval.split`.
+
+TensorFlow stays inside this package and is imported only when the data set is built;
+`check_data` and everything else here need numpy only.
+"""
+
+import glob
+import os
+
+import jax
+import numpy as np
+
+from rstg_jax.ssv1 import models
+from rstg_jax.ssv1 import reader
+from rstg_jax.train import evaluators
+from rstg_jax.train import init_from
+from rstg_jax.train import task as task_lib
+
+VIEWS = ('center', 'dense')
+# Model variables that a Kinetics checkpoint cannot hold: the inserted graph blocks (and
+# the new head, `convert.DEFAULT_DONT_LOAD`).
+GRAPH_DONT_LOAD = ('(params|batch_stats)/res[2-5]_graph/.*',)
+
+
+def tfds_dir(config) -> str:
+  """Where the converted TFDS shards live: config.data.tfds_dir, else TFDS's default."""
+  d = config.data.tfds_dir or os.environ.get('TFDS_DATA_DIR') or '~/tensorflow_datasets'
+  return os.path.expanduser(d)
+
+
+class SSv1Task(task_lib.Task):
+  """See the module docstring."""
+
+  name = 'ssv1'
+
+  def config_errors(self, config) -> list[str]:
+    errors = models.config_errors(config)
+    for field in ('periodic_views', 'views'):
+      if config.eval[field] not in VIEWS:
+        errors.append(f'Unknown eval.{field} {config.eval[field]!r}. Valid: '
+                      f'{", ".join(VIEWS)}.')
+    return errors
+
+  def check_data(self, config) -> None:
+    """Raises `SSv1DataError` (a ValueError) at once if no usable SSv1 copy is reachable.
+
+    Usable: TFDS shards already prepared in `tfds_dir(config)`, or a raw copy at
+    `config.data.root` (checked for its frame folder and label files) that the first run
+    converts. Only file-system checks: no TensorFlow import, nothing compiled.
+    """
+    shards = tfds_dir(config)
+    # TFDS writes dataset_info.json last, when every shard of every split is complete.
+    if glob.glob(os.path.join(shards, 'something_something_v1', '*', 'dataset_info.json')):
+      return
+    where = (f'No converted copy in config.data.tfds_dir={shards!r} either (set '
+             f'--config.data.tfds_dir=DIR where the shards are, or where the first run '
+             f'should write them).')
+    try:
+      root = reader.check_root(config.data.root)
+      reader.read_class_names(root)
+      for split in reader.REQUIRED_SPLITS:
+        path = os.path.join(root, reader.SPLIT_FILES[split])
+        if not os.path.isfile(path):
+          raise reader.SSv1DataError(
+              f'Label file {path!r} is missing (expected in config.data.root={root!r}). '
+              f'{reader.DOWNLOAD_HINT}')
+    except reader.SSv1DataError as e:
+      raise reader.SSv1DataError(f'{e} {where}') from None
+
+  def create_model(self, config):
+    return models.create_ssv1_model(config)
+
+  def create_dataset(self, config, process_index: int = 0, process_count: int = 1):
+    self.check_data(config)  # before TensorFlow is imported: a missing copy fails fast
+    # pylint: disable=g-import-not-at-top
+    from rstg_jax.ssv1 import pipeline
+    from rstg_jax.ssv1 import tfds_builder
+    d = config.data
+    return pipeline.SSv1Dataset(
+        tfds_builder.load_builder(tfds_dir(config), d.root), num_frames=d.num_frames,
+        crop_size=d.crop_size, short_side=d.short_side, seed=config.seed,
+        batch_size=config.batch_size, eval_batch_size=config.eval.batch_size,
+        eval_split=config.eval.split, eval_size=config.eval.size,
+        periodic_views=config.eval.periodic_views, process_index=process_index,
+        process_count=process_count)
+
+  def frozen_mask(self, config, params):
+    if not config.backbone.bn_frozen:
+      return None
+    # Frozen BatchNorm gets no gradient, but weight decay or momentum would still move
+    # its scale and bias: they get no update at all.
+    from rstg_jax.ssv1.resnet3d import frozen_bn_mask  # pylint: disable=g-import-not-at-top
+    return frozen_bn_mask(params)
+
+  def load_pretrained(self, config, workdir: str, variables: dict, say) -> dict:
+    path = config.init_from.path
+    if path and path.endswith('.npz'):
+      return load_converted(config, variables, say)
+    return super().load_pretrained(config, workdir, variables, say)
+
+  def describe_model(self, config, params) -> str:
+    return models.describe(config, params)
+
+  def evaluator(self, config, dataset, final: bool = False):
+    if not final:
+      return evaluators.SingleView()
+    split, views = config.eval.split, config.eval.views
+    return evaluators.MultiView(
+        batches=lambda: dataset.view_batches(views, split=split),
+        num_videos=dataset.num_videos(split), video_ids=lambda: dataset.video_ids(split),
+        info={'eval_mode': views, 'split': split})
+
+
+def load_converted(config, variables: dict, say) -> dict:
+  """Variables filled from a converted Kinetics checkpoint (`rstg_jax.convert` .npz).
+
+  Strict (`rstg_jax.train.init_from.merge_params`): every checkpoint tensor is used or
+  skipped (the Kinetics head by default) and every model variable is loaded or matched
+  by a dont_load pattern (the graph blocks, the head, `config.init_from.dont_load`);
+  shapes must agree. BatchNorm statistics come from the checkpoint too: with frozen BN
+  they are the model.
+  """
+  from rstg_jax.ssv1 import convert  # pylint: disable=g-import-not-at-top
+  path = config.init_from.path
+  if not os.path.isfile(path):
+    raise ValueError(f'config.init_from.path={path!r}: no such file. Convert a Kinetics '
+                     'checkpoint first: python -m rstg_jax.convert --src MODEL.pkl '
+                     f'--dst {path} --arch i3d_r50|c2d_r50')
+  dont_load = (convert.DEFAULT_DONT_LOAD + GRAPH_DONT_LOAD
+               + tuple(config.init_from.dont_load))
+  try:
+    loaded = convert.load_converted(path)
+  except OSError as e:
+    raise ValueError(f'config.init_from.path={path!r}: cannot read the converted '
+                     f'checkpoint ({e}).') from None
+  meta = loaded[2]
+  arch, want = meta.get('arch'), config.backbone.arch
+  if arch and arch != want:
+    raise ValueError(f'config.init_from.path={path!r} holds a {arch} network but '
+                     f'config.backbone.arch={want!r}; convert the {want} checkpoint '
+                     f'(--arch {want}_r50) or set --config.backbone.arch={arch}.')
+  host = jax.tree.map(np.asarray, jax.device_get(variables))
+  merged, report = convert.merge_pretrained(host, loaded, dont_load=dont_load)
+  source = os.path.basename(str(meta.get('source', '?')))
+  say(init_from.summary(f'init_from {path} ({meta.get("arch", "?")}, source {source})',
+                        report))
+  # pool1's padding is no tensor, so the merge cannot catch a stem mismatch: report it.
+  line, differs = convert.stem_report(meta, config.backbone.stem)
+  say(f'{"WARNING: " if differs else ""}init_from {path}: {line}')
+  return merged
+
+
+TASK = SSv1Task()
