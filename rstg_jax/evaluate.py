@@ -29,6 +29,7 @@ from typing import Optional
 
 from absl import app
 from absl import flags
+import jax
 import ml_collections
 
 from rstg_jax import cli
@@ -88,12 +89,13 @@ def run(config: Optional[ml_collections.ConfigDict], workdir: str,
   result = task.evaluator(config, setup.dataset, final=True)(setup, state)
   summary = {'step': int(step), **result.metrics, 'workdir': os.path.abspath(workdir)}
   out_dir = os.path.join(workdir, f'eval_{step}')
-  evaluators.write_reports(out_dir, result, class_names, summary)
-  print(f'Checkpoint step {step}: top-1 {summary["top1"]:.4f}, top-5 {summary["top5"]:.4f}, '
-        f'loss {summary["loss"]:.4f} on {summary["count"]} {summary.get("split", "test")} '
-        f'videos; outputs in {out_dir}', flush=True)
-  for line in result.lines:
-    print(line, flush=True)
+  if jax.process_index() == 0:  # every process holds the gathered result; one writes it
+    evaluators.write_reports(out_dir, result, class_names, summary)
+    print(f'Checkpoint step {step}: top-1 {summary["top1"]:.4f}, top-5 '
+          f'{summary["top5"]:.4f}, loss {summary["loss"]:.4f} on {summary["count"]} '
+          f'{summary.get("split", "test")} videos; outputs in {out_dir}', flush=True)
+    for line in result.lines:
+      print(line, flush=True)
   return summary
 
 

@@ -12,13 +12,28 @@ Something-Something-v1 (see the docstrings of configs/ssv1_*.py for the recipes)
 Every config field can be overridden with --config.<field>=<value>. Running the same
 command again resumes from the workdir's latest checkpoint. `--mode=evaluate` evaluates a
 checkpoint instead (same as `python -m rstg_jax.evaluate`).
+
+Many processes (one per GPU, or several CPU processes), on one host or many:
+
+  launch/local.sh 2 --config=configs/syncmnist_quick.py --workdir=runs/quick2
+  python -m rstg_jax.main --coordinator_address=HOST:PORT --num_processes=N \
+      --process_id=I --config=... --workdir=...        # process I of N, by hand
+  sbatch launch/slurm.sbatch                            # SLURM: one task per GPU
+
+Inside a SLURM step of several tasks (or an Open MPI job) the flags may be left out:
+`jax.distributed.initialize()` then reads them from the environment. Only process 0
+writes metrics, figures and logs; see rstg_jax/distributed.py.
 """
+
+import json
+import os
 
 from absl import app
 from absl import flags
 from ml_collections import config_flags
 
 from rstg_jax import cli
+from rstg_jax import distributed
 from rstg_jax import runtime
 
 FLAGS = flags.FLAGS
@@ -29,6 +44,15 @@ flags.DEFINE_string('checkpoint', 'latest',
                     '--mode=evaluate: which checkpoint: latest, best or a step number.')
 config_flags.DEFINE_config_file('config', None, 'Training configuration file.',
                                 lock_config=True)
+flags.DEFINE_string('coordinator_address', None,
+                    'HOST:PORT of process 0, which serves the coordinator there (many '
+                    'processes; see launch/local.sh and launch/slurm.sbatch).')
+flags.DEFINE_integer('num_processes', None, 'Number of processes in the run.')
+flags.DEFINE_integer('process_id', None,
+                     'This process, 0 .. num_processes - 1 (SLURM / Open MPI: from the '
+                     'environment when left out).')
+flags.DEFINE_integer('distributed_timeout', distributed.DEFAULT_TIMEOUT,
+                     'Seconds for every process to join before the run stops with an error.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -36,6 +60,13 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   cli.quiet_logging()
+  # Before anything touches a JAX backend: the devices of every process form one mesh.
+  if distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
+                            FLAGS.process_id, FLAGS.distributed_timeout):
+    distributed.check_same_config({
+        'config': json.loads(FLAGS.config.to_json_best_effort()),
+        'workdir': os.path.abspath(FLAGS.workdir), 'mode': FLAGS.mode,
+        'checkpoint': FLAGS.checkpoint})
   runtime.reuse_freed_memory()  # XLA:CPU intermediates: reuse, not fresh pages
   # Imported after flag parsing: `--help` and flag errors stay instant.
   # pylint: disable=g-import-not-at-top

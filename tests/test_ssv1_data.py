@@ -16,6 +16,7 @@ import pytest
 
 from rstg_jax.ssv1 import reader as ssv1
 import ssv1_fixtures as fx
+from conftest import require
 
 T, CROP, SHORT = 4, 24, 32
 FRAMES = 8  # Frames per good fake video.
@@ -97,7 +98,7 @@ def test_import_rstg_jax_does_not_import_tensorflow():
 
 @pytest.fixture(scope='module')
 def tfds_mod():
-  pytest.importorskip('tensorflow_datasets')
+  require('tensorflow_datasets', 'the Something-Something pipeline')
   from rstg_jax.ssv1 import tfds_builder as ssv1_tfds  # pylint: disable=g-import-not-at-top
   return ssv1_tfds
 

@@ -219,11 +219,16 @@ def test_res3_4_is_the_identity_at_init_and_runs_at_two_input_sizes():
 def test_same_params_at_two_sizes_with_an_active_graph():
   model = ssv1_models.create_ssv1_model(_tiny_config('res3_4'))
   variables = _fill(ssv1_models.init_shapes(model, X.shape[1:]))
+  ssv1_models.cached_graph.cache_clear()
   a, b = _apply(model, variables, X), _apply(model, variables, X48)
   assert a.shape == b.shape == (2, 5) and np.all(np.isfinite(b))
-  # Both graphs were built for the maps they saw: 4x4 / 2x2 and 6x6 / 3x3.
+  # The model asked for exactly the graphs of the maps it saw (res3 and res4 at both
+  # input sizes: 4x4 / 2x2 and 6x6 / 3x3), and no other.
+  built = ssv1_models.cached_graph.cache_info()
+  assert built.currsize == built.misses == 4
   for h in (2, 3, 4, 6):
     assert ssv1_models.cached_graph((1, 2), h, h, 'sparse').feature_size == (h, h)
+  assert ssv1_models.cached_graph.cache_info().misses == 4  # all four were cached hits
 
 
 def test_frozen_bn_gets_no_update_even_with_weight_decay():

@@ -7,6 +7,7 @@ evaluate command scores the validation videos with the 22-view dense protocol.
 Skipped where tensorflow_datasets is not installed.
 """
 
+import collections
 import csv
 import json
 import os
@@ -19,10 +20,13 @@ from configs import ssv1_i3d
 from rstg_jax.ssv1 import convert
 from rstg_jax import evaluate as evaluate_lib
 from rstg_jax.train import metrics as metrics_lib
+from rstg_jax.train import checkpoints
 from rstg_jax.train import loop as train
+from rstg_jax.train import setup as setup_lib
 from rstg_jax.ssv1 import task as ssv1_task
 from rstg_jax.ssv1 import models as ssv1_models
 import ssv1_fixtures as fx
+from conftest import require
 
 T, CROP, SHORT = 4, 24, 32  # frames 32x48: dense crops are 32x32, 11 along the width
 
@@ -72,7 +76,8 @@ def _fake_kinetics_checkpoint(path, config):
 
 @pytest.fixture(scope='module')
 def run(tmp_path_factory):
-  tfds_mod = pytest.importorskip('rstg_jax.ssv1.tfds_builder')
+  require('tensorflow_datasets', 'the Something-Something pipeline')
+  from rstg_jax.ssv1 import tfds_builder as tfds_mod  # pylint: disable=g-import-not-at-top
   d = tmp_path_factory.mktemp('ssv1_train')
   fake = fx.make_fake_ssv1(d / 'raw', num_classes=3,
                            videos_per_split={'train': 4, 'validation': 2})
@@ -125,6 +130,33 @@ def test_dense_evaluation_writes_one_prediction_per_video(run):
     top5 = [int(c) for c in r['top5'].split()]
     assert len(top5) == 3 and top5[0] == int(r['pred'])  # 3 classes: top-5 holds all
   assert np.mean([int(r['pred']) == int(r['label']) for r in rows]) == summary['top1']
+
+
+def test_dense_logits_are_the_mean_of_each_views_own_logits(run):
+  """The dense protocol's per-video logits equal the mean of the 22 views' logits, each
+  view run through the model on its own (no batching, padding or masking involved)."""
+  _, _, _, workdir, _ = run
+  config = evaluate_lib.config_from_checkpoint(workdir, 'latest')
+  setup = setup_lib.make_setup(config, ssv1_task.TASK)
+  with checkpoints.manager(workdir, read_only=True) as mngr:
+    state, _ = checkpoints.restore(mngr, checkpoints.resolve_step(mngr, 'latest'),
+                                   setup.abstract_state)
+  result = ssv1_task.TASK.evaluator(config, setup.dataset, final=True)(setup, state)
+  variables = {'params': state['params'], 'batch_stats': state['batch_stats']}
+  preprocess = setup.dataset.preprocess
+  per_video = collections.defaultdict(list)
+  for b in setup.dataset.view_batches('dense', split=config.eval.split):
+    for video, index, mask in zip(b['video'], b['video_index'], b['mask']):
+      if mask:
+        logits = setup.model.apply(variables, preprocess(video[None]), train=False)
+        per_video[int(index)].append(np.asarray(logits[0], np.float64))
+  assert sorted(per_video) == list(range(len(result.labels)))
+  assert all(len(v) == 22 for v in per_video.values())
+  want = np.stack([np.mean(per_video[i], axis=0) for i in range(len(per_video))])
+  np.testing.assert_allclose(result.logits, want, rtol=1e-4, atol=1e-5)
+  # And not merely one of the views: the views disagree, so any single one differs.
+  assert not np.allclose(result.logits, np.stack([per_video[i][0] for i in
+                                                  range(len(per_video))]), atol=1e-6)
 
 
 def test_training_stream_is_reproducible_from_any_start_step(run):

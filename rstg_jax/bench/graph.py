@@ -15,7 +15,7 @@ meaningful on a noisy machine even when absolute numbers are not:
     forward), and its fraction of the GFLOP/s of a 2048^3 matmul timed right before
     each case (`matmul_gflops_beside`), so both see the same machine load.
 
-  python -m rstg_jax.bench graph [--repeats 3] [--quick]
+  python -m rstg_jax.bench graph [--repeats 3] [--quick (batch 2, D = 64: a smoke run)]
 """
 
 from __future__ import annotations
@@ -105,13 +105,13 @@ def main(argv=None):
   def define(fv):
     flags.DEFINE_integer("repeats", 3, "timed runs per case (median)", flag_values=fv)
     flags.DEFINE_bool("quick", False,
-                      "smaller batch for a fast smoke run (numbers not comparable)",
+                      "batch 2 and D = 64 for a fast smoke run (numbers not comparable)",
                       flag_values=fv)
 
   args, _ = cli.parse_command(define, argv or [], "python -m rstg_jax.bench graph")
   r = args.repeats
   batch = 2 if args.quick else 8
-  dim, k = 512, 3
+  dim, k = (64 if args.quick else 512), 3
   result = {
       "benchmark": "graph",
       "jax": jax.__version__,

@@ -25,6 +25,8 @@ import time
 from typing import Optional
 
 import jax
+from jax.experimental import multihost_utils
+import numpy as np
 import tqdm
 
 from rstg_jax import cli
@@ -32,6 +34,7 @@ from rstg_jax.train import checkpoints
 from rstg_jax.train import input as input_lib
 from rstg_jax.train import metrics as metrics_lib
 from rstg_jax.train import optim
+from rstg_jax.train import run_log
 from rstg_jax.train import setup as setup_lib
 from rstg_jax.train.state import State
 
@@ -64,6 +67,11 @@ def train_and_evaluate(config, workdir: str, task, *, dataset=None) -> State:
   start, total = int(jax.device_get(state['step'])), opts.total_steps
   say(f'Training steps {start} -> {total} ({opts.optimizer}); workdir '
       f'{os.path.abspath(workdir)}')
+  if is_main:  # for launch/sweep.py and rstg_jax.report; DONE comes back at the end
+    run_log.clear_done(workdir)
+    run_log.write_config_json(workdir, setup.config_json, total, resume_step=start,
+                              num_processes=jax.process_count(),
+                              num_devices=jax.device_count())
   log = _Log(setup, workdir, start, is_main, task.selection_split)
   evaluator = task.evaluator(config, data, final=False)
   try:
@@ -155,10 +163,14 @@ def _final_test(setup, evaluator, mngr, state: State, log, task, say) -> Optiona
   best = mngr.latest_step() if best is None else best
   if best is None:
     return None
-  for row in metrics_lib.read_jsonl(log.path):
-    if (row.get('split') == task.test_split and row.get('step') == best
-        and row.get('final_step') == total):
-      return row
+  done = next((row for row in metrics_lib.read_jsonl(log.path)
+               if row.get('split') == task.test_split and row.get('step') == best
+               and row.get('final_step') == total), None)
+  found = done is not None
+  if jax.process_count() > 1:  # process 0's metrics.jsonl decides for every process
+    found = bool(multihost_utils.broadcast_one_to_all(np.int32(found)))
+  if found:
+    return done
   if best != int(jax.device_get(state['step'])):
     state = checkpoints.restore(mngr, best, setup.abstract_state)[0]
   t0 = time.time()
@@ -183,7 +195,8 @@ class _Log:
     self.setup, self.workdir, self.is_main, self.split = setup, workdir, is_main, split
     self.test = None  # the final test row, if the task has a test split
     self.path = os.path.join(workdir, 'metrics.jsonl')
-    self.writer = metrics_lib.JsonlWriter(self.path, start, is_main)
+    # metrics.jsonl with wall time, and the same rows as TensorBoard scalars.
+    self.writer = run_log.RunLog(workdir, start, is_main)
     self.window, self.pending, self.last_eval = None, [], None
     self.t_window, self.n_window = time.time(), 0
     self.pbar = tqdm.tqdm(
@@ -225,13 +238,16 @@ class _Log:
 
   def close(self) -> None:
     self.pbar.close()
+    self.writer.close()
 
   def finish(self, state: State) -> None:
     if not self.is_main:
       return
     curves = os.path.join(self.workdir, 'curves.png')
     metrics_lib.plot_curves(metrics_lib.read_jsonl(self.path), curves)
-    print(f'Done: step {int(jax.device_get(state["step"]))}; curves in {curves}'
+    step = int(jax.device_get(state['step']))
+    run_log.write_done(self.workdir, step=step, last_eval=self.last_eval, test=self.test)
+    print(f'Done: step {step}; curves in {curves}'
           + (f'; last {self.split} top-1 {self.last_eval["top1"]:.4f}' if self.last_eval
              else '')
           + (f'; {self.test["split"]} top-1 {self.test["top1"]:.4f} (step '

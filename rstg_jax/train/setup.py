@@ -13,6 +13,7 @@ import math
 from typing import Any, Callable, Optional
 
 import jax
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 import optax
 
@@ -167,6 +168,11 @@ def initial_state(setup: Setup, workdir: str, say) -> state_lib.State:
       lambda k: state_lib.init_variables(setup.model, k, setup.dataset.input_shape),
       out_shardings=setup.replicated)(jax.random.key(setup.config.seed))
   variables = setup.task.load_pretrained(setup.config, workdir, variables, say)
+  if jax.process_count() > 1:
+    # Every process must start from the same weights, and a task's pretraining (the
+    # SyncMNIST backbone) runs in each process: on a GPU it need not be bitwise
+    # reproducible. Process 0's weights win.
+    variables = multihost_utils.broadcast_one_to_all(jax.device_get(variables))
   return jax.jit(lambda p, bs: state_lib.create_train_state(p, bs, setup.tx),
                  out_shardings=setup.replicated)(variables['params'],
                                                  variables.get('batch_stats', {}))

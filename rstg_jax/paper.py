@@ -1,0 +1,127 @@
+"""The paper's result tables as data: the sweep presets and the report's "paper" column.
+
+Each row names the config overrides that reproduce it on top of a base config, so
+`launch/sweep.py --preset=NAME` runs the rows and `rstg_jax.report` finds a run's row
+from its resolved config (`paper_entry`), whether or not a preset started it.
+
+- SyncMNIST (paper Table 1; poster Table 2): top-1 % on 3SyncMNIST and 5SyncMNIST, six
+  RSTG variants and four baselines; '-' in the paper is None here.
+- Something-Something-v1 (paper Table 2, and Table 3 for where the graph sits): top-1 /
+  top-5 % on the validation set, dense evaluation (11 crops x 2 clips).
+"""
+
+from typing import Optional
+
+# name, paper row, overrides (config fields), 3Sync top-1, 5Sync top-1.
+SYNCMNIST_ROWS = (
+    ('mean_lstm', 'Mean + LSTM', {'model': 'mean_lstm'}, 77.0, None),
+    ('conv_lstm', 'Conv + LSTM', {'model': 'conv_lstm'}, 95.0, 39.7),
+    ('i3d', 'I3D', {'model': 'i3d'}, None, 90.6),
+    ('nonlocal', 'Non-Local', {'model': 'nonlocal'}, None, 93.5),
+    ('space_only', 'RSTG: Space-Only', {'model': 'rstg', 'ablation': 'space_only'}, 61.3, None),
+    ('time_only', 'RSTG: Time-Only', {'model': 'rstg', 'ablation': 'time_only'}, 89.7, None),
+    ('homogeneous', 'RSTG: Homogenous', {'model': 'rstg', 'ablation': 'homogeneous'},
+     95.7, 58.3),
+    ('one_temp', 'RSTG: 1-temp-stage', {'model': 'rstg', 'ablation': 'one_temp'}, 97.0, 74.1),
+    ('all_temp', 'RSTG: All-temp-stages', {'model': 'rstg', 'ablation': 'all_temp'},
+     98.9, 94.5),
+    ('positional', 'RSTG: Positional All-temp', {'model': 'rstg', 'ablation': 'positional'},
+     None, 97.2),
+)
+
+# name, paper row, table, overrides on configs/ssv1_i3d.py, val top-1, top-5.
+SSV1_ROWS = (
+    ('c2d', 'C2D', 'Table 2',
+     {'backbone.arch': 'c2d', 'backbone.nonlocal_blocks': False, 'rstg.placement': 'none'},
+     31.7, 64.7),
+    ('c2d_rstg', 'ours C2D + RSTG', 'Table 2',
+     {'backbone.arch': 'c2d', 'backbone.nonlocal_blocks': False, 'rstg.placement': 'vec'},
+     42.8, 73.6),
+    ('i3d', 'I3D', 'Table 2',
+     {'backbone.arch': 'i3d', 'backbone.nonlocal_blocks': False, 'rstg.placement': 'none'},
+     41.6, 72.2),
+    ('nl_i3d', 'NL I3D', 'Table 2',
+     {'backbone.arch': 'i3d', 'backbone.nonlocal_blocks': True, 'rstg.placement': 'none'},
+     44.4, 76.0),
+    ('i3d_rstg', 'ours I3D + RSTG', 'Table 2',
+     {'backbone.arch': 'i3d', 'backbone.nonlocal_blocks': False, 'rstg.placement': 'res3_4'},
+     49.2, 78.8),
+    ('vec', 'RSTG-to-vec', 'Table 3',
+     {'backbone.arch': 'i3d', 'backbone.nonlocal_blocks': False, 'rstg.placement': 'vec'},
+     47.7, 77.9),
+    ('res2', 'RSTG-to-map res2', 'Table 3',
+     {'backbone.arch': 'i3d', 'backbone.nonlocal_blocks': False, 'rstg.placement': 'res2'},
+     46.9, 76.8),
+    ('res3', 'RSTG-to-map res3', 'Table 3',
+     {'backbone.arch': 'i3d', 'backbone.nonlocal_blocks': False, 'rstg.placement': 'res3'},
+     47.7, 77.8),
+    ('res4', 'RSTG-to-map res4', 'Table 3',
+     {'backbone.arch': 'i3d', 'backbone.nonlocal_blocks': False, 'rstg.placement': 'res4'},
+     48.4, 78.1),
+    ('res3_4', 'RSTG-to-map res3-4', 'Table 3',
+     {'backbone.arch': 'i3d', 'backbone.nonlocal_blocks': False, 'rstg.placement': 'res3_4'},
+     49.2, 78.8),
+)
+
+
+def _sync_preset(digits: int) -> dict:
+  points = []
+  for name, row, overrides, top1_3, top1_5 in SYNCMNIST_ROWS:
+    points.append({
+        'name': f'sync{digits}_{name}',
+        'overrides': {'data.num_digits': digits, **overrides},
+        'paper': {'table': f'SyncMNIST Table 1, {digits}SyncMNIST', 'row': row,
+                  'top1': top1_3 if digits == 3 else top1_5, 'top5': None},
+    })
+  return {'config': 'configs/syncmnist.py', 'points': points,
+          'doc': f'paper Table 1, {digits}SyncMNIST column: 6 RSTG variants, 4 baselines'}
+
+
+def _ssv1_preset(table: str) -> dict:
+  points = [{
+      'name': f'ssv1_{name}', 'overrides': dict(overrides),
+      'paper': {'table': f'Something-Something-v1 {tab}', 'row': row, 'top1': top1,
+                'top5': top5},
+  } for name, row, tab, overrides, top1, top5 in SSV1_ROWS if tab == table]
+  return {'config': 'configs/ssv1_i3d.py', 'points': points,
+          'doc': f'paper {table}, Something-Something-v1 (pass --config.data.root and '
+                 '--config.init_from.path after --)'}
+
+
+PRESETS = {
+    'sync3_table1': _sync_preset(3),
+    'sync5_table1': _sync_preset(5),
+    'ssv1_table2': _ssv1_preset('Table 2'),
+    'ssv1_table3': _ssv1_preset('Table 3'),
+}
+
+
+def _entries() -> list[tuple[dict, dict]]:
+  """(config fields a run must have, the paper row) for every cell of the tables."""
+  out = []
+  for digits in (3, 5):
+    for _, row, overrides, top1_3, top1_5 in SYNCMNIST_ROWS:
+      # The baselines ignore `ablation`; an RSTG row is one ablation.
+      match = {'data.name': 'syncmnist', 'data.num_digits': digits, **overrides}
+      out.append((match, {'table': f'SyncMNIST Table 1, {digits}SyncMNIST', 'row': row,
+                          'top1': top1_3 if digits == 3 else top1_5, 'top5': None}))
+  # res3_4 is both Table 2's "ours I3D + RSTG" and Table 3's last row: Table 2 comes first.
+  for _, row, table, overrides, top1, top5 in SSV1_ROWS:
+    out.append(({'data.name': 'ssv1', **overrides},
+                {'table': f'Something-Something-v1 {table}', 'row': row, 'top1': top1,
+                 'top5': top5}))
+  return out
+
+
+ENTRIES = _entries()
+
+
+def paper_entry(flat_config: dict) -> Optional[dict]:
+  """The paper row a resolved (flat: 'data.name', ...) config reproduces, or None.
+
+  Returns {'table', 'row', 'top1', 'top5'} (a copy); top1 is None where the paper has '-'.
+  """
+  for match, entry in ENTRIES:
+    if all(flat_config.get(k) == v for k, v in match.items()):
+      return dict(entry)
+  return None

@@ -1,0 +1,84 @@
+"""The benchmarks print one JSON object with the documented fields (the README's tables
+are read off them), and the graph benchmark's FLOP count is the traced program's."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+import jaxpr_flops
+from rstg_jax.bench import graph as graph_bench
+from rstg_jax.graph import build_graph
+from rstg_jax.model import RSTG
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _bench(*args, timeout=600) -> dict:
+  proc = subprocess.run([sys.executable, '-m', 'rstg_jax.bench', *args], cwd=REPO,
+                        capture_output=True, text=True, timeout=timeout,
+                        env=dict(os.environ, PYTHONPATH=REPO))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return json.loads(proc.stdout)  # the whole of stdout is one JSON object
+
+
+def _positive(x) -> bool:
+  return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+def test_graph_benchmark_json():
+  out = _bench('graph', '--quick', '--repeats=1')
+  assert out['benchmark'] == 'graph' and out['dim'] == 64 and out['batch'] == 2
+  assert _positive(out['matmul_gflops'])
+  for shapes, nodes in (('ssv1', 30), ('syncmnist', 14)):
+    assert set(out[shapes]) == {'sparse', 'full'}
+    sparse, full = out[shapes]['sparse'], out[shapes]['full']
+    assert sparse['nodes'] == full['nodes'] == nodes
+    assert sparse['directed_edges'] < full['directed_edges'] == nodes * (nodes - 1)
+    for case in (sparse, full):
+      for key in ('fwd_s', 'fwd_clips_per_s', 'fwd_bwd_s', 'fwd_bwd_clips_per_s',
+                  'fwd_fraction_of_matmul', 'fwd_bwd_fraction_of_matmul',
+                  'matmul_gflops_beside', 'model_gflop_fwd'):
+        assert _positive(case[key]), (shapes, key, case)
+      assert case['fwd_clips_per_s'] == pytest.approx(2 / case['fwd_s'])
+  assert set(out['time_scaling_fwd_bwd_s']) == {'8', '16', '32', '64'}
+  assert all(_positive(v) for v in out['time_scaling_fwd_bwd_s'].values())
+  assert out['t64_over_t16'] == pytest.approx(
+      out['time_scaling_fwd_bwd_s']['64'] / out['time_scaling_fwd_bwd_s']['16'])
+  assert set(out['targets']) == {'fraction_of_matmul>=0.60', 't64_over_t16<=4.4'}
+
+
+def test_syncmnist_benchmark_json():
+  out = _bench('syncmnist', '--batch=8', '--repeats=1')
+  assert out['benchmark'] == 'syncmnist' and out['batch'] == 8
+  for key in ('videos_per_s_3_digits', 'videos_per_s_5_digits',
+              'single_digit_images_per_s'):
+    assert _positive(out[key]), key
+  assert isinstance(out['mnist_source'], str) and out['mnist_source']
+
+
+@pytest.mark.slow
+def test_ssv1_benchmark_json():
+  out = _bench('ssv1', '--batch=1', '--frames=4', '--size=32', '--repeats=1', timeout=1200)
+  assert out['benchmark'] == 'ssv1' and out['clip_shape'] == [1, 4, 32, 32, 3]
+  for model in ('i3d_rstg_res3_4', 'i3d_backbone_only'):
+    assert _positive(out[model]['forward_s']) and _positive(out[model]['train_step_s'])
+  assert out['graph_share_forward'] + out['backbone_share_forward'] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize('adjacency', ['sparse', 'full'])
+def test_model_flops_lie_between_the_traced_matmuls_and_all_traced_work(adjacency):
+  """`model_flops` (the GFLOP/s numerator) counts the sparse algorithm's work."""
+  graph = build_graph((1, 2, 3), 6, adjacency='sparse')
+  model = RSTG(graph, dim=32, num_iters=3, schedule='all_temp')
+  x = jnp.zeros((2, 10, graph.num_nodes, 32))
+  variables = model.init(jax.random.key(0), x)
+  traced = jax.make_jaxpr(model.apply)(variables, x)
+  claimed = graph_bench.model_flops(graph, 32, 3, frames=2 * 10)
+  assert jaxpr_flops.count(traced, matmuls_only=True) <= claimed <= jaxpr_flops.count(traced)
+  del adjacency  # the count is for the sparse graph whatever the timed adjacency

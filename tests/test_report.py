@@ -1,0 +1,156 @@
+"""Tests of `rstg_jax.report` on hand-written run folders (exact numbers), and of a real
+sweep of two ablations, a few steps each, ending in report.md and report.png."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from rstg_jax import paper
+from rstg_jax import report
+import tiny_run
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _write_run(path, rows, config=None, sweep=None, done=False, tail=''):
+  os.makedirs(path, exist_ok=True)
+  with open(os.path.join(path, 'metrics.jsonl'), 'w') as f:
+    for r in rows:
+      f.write(json.dumps(r) + '\n')
+    f.write(tail)
+  if config is not None:
+    with open(os.path.join(path, 'config.json'), 'w') as f:
+      json.dump(config, f)
+  if sweep is not None:
+    with open(os.path.join(path, 'sweep.json'), 'w') as f:
+      json.dump(sweep, f)
+  if done:
+    open(os.path.join(path, 'DONE'), 'w').close()
+
+
+def _sync_config(ablation, model='rstg', digits=3, steps=100):
+  return {'config': {'model': model, 'ablation': ablation, 'batch_size': 8,
+                     'num_train_steps': steps,
+                     'data': {'name': 'syncmnist', 'num_digits': digits}},
+          'total_steps': steps}
+
+
+def _val_run(top1s, test_top1, test_top5):
+  """Val rows every 50 steps, a final test row; 40 videos/s at batch 8."""
+  rows = []
+  for i, v in enumerate(top1s):
+    step = 50 * (i + 1)
+    rows.append({'step': step, 'split': 'train', 'loss': 1.0, 'accuracy': 0.5,
+                 'videos_per_sec': 40.0})
+    rows.append({'step': step, 'split': 'val', 'top1': v, 'top5': 0.9, 'loss': 1.0,
+                 'eval_seconds': 2.0})
+  rows.append({'step': 50 * len(top1s), 'split': 'test', 'top1': test_top1,
+               'top5': test_top5, 'loss': 1.0})
+  return rows
+
+
+def test_report_rows_ranks_and_figure(tmp_path):
+  root = tmp_path / 'sweep'
+  # all_temp: best val at step 50 (0.6), test 0.7; one_temp: val 0.5 then 0.55, test 0.8
+  # (paper: all_temp 98.9 > one_temp 97.0 > conv_lstm 95.0 > space_only 61.3).
+  _write_run(root / 'a', _val_run([0.6, 0.58], 0.7, 0.95), _sync_config('all_temp'),
+             sweep={'name': 'a', 'grid': {'ablation': 'all_temp'}}, done=True)
+  _write_run(root / 'b', _val_run([0.5, 0.55], 0.8, 0.97), _sync_config('one_temp'),
+             sweep={'name': 'b', 'grid': {'ablation': 'one_temp'}}, done=True)
+  # Still running: no test row yet, and its last line is being written.
+  _write_run(root / 'c', _val_run([0.2], 0.0, 0.0)[:-1], _sync_config('space_only'),
+             sweep={'name': 'c', 'grid': {'ablation': 'space_only'}},
+             tail='{"step": 60, "split": "tr')
+  # A run from before the val split (test rows during training), outside any sweep.
+  old = [{'step': 10, 'split': 'test', 'top1': 0.3, 'top5': 0.6},
+         {'step': 20, 'split': 'test', 'top1': 0.4, 'top5': 0.7},
+         {'step': 30, 'split': 'test', 'top1': 0.35, 'top5': 0.8}]
+  _write_run(root / 'old' / 'x', old, _sync_config('all_temp', model='conv_lstm', steps=30))
+
+  md_path, png_path, runs = report.write_report(str(root))
+  assert [r['name'] for r in runs] == ['a', 'b', 'c', 'old/x']
+  a, b, c, x = runs
+  assert (a['status'], a['step'], a['videos'], a['chosen_step'], a['val_top1']) == (
+      'done', 100, 800, 50, 0.6)
+  assert (a['test_top1'], a['test_top5']) == (0.7, 0.95)
+  # Wall time estimated from throughput: 2 windows of 50 steps x 8 / 40 + 2 evals of 2 s.
+  assert a['wall_seconds'] == pytest.approx(24.0) and a['wall_estimated']
+  assert c['status'] == 'partial' and c['test_top1'] is None and c['val_top1'] == 0.2
+  assert (x['selected_on'], x['chosen_step'], x['test_top1'], x['test_top5']) == (
+      'test', 20, 0.4, 0.7)
+  assert x['status'] == 'done'  # a test row at the last step
+  assert a['paper']['top1'] == 98.9 and x['paper']['row'] == 'Conv + LSTM'
+  # Ours: b 0.8 > a 0.7 > x 0.4 (test) > c 0.2 (val, no test yet).
+  assert (a['rank'], b['rank'], x['rank'], c['rank']) == ((2, 1), (1, 2), (3, 3), (4, 4))
+
+  text = open(md_path).read()
+  assert ('| a | all_temp | done | 100 / 100 | 800 | ~0m24s | 60.0 (50) | 70.0 | 95.0 | '
+          '98.9 | RSTG: All-temp-stages | 2 / 1 |') in text
+  assert ('| old/x |  | done | 30 / 30 | 240 |  | n/a (chosen on test, step 20)* | 40.0 | '
+          '70.0 | 95.0 | Conv + LSTM | 3 / 3 |') in text
+  assert ('- SyncMNIST Table 1, 3SyncMNIST (4 runs): order differs (Kendall tau 0.67). '
+          'Ours: b > a > old/x > c. Paper: a > b > old/x > c.') in text
+  assert os.path.getsize(png_path) > 10_000
+
+
+def test_report_config_from_sweep_json(tmp_path):
+  """Before the trainer writes config.json, the config comes from sweep.json."""
+  run = tmp_path / 'r'
+  _write_run(run, [{'step': 4, 'split': 'test', 'top1': 0.5, 'top5': 1.0}],
+             sweep={'name': 'r', 'config': 'configs/syncmnist5.py', 'cwd': REPO,
+                    'overrides': {'ablation': 'one_temp'},
+                    'extra_args': ['--config.num_train_steps=4', '--config.batch_size=2',
+                                   '--workdir_is_not_a_config_flag']})
+  info = report.summarize(str(run), str(tmp_path))
+  assert info['config_source'] == 'sweep.json'
+  assert (info['total_steps'], info['batch_size'], info['videos'], info['status']) == (
+      4, 2, 8, 'done')
+  assert info['paper'] == {'table': 'SyncMNIST Table 1, 5SyncMNIST',
+                           'row': 'RSTG: 1-temp-stage', 'top1': 74.1, 'top5': None}
+
+
+def test_paper_entries():
+  flat = {'data.name': 'ssv1', 'backbone.arch': 'c2d', 'backbone.nonlocal_blocks': False,
+          'rstg.placement': 'vec'}
+  assert paper.paper_entry(flat)['row'] == 'ours C2D + RSTG'
+  assert paper.paper_entry(dict(flat, **{'rstg.placement': 'res2'})) is None
+  assert paper.paper_entry({'data.name': 'syncmnist', 'data.num_digits': 4,
+                            'model': 'rstg', 'ablation': 'all_temp'}) is None
+  assert paper.paper_entry({'data.name': 'syncmnist', 'data.num_digits': 3,
+                            'model': 'i3d', 'ablation': 'whatever'})['top1'] is None
+  assert report.kendall_tau([3, 2, 1], [30, 20, 10]) == 1.0
+  assert report.kendall_tau([1, 2, 3], [30, 20, 10]) == -1.0
+
+
+def test_sweep_of_two_ablations_writes_the_report(tmp_path):
+  if not tiny_run.have_mnist():
+    pytest.skip('MNIST not available')
+  workdir = tmp_path / 'sweep'
+  cmd = [sys.executable, 'launch/sweep.py', '--config=configs/syncmnist.py',
+         '--grid=ablation=all_temp,space_only', f'--workdir={workdir}', '--parallel=2',
+         '--', *tiny_run.TINY]
+  result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stdout + result.stderr
+  assert 'finished ablation=all_temp' in result.stdout
+  text = (workdir / 'report.md').read_text()
+  assert '| ablation=all_temp | all_temp | done | 4 / 4 | 32 |' in text
+  assert '| ablation=space_only | space_only | done | 4 / 4 | 32 |' in text
+  assert (workdir / 'report.png').stat().st_size > 10_000
+  for name in ('ablation=all_temp', 'ablation=space_only'):
+    run = workdir / name
+    assert (run / 'sweep.json').exists() and (run / 'DONE').exists()
+    assert not (run / 'RUNNING').exists()
+    assert json.loads((run / 'config.json').read_text())['total_steps'] == 4
+    scalars = tiny_run.tensorboard_scalars(str(run))  # TensorBoard events in every run
+    assert [s for s, _ in scalars['train/loss']] == [2, 4]
+    assert [s for s, _ in scalars['val/top1']] == [2, 4]  # selection, during training
+    assert [s for s, _ in scalars['test/top1']] in ([2], [4])  # once, the chosen step
+    assert {'train/lr', 'train/accuracy', 'train/videos_per_sec'} <= set(scalars)
+  assert '| ~' not in text  # wall time from the rows' 'elapsed', not estimated
+  # Rerunning the sweep skips both runs.
+  again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert again.returncode == 0 and '2 to run' not in again.stdout
+  assert f'2 run(s) in {workdir}: 0 to run, 2 skipped' in again.stdout
