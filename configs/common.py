@@ -9,7 +9,7 @@ A task's configs start from this one and add their own blocks: `configs/default.
   data.*      name (picks the task, `rstg_jax.tasks`), num_classes, train_size, prefetch,
               and the task's data fields
   optim.*     optimizer, learning rate and schedule, `optim.plateau.*`
-  eval.*      evaluations during training: size, batch_size, every (and the task's views)
+  eval.*      evaluations (of the task's splits): size, batch_size, every (and views)
   init_from.* path (another run's workdir, or a file the task knows) and dont_load
 
 Override any field with `--config.<name>=<value>`. The config is locked, so a misspelt
@@ -53,7 +53,8 @@ def get_config():
   config.optim.lr_schedule = 'constant'  # 'constant' or 'cosine' (to 0 at the last step).
   config.optim.warmup_steps = 0
 
-  # Learning rate divided by 10 when the test metric stops improving (paper).
+  # Learning rate divided by 10 when the eval metric stops improving (paper); the eval
+  # split is the task's selection split (SyncMNIST: val).
   config.optim.plateau = config_dict.ConfigDict()
   config.optim.plateau.enabled = True
   config.optim.plateau.metric = 'top1'  # 'top1' (higher is better) or 'loss' (lower).
@@ -64,12 +65,14 @@ def get_config():
 
   # --- Evaluation, logging, checkpoints -----------------------------------------------
   config.eval = config_dict.ConfigDict()
-  config.eval.size = 10_000  # test videos evaluated during training.
+  # Videos evaluated: the task says which split and when (SyncMNIST: test, once at the
+  # end; SSv1: the validation videos evaluated during training).
+  config.eval.size = 10_000
   config.eval.batch_size = 100
   config.eval.every = 2_000  # steps; also evaluated at the last step.
   config.log_every = 50
   config.checkpoint_every = 1_000  # also saved at every evaluation and the last step.
-  config.keep_checkpoints = 3  # the latest N are kept, plus the best by test top-1.
+  config.keep_checkpoints = 3  # the latest N are kept, plus the best by eval top-1.
   config.progress_bar = True
   # Resuming a workdir checks the saved config first: a change to the model (its
   # parameter shapes) always stops the run, and so does a change to the training stream

@@ -10,8 +10,10 @@ baselines: --config.model=mean_lstm|conv_lstm|i3d|nonlocal):
 Recipe (paper Sec. 4 and the authors' code, see shared/notes/facts-from-the-field.md):
 backbone of 3 conv layers with 512 filters pretrained on single digits, 3 scales (1x1, 2x2,
 3x3), node dim 512, LSTM 512, 3 iterations, cross-entropy, SGD with Nesterov momentum 0.9
-from lr 1e-4, divided by 10 when the test top-1 stops improving; training stream of 600k
-videos (10 passes over MNIST train digits), test on 10k videos from MNIST test digits.
+from lr 1e-4, divided by 10 when the val top-1 stops improving; training stream of 600k
+videos (12 passes over the first 50k MNIST train digits), model selection on 10k val
+videos (the last 10k MNIST train digits), test on 10k videos from MNIST test digits with
+the checkpoint chosen on val.
 The paper gives neither the batch size nor the number of epochs: 32 and 10 epochs of 600k
 videos (187,500 steps) are our choices.
 
@@ -34,6 +36,7 @@ def get_config():
   config.batch_size = 32
   config.num_epochs = 10.0
   config.eval.size = 10_000
+  config.data.val_size = 10_000
   config.eval.every = 5_000
   config.checkpoint_every = 2_500
   config.optim.plateau.patience = 3

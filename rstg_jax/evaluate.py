@@ -7,6 +7,13 @@ Without --config, the config saved in the checkpoint's metadata is used. Writes 
 workdir/eval_<step>/: summary.json (top1, top5, loss, count), per_class_accuracy.json and
 .csv, confusion_matrix.csv (counts, rows = true class) and confusion.png.
 
+The task says what is evaluated (its `evaluator(..., final=True)`). SyncMNIST: the test
+split (`--checkpoint=best` is the checkpoint chosen on val), and the digit-oracle
+diagnostic, printed and in summary.json under "oracle": the accuracy of an oracle that
+knows which digits are present but not how they move, the model's accuracy on pair and
+no-pair videos, and how often it names a pair of present digits that do not move
+together. Above the oracle, the model uses motion.
+
 Something-Something-v1 (`config.data.name == 'ssv1'`) is evaluated on the whole
 `config.eval.split` with multi-view testing: `--eval_mode=dense` (the default,
 `config.eval.views`) runs 2 temporal samplings x 11 crops of 256x256 per video
@@ -56,7 +63,8 @@ def run(config: Optional[ml_collections.ConfigDict], workdir: str,
   Args:
     config: the run's config; None: read it from the checkpoint.
     workdir: the training workdir (its checkpoints/ subdirectory is read).
-    checkpoint: 'latest', 'best' (by test top-1) or a step number.
+    checkpoint: 'latest', 'best' (by top-1 on the task's selection split: val for
+      SyncMNIST) or a step number.
     task: the task (default: `rstg_jax.tasks.for_config(config)`).
     dataset: a stand-in data set for tests (default: the task's).
     eval_mode: multi-view data sets only (SSv1): 'dense' or 'center'; default
@@ -84,8 +92,10 @@ def run(config: Optional[ml_collections.ConfigDict], workdir: str,
   if jax.process_index() == 0:  # every process holds the gathered result; one writes it
     evaluators.write_reports(out_dir, result, class_names, summary)
     print(f'Checkpoint step {step}: top-1 {summary["top1"]:.4f}, top-5 '
-          f'{summary["top5"]:.4f}, loss {summary["loss"]:.4f} on {summary["count"]} test '
-          f'videos; outputs in {out_dir}', flush=True)
+          f'{summary["top5"]:.4f}, loss {summary["loss"]:.4f} on {summary["count"]} '
+          f'{summary.get("split", "test")} videos; outputs in {out_dir}', flush=True)
+    for line in result.lines:
+      print(line, flush=True)
   return summary
 
 

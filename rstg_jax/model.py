@@ -12,8 +12,10 @@ weights shared across nodes) alternate; the names are the paper's ablations
   homogeneous  no LSTM: time messages come from the same f_send/attention/f_space as
                space messages (node i at time t, iteration k, also receives a message
                from its own state at t-1, iteration k), K iterations.
-  space_only   K space stages per frame; the recurrence is replaced by an average pool
-               over time (causal: frame t holds the mean over frames 1..t).
+  space_only   K space stages per frame and no recurrence: frame t's states depend on
+               frame t only. The paper's "average pool across time" is the readout's
+               mean over frames (`rstg_to_vec`), which weighs every frame equally, so
+               the video vector does not depend on the order of the frames.
   time_only    only time stages (K shared-weight ones and the final one); no messages
                between nodes.
 
@@ -206,10 +208,11 @@ class RSTG(nn.Module):
         v = self.space(v)
       return self.final_lstm(v, time_axis=0)[1]
     if sched == "space_only":
+      # No time stage at all; a running mean here would, averaged again by the
+      # readout, weigh frame t by (H_T - H_{t-1}) / T and leak the frame order.
       for _ in range(k_iters):
         v = self.space(v)
-      steps = jnp.arange(1, v.shape[0] + 1, dtype=v.dtype)[:, None, None, None]
-      return jnp.cumsum(v, axis=0) / steps
+      return v
     # homogeneous: the time message needs iteration k at t-1, so each iteration is a
     # scan over frames of a space stage that also listens to the past.
     scan = nn.scan(lambda mdl, prev, cur: (lambda s: (s, s))(mdl.space(cur, past=prev)),
@@ -220,7 +223,8 @@ class RSTG(nn.Module):
     return v
 
   def initial_state(self, batch_size: int, dtype=jnp.float32) -> dict[str, Any]:
-    """State of the online mode before the first frame (all zeros)."""
+    """State of the online mode before the first frame (all zeros; empty for space_only,
+    which keeps no memory: the time average is the readout's)."""
     check_schedule(self.schedule)
     n, d, k = self.graph.num_nodes, self.dim, self.num_iters
     zeros = jnp.zeros((batch_size, n, d), dtype)
@@ -229,9 +233,6 @@ class RSTG(nn.Module):
       state["lstm"] = [(zeros, zeros) for _ in range(k)]
     if self.schedule in ("all_temp", "time_only", "one_temp"):
       state["final_lstm"] = (zeros, zeros)
-    if self.schedule == "space_only":
-      state["sum"] = zeros
-      state["count"] = jnp.zeros((), dtype)
     if self.schedule == "homogeneous":
       state["past"] = [zeros for _ in range(k)]
     return state
@@ -258,11 +259,7 @@ class RSTG(nn.Module):
         v = self.space(v, past=state["past"][k])
         pasts.append(v)
       new["past"] = pasts
-    if sched == "space_only":
-      new["sum"] = state["sum"] + v
-      new["count"] = state["count"] + 1
-      return new, new["sum"] / new["count"]
-    if sched == "homogeneous":
+    if sched in ("space_only", "homogeneous"):
       return new, v
     new["final_lstm"], out = self.final_lstm.step(state["final_lstm"], v)
     return new, out

@@ -85,6 +85,19 @@ def test_unknown_names_list_the_valid_ones(field, value, valid):
     tasks.for_config(config, check_data=False)
 
 
+@pytest.mark.parametrize('field,value,message', [
+    ('motion', 'bounce', "Unknown data.motion 'bounce'. Valid: clean, authors"),
+    ('val_size', 0, 'data.val_size must be in 1..10000'),
+    ('val_size', 10_001, 'data.val_size must be in 1..10000'),
+])
+def test_syncmnist_data_fields_are_checked(field, value, message):
+  config = _load('syncmnist')
+  assert (config.data.motion, config.data.val_size) == ('clean', 10_000)
+  config.data[field] = value
+  with pytest.raises(ValueError, match=message):
+    tasks.for_config(config, check_data=False)
+
+
 def test_misspelt_field_suggests_the_right_one():
   with pytest.raises(AttributeError, match='Did you mean "ablation"'):
     _parse(['--config.ablaton=space_only'])

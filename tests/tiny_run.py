@@ -12,7 +12,8 @@ import numpy as np
 
 TINY = ['--config.backbone.width=8', '--config.baseline.lstm_dim=16', '--config.rstg.dim=16',
         '--config.rstg.num_iters=1', '--config.batch_size=8', '--config.eval.batch_size=8',
-        '--config.eval.size=8', '--config.num_train_steps=4', '--config.log_every=2',
+        '--config.eval.size=8', '--config.data.val_size=8', '--config.num_train_steps=4',
+        '--config.log_every=2',
         '--config.eval.every=2', '--config.checkpoint_every=2', '--config.progress_bar=False',
         '--config.backbone.pretrain_steps=0', '--config.optim.optimizer=adam',
         '--config.optim.learning_rate=0.01']

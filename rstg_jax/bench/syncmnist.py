@@ -51,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     def define(fv):
         flags.DEFINE_integer("batch", 64, "videos per generate() call", flag_values=fv)
         flags.DEFINE_integer("repeats", 5, "timed calls per setting (median)", flag_values=fv)
-        flags.DEFINE_enum("split", "train", ["train", "test"], "split", flag_values=fv)
+        flags.DEFINE_enum("split", "train", ["train", "val", "test"], "split", flag_values=fv)
         flags.DEFINE_integer("seed", 0, "generator seed", flag_values=fv)
         flags.DEFINE_string("mnist_path", None, "local MNIST copy", flag_values=fv)
 

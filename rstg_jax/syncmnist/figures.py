@@ -1,19 +1,21 @@
 """Pictures of SyncMNIST videos for people: a PNG grid and an animated GIF.
 
   python -m rstg_jax.syncmnist.figures show --out samples.png --gif samples.gif \\
-      [--split test --num 8 --start 0 --num_digits 3 --seed 0 --mnist_path PATH]
+      [--split test --motion clean --num 8 --start 0 --num_digits 3 --seed 0 \\
+       --mnist_path PATH]
 
-One row per video (titled by its label), one column per frame; the synchronous pair is
-boxed in green, as in the paper's Figure 6.
+One row per video (titled by its label), one column per frame and a last column with
+every digit's trajectory; the synchronous pair is boxed (and its paths drawn) in green,
+as in the paper's Figure 6.
 """
 
 import sys
 from typing import Optional, Sequence
 
 from rstg_jax import cli
-from rstg_jax.syncmnist.generator import (CLASS_NAMES, DIGIT_IN_FRAME, NO_PAIR_LABEL,
-                                          NUM_FRAMES, SCALE, SPLIT_IDS, SPLIT_SIZES,
-                                          generate)
+from rstg_jax.syncmnist.generator import (CLASS_NAMES, DIGIT_IN_FRAME, FRAME, MOTIONS,
+                                          NO_PAIR_LABEL, NUM_FRAMES, SCALE, SPLIT_IDS,
+                                          SPLIT_SIZES, generate)
 
 PROG = 'python -m rstg_jax.syncmnist.figures'
 
@@ -46,8 +48,35 @@ def _boxes(ax, batch: dict, r: int, t: int):
   return patches
 
 
+# Trajectories of the other digits: red and its neighbours (the paper's Figure 6 draws
+# the pair's paths green and the others' red).
+_OTHER_COLOURS = ('#ff3030', '#ff9900', '#ff44cc', '#33bbff', '#ffee33', '#bb77ff',
+                  '#aaaaaa', '#ffffff')
+
+
+def _tracks(ax, batch: dict, r: int) -> None:
+  """All frames of video r overlaid (max), with the path of every digit's centre: the
+  synchronous pair in green, the other digits each in its own colour; a dot marks
+  the first frame, an arrow head the last."""
+  ax.imshow(batch['video'][r, :, :, :, 0].max(axis=0), cmap='gray', vmin=0, vmax=600)
+  centre = batch['canvas_positions'][r] * SCALE + DIGIT_IN_FRAME / 2 - 0.5  # [T, K, 2]
+  paired = int(batch['label'][r]) != NO_PAIR_LABEL
+  for d in range(centre.shape[1]):
+    other = d - 2 if paired else d
+    colour = (_SYNC_COLOURS[d] if paired and d < 2 else
+              _OTHER_COLOURS[other % len(_OTHER_COLOURS)])
+    rows, cols = centre[:, d, 0], centre[:, d, 1]
+    ax.plot(cols, rows, '-', color=colour, linewidth=1.2)
+    ax.plot(cols[0], rows[0], 'o', color=colour, markersize=2.5)
+    ax.annotate('', xy=(cols[-1], rows[-1]), xytext=(cols[-2], rows[-2]),
+                arrowprops=dict(arrowstyle='-|>', color=colour, lw=1.2, mutation_scale=7))
+  ax.set_xlim(-0.5, FRAME - 0.5)
+  ax.set_ylim(FRAME - 0.5, -0.5)
+
+
 def save_grid(batch: dict, indices: Sequence[int], out: str) -> None:
-  """PNG grid: one row per video (titled by its label), one column per frame.
+  """PNG grid: one row per video (titled by its label), one column per frame, and a
+  last column with every digit's trajectory (the synchronous pair's in green).
 
   The synchronous pair is boxed in green in every frame; other digits are unmarked.
   """
@@ -58,9 +87,14 @@ def save_grid(batch: dict, indices: Sequence[int], out: str) -> None:
 
   n = len(indices)
   fig, axes = plt.subplots(
-    n, NUM_FRAMES, figsize=(NUM_FRAMES * 1.25, n * 1.55), squeeze=False
+    n, NUM_FRAMES + 1, figsize=((NUM_FRAMES + 1) * 1.25, n * 1.55), squeeze=False
   )
   for r in range(n):
+    _tracks(axes[r, NUM_FRAMES], batch, r)
+    axes[r, NUM_FRAMES].set_xticks([])
+    axes[r, NUM_FRAMES].set_yticks([])
+    if r == n - 1:
+      axes[r, NUM_FRAMES].set_xlabel('tracks', fontsize=8)
     for t in range(NUM_FRAMES):
       ax = axes[r, t]
       ax.imshow(batch['video'][r, t, :, :, 0], cmap='gray', vmin=0, vmax=255)
@@ -70,7 +104,8 @@ def save_grid(batch: dict, indices: Sequence[int], out: str) -> None:
       if r == n - 1:
         ax.set_xlabel(f't={t}', fontsize=8)
     axes[r, 0].set_title(_row_title(batch, r, int(indices[r])), loc='left', fontsize=9)
-  fig.suptitle('SyncMNIST (green boxes: synchronous pair)', fontsize=10)
+  fig.suptitle("SyncMNIST (green: the synchronous pair; last column: every digit's path)",
+               fontsize=10)
   fig.tight_layout()
   fig.savefig(out, dpi=100)
   plt.close(fig)
@@ -120,6 +155,9 @@ def _define(fv) -> None:
   from absl import flags  # pylint: disable=g-import-not-at-top
   flags.DEFINE_string('out', None, 'PNG file to write.', flag_values=fv)
   flags.DEFINE_enum('split', 'test', list(SPLIT_IDS), 'Which split.', flag_values=fv)
+  flags.DEFINE_enum('motion', 'clean', list(MOTIONS),
+                    "clean (default) or authors (the authors' generator, has shortcuts).",
+                    flag_values=fv)
   flags.DEFINE_integer('num', 8, 'Number of videos (rows).', lower_bound=1, upper_bound=64,
                        flag_values=fv)
   flags.DEFINE_integer('start', 0, 'First video index.', lower_bound=0, flag_values=fv)
@@ -146,7 +184,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     cli.usage_error(PROG, f'--start + --num exceeds the {fv.split} size '
                     f'{SPLIT_SIZES[fv.split]}')
   indices = list(range(fv.start, stop))
-  batch = generate(fv.split, indices, fv.num_digits, fv.seed, fv.mnist_path)
+  batch = generate(fv.split, indices, fv.num_digits, fv.seed, fv.mnist_path, fv.motion)
   save_grid(batch, indices, fv.out)
   print(f'wrote {fv.out}')
   if fv.gif:

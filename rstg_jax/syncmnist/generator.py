@@ -1,7 +1,6 @@
 """SyncMNIST: videos of moving MNIST digits where one pair moves synchronously.
 
-The dataset of the RSTG paper (Nicolicioiu et al., NeurIPS 2019, section 3.1),
-generated as the authors describe it:
+The dataset of the RSTG paper (Nicolicioiu et al., NeurIPS 2019, section 3.1):
 
 * 46 classes: the 45 unordered pairs (i, j), i < j, of distinct digit classes, in
   lexicographic order (class 0 = "0-1", ..., class 44 = "8-9"), plus class 45
@@ -10,21 +9,45 @@ generated as the authors describe it:
 * Each video has ``num_digits`` (3 or 5 in the paper) real MNIST digits of distinct
   classes, pasted (max blend) on a black 100x100 canvas, for 10 frames; the video is
   then box-downscaled to 64x64 (digits become about 18x18).
-* Start positions are uniform over the canvas, except that the synchronous pair starts
-  at least ``MIN_PAIR_SEPARATION`` canvas pixels apart (it never changes its relative
-  offset, so closer starts would hide one of its digits for the whole video).
-* Each step every digit moves by an integer offset in [-10, 10) per axis (canvas
-  pixels), clipped to stay inside. The synchronous pair gets the same offset, drawn
-  from the part of that range that keeps both inside, so their displacements are
-  exactly equal. Independent digits are redrawn if their displacements happen to
-  equal another digit's in all 9 steps, so only the labelled pair is synchronous.
-* Train videos (indices 0..599999 = 10 passes over 60k digits) use only MNIST train
-  images; the test set (indices 0..9999) only MNIST test images.
+* Digits are drawn without replacement within each pass over the split's digits: video
+  i belongs to pass ``i // n`` (n = digits in the split), and in every pass digit slot j
+  of the videos walks through its own random permutation of the split's digits, so each
+  image is slot j of exactly one video per pass (classes in a video are made distinct by
+  reshuffling slot j among the rows that clash). Class frequencies follow MNIST's.
+* Splits: ``train`` (indices 0..599999, 12 passes over the first 50,000 MNIST training
+  digits), ``val`` (0..9999, one pass over the last 10,000 MNIST training digits, which
+  ``train`` and the backbone pre-training never see), ``test`` (0..9999, one pass over
+  the 10,000 MNIST test digits). Model selection uses ``val``; ``test`` is reported.
 
-Every video is a pure function of (seed, split, index, num_digits): its random numbers
-come from its own ``np.random.default_rng([seed, split_id, index])``, so any index can
-be generated alone, in any batch or order, and the fixed test set is never stored.
-Rendering is vectorised over the batch with numpy.
+Motion (``motion=``), per step every digit moves by an integer offset in [-10, 10) per
+axis (canvas pixels), and every digit stays inside the canvas:
+
+* ``"clean"`` (default): a digit's motion is a sequence of 9 offsets drawn uniformly
+  (redrawn if no start keeps the digit inside in all frames); its start is uniform over
+  the rectangle of starts that keep it inside. The synchronous pair shares one sequence
+  and draws its two starts independently from that sequence's rectangle, so each pair
+  digit's track (start, steps, zero steps, time at the border, net displacement) has
+  exactly the distribution of any other digit's: a single track says nothing about
+  whether it belongs to the pair. No digit is ever clipped, and no rule keeps any two
+  digits apart (in 8% of pair videos the pair's digits overlap by more than 20 of
+  28 px on both axes, as two independent digits do in 6% of frames). What remains: the
+  pair shares a rectangle, so its digits are a little closer on average than two
+  independent ones (the closest two digits of a frame are the pair in 44% of 3-digit
+  pair videos, 33% by chance), a weak static cue.
+* ``"authors"``: the authors' generator, which has shortcuts: uniform starts; offsets
+  clipped at the border, so independent digits stick to it while the pair's common
+  offset is drawn from the range that keeps both inside (pair digits spend far less time
+  on the border); and only the pair is kept ``MIN_PAIR_SEPARATION`` apart. Kept to
+  compare with; ``tests/test_syncmnist.py`` shows its single-digit statistics differ.
+
+In both, independent digits are redrawn if their displacements equal another digit's in
+all 9 steps, so only the labelled pair is synchronous.
+
+Every video is a pure function of (seed, split, index, num_digits, motion): its random
+numbers come from its own ``np.random.default_rng([seed, split_id, index])`` and the
+pass permutations from ``[seed, split_id, pass, num_digits, 2]``, so any index can be
+generated alone, in any batch or order, and the fixed val and test sets are never
+stored. :func:`generate_tracks` gives labels and trajectories without rendering.
 
 Run ``python -m rstg_jax.syncmnist.figures show --out samples.png`` for a picture.
 """
@@ -58,10 +81,15 @@ NO_PAIR_PROB = 1.0 / 47.0
 # about 4% of pair videos with uniform starts). Its starts are redrawn until they are
 # at least this far apart (Chebyshev distance in canvas pixels, ~5 px in the frame).
 # Independent digits may overlap: their overlaps are transient.
-MIN_PAIR_SEPARATION = 8
-SPLIT_IDS = {"train": 0, "test": 1}
-#: Number of videos per split: 10 passes over the 60k MNIST train digits; 10k test.
-SPLIT_SIZES = {"train": 600_000, "test": 10_000}
+MIN_PAIR_SEPARATION = 8  # "authors" motion only
+SPLIT_IDS = {"train": 0, "test": 1, "val": 2}
+#: Number of videos per split: 12 passes over the 50k train digits; 10k val; 10k test.
+SPLIT_SIZES = {"train": 600_000, "val": 10_000, "test": 10_000}
+#: The last VAL_DIGITS of the 60k MNIST training digits make the val split's digits (in
+#: mnist.pkl.gz they are its "valid" set); train videos and pre-training use the rest.
+VAL_DIGITS = 10_000
+#: Motion rules, see the module docstring; "clean" is the default.
+MOTIONS = ("clean", "authors")
 
 PAIRS: list[tuple[int, int]] = list(combinations(range(10), 2))
 NUM_PAIR_CLASSES = len(PAIRS)  # 45
@@ -78,6 +106,7 @@ for _label, (_i, _j) in enumerate(PAIRS):
 # Stream tag appended to the RNG key of single-digit images, so they never share
 # random numbers with the videos ([s, k, i] equals [s, k, i, 0] for SeedSequence).
 _SINGLE_DIGIT_STREAM = 1
+_PASS_STREAM = 2  # [seed, split, pass, k, 2]: the digit permutations of one pass
 _MAX_REDRAWS = 1000
 
 
@@ -150,32 +179,91 @@ def _check_indices(split: str, indices) -> np.ndarray:
     return idx
 
 
+def _check_motion(motion: str) -> str:
+    if motion not in MOTIONS:
+        raise ValueError(f"motion must be one of {MOTIONS}, got {motion!r}")
+    return motion
+
+
+# The digits of each split, as (images, labels, offset of index 0 in its MNIST split),
+# keyed by split and checked by the identity of the cached MNIST arrays.
+_POOL_CACHE: dict[tuple, tuple] = {}
+
+
+def split_digits(split: str, mnist_path: str | None = None) -> tuple[np.ndarray, np.ndarray, int]:
+    """The MNIST digits a split draws from.
+
+    Args:
+      split: "train" (MNIST train digits 0..49999), "val" (MNIST train digits
+        50000..59999) or "test" (the 10k MNIST test digits).
+      mnist_path: optional local MNIST copy.
+
+    Returns:
+      (images uint8 [n, 28, 28], labels [n], offset): read-only views; digit d of the
+      split is image ``offset + d`` of its MNIST split (train for train and val).
+    """
+    _check_split(split)
+    source = "test" if split == "test" else "train"
+    images, labels = load_mnist(source, mnist_path)
+    key = (split, id(labels))
+    hit = _POOL_CACHE.get(key)
+    if hit is not None and hit[0] is labels:
+        return hit[1]
+    if split == "test":
+        out = (images, labels, 0)
+    else:
+        if len(labels) <= VAL_DIGITS:
+            raise ValueError(f"MNIST train has {len(labels)} digits; val needs {VAL_DIGITS} of them")
+        cut = len(labels) - VAL_DIGITS
+        out = (images[:cut], labels[:cut], 0) if split == "train" else (images[cut:], labels[cut:], cut)
+    if len(_POOL_CACHE) > 8:
+        _POOL_CACHE.clear()
+    _POOL_CACHE[key] = (labels, out)
+    return out
+
+
+_PASS_CACHE: dict[tuple, tuple] = {}
+
+
+def _pass_table(labels: np.ndarray, seed: int, split_id: int, pass_: int, k: int) -> np.ndarray:
+    """int64 [n, k]: the split digit in slot j of the video at row r of pass ``pass_``.
+
+    Column j is a random permutation of the n digits, so within a pass every digit is
+    slot j of exactly one video. Rows whose classes clash are fixed by reshuffling
+    column j among them and as many random rows, which keeps each column a permutation.
+    """
+    key = (id(labels), seed, split_id, pass_, k)
+    hit = _PASS_CACHE.get(key)
+    if hit is not None and hit[0] is labels:
+        return hit[1]
+    n = len(labels)
+    if len(np.unique(labels)) < k:
+        raise ValueError(f"{k} digits of distinct classes need {k} classes in the split")
+    rng = np.random.default_rng([seed, split_id, pass_, k, _PASS_STREAM])
+    table = np.stack([rng.permutation(n) for _ in range(k)], axis=1)
+    classes = np.asarray(labels)[table]
+    for j in range(1, k):
+        for _ in range(_MAX_REDRAWS):
+            bad = np.flatnonzero((classes[:, j : j + 1] == classes[:, :j]).any(axis=1))
+            if not bad.size:
+                break
+            rows = np.union1d(bad, rng.choice(n, size=min(n, bad.size), replace=False))
+            table[rows, j] = table[rng.permutation(rows), j]
+            classes[rows, j] = labels[table[rows, j]]
+        else:  # pragma: no cover - needs a split with almost no digits of some classes
+            raise RuntimeError(f"could not make the digit classes of pass {pass_} distinct")
+    table.setflags(write=False)
+    if len(_PASS_CACHE) > 40:
+        _PASS_CACHE.clear()
+    _PASS_CACHE[key] = (labels, table)
+    return table
+
+
 def _check_seed(seed: int) -> int:
     seed = int(seed)
     if seed < 0:
         raise ValueError(f"seed must be non-negative, got {seed}")
     return seed
-
-
-# Per-split class grouping, keyed by the identity of the (cached, read-only) label
-# array, so it always matches the images load_mnist currently returns.
-_CLASS_INDEX_CACHE: dict[int, tuple[np.ndarray, tuple]] = {}
-
-
-def _class_index(labels: np.ndarray):
-    """MNIST indices grouped by class: (order, class starts, class counts)."""
-    hit = _CLASS_INDEX_CACHE.get(id(labels))
-    if hit is not None and hit[0] is labels:
-        return hit[1]
-    order = np.argsort(labels, kind="stable").astype(np.int64)
-    counts = np.bincount(labels, minlength=10).astype(np.int64)
-    if (counts == 0).any():
-        raise ValueError(f"MNIST split lacks classes {np.flatnonzero(counts == 0)}")
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    if len(_CLASS_INDEX_CACHE) > 8:
-        _CLASS_INDEX_CACHE.clear()
-    _CLASS_INDEX_CACHE[id(labels)] = (labels, (order, starts, counts))
-    return order, starts, counts
 
 
 def _area_downscale(canvas: np.ndarray) -> np.ndarray:
@@ -230,17 +318,12 @@ def _render(images: np.ndarray, positions: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------------------
 
 
-def _draw_layout(num_digits: int) -> dict[str, slice]:
+def _draw_layout(num_digits: int, motion: str = "clean") -> dict[str, slice]:
     """Where each quantity sits in a video's block of uniform random numbers."""
     k, steps = num_digits, NUM_FRAMES - 1
-    sizes = [
-        ("no_pair", 1),
-        ("perm", 10),  # argsort of 10 uniforms = a uniform random permutation
-        ("image", k),
-        ("start", 2 * k),
-        ("offsets", steps * k * 2),
-        ("pair", steps * 2),
-    ]
+    sizes = [("no_pair", 1), ("start", 2 * k), ("offsets", steps * k * 2)]
+    if motion == "authors":
+        sizes.append(("pair", steps * 2))
     layout, pos = {}, 0
     for name, n in sizes:
         layout[name] = slice(pos, pos + n)
@@ -257,7 +340,7 @@ def _offsets_from_uniform(u: np.ndarray) -> np.ndarray:
 def _trajectories(
     start: np.ndarray, offsets: np.ndarray, pair_u: np.ndarray, has_pair: np.ndarray
 ) -> np.ndarray:
-    """Canvas positions of every digit in every frame.
+    """Canvas positions of every digit in every frame, authors' motion (clipped).
 
     Args:
       start: int [B, K, 2] initial top-left corners in [0, MAX_POS].
@@ -296,61 +379,71 @@ def _coincident_pairs(pos: np.ndarray, has_pair: np.ndarray) -> np.ndarray:
     return same
 
 
-def generate(
-    split: str,
-    indices: int | Sequence[int] | np.ndarray,
-    num_digits: int = 3,
-    seed: int = 0,
-    mnist_path: str | None = None,
-) -> dict[str, np.ndarray]:
-    """Generate SyncMNIST videos by index.
+def _start_rectangle(offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Displacements and the starts that keep a digit inside, for offset sequences.
 
     Args:
-      split: "train" (indices 0..599999, MNIST train digits) or "test" (indices
-        0..9999, MNIST test digits).
-      indices: one index or a 1-D sequence of B indices; each video depends only on
-        (seed, split, index, num_digits), never on the batch it is generated in.
-      num_digits: digits per video (3 or 5 in the paper; 2..10, classes are distinct).
-      seed: non-negative dataset seed.
-      mnist_path: optional local MNIST copy, see :func:`rstg_jax.syncmnist.mnist.load_mnist`.
+      offsets: int [..., T-1, 2] per-step offsets.
 
     Returns:
-      dict of numpy arrays:
-        ``video`` uint8 [B, 10, 64, 64, 1];
-        ``label`` int32 [B] in 0..45 (45 = no synchronous pair);
-        ``digits`` int32 [B, num_digits], the MNIST class of each digit (distinct);
-        ``positions`` int32 [B, 10, num_digits, 2], top-left (row, col) of each digit
-          in the 64x64 frame (canvas position * 0.64, rounded; the digit covers about
-          18x18 pixels from there);
-        ``canvas_positions`` int32 [B, 10, num_digits, 2], the exact positions on the
-          100x100 canvas, where the synchronous pair's displacements are equal;
-        ``mnist_index`` int64 [B, num_digits], index of each digit's image in the
-          MNIST split.
-
-    Raises:
-      ValueError: bad split, indices, seed or num_digits.
-      rstg_jax.syncmnist.mnist.MNISTNotFoundError: no MNIST copy available.
+      (disp [..., T, 2] displacement from the start in every frame, lo [..., 2],
+      hi [..., 2]): the start s keeps the digit inside in all frames iff
+      lo <= s <= hi per axis (empty when hi < lo).
     """
-    split_id = _check_split(split)
-    idx = _check_indices(split, indices)
-    seed = _check_seed(seed)
-    k = int(num_digits)
-    if not 2 <= k <= 10:
-        raise ValueError(f"num_digits must lie in 2..10 (distinct classes), got {num_digits}")
-    images, labels = load_mnist(split, mnist_path)
-    order, starts, counts = _class_index(labels)
+    zero = np.zeros(offsets.shape[:-2] + (1, 2), np.int64)
+    disp = np.concatenate([zero, np.cumsum(offsets, axis=-2)], axis=-2)
+    return disp, -disp.min(axis=-2), MAX_POS - disp.max(axis=-2)
 
-    lay = _draw_layout(k)
-    b, steps = idx.size, NUM_FRAMES - 1
-    # One small generator per video; drawing its whole block of uniforms at once keeps
-    # the per-video Python cost to two calls, the rest is vectorised over the batch.
-    rngs = [np.random.default_rng([seed, split_id, int(i)]) for i in idx]
-    u = np.stack([r.random(lay["total"].stop) for r in rngs]) if b else np.zeros((0, lay["total"].stop))
 
-    has_pair = u[:, lay["no_pair"]][:, 0] >= NO_PAIR_PROB
-    classes = np.argsort(u[:, lay["perm"]], axis=1)[:, :k]  # distinct, uniform
-    within = np.floor(u[:, lay["image"]] * counts[classes]).astype(np.int64)
-    mnist_index = order[starts[classes] + within]  # [B, K]
+def _clean_digit(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A fresh (offsets [T-1, 2], lo [2], hi [2]) with a non-empty start rectangle."""
+    for _ in range(_MAX_REDRAWS):
+        offsets = _offsets_from_uniform(rng.random((NUM_FRAMES - 1) * 2)).reshape(-1, 2)
+        _, lo, hi = _start_rectangle(offsets)
+        if (hi >= lo).all():
+            return offsets, lo, hi
+    raise RuntimeError("no offset sequence fits the canvas")  # pragma: no cover
+
+
+def _clean_tracks(u: np.ndarray, lay: dict, rngs: list, has_pair: np.ndarray, k: int) -> np.ndarray:
+    """Canvas positions int64 [B, T, K, 2] of the "clean" motion (module docstring)."""
+    b, steps = u.shape[0], NUM_FRAMES - 1
+    offsets = _offsets_from_uniform(u[:, lay["offsets"]]).reshape(b, k, steps, 2)
+    start_u = u[:, lay["start"]].reshape(b, k, 2)
+    _, lo, hi = _start_rectangle(offsets)
+    # Rare (about 1e-4 per digit): a sequence that no start keeps inside is redrawn from
+    # the video's own stream, after its block of uniforms.
+    for v, d in np.argwhere((hi < lo).any(axis=-1)):
+        offsets[v, d], lo[v, d], hi[v, d] = _clean_digit(rngs[v])
+    # The pair shares digit 0's sequence; digit 1 keeps its own start uniform.
+    for arr in (offsets, lo, hi):
+        arr[has_pair, 1] = arr[has_pair, 0]
+    start = lo + np.floor(start_u * (hi - lo + 1)).astype(np.int64)
+
+    def positions(vs):
+        disp = _start_rectangle(offsets[vs])[0]  # [b, K, T, 2]
+        return (start[vs][:, :, None] + disp).transpose(0, 2, 1, 3)
+
+    pos = positions(slice(None))
+    # Rare: an independent digit moving exactly like another one in all 9 steps would
+    # make a second synchronous pair. Redraw its sequence and start until none remain.
+    for v in np.flatnonzero(_coincident_pairs(pos, has_pair).any(axis=(1, 2))):
+        for _ in range(_MAX_REDRAWS):
+            same = _coincident_pairs(pos[v : v + 1], has_pair[v : v + 1])[0]
+            if not same.any():
+                break
+            d = int(np.argwhere(same)[0][1])  # the later digit of the first pair
+            offsets[v, d], lo[v, d], hi[v, d] = _clean_digit(rngs[v])
+            start[v, d] = lo[v, d] + np.floor(rngs[v].random(2) * (hi[v, d] - lo[v, d] + 1)).astype(np.int64)
+            pos[v : v + 1] = positions(slice(v, v + 1))
+        else:  # pragma: no cover - probability is astronomically small
+            raise RuntimeError("could not make digit trajectories distinct")
+    return pos
+
+
+def _authors_tracks(u: np.ndarray, lay: dict, rngs: list, has_pair: np.ndarray, k: int) -> np.ndarray:
+    """Canvas positions int64 [B, T, K, 2] of the authors' (clipped) motion."""
+    b, steps = u.shape[0], NUM_FRAMES - 1
     start = np.floor(u[:, lay["start"]] * (MAX_POS + 1)).astype(np.int64).reshape(b, k, 2)
     offsets = _offsets_from_uniform(u[:, lay["offsets"]]).reshape(b, steps, k, 2)
     pair_u = u[:, lay["pair"]].reshape(b, steps, 2)
@@ -363,8 +456,6 @@ def generate(
             start[v, 1] = np.floor(rngs[v].random(2) * (MAX_POS + 1)).astype(np.int64)
 
     pos = _trajectories(start, offsets, pair_u, has_pair)
-    # Rare: an independent digit moving exactly like another one in all 9 steps would
-    # make a second synchronous pair. Redraw its offsets until none remain.
     for v in np.flatnonzero(_coincident_pairs(pos, has_pair).any(axis=(1, 2))):
         for _ in range(_MAX_REDRAWS):
             same = _coincident_pairs(pos[v : v + 1], has_pair[v : v + 1])[0]
@@ -376,21 +467,155 @@ def generate(
                 start[v : v + 1], offsets[v : v + 1], pair_u[v : v + 1], has_pair[v : v + 1]
             )
         else:  # pragma: no cover - probability is astronomically small
-            raise RuntimeError(f"could not make digit trajectories distinct for index {idx[v]}")
+            raise RuntimeError("could not make digit trajectories distinct")
+    return pos
 
+
+def generate_tracks(
+    split: str,
+    indices: int | Sequence[int] | np.ndarray,
+    num_digits: int = 3,
+    seed: int = 0,
+    mnist_path: str | None = None,
+    motion: str = "clean",
+) -> dict[str, np.ndarray]:
+    """Everything :func:`generate` returns except the pixels (no rendering: fast).
+
+    Same arguments as :func:`generate`. Returns ``label``, ``digits``, ``positions``,
+    ``canvas_positions`` and ``mnist_index``, equal to :func:`generate`'s.
+    """
+    split_id = _check_split(split)
+    idx = _check_indices(split, indices)
+    seed = _check_seed(seed)
+    motion = _check_motion(motion)
+    k = int(num_digits)
+    if not 2 <= k <= 10:
+        raise ValueError(f"num_digits must lie in 2..10 (distinct classes), got {num_digits}")
+    _, labels, offset = split_digits(split, mnist_path)
+
+    lay = _draw_layout(k, motion)
+    b = idx.size
+    # One small generator per video; drawing its whole block of uniforms at once keeps
+    # the per-video Python cost to two calls, the rest is vectorised over the batch.
+    rngs = [np.random.default_rng([seed, split_id, int(i)]) for i in idx]
+    u = np.stack([r.random(lay["total"].stop) for r in rngs]) if b else np.zeros((0, lay["total"].stop))
+    has_pair = u[:, lay["no_pair"]][:, 0] >= NO_PAIR_PROB
+
+    n = len(labels)
+    digit = np.empty((b, k), np.int64)
+    passes, rows = np.divmod(idx, n)
+    for p in np.unique(passes):
+        sel = passes == p
+        digit[sel] = _pass_table(labels, seed, split_id, int(p), k)[rows[sel]]
+    classes = np.asarray(labels)[digit]
+
+    tracks = _clean_tracks if motion == "clean" else _authors_tracks
+    pos = tracks(u, lay, rngs, has_pair, k)
     label = np.where(
         has_pair,
         _PAIR_TABLE[classes[:, 0], classes[:, 1]],
         NO_PAIR_LABEL,
     ).astype(np.int32)
-    video = _render(images[mnist_index], pos)[..., None]
     return {
-        "video": video,
         "label": label,
         "digits": classes.astype(np.int32),
         "positions": np.rint(pos * SCALE).astype(np.int32),
         "canvas_positions": pos.astype(np.int32),
-        "mnist_index": mnist_index,
+        "mnist_index": digit + offset,
+    }
+
+
+def generate(
+    split: str,
+    indices: int | Sequence[int] | np.ndarray,
+    num_digits: int = 3,
+    seed: int = 0,
+    mnist_path: str | None = None,
+    motion: str = "clean",
+) -> dict[str, np.ndarray]:
+    """Generate SyncMNIST videos by index.
+
+    Args:
+      split: "train" (indices 0..599999), "val" (0..9999) or "test" (0..9999); see
+        the module docstring for the digits each uses.
+      indices: one index or a 1-D sequence of B indices; each video depends only on
+        (seed, split, index, num_digits, motion), never on the batch it is generated in.
+      num_digits: digits per video (3 or 5 in the paper; 2..10, classes are distinct).
+      seed: non-negative dataset seed.
+      mnist_path: optional local MNIST copy, see :func:`rstg_jax.syncmnist.mnist.load_mnist`.
+      motion: "clean" (default) or "authors" (has single-digit shortcuts), see the
+        module docstring.
+
+    Returns:
+      dict of numpy arrays:
+        ``video`` uint8 [B, 10, 64, 64, 1];
+        ``label`` int32 [B] in 0..45 (45 = no synchronous pair);
+        ``digits`` int32 [B, num_digits], the MNIST class of each digit (distinct);
+        ``positions`` int32 [B, 10, num_digits, 2], top-left (row, col) of each digit
+          in the 64x64 frame (canvas position * 0.64, rounded; the digit covers about
+          18x18 pixels from there);
+        ``canvas_positions`` int32 [B, 10, num_digits, 2], the exact positions on the
+          100x100 canvas, where the synchronous pair's displacements are equal;
+        ``mnist_index`` int64 [B, num_digits], index of each digit's image in its
+          MNIST split (the training split for train and val videos).
+
+    Raises:
+      ValueError: bad split, indices, seed, num_digits or motion.
+      rstg_jax.syncmnist.mnist.MNISTNotFoundError: no MNIST copy available.
+    """
+    out = generate_tracks(split, indices, num_digits, seed, mnist_path, motion)
+    images, _, offset = split_digits(split, mnist_path)
+    video = _render(images[out["mnist_index"] - offset], out["canvas_positions"])[..., None]
+    return {"video": video, **out}
+
+
+def digit_oracle_report(labels, preds, digits) -> dict[str, float]:
+    """Does a model use motion? Its accuracy beside that of the "digit oracle".
+
+    The digit oracle knows which digit classes a video holds but not how they move. The
+    digit slots are exchangeable, so each of the m = K(K-1)/2 pairs of present classes is
+    a priori equally likely to be the synchronous one, and "no pair" (prior 1/47) is less
+    likely than any of them: the best it can do is name one of the m pairs, which is
+    right with probability 1/m on a pair video and never on a no-pair video. This is the
+    optimal oracle (knowing the class prior does not help), computed exactly per video.
+
+    Args:
+      labels: int [n] true labels; preds: int [n] predicted labels; digits: int [n, K]
+        the classes present in each video.
+
+    Returns:
+      dict: ``top1``; ``oracle_top1`` (expected accuracy of the digit oracle);
+      ``pair_top1`` / ``no_pair_top1`` (the model's accuracy on pair / no-pair videos)
+      and ``pair_videos`` / ``no_pair_videos`` (their counts); ``present_async_pair``
+      (fraction of videos where the model names a pair of digits that are present but
+      not synchronous), ``absent_digit_pair`` (names a pair with a digit not in the
+      video) and ``predicts_no_pair`` (fraction of "none" predictions).
+    """
+    labels, preds = np.asarray(labels), np.asarray(preds)
+    digits = np.asarray(digits)
+    n, k = digits.shape
+    if not len(labels) == len(preds) == n:
+        raise ValueError(f"labels {labels.shape}, preds {preds.shape}, digits {digits.shape} disagree")
+    present = np.zeros((n, 10), bool)
+    present[np.arange(n)[:, None], digits] = True
+    pairs = np.array(PAIRS + [(0, 0)])  # "none" maps to a dummy pair, masked below
+    named = pairs[preds]  # [n, 2]
+    names_pair = preds != NO_PAIR_LABEL
+    both_present = present[np.arange(n), named[:, 0]] & present[np.arange(n), named[:, 1]]
+    correct = preds == labels
+    has_pair = labels != NO_PAIR_LABEL
+    m = k * (k - 1) / 2
+    mean = lambda x: float(np.mean(x)) if np.size(x) else float("nan")
+    return {
+        "top1": mean(correct),
+        "oracle_top1": mean(np.where(has_pair, 1.0 / m, 0.0)),
+        "pair_top1": mean(correct[has_pair]),
+        "no_pair_top1": mean(correct[~has_pair]),
+        "pair_videos": int(has_pair.sum()),
+        "no_pair_videos": int((~has_pair).sum()),
+        "present_async_pair": mean(names_pair & both_present & ~correct),
+        "absent_digit_pair": mean(names_pair & ~both_present),
+        "predicts_no_pair": mean(~names_pair),
     }
 
 
@@ -403,6 +628,7 @@ def iterate_batches(
     stop: int | None = None,
     drop_last: bool = False,
     mnist_path: str | None = None,
+    motion: str = "clean",
 ) -> Iterator[dict[str, np.ndarray]]:
     """Yield :func:`generate` batches for consecutive indices ``start .. stop - 1``.
 
@@ -410,7 +636,7 @@ def iterate_batches(
     ones; resuming at ``start`` reproduces the stream exactly.
 
     Args:
-      split, num_digits, seed, mnist_path: as in :func:`generate`.
+      split, num_digits, seed, mnist_path, motion: as in :func:`generate`.
       batch_size: videos per batch (> 0).
       start: first index.
       stop: one past the last index (default: the split size).
@@ -427,7 +653,7 @@ def iterate_batches(
         hi = min(lo + batch_size, stop)
         if drop_last and hi - lo < batch_size:
             return
-        yield generate(split, np.arange(lo, hi), num_digits, seed, mnist_path)
+        yield generate(split, np.arange(lo, hi), num_digits, seed, mnist_path, motion)
 
 
 # --------------------------------------------------------------------------------------
@@ -445,11 +671,12 @@ def generate_single_digit(
 
     The paper pre-trains the backbone CNN to classify such images. Image ``i`` of a
     split depends only on (seed, split, i); it uses an RNG stream distinct from the
-    videos'. Indices follow the video split sizes (train: 0..599999, test: 0..9999);
-    the MNIST image is drawn uniformly from the split.
+    videos'. Indices follow the video split sizes (train: 0..599999, val and test:
+    0..9999); the MNIST image is drawn uniformly from the split's digits
+    (:func:`split_digits`: train images never include the val digits).
 
     Args:
-      split: "train" or "test".
+      split: "train", "val" or "test".
       indices: one index or a 1-D sequence of B indices.
       seed: non-negative seed.
       mnist_path: optional local MNIST copy.
@@ -457,12 +684,12 @@ def generate_single_digit(
     Returns:
       dict with ``image`` uint8 [B, 64, 64, 1], ``label`` int32 [B] (the digit class),
       ``position`` int32 [B, 2] (top-left in the 64x64 frame) and ``mnist_index``
-      int64 [B].
+      int64 [B] (in the MNIST split, as in :func:`generate`).
     """
     split_id = _check_split(split)
     idx = _check_indices(split, indices)
     seed = _check_seed(seed)
-    images, labels = load_mnist(split, mnist_path)
+    images, labels, offset = split_digits(split, mnist_path)
     b = idx.size
     u = np.array(
         [np.random.default_rng([seed, split_id, int(i), _SINGLE_DIGIT_STREAM]).random(3) for i in idx]
@@ -474,5 +701,5 @@ def generate_single_digit(
         "image": frames[:, 0, :, :, None],
         "label": labels[mnist_index].astype(np.int32),
         "position": np.rint(pos * SCALE).astype(np.int32),
-        "mnist_index": mnist_index,
+        "mnist_index": mnist_index + offset,
     }

@@ -103,9 +103,10 @@ def pretrain_backbone(width: int = 512,
 
   Frame i of a split is fixed by (generator seed, split, i): a random MNIST digit of the
   split at a random place. Each step draws `batch_size` train frame indices at random
-  (numpy generator seeded with `seed`), so a run is reproducible. Evaluation uses test
+  (numpy generator seeded with `seed`), so a run is reproducible; train frames never
+  show the val digits (the last 10,000 MNIST training digits). Evaluation uses val
   frames 0..eval_frames-1 with generator seed 0 whatever `seed` is, so all runs are
-  compared on the same frames.
+  compared on the same frames and no number printed during training touches test.
 
   Args:
     width: backbone filters (config.backbone.width).
@@ -115,15 +116,15 @@ def pretrain_backbone(width: int = 512,
     learning_rate: Adam learning rate (constant).
     mnist_path: local MNIST copy, passed on to the data module (None: its default).
     log_every: steps between loss records (and progress-bar updates).
-    eval_frames: test frames for the final accuracy (0: no evaluation).
+    eval_frames: val frames for the final accuracy (0: no evaluation).
     eval_batch_size: frames per evaluation batch.
     progress_bar: show a tqdm bar.
 
   Returns:
     (backbone_params, metrics): the `SmallCNN` parameters (a nested dict of numpy
     arrays, to be put at `params['backbone']`), and a dict with `train_loss` (list of
-    (step, mean loss since the previous record)), `final_train_loss`, `test_accuracy`,
-    `test_loss`, `eval_frames`, `seconds` (wall time, evaluation included) and
+    (step, mean loss since the previous record)), `final_train_loss`, `val_accuracy`,
+    `val_loss`, `eval_frames`, `seconds` (wall time, evaluation included) and
     `steps_per_second`.
   """
   if steps < 1:
@@ -166,15 +167,15 @@ def pretrain_backbone(width: int = 512,
 
   metrics: dict[str, Any] = {"train_loss": history, "final_train_loss": history[-1][1]}
   if eval_frames > 0:
-    eval_frames = min(eval_frames, _num_frames("test"))
+    eval_frames = min(eval_frames, _num_frames("val"))
     totals = None
     for lo in range(0, eval_frames, eval_batch_size):
       idx = np.arange(lo, min(lo + eval_batch_size, eval_frames))
-      # Generator seed 0 for the test frames, independent of the training seed.
-      batch = dict(_frames("test", idx, 0, mnist_path), mask=np.ones(len(idx), np.float32))
+      # Generator seed 0 for the val frames, independent of the training seed.
+      batch = dict(_frames("val", idx, 0, mnist_path), mask=np.ones(len(idx), np.float32))
       totals = metrics_lib.add(totals, eval_step(state, batch)[0])
     result = metrics_lib.compute(jax.device_get(totals))
-    metrics.update(test_accuracy=result["top1"], test_loss=result["loss"],
+    metrics.update(val_accuracy=result["top1"], val_loss=result["loss"],
                    eval_frames=eval_frames)
   seconds = time.time() - start
   metrics.update(seconds=seconds, steps_per_second=steps / seconds)

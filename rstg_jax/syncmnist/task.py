@@ -4,7 +4,11 @@ Model: `rstg_jax.syncmnist.models.create_model` (RSTG or a baseline). Data: vide
 generated on the fly (`rstg_jax.syncmnist.dataset`). Pre-trained weights: the backbone
 pre-trained on single digits when `backbone.pretrain_steps > 0` (cached in
 `WORKDIR/backbone.npz`), then `init_from.path` (another run). Frozen: the backbone when
-`backbone.freeze`. No TensorFlow anywhere on this path.
+`backbone.freeze`. Splits: training evaluates and selects on the first `data.val_size`
+videos of 'val' (videos of the last 10,000 MNIST training digits, which neither the
+training stream nor the backbone pre-training reads); the first `eval.size` videos of
+'test' are evaluated once at the end of training, and by the evaluate command together
+with the digit-oracle diagnostic (`DigitOracleView`). No TensorFlow anywhere on this path.
 """
 
 import os
@@ -13,6 +17,7 @@ import jax
 
 from rstg_jax.syncmnist import models
 from rstg_jax.train import config_checks
+from rstg_jax.train import evaluators
 from rstg_jax.train import init_from
 from rstg_jax.train import task as task_lib
 from rstg_jax.train.state import param_count
@@ -22,10 +27,13 @@ class SyncMNISTTask(task_lib.Task):
   """See the module docstring."""
 
   name = 'syncmnist'
+  selection_split = 'val'
+  test_split = 'test'
 
   def config_errors(self, config) -> list[str]:
     b = config.backbone
-    errors = models.config_errors(config) + config_checks.positive_errors(
+    errors = models.config_errors(config) + data_config_errors(config)
+    errors += config_checks.positive_errors(
         ('backbone.pretrain_steps', b.pretrain_steps, 'an integer >= 0',
          dict(integer=True, allow_zero=True)),
         # The training stream is drawn from the first data.train_size videos.
@@ -55,6 +63,7 @@ class SyncMNISTTask(task_lib.Task):
         num_digits=d.num_digits, data_seed=d.seed, mnist_path=d.mnist_path,
         train_size=d.train_size, batch_size=config.batch_size, seed=config.seed,
         eval_size=config.eval.size, eval_batch_size=config.eval.batch_size,
+        val_size=d.val_size, motion=d.motion,
         process_index=process_index, process_count=process_count)
 
   def frozen_mask(self, config, params):
@@ -75,6 +84,51 @@ class SyncMNISTTask(task_lib.Task):
     ablation = f', ablation {config.ablation}' if config.model == 'rstg' else ''
     return (f'{type(models.create_model(config)).__name__} ({config.model}{ablation}): '
             f'{param_count(params):,} parameters')
+
+  def evaluator(self, config, dataset, final: bool = False):
+    if final:
+      return DigitOracleView(batches=dataset.test_batches, split=self.test_split)
+    return evaluators.SingleView(split=self.selection_split)
+
+
+def data_config_errors(config) -> list[str]:
+  """The generator's fields: data.motion and data.val_size."""
+  from rstg_jax.syncmnist import generator  # pylint: disable=g-import-not-at-top
+  errors = []
+  if config.data.motion not in generator.MOTIONS:
+    errors.append(f'Unknown data.motion {config.data.motion!r}. Valid: '
+                  f'{", ".join(generator.MOTIONS)}.')
+  val_size = config.data.val_size
+  if not 0 < val_size <= generator.SPLIT_SIZES['val']:
+    errors.append(f'data.val_size must be in 1..{generator.SPLIT_SIZES["val"]}, got '
+                  f'{val_size}.')
+  return errors
+
+
+class DigitOracleView(evaluators.SingleView):
+  """One view per video, plus the digit-oracle diagnostic (`generator.digit_oracle_report`).
+
+  The digit oracle knows which digits a video holds but not how they move; the report
+  (in the metrics under 'oracle', and one printed line) gives its top-1 beside the
+  model's, the model's top-1 on pair and on no-pair videos, and how often the model
+  names a pair of present digits that do not move together. Above the oracle, the model
+  uses motion. The data set gives `digits(split)` in the order of the batches.
+  """
+
+  def __call__(self, setup, state) -> evaluators.EvalResult:
+    from rstg_jax.syncmnist import generator  # pylint: disable=g-import-not-at-top
+    result = super().__call__(setup, state)
+    report = generator.digit_oracle_report(result.labels, result.preds,
+                                           setup.dataset.digits(self.split))
+    line = (f'Digit oracle (knows the digits, not their motion): top-1 '
+            f'{report["oracle_top1"]:.4f}; model: top-1 {report["top1"]:.4f}, on pair videos '
+            f'{report["pair_top1"]:.4f} ({report["pair_videos"]}), on no-pair videos '
+            f'{report["no_pair_top1"]:.4f} ({report["no_pair_videos"]}); names a present but '
+            f'asynchronous pair in {report["present_async_pair"]:.4f} of the videos, a pair '
+            f'with an absent digit in {report["absent_digit_pair"]:.4f}')
+    result.metrics['oracle'] = report
+    result.lines = (*result.lines, line)
+    return result
 
 
 def pretrained_backbone(config, workdir: str, params: dict, say) -> dict:
@@ -100,8 +154,8 @@ def pretrained_backbone(config, workdir: str, params: dict, say) -> dict:
         **settings, log_every=max(1, b.pretrain_steps // 10),
         progress_bar=config.progress_bar and jax.process_index() == 0)
     say(f'Backbone pretraining done in {pre.get("seconds", 0):.0f} s: final train loss '
-        f'{pre.get("final_train_loss", float("nan")):.4f}, single-digit test accuracy '
-        f'{pre.get("test_accuracy", float("nan")):.4f}')
+        f'{pre.get("final_train_loss", float("nan")):.4f}, single-digit val accuracy '
+        f'{pre.get("val_accuracy", float("nan")):.4f}')
     if jax.process_index() == 0:
       pretrain.save_backbone(path, backbone, key)  # atomic (temporary file + rename)
   host = jax.tree.map(lambda x: jax.device_get(x), params['backbone'])

@@ -2,8 +2,9 @@
 
 A run's checkpoints are `WORKDIR/checkpoints/<step>/{state,meta}`: `state` is the train
 state (`rstg_jax.train.state`), `meta` a JSON object with the config, the class names in
-logit order, the step and the evaluation metrics of that step. The latest `keep` saves
-are kept plus the best one by test top-1.
+logit order, the step, the evaluation metrics of that step and the split they were
+measured on (the task's selection split). The latest `keep` saves are kept plus the best
+one by top-1 on that split (SyncMNIST: val; never the held-out test split).
 
 Resuming (`restore_for_resume`) first compares the saved config with the new one
 (`resume_problems`): a change to a field that defines the model's parameters
@@ -49,7 +50,8 @@ _ORBAX_NOISE = _DropOrbaxNoise()
 
 def manager(workdir: str, keep: int = 1, read_only: bool = False
             ) -> ocp.CheckpointManager:
-  """The checkpoint manager of `workdir`: the latest `keep` saves plus the best."""
+  """The checkpoint manager of `workdir`: the latest `keep` saves plus the best (by the
+  top-1 of the selection split, the metrics `save` is given)."""
   logging.get_absl_logger().addFilter(_ORBAX_NOISE)  # idempotent
   policy = ocp.checkpoint_managers.AnyPreservationPolicy([
       ocp.checkpoint_managers.LatestN(n=keep),
@@ -70,7 +72,8 @@ def config_json(config) -> dict:
   return json.loads(config.to_json_best_effort())
 
 
-def metadata(config: dict, class_names, step: int, eval_metrics: Optional[dict]) -> dict:
+def metadata(config: dict, class_names, step: int, eval_metrics: Optional[dict],
+             eval_split: str = 'test') -> dict:
   return {
       'step': int(step),
       'config': config,
@@ -78,6 +81,7 @@ def metadata(config: dict, class_names, step: int, eval_metrics: Optional[dict])
       'class_names': list(class_names),
       'num_classes': len(class_names),
       'eval': eval_metrics,
+      'eval_split': eval_split,
       'jax_version': jax.__version__,
       'num_devices': jax.device_count(),
   }

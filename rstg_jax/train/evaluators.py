@@ -1,7 +1,8 @@
 """Evaluators: the test-set passes that the loop and the evaluate command run.
 
-- `SingleView`: one clip per video (the data set's `eval_batches()`), metrics on the
-  device as (sum, count) pairs; what every evaluation during training uses.
+- `SingleView`: one clip per video (the data set's `eval_batches()`, or the batches it
+  is given, e.g. a held-out `test_batches()`), metrics on the device as (sum, count)
+  pairs; what every evaluation during training uses.
 - `MultiView`: several views (crops, temporal samplings) per video; the logits of a
   video's views are averaged on the host (Something-Something's dense 22-view protocol).
 Both return an `EvalResult`; `write_reports` turns one into the files of `eval_<step>/`:
@@ -29,12 +30,14 @@ class EvalResult:
   preds: np.ndarray  # [num_videos] top-1 class
   logits: Optional[np.ndarray] = None  # [num_videos, C] (multi-view only)
   video_ids: Optional[Sequence[str]] = None
+  lines: Sequence[str] = ()  # more to print (a task's diagnostic), one line each
 
 
-def evaluate(setup, state, collect: bool = False):
-  """(sum, count) totals over the test set; with `collect`, also labels and predictions."""
+def evaluate(setup, state, collect: bool = False, batches: Optional[Iterable[dict]] = None):
+  """(sum, count) totals over `batches` (default: the data set's `eval_batches()`, the
+  split training selects on); with `collect`, also labels and predictions."""
   totals, labels, preds = None, [], []
-  for batch in setup.dataset.eval_batches():
+  for batch in (setup.dataset.eval_batches() if batches is None else batches):
     m, pred = setup.eval_step(state, setup.to_device(batch))
     totals = metrics_lib.add(totals, m)
     if collect:
@@ -99,13 +102,25 @@ def video_metrics(logits: np.ndarray, labels: np.ndarray) -> dict:
           'count': int(len(labels))}
 
 
+@dataclasses.dataclass
 class SingleView:
-  """One clip per video: the data set's `eval_batches()`."""
+  """One clip per video.
+
+  Attributes:
+    batches: () -> iterator of batches with a 'mask' (default: the data set's
+      `eval_batches()`).
+    split: the split's name, put in the metrics as 'split' (None: left out).
+  """
+  batches: Optional[Callable[[], Iterable[dict]]] = None
+  split: Optional[str] = None
 
   def __call__(self, setup, state) -> EvalResult:
-    totals, labels, preds = evaluate(setup, state, collect=True)
-    return EvalResult({**metrics_lib.compute(totals), 'count': int(totals['top1'][1])},
-                      labels, preds)
+    totals, labels, preds = evaluate(setup, state, collect=True,
+                                     batches=self.batches() if self.batches else None)
+    metrics = {**metrics_lib.compute(totals), 'count': int(totals['top1'][1])}
+    if self.split is not None:
+      metrics['split'] = self.split
+    return EvalResult(metrics, labels, preds)
 
 
 @dataclasses.dataclass

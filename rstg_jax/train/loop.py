@@ -11,14 +11,22 @@
   (optimizer moments, the plateau scale) is in the checkpoint. The same command run
   again resumes from the latest checkpoint and ends with the same parameters. (A
   tf.data stream, Something-Something-v1, is the exception for the data order only.)
+- Model selection: the plateau, the 'best' checkpoint and every number printed during
+  training come from the task's `selection_split` (the data set's `eval_batches()`;
+  SyncMNIST: 'val'). A task with a held-out `test_split` (SyncMNIST: 'test') has it
+  evaluated once, at the end, with the checkpoint chosen on the selection split: a row
+  with 'split': test_split, 'chosen_on' and 'final_step' in metrics.jsonl.
 - A NaN or inf in the loss or the gradients stops the run before anything bad is saved.
 """
 
 import os
 import sys
 import time
+from typing import Optional
 
 import jax
+from jax.experimental import multihost_utils
+import numpy as np
 import tqdm
 
 from rstg_jax import cli
@@ -66,7 +74,7 @@ def train_and_evaluate(config, workdir: str, task, *, dataset=None) -> State:
     run_log.write_config_json(workdir, setup.config_json, total, resume_step=start,
                               num_processes=jax.process_count(),
                               num_devices=jax.device_count())
-  log = _Log(setup, workdir, start, is_main)
+  log = _Log(setup, workdir, start, is_main, task.selection_split)
   evaluator = task.evaluator(config, data, final=False)
   try:
     with input_lib.Prefetcher(data, start, total, setup.to_device,
@@ -89,8 +97,11 @@ def train_and_evaluate(config, workdir: str, task, *, dataset=None) -> State:
           eval_metrics, state = _evaluate(setup, evaluator, state, step, log)
         if is_ckpt:
           meta = checkpoints.metadata(setup.config_json, data.class_names, step,
-                                      eval_metrics)
+                                      eval_metrics, eval_split=task.selection_split)
           checkpoints.save(mngr, step, state, meta, eval_metrics)
+    if task.test_split is not None and int(jax.device_get(state['step'])) == total:
+      log.test = _final_test(setup, task.evaluator(config, data, final=True), mngr, state,
+                             log, task, say)
   finally:
     log.close()
     mngr.wait_until_finished()
@@ -132,7 +143,7 @@ def _evaluate(setup, evaluator, state: State, step: int, log) -> tuple[dict, Sta
   t0 = time.time()
   result = evaluator(setup, state)
   eval_metrics = {k: result.metrics[k] for k in ('loss', 'top1', 'top5')}
-  msg = (f'step {step}: test top-1 {eval_metrics["top1"]:.4f}, top-5 '
+  msg = (f'step {step}: {log.split} top-1 {eval_metrics["top1"]:.4f}, top-5 '
          f'{eval_metrics["top5"]:.4f}, loss {eval_metrics["loss"]:.4f}')
   rule = setup.options.plateau
   if rule is not None:
@@ -145,11 +156,48 @@ def _evaluate(setup, evaluator, state: State, step: int, log) -> tuple[dict, Sta
   return eval_metrics, state
 
 
+def _final_test(setup, evaluator, mngr, state: State, log, task, say) -> Optional[dict]:
+  """Evaluates the checkpoint chosen on the selection split once on `task.test_split`.
+
+  Writes one row for the best checkpoint by selection top-1 (the latest if none has
+  metrics); a rerun of a finished run that already has that row does not evaluate again.
+  """
+  total = setup.options.total_steps
+  best = mngr.best_step()
+  best = mngr.latest_step() if best is None else best
+  if best is None:
+    return None
+  done = next((row for row in metrics_lib.read_jsonl(log.path)
+               if row.get('split') == task.test_split and row.get('step') == best
+               and row.get('final_step') == total), None)
+  found = done is not None
+  if jax.process_count() > 1:  # process 0's metrics.jsonl decides for every process
+    found = bool(multihost_utils.broadcast_one_to_all(np.int32(found)))
+  if found:
+    return done
+  if best != int(jax.device_get(state['step'])):
+    state = checkpoints.restore(mngr, best, setup.abstract_state)[0]
+  t0 = time.time()
+  result = evaluator(setup, state)
+  row = {'step': int(best), 'split': task.test_split,
+         **{k: result.metrics[k] for k in ('loss', 'top1', 'top5', 'count')},
+         'chosen_on': task.selection_split, 'final_step': int(total),
+         'eval_seconds': time.time() - t0}
+  log.writer.write(row)
+  say(f'{task.test_split} (checkpoint of step {best}, chosen on {task.selection_split} '
+      f'top-1): top-1 {row["top1"]:.4f}, top-5 {row["top5"]:.4f}, loss {row["loss"]:.4f} '
+      f'on {row["count"]} videos')
+  for line in result.lines:
+    say(line)
+  return row
+
+
 class _Log:
   """metrics.jsonl rows, the progress bar, the window of train metrics, curves.png."""
 
-  def __init__(self, setup, workdir: str, start: int, is_main: bool):
-    self.setup, self.workdir, self.is_main = setup, workdir, is_main
+  def __init__(self, setup, workdir: str, start: int, is_main: bool, split: str):
+    self.setup, self.workdir, self.is_main, self.split = setup, workdir, is_main, split
+    self.test = None  # the final test row, if the task has a test split
     self.path = os.path.join(workdir, 'metrics.jsonl')
     # metrics.jsonl with wall time, and the same rows as TensorBoard scalars.
     self.writer = run_log.RunLog(workdir, start, is_main)
@@ -180,13 +228,13 @@ class _Log:
     self.writer.write(row)
     last = self.last_eval
     self.pbar.set_postfix(loss=f'{row["loss"]:.3f}', acc=f'{row["accuracy"]:.3f}',
-                          **({'test_top1': f'{last["top1"]:.3f}'} if last else {}),
+                          **({f'{self.split}_top1': f'{last["top1"]:.3f}'} if last else {}),
                           refresh=False)  # drawn at the bar's own interval
     self.window, self.t_window, self.n_window = None, time.time(), 0
 
   def write_eval(self, step: int, eval_metrics: dict, seconds: float, msg: str) -> None:
     self.last_eval = eval_metrics
-    self.writer.write({'step': step, 'split': 'test', **eval_metrics,
+    self.writer.write({'step': step, 'split': self.split, **eval_metrics,
                        'eval_seconds': seconds})
     if self.is_main:
       tqdm.tqdm.write(msg, file=sys.stdout)
@@ -202,7 +250,10 @@ class _Log:
     curves = os.path.join(self.workdir, 'curves.png')
     metrics_lib.plot_curves(metrics_lib.read_jsonl(self.path), curves)
     step = int(jax.device_get(state['step']))
-    run_log.write_done(self.workdir, step=step, last_eval=self.last_eval)
+    run_log.write_done(self.workdir, step=step, last_eval=self.last_eval, test=self.test)
     print(f'Done: step {step}; curves in {curves}'
-          + (f'; last test top-1 {self.last_eval["top1"]:.4f}' if self.last_eval else ''),
+          + (f'; last {self.split} top-1 {self.last_eval["top1"]:.4f}' if self.last_eval
+             else '')
+          + (f'; {self.test["split"]} top-1 {self.test["top1"]:.4f} (step '
+             f'{self.test["step"]}, chosen on {self.test["chosen_on"]})' if self.test else ''),
           flush=True)

@@ -132,21 +132,23 @@ def _pyplot():
 
 
 def plot_curves(rows: Iterable[dict], path: str):
-  """Training curves: loss and train/test accuracy against the step."""
+  """Training curves: loss and train/val/test accuracy against the step."""
   rows = list(rows)
   train = [r for r in rows if r.get('split') == 'train']
-  test = [r for r in rows if r.get('split') == 'test']
   plt = _pyplot()
   fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
   if train:
     ax_loss.plot([r['step'] for r in train], [r['loss'] for r in train], label='train')
     ax_acc.plot([r['step'] for r in train], [r['accuracy'] for r in train],
                 label='train top-1')
-  if test:
-    steps = [r['step'] for r in test]
-    ax_loss.plot(steps, [r['loss'] for r in test], 'o-', label='test')
-    ax_acc.plot(steps, [r['top1'] for r in test], 'o-', label='test top-1')
-    ax_acc.plot(steps, [r['top5'] for r in test], 's--', label='test top-5')
+  for name in ('val', 'test'):  # val: evaluated during training; test: once, at the end
+    evals = [r for r in rows if r.get('split') == name]
+    if not evals:
+      continue
+    steps = [r['step'] for r in evals]
+    ax_loss.plot(steps, [r['loss'] for r in evals], 'o-', label=name)
+    ax_acc.plot(steps, [r['top1'] for r in evals], 'o-', label=f'{name} top-1')
+    ax_acc.plot(steps, [r['top5'] for r in evals], 's--', label=f'{name} top-5')
   ax_loss.set(xlabel='step', ylabel='cross-entropy', title='loss')
   ax_acc.set(xlabel='step', ylabel='accuracy', title='accuracy', ylim=(0, 1))
   for ax in (ax_loss, ax_acc):

@@ -12,9 +12,19 @@ logits [B, num_classes], with `video` as the data set's `preprocess` returns it.
 The data set contract (`create_dataset`): `batch(step)` -> this process's part of the
 global batch of `step` ({'video': uint8 [b, T, H, W, C], 'label': int32 [b]}), a pure
 function of (seed, step) so that a resumed run equals an uninterrupted one;
-`eval_batches()` -> fixed-size test batches with a 'mask' (0 on padding rows);
-`class_names`, `num_classes`, `input_shape` (T, H, W, C), `description` (one log line);
-optionally `preprocess` (on-device normalisation; default uint8 / 255).
+`eval_batches()` -> fixed-size batches of the split that training evaluates and selects
+on (`Task.selection_split`), with a 'mask' (0 on padding rows); `class_names`,
+`num_classes`, `input_shape` (T, H, W, C), `description` (one log line); optionally
+`preprocess` (on-device normalisation; default uint8 / 255). A task with a held-out
+`Task.test_split` also gives `test_batches()`, batches of that split in the same form.
+
+Splits: every evaluation during training (the plateau rule, the 'best' checkpoint, every
+printed number) reads `selection_split`, and metrics.jsonl names its rows after it. A
+task with a `test_split` (SyncMNIST: select on 'val', report 'test') gets that split
+evaluated once, at the end of training, with the checkpoint chosen on `selection_split`
+(`evaluator(..., final=True)`; a row with 'split': test_split, 'chosen_on' and
+'final_step'); the evaluate command runs the same evaluator. Without one (SSv1: its
+labelled validation split is the only one), the selection split is also what is reported.
 """
 
 from typing import Any, Optional
@@ -28,6 +38,10 @@ class Task:
   """Defaults that suit a task without pre-trained weights or frozen parts."""
 
   name = 'task'
+  # The split evaluated during training (see "Splits" above) and the held-out split
+  # evaluated once at the end of training and by the evaluate command (None: none).
+  selection_split = 'test'
+  test_split: Optional[str] = None
 
   def config_errors(self, config) -> list[str]:
     """Readable problems with the task's own config fields (model names...)."""
@@ -69,7 +83,11 @@ class Task:
     return f'{type(self.create_model(config)).__name__}: {param_count(params):,} parameters'
 
   def evaluator(self, config, dataset, final: bool = False):
-    """The evaluation to run: during training (`final=False`) or in the evaluate
-    command (`final=True`). Default: one view per video (`dataset.eval_batches()`)."""
-    del config, dataset, final
-    return evaluators.SingleView()
+    """The evaluation to run: during training, on `selection_split` (`final=False`), or
+    in the evaluate command and, for a task with a `test_split`, once at the end of
+    training (`final=True`). Default: one view per video, `dataset.eval_batches()`, or
+    `dataset.test_batches()` when final and the task has a `test_split`."""
+    del config
+    if final and self.test_split is not None:
+      return evaluators.SingleView(batches=dataset.test_batches, split=self.test_split)
+    return evaluators.SingleView(split=self.selection_split)
