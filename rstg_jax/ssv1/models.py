@@ -35,6 +35,7 @@ from flax import traverse_util
 from rstg_jax.graph import ADJACENCIES, RSTGGraph, build_graph, pool_nodes
 from rstg_jax.model import RSTG, RSTGToMap, rstg_to_vec
 from rstg_jax.syncmnist.rstg_classifier import ABLATIONS, ablation_to_core_args
+from rstg_jax.train import config_checks
 from rstg_jax.ssv1.resnet3d import (NL_I3D_STAGES, STAGES, STEMS, TEMPORAL_KERNELS,
                                     ResNet3D, count_params)
 
@@ -128,6 +129,10 @@ def config_errors(config) -> list[str]:
     errors.append(f"Unknown ablation {config.ablation!r}. Valid names: "
                   f"{', '.join(ABLATIONS)}.")
   b, r = config.backbone, config.rstg
+  errors += config_checks.positive_errors(
+      ('rstg.dim', r.dim, 'a positive integer', dict(integer=True)),
+      ('rstg.num_iters', r.num_iters, 'an integer >= 0', dict(integer=True, allow_zero=True)))
+  errors += filter(None, [config_checks.scales_error('rstg.scales', r.scales)])
   if b.arch not in ARCHS:
     errors.append(f"Unknown backbone.arch {b.arch!r}. Valid: {', '.join(ARCHS)}.")
   if r.placement not in PLACEMENTS:

@@ -285,6 +285,8 @@ class SSv1Dataset:
     self.class_names = tuple(tfds_builder.class_names(builder))
     self.num_classes = len(self.class_names)
     self.input_shape = (self._frames, self._crop, self._crop, 3)
+    if not builder.info.splits['train'].num_examples:  # prepared before the converter refused it
+      raise self._empty_train_error()
     n_eval = self.num_videos(eval_split)
     self.eval_size = min(int(eval_size), n_eval)
     self.eval_split = (eval_split if self.eval_size == n_eval
@@ -299,6 +301,13 @@ class SSv1Dataset:
         f'{splits["train"].num_examples} videos, {num_frames} frames, {crop_size}px crops '
         f'of short side {short_side}; test = {self.eval_split} ({self.eval_size} videos, '
         f'{periodic_views} crop)')
+
+  def _empty_train_error(self):
+    return reader.SSv1DataError(
+        f'The prepared Something-Something-v1 in {self._builder.data_dir} has no training '
+        'video (every train video was skipped at conversion; see its ssv1_report.json). '
+        'Fix the data under config.data.root and convert again into an empty '
+        'config.data.tfds_dir.')
 
   def num_videos(self, split: str) -> int:
     """Videos in a split ('validation', or a TFDS slice such as 'validation[:500]')."""
@@ -318,7 +327,10 @@ class SSv1Dataset:
       ds = make_dataset('train', train=True, batch_size=self._local_batch,
                         shuffle_seed=self.stream_seed(step), **self._common())
       self._train_iter = ds.as_numpy_iterator()
-    b = next(self._train_iter)
+    try:
+      b = next(self._train_iter)
+    except StopIteration:  # would surface as "generator raised StopIteration"
+      raise self._empty_train_error() from None
     self._next_step = step + 1
     return {'video': b['video'], 'label': b['label'].astype(np.int32)}
 

@@ -21,8 +21,12 @@ store it with a checkpoint so its logits can be read back with the right names.
 What happens to bad input (all decided here, at conversion time):
   - missing ROOT, frame folder or labels/train/validation file: `SSv1DataError` naming the
     path, where to get the data and which config field to set;
-  - a class name in a split file that the labels file lacks, or a malformed line:
-    `SSv1DataError` naming the file and line number;
+  - a class name in a split file that the labels file lacks, a malformed line, or a video
+    id that is not a plain folder name (`..`, an absolute path, a separator: the reader
+    never opens frames outside ROOT): `SSv1DataError` naming the file and line number;
+  - a label file that is not UTF-8: `SSv1DataError` naming the file, line and byte;
+  - a train or validation split left with no video after the skips: `SSv1DataError`
+    at conversion (`ssv1_tfds`), listing the skip reasons;
   - an id without a frame folder, or with a folder holding no frame: video skipped and
     reported;
   - a frame that does not decode: replaced by its nearest decodable neighbour (the earlier
@@ -125,13 +129,46 @@ def _label_file(root: str, name: str) -> str:
 
 
 def _read_lines(path: str):
-  """Yields (line number, stripped line) for the non-blank lines of a text file."""
-  # utf-8-sig: a byte-order mark left by a spreadsheet editor is not part of a class name.
-  with open(path, encoding='utf-8-sig') as f:
-    for number, line in enumerate(f, start=1):
-      line = line.strip()
-      if line:
-        yield number, line
+  """Yields (line number, stripped line) for the non-blank lines of a text file.
+
+  Raises:
+    SSv1DataError: the file is not UTF-8 text (names the file, line and byte).
+  """
+  with open(path, 'rb') as f:
+    data = f.read()
+  try:
+    # utf-8-sig: a byte-order mark left by a spreadsheet editor is not part of a class name.
+    text = data.decode('utf-8-sig')
+  except UnicodeDecodeError as e:
+    offset = e.start + (3 if data.startswith(b'\xef\xbb\xbf') else 0)
+    line = data[:offset].count(b'\n') + 1
+    raise SSv1DataError(
+        f'{path}, line {line}: not UTF-8 text (byte {data[offset:offset + 1]!r} at offset '
+        f'{offset}); the label files of the data set are UTF-8: re-save this one as UTF-8.'
+    ) from None
+  for number, line in enumerate(text.split('\n'), start=1):
+    line = line.strip()
+    if line:
+      yield number, line
+
+
+def check_video_id(video_id: str, where: str = '') -> str:
+  """Returns the id if it names one folder inside the frame folder, else raises.
+
+  An id is a folder name: not empty, not '.' or '..', no '/' or '\\', no NUL, not an
+  absolute path. So a label file cannot make the reader open frames outside ROOT.
+
+  Raises:
+    SSv1DataError: naming `where` (file and line) and the id.
+  """
+  bad = (not video_id or video_id in ('.', '..') or os.path.isabs(video_id)
+         or any(c in video_id for c in ('/', '\\', '\0'))
+         or (os.altsep is not None and os.altsep in video_id))
+  if bad:
+    raise SSv1DataError(f'{where + ": " if where else ""}video id {video_id!r} is not a '
+                        f'folder name inside {FRAMES_DIR}/ (ids may not contain path '
+                        'separators or be "." or ".."); fix that line of the label file.')
+  return video_id
 
 
 def read_class_names(root) -> tuple[str, ...]:
@@ -191,6 +228,7 @@ def read_split(root, split: str, class_names) -> list[tuple[str, int]]:
       label = index[name_]
     if not video_id:
       raise SSv1DataError(f'{path}, line {number}: no video id in {line!r}.')
+    check_video_id(video_id, f'{path}, line {number}')
     if video_id in seen:
       raise SSv1DataError(f'{path}, line {number}: video {video_id} already listed on '
                           f'line {seen[video_id]}.')
@@ -233,7 +271,7 @@ def load_video(root, video_id: str, label: int) -> Video:
   not in the training loop.
   """
   video = Video(video_id=video_id, label=label)
-  video_dir = os.path.join(os.fspath(root), FRAMES_DIR, video_id)
+  video_dir = os.path.join(os.fspath(root), FRAMES_DIR, check_video_id(video_id))
   if not os.path.isdir(video_dir):
     video.skip_reason = 'missing_folder'
     return video

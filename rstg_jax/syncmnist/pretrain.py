@@ -10,11 +10,19 @@ and returns only the `SmallCNN` parameters: the dict a video model expects at
 `save_backbone` / `load_backbone` store those parameters as a plain `.npz` whose keys are
 the '/'-joined parameter paths (e.g. `conv0/kernel`), so the trainer can cache the
 pre-trained backbone in its workdir and anyone can inspect it with numpy alone.
+
+The cache is keyed by everything that determines the result (`backbone_cache_key`: width,
+steps, learning rate, batch size, seed and a fingerprint of the MNIST training digits),
+stored in the file as the JSON string `__key__`; `load_cached_backbone` returns None and
+a one-line reason when the key differs (or is absent), so the trainer pretrains again
+instead of reusing a backbone made with other settings.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import os
 import sys
 import time
@@ -34,6 +42,14 @@ from rstg_jax.train import steps as steps_lib
 from rstg_jax.syncmnist.backbone import SmallCNN
 
 NUM_DIGIT_CLASSES = 10
+
+#: Key entry of the cache file; bump CACHE_FORMAT when pre-training changes what it makes.
+CACHE_KEY = "__key__"
+CACHE_FORMAT = 1
+
+
+class PretrainDivergedError(FloatingPointError):
+  """The pre-training loss became NaN/inf; the message is one line saying what to do."""
 
 
 class DigitClassifier(nn.Module):
@@ -139,7 +155,11 @@ def pretrain_backbone(width: int = 512,
     if (step + 1) % log_every == 0 or step + 1 == steps:
       mean_loss = metrics_lib.compute(jax.device_get(window))["loss"]
       if not np.isfinite(mean_loss):
-        raise FloatingPointError(f"pre-training loss is {mean_loss} at step {step + 1}")
+        bar.close()
+        raise PretrainDivergedError(
+            f"backbone pre-training diverged: loss {mean_loss} at step {step + 1} of "
+            f"{steps} (learning rate {learning_rate}); nothing was cached. Lower "
+            "config.backbone.pretrain_lr and rerun.")
       history.append((step + 1, mean_loss))
       window = None
       bar.set_postfix(loss=f"{mean_loss:.4f}", refresh=False)
@@ -162,21 +182,85 @@ def pretrain_backbone(width: int = 512,
   return jax.device_get(state["params"]["backbone"]), metrics
 
 
-def save_backbone(path: str | os.PathLike, params: dict[str, Any]) -> None:
+def save_backbone(path: str | os.PathLike, params: dict[str, Any],
+                  key: Optional[dict[str, Any]] = None) -> None:
   """Writes backbone parameters to `path` as an .npz keyed by '/'-joined param paths.
 
   Written to a temporary file first and renamed, so a crash never leaves a truncated
   cache that a later run would load.
+
+  Args:
+    path: the .npz to write.
+    params: the backbone parameters.
+    key: `backbone_cache_key(...)`, stored as the JSON string `__key__` (None: no key; such
+      a file is never reused by `load_cached_backbone`).
   """
-  flat = traverse_util.flatten_dict(jax.device_get(params), sep="/")
+  flat = {k: np.asarray(v) for k, v in
+          traverse_util.flatten_dict(jax.device_get(params), sep="/").items()}
+  if key is not None:
+    flat[CACHE_KEY] = np.asarray(json.dumps(key, sort_keys=True))
   path = os.fspath(path)
   tmp = path + ".tmp.npz"  # np.savez appends .npz to names without it
-  np.savez(tmp, **{k: np.asarray(v) for k, v in flat.items()})
+  np.savez(tmp, **flat)
   os.replace(tmp, path)
 
 
 def load_backbone(path: str | os.PathLike) -> dict[str, Any]:
   """Reads parameters written by `save_backbone` back into a nested dict of arrays."""
   with np.load(os.fspath(path), allow_pickle=False) as data:
-    flat = {k: np.asarray(data[k]) for k in data.files}
+    flat = {k: np.asarray(data[k]) for k in data.files if k != CACHE_KEY}
   return traverse_util.unflatten_dict(flat, sep="/")
+
+
+def mnist_fingerprint(mnist_path: Optional[str] = None) -> str:
+  """sha256 (16 hex digits) of the MNIST training digits and labels that pre-training
+  reads: the same for the same digits wherever they come from, different otherwise."""
+  from rstg_jax.syncmnist import mnist  # pylint: disable=g-import-not-at-top
+  images, labels = mnist.load_mnist("train", mnist_path)
+  h = hashlib.sha256()
+  for a in (images, labels):
+    h.update(f"{a.dtype.str}{a.shape}".encode())
+    h.update(np.ascontiguousarray(a).data)
+  return h.hexdigest()[:16]
+
+
+def backbone_cache_key(width: int, steps: int, batch_size: int, seed: int,
+                       learning_rate: float, mnist_path: Optional[str] = None
+                       ) -> dict[str, Any]:
+  """Everything that determines `pretrain_backbone`'s result, as a JSON-able dict.
+
+  The arguments are those of `pretrain_backbone`; `mnist_path` enters as the fingerprint
+  of the digits it resolves to (`mnist_fingerprint`), not as a path.
+  """
+  return {"format": CACHE_FORMAT, "width": int(width), "steps": int(steps),
+          "batch_size": int(batch_size), "seed": int(seed),
+          "learning_rate": float(learning_rate),
+          "mnist_train_sha256": mnist_fingerprint(mnist_path)}
+
+
+def load_cached_backbone(path: str | os.PathLike, key: dict[str, Any]
+                         ) -> tuple[Optional[dict[str, Any]], str]:
+  """The cached backbone if `path` holds one made with `key`, else None and why.
+
+  Returns:
+    (params, reason): params is None when there is no file, the file is unreadable, it
+    has no key (written before keys were stored), or its key differs; reason is one line
+    naming each differing field (old -> new), suitable for a log.
+  """
+  path = os.fspath(path)
+  if not os.path.exists(path):
+    return None, f"no cached backbone at {path}"
+  try:
+    with np.load(path, allow_pickle=False) as data:
+      stored = json.loads(str(data[CACHE_KEY])) if CACHE_KEY in data.files else None
+  except Exception as e:  # pylint: disable=broad-except  # any damage: recompute
+    return None, f"the cached backbone {path} is unreadable ({type(e).__name__}: {e})"
+  if stored is None:
+    return None, (f"the cached backbone {path} does not say how it was made (written by "
+                  "an older version)")
+  changed = [f"{k} {stored.get(k)!r} -> {key.get(k)!r}"
+             for k in sorted(set(stored) | set(key)) if stored.get(k) != key.get(k)]
+  if changed:
+    return None, f"the cached backbone {path} was made with other settings: " + ", ".join(
+        changed)
+  return load_backbone(path), ""

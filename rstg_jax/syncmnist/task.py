@@ -16,6 +16,7 @@ import os
 import jax
 
 from rstg_jax.syncmnist import models
+from rstg_jax.train import config_checks
 from rstg_jax.train import evaluators
 from rstg_jax.train import init_from
 from rstg_jax.train import task as task_lib
@@ -30,7 +31,27 @@ class SyncMNISTTask(task_lib.Task):
   test_split = 'test'
 
   def config_errors(self, config) -> list[str]:
-    return models.config_errors(config) + data_config_errors(config)
+    b = config.backbone
+    errors = models.config_errors(config) + data_config_errors(config)
+    errors += config_checks.positive_errors(
+        ('backbone.pretrain_steps', b.pretrain_steps, 'an integer >= 0',
+         dict(integer=True, allow_zero=True)),
+        # The training stream is drawn from the first data.train_size videos.
+        ('data.train_size', config.data.train_size, 'a positive integer (the training videos)',
+         dict(integer=True)))
+    if isinstance(b.pretrain_steps, int) and b.pretrain_steps > 0:
+      errors += config_checks.positive_errors(
+          ('backbone.pretrain_lr', b.pretrain_lr, 'a positive finite number'),
+          ('backbone.pretrain_batch_size', b.pretrain_batch_size, 'a positive integer',
+           dict(integer=True)))
+    return errors
+
+  def check_data(self, config) -> None:
+    """Loads the MNIST digits (cached for the run): a missing copy (`MNISTNotFoundError`,
+    an OSError) or a refused pickle (`UnsafePickleError`) stops the run before anything
+    is created."""
+    from rstg_jax.syncmnist import mnist  # pylint: disable=g-import-not-at-top  # numpy only
+    mnist.load_mnist('train', config.data.mnist_path)
 
   def create_model(self, config):
     return models.create_model(config)
@@ -118,23 +139,25 @@ def pretrained_backbone(config, workdir: str, params: dict, say) -> dict:
     raise ValueError('config.backbone.pretrain_steps > 0 but the model has no `backbone` '
                      f'submodule (top-level params: {sorted(params)}).')
   path = os.path.join(workdir, 'backbone.npz')
-  if os.path.exists(path):
+  b = config.backbone
+  settings = dict(width=b.width, steps=b.pretrain_steps, batch_size=b.pretrain_batch_size,
+                  seed=config.seed, learning_rate=b.pretrain_lr,
+                  mnist_path=config.data.mnist_path)
+  key = pretrain.backbone_cache_key(**settings)  # the cache is reused only for these
+  backbone, why_not = pretrain.load_cached_backbone(path, key)
+  if backbone is not None:
     say(f'Backbone: loading the pretrained backbone cached at {path}')
-    backbone = pretrain.load_backbone(path)
   else:
-    b = config.backbone
-    say(f'Backbone: pretraining for {b.pretrain_steps} steps on single digits (cached in '
-        'workdir/backbone.npz for later runs)')
+    say(f'Backbone: {why_not}; pretraining for {b.pretrain_steps} steps on single digits '
+        '(cached in workdir/backbone.npz for later runs)')
     backbone, pre = pretrain.pretrain_backbone(
-        width=b.width, steps=b.pretrain_steps, batch_size=b.pretrain_batch_size,
-        seed=config.seed, learning_rate=b.pretrain_lr, mnist_path=config.data.mnist_path,
-        log_every=max(1, b.pretrain_steps // 10),
+        **settings, log_every=max(1, b.pretrain_steps // 10),
         progress_bar=config.progress_bar and jax.process_index() == 0)
     say(f'Backbone pretraining done in {pre.get("seconds", 0):.0f} s: final train loss '
         f'{pre.get("final_train_loss", float("nan")):.4f}, single-digit val accuracy '
         f'{pre.get("val_accuracy", float("nan")):.4f}')
     if jax.process_index() == 0:
-      pretrain.save_backbone(path, backbone)  # atomic (temporary file + rename)
+      pretrain.save_backbone(path, backbone, key)  # atomic (temporary file + rename)
   host = jax.tree.map(lambda x: jax.device_get(x), params['backbone'])
   merged, report = init_from.merge_params({'backbone': host},
                                           {'backbone': jax.device_get(backbone)})

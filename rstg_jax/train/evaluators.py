@@ -150,7 +150,7 @@ class MultiView:
 def write_predictions(path: str, video_ids, logits, labels, class_names) -> None:
   """predictions.csv: one row per video, in evaluation order."""
   topk = metrics_lib.top_k(logits, 5)
-  with open(path, 'w', newline='') as f:
+  with metrics_lib.atomic_open(path, newline='') as f:
     w = csv.writer(f)  # class names hold commas: csv quotes them
     w.writerow(['video_id', 'pred', 'pred_name', 'top5', 'label', 'label_name'])
     for vid, top, label in zip(video_ids, topk, labels):
@@ -168,14 +168,11 @@ def write_reports(out_dir: str, result: EvalResult, class_names: Sequence[str],
                       result.logits, result.labels, class_names)
   cm = metrics_lib.confusion_matrix(result.labels, result.preds, len(class_names))
   metrics_lib.write_per_class(cm, class_names, out_dir)
-  with open(os.path.join(out_dir, 'confusion_matrix.csv'), 'w', newline='') as f:
-    w = csv.writer(f)  # class names hold commas: csv quotes them
-    w.writerow(['true\\pred', *class_names])
-    for name, row in zip(class_names, cm):
-      w.writerow([name, *(int(v) for v in row)])
+  metrics_lib.write_confusion_csv(cm, class_names,
+                                  os.path.join(out_dir, 'confusion_matrix.csv'))
   metrics_lib.plot_confusion(
       cm, class_names, os.path.join(out_dir, 'confusion.png'),
       title=f'step {summary["step"]}: top-1 {summary["top1"]:.3f} on '
             f'{summary["count"]} videos')
-  with open(os.path.join(out_dir, 'summary.json'), 'w') as f:
+  with metrics_lib.atomic_open(os.path.join(out_dir, 'summary.json')) as f:
     json.dump(summary, f, indent=1)

@@ -61,6 +61,8 @@ def train_and_evaluate(config, workdir: str, task, *, dataset=None) -> State:
   say(f'Devices: {jax.device_count()} x {jax.devices()[0].device_kind} '
       f'({jax.default_backend()}), {jax.process_count()} process(es); global batch '
       f'{opts.batch_size}, {opts.batch_size // jax.device_count()} per device')
+  if is_main:
+    checkpoints.remove_stale_tmp(workdir, say)
   mngr = checkpoints.manager(workdir, opts.keep_checkpoints)
   state = _restore_or_init(setup, mngr, workdir, say)
   say(f'Model: {setup_lib.describe(setup, state["params"])}')
@@ -109,16 +111,18 @@ def train_and_evaluate(config, workdir: str, task, *, dataset=None) -> State:
 
 
 def _restore_or_init(setup, mngr, workdir: str, say) -> State:
-  """The latest checkpoint's state, or the step-0 state of a fresh run."""
-  latest = mngr.latest_step()
-  if latest is None:
+  """The newest checkpoint that restores (after the resume checks), or the step-0 state
+  of a fresh run."""
+  if mngr.latest_step() is None:
     return setup_lib.initial_state(setup, workdir, say)
-  state, meta = checkpoints.restore(mngr, latest, setup.abstract_state)
+  state, meta, changed = checkpoints.restore_for_resume(
+      mngr, setup.abstract_state, setup.config_json, setup.options.resume_changes_ok, say,
+      is_main=jax.process_index() == 0)
   if meta.get('class_names') != list(setup.dataset.class_names):
-    raise ValueError('The checkpoint was trained with another class order: '
-                     f'{meta.get("class_names")} vs {list(setup.dataset.class_names)}.')
-  changed = checkpoints.changed_fields(meta.get('config', {}), setup.config_json)
-  say(f'Resuming from {mngr.directory} step {latest}'
+    raise checkpoints.ResumeError(
+        'The checkpoint was trained with another class order: '
+        f'{meta.get("class_names")} vs {list(setup.dataset.class_names)}.')
+  say(f'Resuming from {mngr.directory} step {int(meta["step"])}'
       + (f' (config fields changed since: {changed})' if changed else ''))
   return state
 

@@ -3,12 +3,19 @@
 A step returns `{name: (sum, count)}`; pairs are added across steps and batches and
 divided only when reported, so a padded last test batch or an uneven number of steps
 per log window weigh every video exactly once.
+
+No file here is rewritten in place: `atomic_open` writes a temporary file in the same
+directory and renames it over the old one (`os.replace`), so a kill or a full disk
+leaves the previous version whole. metrics.jsonl is only appended to; on resume, rows
+after the resumed step are dropped the same way (a new file, then a rename).
 """
 
+import contextlib
 import csv
 import json
 import os
-from typing import Iterable, Mapping, Optional, Sequence
+import tempfile
+from typing import Iterable, Iterator, Mapping, Optional, Sequence, TextIO
 
 import numpy as np
 
@@ -31,11 +38,61 @@ def compute(pairs: Pairs) -> dict[str, float]:
   return out
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+@contextlib.contextmanager
+def atomic_open(path: str, mode: str = 'w', **kwargs) -> Iterator[TextIO]:
+  """`open(path, mode)` whose result appears only whole: the file is written under a
+  temporary name in the same directory, flushed to disk and renamed over `path`
+  (`os.replace`, atomic on POSIX). On an error (a kill, a full disk) `path` keeps its
+  previous content and the temporary file is removed."""
+  directory, name = os.path.split(os.path.abspath(path))
+  fd, tmp = tempfile.mkstemp(prefix=f'.{name}.', suffix='.tmp', dir=directory)
+  try:
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp's 0600 would make the file private
+    with os.fdopen(fd, mode, **kwargs) as f:
+      yield f
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    with contextlib.suppress(OSError):
+      os.remove(tmp)
+    raise
+
+
+def truncate_jsonl(path: str, last_step: int) -> int:
+  """Drops the rows of `path` after `last_step` (and a last line cut short by a kill) by
+  writing the kept rows to a new file and renaming it over the old one; the file is
+  never rewritten in place. Returns the number of rows dropped (0: file untouched)."""
+  if not os.path.exists(path):
+    return 0
+  with open(path, 'rb') as f:
+    data = f.read()
+  lines = data.splitlines(keepends=True)
+  keep = []
+  for line in lines:
+    try:
+      row = json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+      continue  # a line cut short by a kill
+    if line.endswith(b'\n') and not (isinstance(row, dict) and row.get('step', 0) > last_step):
+      keep.append(line)
+  if len(keep) == len(lines):
+    return 0
+  with atomic_open(path, 'wb') as f:
+    f.write(b''.join(keep))
+  return len(lines) - len(keep)
+
+
 class JsonlWriter:
   """Appends one JSON object per line to workdir/metrics.jsonl.
 
   On resume from step S, rows after S (written by the interrupted run after its last
-  checkpoint) are dropped first, so the file reads as one uninterrupted run.
+  checkpoint) are dropped first (`truncate_jsonl`: a new file renamed over the old one),
+  so the file reads as one uninterrupted run.
   """
 
   def __init__(self, path: str, resume_step: int, enabled: bool = True):
@@ -43,10 +100,7 @@ class JsonlWriter:
     self.enabled = enabled
     if not enabled:
       return
-    rows = [r for r in read_jsonl(path) if r.get('step', 0) <= resume_step]
-    with open(path, 'w') as f:
-      for r in rows:
-        f.write(json.dumps(r) + '\n')
+    truncate_jsonl(path, resume_step)
 
   def write(self, row: dict):
     if not self.enabled:
@@ -101,7 +155,8 @@ def plot_curves(rows: Iterable[dict], path: str):
     ax.grid(alpha=0.3)
     ax.legend()
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  with atomic_open(path, 'wb') as f:
+    fig.savefig(f, dpi=100, format='png')
   plt.close(fig)
 
 
@@ -120,13 +175,26 @@ def write_per_class(cm: np.ndarray, class_names: Sequence[str], out_dir: str) ->
     rows.append({'class_index': i, 'class_name': name, 'count': n,
                  'correct': int(cm[i, i]),
                  'accuracy': float(cm[i, i] / n) if n else None})
-  with open(os.path.join(out_dir, 'per_class_accuracy.json'), 'w') as f:
+  with atomic_open(os.path.join(out_dir, 'per_class_accuracy.json')) as f:
     json.dump(rows, f, indent=1)
-  with open(os.path.join(out_dir, 'per_class_accuracy.csv'), 'w', newline='') as f:
+  with atomic_open(os.path.join(out_dir, 'per_class_accuracy.csv'), newline='') as f:
     writer = csv.DictWriter(f, fieldnames=list(rows[0]))
     writer.writeheader()
     writer.writerows(rows)
   return rows
+
+
+def write_confusion_csv(cm: np.ndarray, class_names: Sequence[str], path: str) -> None:
+  """confusion_matrix.csv: counts, one row per true class, one column per prediction.
+
+  Written with the csv module: Something-Something class names hold commas (and may hold
+  quotes), which csv quotes, so every row has exactly len(class_names) + 1 fields.
+  """
+  with atomic_open(path, newline='') as f:
+    writer = csv.writer(f)
+    writer.writerow(['true\\pred', *class_names])
+    for name, row in zip(class_names, cm):
+      writer.writerow([name, *(int(v) for v in row)])
 
 
 def plot_confusion(cm: np.ndarray, class_names: Sequence[str], path: str, title: str = ''):
@@ -145,7 +213,8 @@ def plot_confusion(cm: np.ndarray, class_names: Sequence[str], path: str, title:
   ax.set(xlabel='predicted', ylabel='true', title=title or 'confusion (row-normalised)')
   fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  with atomic_open(path, 'wb') as f:
+    fig.savefig(f, dpi=100, format='png')
   plt.close(fig)
 
 

@@ -15,6 +15,8 @@ import jax
 import numpy as np
 import optax
 
+from rstg_jax.train import config_checks
+
 OPTIMIZERS = ('sgd', 'adam')
 LR_SCHEDULES = ('constant', 'cosine')
 PLATEAU_METRICS = ('top1', 'loss')
@@ -34,6 +36,16 @@ def config_errors(optim) -> list[str]:
                   f'{", ".join(PLATEAU_METRICS)}.')
   if not 0.0 < optim.plateau.factor < 1.0:
     errors.append(f'optim.plateau.factor must be in (0, 1), got {optim.plateau.factor}.')
+  errors += config_checks.positive_errors(
+      ('optim.learning_rate', optim.learning_rate, 'a positive finite number'),
+      ('optim.weight_decay', optim.weight_decay, 'a finite number >= 0', dict(allow_zero=True)),
+      ('optim.grad_clip_norm', optim.grad_clip_norm, 'a finite number >= 0',
+       dict(allow_zero=True)),
+      ('optim.warmup_steps', optim.warmup_steps, 'an integer >= 0',
+       dict(integer=True, allow_zero=True)))
+  m = optim.momentum
+  if isinstance(m, bool) or not isinstance(m, (int, float)) or not 0.0 <= m < 1.0:
+    errors.append(f'optim.momentum={m!r} must be in [0, 1).')
   return errors
 
 

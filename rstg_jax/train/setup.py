@@ -18,6 +18,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 import optax
 
 from rstg_jax.train import checkpoints
+from rstg_jax.train import config_checks
 from rstg_jax.train import optim
 from rstg_jax.train import state as state_lib
 from rstg_jax.train import steps
@@ -40,12 +41,20 @@ def config_errors(config) -> list[str]:
       errors.append(f'{name} must be positive, got {value}.')
   if config.num_train_steps <= 0 and config.num_epochs <= 0:
     errors.append('Set num_train_steps > 0 or num_epochs > 0.')
+  if config.num_train_steps <= 0:  # epoch-based: data.train_size turns epochs into steps
+    if not math.isfinite(config.num_epochs):
+      errors.append(f'num_epochs={config.num_epochs!r} must be a finite number.')
+    elif config.num_epochs > 0:  # 0 videos would be a 0-step run that reports "Done"
+      errors += config_checks.positive_errors(
+          ('data.train_size', config.data.train_size,
+           'a positive integer (the training videos)',
+           dict(integer=True)))
   return errors
 
 
 def validate(config, task) -> None:
   """Raises ValueError listing every problem of the trainer's and the task's fields."""
-  errors = task.config_errors(config) + config_errors(config)
+  errors = list(dict.fromkeys(task.config_errors(config) + config_errors(config)))
   if errors:
     raise ValueError('Invalid config:\n  ' + '\n  '.join(errors))
 
@@ -69,6 +78,7 @@ class Options:
   prefetch: int
   plateau: Optional[Any]  # the config.optim.plateau rule, None when disabled
   optimizer: str  # for the log: "adam, lr 0.002, cosine schedule"
+  resume_changes_ok: bool = False  # resume although the data stream changed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,7 +153,8 @@ def make_setup(config, task, dataset=None) -> Setup:
       eval_every=config.eval.every, checkpoint_every=config.checkpoint_every,
       keep_checkpoints=config.keep_checkpoints, progress_bar=config.progress_bar,
       prefetch=config.data.prefetch, plateau=o.plateau if o.plateau.enabled else None,
-      optimizer=f'{o.optimizer}, lr {o.learning_rate}, {o.lr_schedule} schedule')
+      optimizer=f'{o.optimizer}, lr {o.learning_rate}, {o.lr_schedule} schedule',
+      resume_changes_ok=config.resume_changes_ok)
   return Setup(
       config=config, config_json=checkpoints.config_json(config), task=task, model=model,
       dataset=dataset, options=options, mesh=mesh, replicated=replicated,

@@ -1,0 +1,242 @@
+"""Honest resume: a changed config stops with one line naming the field, a corrupted
+latest checkpoint falls back to the one before, killed saves leave no litter, and
+metrics.jsonl keeps every row over any number of resumes (issue 9)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from rstg_jax.train import checkpoints
+from rstg_jax.train import metrics as metrics_lib
+from test_train import make_config, run_fake  # pylint: disable=g-bad-import-order
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _saved_steps(workdir):
+  return sorted(int(d) for d in os.listdir(os.path.join(workdir, 'checkpoints'))
+                if d.isdigit())
+
+
+# ------------------------------------------------------------------- the config checks
+
+def test_model_and_stream_changes_are_named_old_to_new():
+  saved = {'seed': 0, 'batch_size': 8, 'rstg': {'dim': 8, 'num_iters': 1},
+           'data': {'seed': 1, 'root': '/a', 'prefetch': 2},
+           'backbone': {'width': 4, 'pretrain_lr': 0.1}, 'num_train_steps': 10}
+  now = {'seed': 0, 'batch_size': 16, 'rstg': {'dim': 32, 'num_iters': 1},
+         'data': {'seed': 1, 'root': '/b', 'prefetch': 4},
+         'backbone': {'width': 4, 'pretrain_lr': 0.2}, 'num_train_steps': 20,
+         'resume_changes_ok': False}
+  model, stream, other = checkpoints.resume_problems(saved, now)
+  assert model == ['rstg.dim 8 -> 32'] and stream == ['batch_size 8 -> 16']
+  assert other == ['backbone.pretrain_lr', 'data.prefetch', 'data.root', 'num_train_steps']
+  with pytest.raises(checkpoints.ResumeError) as e:
+    checkpoints.check_resume(saved, now, False, 'W')
+  msg = str(e.value)
+  assert '\n' not in msg and 'rstg.dim 8 -> 32' in msg and 'batch_size 8 -> 16' in msg
+  assert 'new --workdir' in msg
+  # resume_changes_ok accepts the stream change, never the model change.
+  with pytest.raises(checkpoints.ResumeError, match='rstg.dim'):
+    checkpoints.check_resume(saved, now, True, 'W')
+  now['rstg']['dim'] = 8
+  assert 'batch_size' in checkpoints.check_resume(saved, now, True, 'W')
+
+
+def test_resume_with_a_changed_batch_size_stops_unless_accepted(tmp_path):
+  workdir = str(tmp_path)
+  run_fake(workdir, make_config(num_train_steps=3))
+  with pytest.raises(checkpoints.ResumeError, match=r'batch_size 8 -> 16'):
+    run_fake(workdir, make_config(num_train_steps=6, batch_size=16))
+  state = run_fake(workdir, make_config(num_train_steps=6, batch_size=16,
+                                        resume_changes_ok=True))
+  assert int(state['step']) == 6
+
+
+def test_a_shape_mismatch_names_the_parameter_path(tmp_path):
+  import test_train  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path)
+  run_fake(workdir, make_config(num_train_steps=3))
+  config = make_config(num_train_steps=6)
+  model = test_train.TinyModel(num_classes=test_train.NUM_CLASSES + 1)
+  data = test_train.FakeData(config.batch_size)
+  from rstg_jax.train import loop  # pylint: disable=g-import-not-at-top
+  with pytest.raises(checkpoints.ResumeError) as e:
+    loop.train_and_evaluate(config, workdir, test_train.FakeTask(model, data))
+  msg = str(e.value)
+  assert 'params/Dense_0/kernel: stored (4, 4), model (4, 5)' in msg, msg
+  assert '\n' not in msg
+
+
+# ------------------------------------------------- corrupted checkpoints, stale folders
+
+def _garble_state(workdir, step, only_arrays):
+  """Overwrites the files of the step's state (only the array data files under d/ with
+  `only_arrays`, else the index too) with junk of the same size."""
+  state_dir = os.path.join(workdir, 'checkpoints', str(step), 'state')
+  garbled = 0
+  for root, _, files in os.walk(state_dir):
+    for name in files:
+      if name in ('_METADATA', 'commit_success.txt', '_sharding'):
+        continue
+      if only_arrays and os.path.basename(root) != 'd':
+        continue
+      path = os.path.join(root, name)
+      size = os.path.getsize(path)
+      with open(path, 'wb') as f:
+        f.write(b'\x5a' * max(size, 1))
+      garbled += 1
+  assert garbled
+
+
+@pytest.mark.parametrize('only_arrays', [False, True])
+def test_a_corrupted_latest_checkpoint_resumes_from_the_one_before(tmp_path, capsys,
+                                                                   only_arrays):
+  workdir = str(tmp_path)
+  run_fake(workdir)  # 6 steps: saves at 2, 3, 4, 6
+  assert _saved_steps(workdir)[-2:] == [4, 6]
+  _garble_state(workdir, 6, only_arrays)
+  capsys.readouterr()
+  state = run_fake(workdir, make_config(num_train_steps=8))
+  out = capsys.readouterr().out
+  assert 'Checkpoint step 6 cannot be' in out and 'skipping it' in out, out
+  assert 'Resuming from step 4, the newest checkpoint that restores' in out, out
+  assert int(state['step']) == 8
+  assert 8 in _saved_steps(workdir) and 6 in _saved_steps(workdir)  # saved again
+  assert os.listdir(tmp_path / 'checkpoints_skipped')[0].startswith('6-')
+  rows = metrics_lib.read_jsonl(os.path.join(workdir, 'metrics.jsonl'))
+  assert [r['step'] for r in rows if r['split'] == 'train'] == list(range(1, 9))
+
+
+def test_stale_temporary_checkpoint_folders_are_removed_at_start(tmp_path, capsys):
+  workdir = str(tmp_path)
+  run_fake(workdir, make_config(num_train_steps=3))
+  stale = tmp_path / 'checkpoints' / '5.orbax-checkpoint-tmp-1712345678901234'
+  (stale / 'state').mkdir(parents=True)
+  (stale / 'state' / 'junk').write_bytes(b'x' * 100)
+  capsys.readouterr()
+  run_fake(workdir, make_config(num_train_steps=4))
+  assert not stale.exists()
+  assert 'removed 1 temporary folder(s) of interrupted saves' in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------- metrics.jsonl
+
+def test_metrics_survive_several_resumes(tmp_path):
+  workdir = str(tmp_path)
+  with pytest.raises(KeyboardInterrupt):
+    run_fake(workdir, kill_at=5)  # saved up to 4; rows of step 5 written, then dropped
+  run_fake(workdir, make_config(num_train_steps=6))
+  run_fake(workdir, make_config(num_train_steps=9))
+  run_fake(workdir, make_config(num_train_steps=10))
+  rows = metrics_lib.read_jsonl(os.path.join(workdir, 'metrics.jsonl'))
+  train = [r['step'] for r in rows if r['split'] == 'train']
+  assert train == list(range(1, 11))
+  test = [r['step'] for r in rows if r['split'] == 'test']
+  assert test == sorted(set(test)) and test[-1] == 10
+
+
+def _write_rows(path, steps, tail=b''):
+  with open(path, 'wb') as f:
+    for s in steps:
+      f.write(json.dumps({'step': s, 'split': 'train'}).encode() + b'\n')
+    f.write(tail)
+
+
+def test_truncate_jsonl_drops_later_rows_and_a_cut_line(tmp_path):
+  path = str(tmp_path / 'metrics.jsonl')
+  _write_rows(path, [1, 2, 3, 4], tail=b'{"step": 5, "spl')
+  assert metrics_lib.truncate_jsonl(path, 3) == 2
+  assert [r['step'] for r in metrics_lib.read_jsonl(path)] == [1, 2, 3]
+  inode = os.stat(path).st_ino
+  assert metrics_lib.truncate_jsonl(path, 3) == 0  # nothing to drop: not rewritten
+  assert os.stat(path).st_ino == inode
+  assert os.listdir(tmp_path) == ['metrics.jsonl']  # no temporary file left
+
+
+def test_a_kill_during_the_rewrite_loses_no_history(tmp_path, monkeypatch):
+  path = str(tmp_path / 'metrics.jsonl')
+  _write_rows(path, [1, 2, 3, 4])
+  before = open(path, 'rb').read()
+
+  def killed(*args, **kwargs):
+    raise KeyboardInterrupt  # the process dies between writing the copy and the rename
+
+  monkeypatch.setattr(os, 'replace', killed)
+  with pytest.raises(KeyboardInterrupt):
+    metrics_lib.truncate_jsonl(path, 2)
+  assert open(path, 'rb').read() == before
+  assert os.listdir(tmp_path) == ['metrics.jsonl']
+
+  def full_disk(*args, **kwargs):
+    raise OSError(28, 'No space left on device')
+
+  monkeypatch.undo()
+  monkeypatch.setattr(os, 'fsync', full_disk)
+  with pytest.raises(OSError):
+    metrics_lib.truncate_jsonl(path, 2)
+  assert open(path, 'rb').read() == before
+  assert os.listdir(tmp_path) == ['metrics.jsonl']
+
+
+def test_atomic_open_keeps_the_old_file_on_error_and_the_usual_mode(tmp_path):
+  path = tmp_path / 'summary.json'
+  path.write_text('old')
+  with pytest.raises(RuntimeError):
+    with metrics_lib.atomic_open(str(path)) as f:
+      f.write('half')
+      raise RuntimeError('killed')
+  assert path.read_text() == 'old' and os.listdir(tmp_path) == ['summary.json']
+  with metrics_lib.atomic_open(str(path)) as f:
+    f.write('new')
+  assert path.read_text() == 'new'
+  umask = os.umask(0)
+  os.umask(umask)
+  assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask
+
+
+# ------------------------------------------------------------ the command, end to end
+
+TINY = ('--config=configs/default.py', '--config.backbone.pretrain_steps=0',
+        '--config.backbone.width=8', '--config.rstg.dim=16', '--config.rstg.num_iters=1',
+        '--config.batch_size=4', '--config.eval.batch_size=4', '--config.eval.size=4',
+        '--config.num_train_steps=2', '--config.log_every=1', '--config.eval.every=2',
+        '--config.checkpoint_every=1', '--config.progress_bar=False')
+
+
+def _main(workdir, *args):
+  return subprocess.run([sys.executable, '-m', 'rstg_jax.main', f'--workdir={workdir}',
+                         *TINY, *args], cwd=REPO, capture_output=True, text=True,
+                        timeout=600, env=dict(os.environ, JAX_PLATFORMS='cpu'))
+
+
+def _one_error_line(proc):
+  assert proc.returncode != 0 and 'Traceback' not in proc.stderr, proc.stderr[-3000:]
+  errors = [l for l in proc.stderr.splitlines() if l.startswith('ERROR:')]
+  assert len(errors) == 1 and proc.stderr.strip().splitlines()[-1] == errors[0], proc.stderr
+  return errors[0]
+
+
+def test_main_resume_with_changed_width_or_batch_size_stops_in_one_line(tmp_path):
+  pytest.importorskip('rstg_jax.syncmnist.models')
+  from rstg_jax.syncmnist import mnist  # pylint: disable=g-import-not-at-top
+  try:
+    mnist.load_mnist('train')
+  except mnist.MNISTNotFoundError as e:
+    pytest.skip(str(e))
+  workdir = tmp_path / 'run'
+  first = _main(workdir)
+  assert first.returncode == 0, first.stderr[-3000:]
+  line = _one_error_line(_main(workdir, '--config.rstg.dim=32',
+                               '--config.num_train_steps=3'))
+  assert 'rstg.dim 16 -> 32' in line and 'new --workdir' in line, line
+  line = _one_error_line(_main(workdir, '--config.batch_size=8',
+                               '--config.num_train_steps=3'))
+  assert 'batch_size 4 -> 8' in line and 'resume_changes_ok=True' in line, line
+  ok = _main(workdir, '--config.batch_size=8', '--config.num_train_steps=3',
+             '--config.resume_changes_ok=True')
+  assert ok.returncode == 0, ok.stderr[-3000:]
+  assert 'Resuming from' in ok.stdout and 'Done: step 3' in ok.stdout, ok.stdout
