@@ -7,4 +7,4 @@ The core is small and functional:
   - `rstg_jax.model`: the time stage, schedules, readouts and the online mode.
 """
 
-__version__ = "0.1.0"
+__version__ = '0.1.0'

@@ -32,7 +32,7 @@ def _define(fv) -> None:
   flags.DEFINE_enum('inflate', 'average', ['average', 'center'],
                     'how 2D (ImageNet) kernels are inflated to 3D', flag_values=fv)
   flags.DEFINE_enum('stem', None, sorted(convert.STEMS),
-                    "the pool1 convention the weights were trained with (default: from "
+                    'the pool1 convention the weights were trained with (default: from '
                     "the source format; a Caffe2 pickle is 'caffe2', no padding); "
                     "'pyslowfast' for weights trained in PySlowFast (padding 1)",
                     flag_values=fv)

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import jraph
 import numpy as np
 
-ADJACENCIES = ("sparse", "full")
+ADJACENCIES = ('sparse', 'full')
 POSITION_GRID = 6  # The paper's low-resolution positional map is 6x6.
 
 
@@ -142,9 +142,9 @@ class RSTGGraph:
     return a
 
   def __repr__(self):
-    return (f"RSTGGraph(scales={self.scales}, feature_size={self.feature_size}, "
-            f"adjacency={self.adjacency!r}, nodes={self.num_nodes}, "
-            f"directed_edges={self.num_edges})")
+    return (f'RSTGGraph(scales={self.scales}, feature_size={self.feature_size}, '
+            f'adjacency={self.adjacency!r}, nodes={self.num_nodes}, '
+            f'directed_edges={self.num_edges})')
 
 
 jax.tree_util.register_pytree_node(
@@ -200,11 +200,11 @@ def _position_maps(boxes, sigma):
   maps = rows[:, :, None] * cols[:, None, :]
   if sigma > 0:
     f = _gaussian_filter_matrix(g, sigma)
-    maps = np.einsum("ab,nbc,dc->nad", f, maps, f)
+    maps = np.einsum('ab,nbc,dc->nad', f, maps, f)
   return maps.reshape(len(boxes), g * g).astype(np.float32)
 
 
-def build_graph(scales: Sequence[int], feature_size, adjacency: str = "sparse",
+def build_graph(scales: Sequence[int], feature_size, adjacency: str = 'sparse',
                 position_sigma: float = 1.0) -> RSTGGraph:
   """Builds the static graph of one frame.
 
@@ -226,33 +226,33 @@ def build_graph(scales: Sequence[int], feature_size, adjacency: str = "sparse",
   try:
     scales = tuple(int(s) for s in scales)
   except TypeError:
-    raise ValueError(f"scales must be a sequence of grid sizes such as (1, 2, 3), "
-                     f"got {scales!r}") from None
+    raise ValueError(f'scales must be a sequence of grid sizes such as (1, 2, 3), '
+                     f'got {scales!r}') from None
   if not scales:
-    raise ValueError("scales is empty: give at least one grid size, e.g. (1, 2, 3)")
+    raise ValueError('scales is empty: give at least one grid size, e.g. (1, 2, 3)')
   if any(s < 1 for s in scales):
-    raise ValueError(f"every scale must be a grid size >= 1, got {scales}")
+    raise ValueError(f'every scale must be a grid size >= 1, got {scales}')
   if len(set(scales)) != len(scales):
-    raise ValueError(f"scales must not repeat a grid size, got {scales}")
+    raise ValueError(f'scales must not repeat a grid size, got {scales}')
   if isinstance(feature_size, (int, np.integer)):
     feature_size = (int(feature_size), int(feature_size))
   try:
     h, w = (int(v) for v in feature_size)
   except (TypeError, ValueError):
-    raise ValueError(f"feature_size must be H or (H, W), got {feature_size!r}") from None
+    raise ValueError(f'feature_size must be H or (H, W), got {feature_size!r}') from None
   if min(h, w) < max(scales):
     raise ValueError(
-        f"feature map {h}x{w} is smaller than the finest grid {max(scales)}x{max(scales)}: "
-        f"every node needs at least one feature pixel; use scales up to {min(h, w)} or "
-        f"take the features from an earlier backbone stage")
+        f'feature map {h}x{w} is smaller than the finest grid {max(scales)}x{max(scales)}: '
+        f'every node needs at least one feature pixel; use scales up to {min(h, w)} or '
+        f'take the features from an earlier backbone stage')
   if adjacency not in ADJACENCIES:
     raise ValueError(f"unknown adjacency {adjacency!r}; valid: {', '.join(ADJACENCIES)}")
   if position_sigma < 0:
-    raise ValueError(f"position_sigma must be >= 0, got {position_sigma}")
+    raise ValueError(f'position_sigma must be >= 0, got {position_sigma}')
 
   boxes, node_scale, node_cell = _cell_boxes(scales)
   n = len(node_scale)
-  if adjacency == "sparse":
+  if adjacency == 'sparse':
     adj = _sparse_pairs(scales, node_scale, node_cell, boxes)
   else:
     adj = ~np.eye(n, dtype=bool)
@@ -265,9 +265,9 @@ def build_graph(scales: Sequence[int], feature_size, adjacency: str = "sparse",
   pool_rows, unpool_cols = [], []
   for s in scales:
     down_h, down_w = area_resize_matrix(s, h), area_resize_matrix(s, w)
-    pool_rows.append(np.einsum("ai,bj->abij", down_h, down_w).reshape(s * s, h * w))
+    pool_rows.append(np.einsum('ai,bj->abij', down_h, down_w).reshape(s * s, h * w))
     up_h, up_w = area_resize_matrix(h, s), area_resize_matrix(w, s)
-    unpool_cols.append(np.einsum("ia,jb->ijab", up_h, up_w).reshape(h * w, s * s))
+    unpool_cols.append(np.einsum('ia,jb->ijab', up_h, up_w).reshape(h * w, s * s))
   return RSTGGraph(
       scales=scales, feature_size=(h, w), adjacency=adjacency,
       position_sigma=float(position_sigma), topology=topology,
@@ -281,11 +281,11 @@ def pool_nodes(graph: RSTGGraph, fmap: jax.Array) -> jax.Array:
   """Node inputs from a feature map: [..., H, W, C] -> [..., N, C] (area averages)."""
   h, w = graph.feature_size
   if fmap.shape[-3:-1] != (h, w):
-    raise ValueError(f"feature map spatial size {fmap.shape[-3:-1]} does not match the "
+    raise ValueError(f'feature map spatial size {fmap.shape[-3:-1]} does not match the '
                      f"graph's feature_size {(h, w)}; rebuild the graph with "
-                     f"build_graph(scales, feature_size={tuple(fmap.shape[-3:-1])})")
+                     f'build_graph(scales, feature_size={tuple(fmap.shape[-3:-1])})')
   flat = fmap.reshape(fmap.shape[:-3] + (h * w, fmap.shape[-1]))
-  return jnp.einsum("nk,...kc->...nc", jnp.asarray(graph.pool, fmap.dtype), flat)
+  return jnp.einsum('nk,...kc->...nc', jnp.asarray(graph.pool, fmap.dtype), flat)
 
 
 def unpool_nodes(graph: RSTGGraph, nodes: jax.Array) -> jax.Array:
@@ -293,6 +293,6 @@ def unpool_nodes(graph: RSTGGraph, nodes: jax.Array) -> jax.Array:
   H x W and the scales summed."""
   h, w = graph.feature_size
   if nodes.shape[-2] != graph.num_nodes:
-    raise ValueError(f"expected {graph.num_nodes} nodes on axis -2, got shape {nodes.shape}")
-  out = jnp.einsum("kn,...nc->...kc", jnp.asarray(graph.unpool, nodes.dtype), nodes)
+    raise ValueError(f'expected {graph.num_nodes} nodes on axis -2, got shape {nodes.shape}')
+  out = jnp.einsum('kn,...nc->...kc', jnp.asarray(graph.unpool, nodes.dtype), nodes)
   return out.reshape(nodes.shape[:-2] + (h, w, nodes.shape[-1]))

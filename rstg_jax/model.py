@@ -43,7 +43,7 @@ import jax.numpy as jnp
 from rstg_jax import stages
 from rstg_jax.graph import RSTGGraph, pool_nodes, unpool_nodes
 
-SCHEDULES = ("all_temp", "one_temp", "homogeneous", "space_only", "time_only")
+SCHEDULES = ('all_temp', 'one_temp', 'homogeneous', 'space_only', 'time_only')
 # Recurrences over at most this many frames are fully unrolled (SyncMNIST's T = 10).
 _MAX_UNROLL = 12
 
@@ -68,14 +68,14 @@ class SpaceStage(nn.Module):
   graph: RSTGGraph
   dim: int
   hidden: int | None = None
-  gather: str = "attention"
+  gather: str = 'attention'
   positional: bool = False
   layer_norm: bool = False
   scalewise: bool = False
 
   def setup(self):
     self.params_tree = self.param(
-        "space", lambda key: stages.init_space_params(
+        'space', lambda key: stages.init_space_params(
             key, self.dim, hidden=self.hidden, gather=self.gather,
             positional=self.positional, layer_norm=self.layer_norm,
             scalewise=self.scalewise, num_scales=len(self.graph.scales)))
@@ -97,8 +97,8 @@ class LSTM(nn.Module):
   hidden: int
 
   def setup(self):
-    self.ih = nn.Dense(4 * self.hidden, name="ih")
-    self.hh = nn.Dense(4 * self.hidden, use_bias=False, name="hh")
+    self.ih = nn.Dense(4 * self.hidden, name='ih')
+    self.hh = nn.Dense(4 * self.hidden, use_bias=False, name='hh')
 
   def initial_carry(self, batch_shape, dtype=jnp.float32):
     z = jnp.zeros(tuple(batch_shape) + (self.hidden,), dtype)
@@ -124,8 +124,8 @@ class LSTM(nn.Module):
     # Short sequences are unrolled: no while loop, and XLA fuses across frames. Longer
     # ones keep the loop: unrolled by 16, T = 32 and 64 ran 1.3-1.5x slower.
     unroll = xs.shape[time_axis] if xs.shape[time_axis] <= _MAX_UNROLL else 1
-    scan = nn.scan(lambda mdl, c, g: mdl._cell(c, g), variable_broadcast="params",
-                   split_rngs={"params": False}, in_axes=time_axis, out_axes=time_axis,
+    scan = nn.scan(lambda mdl, c, g: mdl._cell(c, g), variable_broadcast='params',
+                   split_rngs={'params': False}, in_axes=time_axis, out_axes=time_axis,
                    unroll=unroll)
     return scan(self, carry, gx)
 
@@ -151,26 +151,26 @@ class RSTG(nn.Module):
   graph: RSTGGraph
   dim: int = 512
   num_iters: int = 3
-  schedule: str = "all_temp"
+  schedule: str = 'all_temp'
   positional: bool = False
-  gather: str = "attention"
+  gather: str = 'attention'
   layer_norm: bool = False
   scalewise: bool = False
   hidden: int | None = None
 
   def setup(self):
     check_schedule(self.schedule)
-    if self.num_iters < 1 and self.schedule != "time_only":
-      raise ValueError(f"num_iters must be >= 1, got {self.num_iters}")
-    if self.positional and self.schedule == "time_only":
-      raise ValueError("positional=True needs a schedule with space stages; time_only "
-                       "sends no messages, so positional maps would be ignored")
-    self.embed = nn.Dense(self.dim, name="embed")
+    if self.num_iters < 1 and self.schedule != 'time_only':
+      raise ValueError(f'num_iters must be >= 1, got {self.num_iters}')
+    if self.positional and self.schedule == 'time_only':
+      raise ValueError('positional=True needs a schedule with space stages; time_only '
+                       'sends no messages, so positional maps would be ignored')
+    self.embed = nn.Dense(self.dim, name='embed')
     self.space = SpaceStage(self.graph, self.dim, hidden=self.hidden, gather=self.gather,
                             positional=self.positional, layer_norm=self.layer_norm,
-                            scalewise=self.scalewise, name="space")
-    self.lstm = LSTM(self.dim, name="lstm")          # the K internal time stages
-    self.final_lstm = LSTM(self.dim, name="final_lstm")
+                            scalewise=self.scalewise, name='space')
+    self.lstm = LSTM(self.dim, name='lstm')          # the K internal time stages
+    self.final_lstm = LSTM(self.dim, name='final_lstm')
 
   def _embed(self, x):
     # Shared-weight stages need the same input size at every iteration, so inputs of
@@ -179,10 +179,10 @@ class RSTG(nn.Module):
 
   def _check(self, x, rank):
     if x.ndim != rank or x.shape[-2] != self.graph.num_nodes:
-      want = "[B, T, N, C]" if rank == 4 else "[B, N, C]"
-      raise ValueError(f"RSTG expects node features {want} with N={self.graph.num_nodes} "
-                       f"for {self.graph}, got shape {x.shape}; pool a feature map with "
-                       f"rstg_jax.graph.pool_nodes first")
+      want = '[B, T, N, C]' if rank == 4 else '[B, N, C]'
+      raise ValueError(f'RSTG expects node features {want} with N={self.graph.num_nodes} '
+                       f'for {self.graph}, got shape {x.shape}; pool a feature map with '
+                       f'rstg_jax.graph.pool_nodes first')
 
   def __call__(self, x):
     """Offline pass: x [B, T, N, C] -> node states [B, T, N, D]."""
@@ -194,20 +194,20 @@ class RSTG(nn.Module):
 
   def _offline_time_major(self, v):
     k_iters, sched = self.num_iters, self.schedule
-    if sched == "all_temp":
+    if sched == 'all_temp':
       for _ in range(k_iters):
         _, h = self.lstm(v, time_axis=0)
         v = self.space(h)
       return self.final_lstm(v, time_axis=0)[1]
-    if sched == "time_only":
+    if sched == 'time_only':
       for _ in range(k_iters):
         v = self.lstm(v, time_axis=0)[1]
       return self.final_lstm(v, time_axis=0)[1]
-    if sched == "one_temp":
+    if sched == 'one_temp':
       for _ in range(k_iters):
         v = self.space(v)
       return self.final_lstm(v, time_axis=0)[1]
-    if sched == "space_only":
+    if sched == 'space_only':
       # No time stage at all; a running mean here would, averaged again by the
       # readout, weigh frame t by (H_T - H_{t-1}) / T and leak the frame order.
       for _ in range(k_iters):
@@ -216,7 +216,7 @@ class RSTG(nn.Module):
     # homogeneous: the time message needs iteration k at t-1, so each iteration is a
     # scan over frames of a space stage that also listens to the past.
     scan = nn.scan(lambda mdl, prev, cur: (lambda s: (s, s))(mdl.space(cur, past=prev)),
-                   variable_broadcast="params", split_rngs={"params": False},
+                   variable_broadcast='params', split_rngs={'params': False},
                    in_axes=0, out_axes=0)
     for _ in range(k_iters):
       _, v = scan(self, jnp.zeros_like(v[0]), v)
@@ -229,12 +229,12 @@ class RSTG(nn.Module):
     n, d, k = self.graph.num_nodes, self.dim, self.num_iters
     zeros = jnp.zeros((batch_size, n, d), dtype)
     state: dict[str, Any] = {}
-    if self.schedule in ("all_temp", "time_only"):
-      state["lstm"] = [(zeros, zeros) for _ in range(k)]
-    if self.schedule in ("all_temp", "time_only", "one_temp"):
-      state["final_lstm"] = (zeros, zeros)
-    if self.schedule == "homogeneous":
-      state["past"] = [zeros for _ in range(k)]
+    if self.schedule in ('all_temp', 'time_only'):
+      state['lstm'] = [(zeros, zeros) for _ in range(k)]
+    if self.schedule in ('all_temp', 'time_only', 'one_temp'):
+      state['final_lstm'] = (zeros, zeros)
+    if self.schedule == 'homogeneous':
+      state['past'] = [zeros for _ in range(k)]
     return state
 
   def step(self, state, x):
@@ -242,26 +242,26 @@ class RSTG(nn.Module):
     self._check(x, 3)
     v = self._embed(x)
     sched, new = self.schedule, dict(state)
-    if sched in ("all_temp", "time_only"):
+    if sched in ('all_temp', 'time_only'):
       carries = []
       for k in range(self.num_iters):
-        carry, v = self.lstm.step(state["lstm"][k], v)
+        carry, v = self.lstm.step(state['lstm'][k], v)
         carries.append(carry)
-        if sched == "all_temp":
+        if sched == 'all_temp':
           v = self.space(v)
-      new["lstm"] = carries
-    elif sched in ("one_temp", "space_only"):
+      new['lstm'] = carries
+    elif sched in ('one_temp', 'space_only'):
       for _ in range(self.num_iters):
         v = self.space(v)
     else:  # homogeneous
       pasts = []
       for k in range(self.num_iters):
-        v = self.space(v, past=state["past"][k])
+        v = self.space(v, past=state['past'][k])
         pasts.append(v)
-      new["past"] = pasts
-    if sched in ("space_only", "homogeneous"):
+      new['past'] = pasts
+    if sched in ('space_only', 'homogeneous'):
       return new, v
-    new["final_lstm"], out = self.final_lstm.step(state["final_lstm"], v)
+    new['final_lstm'], out = self.final_lstm.step(state['final_lstm'], v)
     return new, out
 
 
@@ -293,13 +293,13 @@ class RSTGToMap(nn.Module):
     c = x.shape[-1]
     nodes = pool_nodes(self.graph, x)
     if c != self.dim:
-      nodes = nn.Dense(self.dim, name="proj_in")(nodes)
-    states = RSTG(self.graph, dim=self.dim, name="rstg", **(self.rstg or {}))(nodes)
+      nodes = nn.Dense(self.dim, name='proj_in')(nodes)
+    states = RSTG(self.graph, dim=self.dim, name='rstg', **(self.rstg or {}))(nodes)
     # Project per node, then resize: the resize is linear, so this equals projecting
     # every pixel but costs N instead of H*W rows. The bias is added after the resize.
-    proj = nn.Dense(c, use_bias=False, name="proj_out")(states)
-    bias = self.param("proj_out_bias", nn.initializers.zeros, (c,), x.dtype)
+    proj = nn.Dense(c, use_bias=False, name='proj_out')(states)
+    bias = self.param('proj_out_bias', nn.initializers.zeros, (c,), x.dtype)
     y = unpool_nodes(self.graph, proj) + bias
-    y = nn.LayerNorm(name="norm")(y)
-    scale = self.param("residual_scale", nn.initializers.zeros, (), x.dtype)
+    y = nn.LayerNorm(name='norm')(y)
+    scale = self.param('residual_scale', nn.initializers.zeros, (), x.dtype)
     return x + scale * y

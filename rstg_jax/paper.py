@@ -29,38 +29,25 @@ SYNCMNIST_ROWS = (
      None, 97.2),
 )
 
+
+def _ssv1(arch: str, placement: str, nonlocal_blocks: bool = False) -> dict:
+  """Overrides on configs/ssv1_i3d.py for one Something-Something row."""
+  return {'backbone.arch': arch, 'backbone.nonlocal_blocks': nonlocal_blocks,
+          'rstg.placement': placement}
+
+
 # name, paper row, table, overrides on configs/ssv1_i3d.py, val top-1, top-5.
 SSV1_ROWS = (
-    ('c2d', 'C2D', 'Table 2',
-     {'backbone.arch': 'c2d', 'backbone.nonlocal_blocks': False, 'rstg.placement': 'none'},
-     31.7, 64.7),
-    ('c2d_rstg', 'ours C2D + RSTG', 'Table 2',
-     {'backbone.arch': 'c2d', 'backbone.nonlocal_blocks': False, 'rstg.placement': 'vec'},
-     42.8, 73.6),
-    ('i3d', 'I3D', 'Table 2',
-     {'backbone.arch': 'i3d', 'backbone.nonlocal_blocks': False, 'rstg.placement': 'none'},
-     41.6, 72.2),
-    ('nl_i3d', 'NL I3D', 'Table 2',
-     {'backbone.arch': 'i3d', 'backbone.nonlocal_blocks': True, 'rstg.placement': 'none'},
-     44.4, 76.0),
-    ('i3d_rstg', 'ours I3D + RSTG', 'Table 2',
-     {'backbone.arch': 'i3d', 'backbone.nonlocal_blocks': False, 'rstg.placement': 'res3_4'},
-     49.2, 78.8),
-    ('vec', 'RSTG-to-vec', 'Table 3',
-     {'backbone.arch': 'i3d', 'backbone.nonlocal_blocks': False, 'rstg.placement': 'vec'},
-     47.7, 77.9),
-    ('res2', 'RSTG-to-map res2', 'Table 3',
-     {'backbone.arch': 'i3d', 'backbone.nonlocal_blocks': False, 'rstg.placement': 'res2'},
-     46.9, 76.8),
-    ('res3', 'RSTG-to-map res3', 'Table 3',
-     {'backbone.arch': 'i3d', 'backbone.nonlocal_blocks': False, 'rstg.placement': 'res3'},
-     47.7, 77.8),
-    ('res4', 'RSTG-to-map res4', 'Table 3',
-     {'backbone.arch': 'i3d', 'backbone.nonlocal_blocks': False, 'rstg.placement': 'res4'},
-     48.4, 78.1),
-    ('res3_4', 'RSTG-to-map res3-4', 'Table 3',
-     {'backbone.arch': 'i3d', 'backbone.nonlocal_blocks': False, 'rstg.placement': 'res3_4'},
-     49.2, 78.8),
+    ('c2d', 'C2D', 'Table 2', _ssv1('c2d', 'none'), 31.7, 64.7),
+    ('c2d_rstg', 'ours C2D + RSTG', 'Table 2', _ssv1('c2d', 'vec'), 42.8, 73.6),
+    ('i3d', 'I3D', 'Table 2', _ssv1('i3d', 'none'), 41.6, 72.2),
+    ('nl_i3d', 'NL I3D', 'Table 2', _ssv1('i3d', 'none', nonlocal_blocks=True), 44.4, 76.0),
+    ('i3d_rstg', 'ours I3D + RSTG', 'Table 2', _ssv1('i3d', 'res3_4'), 49.2, 78.8),
+    ('vec', 'RSTG-to-vec', 'Table 3', _ssv1('i3d', 'vec'), 47.7, 77.9),
+    ('res2', 'RSTG-to-map res2', 'Table 3', _ssv1('i3d', 'res2'), 46.9, 76.8),
+    ('res3', 'RSTG-to-map res3', 'Table 3', _ssv1('i3d', 'res3'), 47.7, 77.8),
+    ('res4', 'RSTG-to-map res4', 'Table 3', _ssv1('i3d', 'res4'), 48.4, 78.1),
+    ('res3_4', 'RSTG-to-map res3-4', 'Table 3', _ssv1('i3d', 'res3_4'), 49.2, 78.8),
 )
 
 

@@ -24,10 +24,10 @@ _M_MMAP_THRESHOLD = -3
 
 def reuse_freed_memory() -> bool:
   """Keeps freed buffers in the heap for reuse (glibc only). Returns True if applied."""
-  if os.environ.get("RSTG_NO_MALLOPT") or not sys.platform.startswith("linux"):
+  if os.environ.get('RSTG_NO_MALLOPT') or not sys.platform.startswith('linux'):
     return False
   try:
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    libc = ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6')
     mallopt = libc.mallopt
   except (OSError, AttributeError):  # not glibc (e.g. musl): nothing to tune
     return False

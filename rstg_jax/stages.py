@@ -40,7 +40,7 @@ import numpy as np
 
 from rstg_jax.graph import POSITION_GRID, RSTGGraph
 
-GATHERS = ("attention", "sum")
+GATHERS = ('attention', 'sum')
 _LN_EPS = 1e-6
 # "auto" chunking keeps each [2E, frames, D] edge tensor at or under this many floats
 # (72 MB): 128 frames of the 30-node, 274-message graph at D = 512, the chunk with which
@@ -55,7 +55,7 @@ def _dense_init(key, fan_in, shape, dtype):
 
 
 def init_space_params(key, dim: int, *, hidden: int | None = None,
-                      attn_dim: int | None = None, gather: str = "attention",
+                      attn_dim: int | None = None, gather: str = 'attention',
                       positional: bool = False, layer_norm: bool = False,
                       scalewise: bool = False, num_scales: int = 1,
                       dtype=jnp.float32) -> dict:
@@ -84,52 +84,52 @@ def init_space_params(key, dim: int, *, hidden: int | None = None,
   keys = iter(jax.random.split(key, 12))
   send_fan_in = 2 * dim + (2 * p_dim if positional else 0)
   send = {
-      "w_src": _dense_init(next(keys), send_fan_in, (dim, m), dtype),
-      "w_dst": _dense_init(next(keys), send_fan_in, (dim, m), dtype),
-      "b1": jnp.zeros((m,), dtype),
-      "w2": _dense_init(next(keys), m, (m, dim), dtype),
-      "b2": jnp.zeros((dim,), dtype),
+      'w_src': _dense_init(next(keys), send_fan_in, (dim, m), dtype),
+      'w_dst': _dense_init(next(keys), send_fan_in, (dim, m), dtype),
+      'b1': jnp.zeros((m,), dtype),
+      'w2': _dense_init(next(keys), m, (m, dim), dtype),
+      'b2': jnp.zeros((dim,), dtype),
   }
   if positional:
-    send["w_pos_src"] = _dense_init(next(keys), send_fan_in, (p_dim, m), dtype)
-    send["w_pos_dst"] = _dense_init(next(keys), send_fan_in, (p_dim, m), dtype)
+    send['w_pos_src'] = _dense_init(next(keys), send_fan_in, (p_dim, m), dtype)
+    send['w_pos_dst'] = _dense_init(next(keys), send_fan_in, (p_dim, m), dtype)
   lead = (num_scales,) if scalewise else ()
   update = {
-      "w_node": _dense_init(next(keys), 2 * dim, lead + (dim, m), dtype),
-      "w_msg": _dense_init(next(keys), 2 * dim, lead + (dim, m), dtype),
-      "b1": jnp.zeros(lead + (m,), dtype),
-      "w2": _dense_init(next(keys), m, lead + (m, dim), dtype),
-      "b2": jnp.zeros(lead + (dim,), dtype),
+      'w_node': _dense_init(next(keys), 2 * dim, lead + (dim, m), dtype),
+      'w_msg': _dense_init(next(keys), 2 * dim, lead + (dim, m), dtype),
+      'b1': jnp.zeros(lead + (m,), dtype),
+      'w2': _dense_init(next(keys), m, lead + (m, dim), dtype),
+      'b2': jnp.zeros(lead + (dim,), dtype),
   }
-  params = {"send": send, "update": update}
-  if gather == "attention":
-    params["attn"] = {
-        "w_src": _dense_init(next(keys), dim, (dim, a), dtype),
-        "w_dst": _dense_init(next(keys), dim, (dim, a), dtype),
-        "bias": jnp.zeros((dim,), dtype),
+  params = {'send': send, 'update': update}
+  if gather == 'attention':
+    params['attn'] = {
+        'w_src': _dense_init(next(keys), dim, (dim, a), dtype),
+        'w_dst': _dense_init(next(keys), dim, (dim, a), dtype),
+        'bias': jnp.zeros((dim,), dtype),
     }
   if layer_norm:
-    for name in ("ln_msg", "ln_update"):
-      params[name] = {"scale": jnp.ones((dim,), dtype), "bias": jnp.zeros((dim,), dtype)}
+    for name in ('ln_msg', 'ln_update'):
+      params[name] = {'scale': jnp.ones((dim,), dtype), 'bias': jnp.zeros((dim,), dtype)}
   return params
 
 
 def _layer_norm(x, p):
   mean = x.mean(-1, keepdims=True)
   var = jnp.square(x - mean).mean(-1, keepdims=True)
-  return (x - mean) * jax.lax.rsqrt(var + _LN_EPS) * p["scale"] + p["bias"]
+  return (x - mean) * jax.lax.rsqrt(var + _LN_EPS) * p['scale'] + p['bias']
 
 
 def _update(p, graph, x, g):
   """f_space on node-major arrays x, g [N, B, D]."""
   def mlp(q, xs, gs):
-    h = jax.nn.relu(xs @ q["w_node"] + gs @ q["w_msg"] + q["b1"])
-    return jax.nn.relu(h @ q["w2"] + q["b2"])
-  if p["w_node"].ndim == 2:
+    h = jax.nn.relu(xs @ q['w_node'] + gs @ q['w_msg'] + q['b1'])
+    return jax.nn.relu(h @ q['w2'] + q['b2'])
+  if p['w_node'].ndim == 2:
     return mlp(p, x, g)
-  if p["w_node"].shape[0] != len(graph.scales):
+  if p['w_node'].shape[0] != len(graph.scales):
     raise ValueError(f"scalewise update parameters are for {p['w_node'].shape[0]} scales "
-                     f"but the graph has {len(graph.scales)}")
+                     f'but the graph has {len(graph.scales)}')
   # Nodes are contiguous per scale: one matmul per scale, no per-node weight gather.
   return jnp.concatenate(
       [mlp(jax.tree.map(lambda w: w[k], p), x[sl], g[sl])
@@ -141,38 +141,38 @@ def _message_pass(params, x, senders, receivers, positions, num_receivers, sorte
 
   Returns the gathered messages [num_receivers, B, D].
   """
-  send = params["send"]
+  send = params['send']
   # First f_send layer, split by linearity into a per-sender and a per-receiver part.
-  src = x @ send["w_src"]
-  dst = x[:num_receivers] @ send["w_dst"] + send["b1"]
-  if "w_pos_src" in send:
+  src = x @ send['w_src']
+  dst = x[:num_receivers] @ send['w_dst'] + send['b1']
+  if 'w_pos_src' in send:
     pos = jnp.asarray(positions, x.dtype)
-    src = src + (pos @ send["w_pos_src"])[:, None, :]
-    dst = dst + (pos[:num_receivers] @ send["w_pos_dst"])[:, None, :]
+    src = src + (pos @ send['w_pos_src'])[:, None, :]
+    dst = dst + (pos[:num_receivers] @ send['w_pos_dst'])[:, None, :]
   hidden = jax.nn.relu(src[senders] + dst[receivers])               # [E, B, M]
-  messages = jax.nn.relu(hidden @ send["w2"] + send["b2"])          # [E, B, D]
-  if "attn" in params:
-    attn = params["attn"]
-    k = x @ attn["w_src"]
-    q = x[:num_receivers] @ attn["w_dst"]
-    scale = 1.0 / math.sqrt(attn["w_src"].shape[-1])
+  messages = jax.nn.relu(hidden @ send['w2'] + send['b2'])          # [E, B, D]
+  if 'attn' in params:
+    attn = params['attn']
+    k = x @ attn['w_src']
+    q = x[:num_receivers] @ attn['w_dst']
+    scale = 1.0 / math.sqrt(attn['w_src'].shape[-1])
     logits = jnp.sum(k[senders] * q[receivers], axis=-1) * scale    # [E, B]
     alpha = jraph.segment_softmax(logits, receivers, num_receivers,
                                   indices_are_sorted=sorted_ids)
     gathered = jraph.segment_sum(messages * alpha[..., None], receivers, num_receivers,
                                  indices_are_sorted=sorted_ids)
-    gathered = jax.nn.relu(gathered + attn["bias"])
+    gathered = jax.nn.relu(gathered + attn['bias'])
   else:
     gathered = jraph.segment_sum(messages, receivers, num_receivers,
                                  indices_are_sorted=sorted_ids)
-  if "ln_msg" in params:
-    gathered = _layer_norm(gathered, params["ln_msg"])
+  if 'ln_msg' in params:
+    gathered = _layer_norm(gathered, params['ln_msg'])
   return gathered
 
 
 def space_stage(params: dict, graph: RSTGGraph, nodes: jax.Array,
                 past: jax.Array | None = None, *,
-                frames_per_chunk: int | str | None = "auto") -> jax.Array:
+                frames_per_chunk: int | str | None = 'auto') -> jax.Array:
   """One space processing stage (send, gather, update) on every frame.
 
   Args:
@@ -193,23 +193,23 @@ def space_stage(params: dict, graph: RSTGGraph, nodes: jax.Array,
   """
   n, d = graph.num_nodes, nodes.shape[-1]
   if nodes.ndim < 2 or nodes.shape[-2] != n:
-    raise ValueError(f"nodes must be [..., {n}, D] for this graph ({graph}), "
-                     f"got shape {nodes.shape}")
-  if params["send"]["w_src"].shape[0] != d:
+    raise ValueError(f'nodes must be [..., {n}, D] for this graph ({graph}), '
+                     f'got shape {nodes.shape}')
+  if params['send']['w_src'].shape[0] != d:
     raise ValueError(f"parameters are for D={params['send']['w_src'].shape[0]} but nodes "
-                     f"have D={d}")
+                     f'have D={d}')
   if past is not None and past.shape != nodes.shape:
-    raise ValueError(f"past must have the shape of nodes {nodes.shape}, got {past.shape}")
+    raise ValueError(f'past must have the shape of nodes {nodes.shape}, got {past.shape}')
   lead = nodes.shape[:-2]
   flat = nodes.reshape((-1, n, d))
   flat_past = None if past is None else past.reshape((-1, n, d))
   frames = flat.shape[0]
-  if frames_per_chunk == "auto":
+  if frames_per_chunk == 'auto':
     frames_per_chunk = _auto_chunk(graph, frames, d, with_past=past is not None)
   elif frames_per_chunk is not None and (isinstance(frames_per_chunk, str)
                                          or frames_per_chunk < 1):
     raise ValueError(f"frames_per_chunk must be 'auto', None or a positive int, got "
-                     f"{frames_per_chunk!r}")
+                     f'{frames_per_chunk!r}')
   if not frames_per_chunk or frames <= frames_per_chunk:
     out = _stage_frames(params, graph, flat, flat_past)
   else:
@@ -248,9 +248,9 @@ def _stage_frames(params, graph, flat, flat_past):
     gathered = _message_pass(params, xp, senders, receivers,
                              np.concatenate([graph.positions, graph.positions]), n,
                              sorted_ids=True)
-  out = _update(params["update"], graph, x, gathered)
-  if "ln_update" in params:
-    out = _layer_norm(out, params["ln_update"])
+  out = _update(params['update'], graph, x, gathered)
+  if 'ln_update' in params:
+    out = _layer_norm(out, params['ln_update'])
   return out.swapaxes(0, 1)
 
 
@@ -271,12 +271,12 @@ def space_stage_flops(graph: RSTGGraph, params: dict, frames: int = 1) -> int:
   the weighted sum per edge, and the update MLP. Elementwise activations are omitted.
   """
   n, e = graph.num_nodes, graph.num_edges
-  d, m = params["send"]["w_src"].shape
+  d, m = params['send']['w_src'].shape
   f = 2 * n * d * m * 2              # first f_send layer, per node (src and dst parts)
   f += e * m                         # per-edge sum of the two parts
   f += 2 * e * m * d                 # second f_send layer, per edge
-  if "attn" in params:
-    a = params["attn"]["w_src"].shape[-1]
+  if 'attn' in params:
+    a = params['attn']['w_src'].shape[-1]
     f += 2 * n * d * a * 2 + 2 * e * a + 2 * e * d
   else:
     f += e * d

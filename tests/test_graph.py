@@ -49,19 +49,19 @@ def test_specific_neighbourhoods():
   assert a[0, 1:].all() and a[1:, 0].all()
 
 
-@pytest.mark.parametrize("scales", [(1,), (3,), (1, 2, 3), (1, 2, 3, 4), (2, 5)])
-@pytest.mark.parametrize("adjacency", ["sparse", "full"])
+@pytest.mark.parametrize('scales', [(1,), (3,), (1, 2, 3), (1, 2, 3, 4), (2, 5)])
+@pytest.mark.parametrize('adjacency', ['sparse', 'full'])
 def test_topology_invariants(scales, adjacency):
   g = build_graph(scales, 10, adjacency=adjacency)
   a = g.adjacency_matrix()
   n = sum(s * s for s in scales)
   assert g.num_nodes == n and a.shape == (n, n)
-  assert (a == a.T).all(), "edges must come in both directions"
-  assert a.trace() == 0, "no self-loops"
-  assert g.num_edges == a.sum(), "no duplicate edges"
-  assert (np.diff(g.receivers) >= 0).all(), "edges sorted by receiver"
+  assert (a == a.T).all(), 'edges must come in both directions'
+  assert a.trace() == 0, 'no self-loops'
+  assert g.num_edges == a.sum(), 'no duplicate edges'
+  assert (np.diff(g.receivers) >= 0).all(), 'edges sorted by receiver'
   assert int(g.topology.n_edge[0]) == len(g.senders) == len(g.receivers)
-  if adjacency == "full":
+  if adjacency == 'full':
     assert g.num_edges == n * (n - 1)
   assert g.node_scale.shape == (n,) and g.node_cell.shape == (n, 2)
 
@@ -106,13 +106,13 @@ def test_positional_maps():
   assert raw[5].sum() == 4
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(scales=(1, 2, 8), feature_size=6), "smaller than the finest grid"),
-    (dict(scales=(), feature_size=6), "empty"),
-    (dict(scales=(1, 1), feature_size=6), "repeat"),
-    (dict(scales=(0, 2), feature_size=6), ">= 1"),
-    (dict(scales=(1, 2), feature_size=6, adjacency="dense"), "sparse, full"),
-    (dict(scales=(1, 2), feature_size="big"), "feature_size"),
+@pytest.mark.parametrize('kwargs,match', [
+    (dict(scales=(1, 2, 8), feature_size=6), 'smaller than the finest grid'),
+    (dict(scales=(), feature_size=6), 'empty'),
+    (dict(scales=(1, 1), feature_size=6), 'repeat'),
+    (dict(scales=(0, 2), feature_size=6), '>= 1'),
+    (dict(scales=(1, 2), feature_size=6, adjacency='dense'), 'sparse, full'),
+    (dict(scales=(1, 2), feature_size='big'), 'feature_size'),
 ])
 def test_bad_arguments_raise_clear_errors(kwargs, match):
   with pytest.raises(ValueError, match=match):
@@ -121,7 +121,7 @@ def test_bad_arguments_raise_clear_errors(kwargs, match):
 
 def test_pool_size_mismatch_names_the_fix():
   g = build_graph((1, 2), 6)
-  with pytest.raises(ValueError, match="feature_size"):
+  with pytest.raises(ValueError, match='feature_size'):
     pool_nodes(g, jnp.zeros((1, 7, 7, 3)))
 
 

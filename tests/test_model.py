@@ -11,7 +11,7 @@ from rstg_jax.graph import build_graph
 from rstg_jax.model import LSTM, RSTG, SCHEDULES, RSTGToMap, rstg_to_vec
 
 GRAPH = build_graph((1, 2, 3), 6)
-CASES = [(s, False) for s in SCHEDULES] + [("all_temp", True), ("homogeneous", True)]
+CASES = [(s, False) for s in SCHEDULES] + [('all_temp', True), ('homogeneous', True)]
 
 
 def _inputs(c=12, t=4):
@@ -22,10 +22,10 @@ def _init(model, x):
   return model.init(jax.random.key(1), x)
 
 
-@pytest.mark.parametrize("schedule,positional", CASES)
+@pytest.mark.parametrize('schedule,positional', CASES)
 def test_online_equals_offline(schedule, positional):
   # LayerNorm and per-scale updates on for one schedule only: compiling is the cost.
-  extras = schedule == "all_temp" and not positional
+  extras = schedule == 'all_temp' and not positional
   model = RSTG(GRAPH, dim=8, num_iters=2, schedule=schedule, positional=positional,
                scalewise=extras, layer_norm=extras)
   x = _inputs()
@@ -45,8 +45,8 @@ def test_schedules_differ_and_have_finite_gradients():
   for schedule, positional in CASES:
     model = RSTG(GRAPH, dim=8, num_iters=2, schedule=schedule, positional=positional)
     variables = _init(model, x)
-    loss = lambda p: jnp.sum(rstg_to_vec(model.apply({"params": p}, x)) ** 2)
-    value, grads = jax.value_and_grad(loss)(variables["params"])
+    loss = lambda p: jnp.sum(rstg_to_vec(model.apply({'params': p}, x)) ** 2)
+    value, grads = jax.value_and_grad(loss)(variables['params'])
     leaves = jax.tree.leaves(grads)
     assert np.isfinite(value)
     assert all(np.isfinite(g).all() for g in leaves), schedule
@@ -59,18 +59,18 @@ def test_schedules_differ_and_have_finite_gradients():
 
 def test_parameter_sets_per_schedule():
   x = _inputs(c=8)
-  names = lambda s: set(_init(RSTG(GRAPH, dim=8, num_iters=2, schedule=s), x)["params"])
-  assert names("all_temp") == {"space", "lstm", "final_lstm"}
-  assert names("one_temp") == {"space", "final_lstm"}
-  assert names("time_only") == {"lstm", "final_lstm"}
-  assert names("space_only") == names("homogeneous") == {"space"}
+  names = lambda s: set(_init(RSTG(GRAPH, dim=8, num_iters=2, schedule=s), x)['params'])
+  assert names('all_temp') == {'space', 'lstm', 'final_lstm'}
+  assert names('one_temp') == {'space', 'final_lstm'}
+  assert names('time_only') == {'lstm', 'final_lstm'}
+  assert names('space_only') == names('homogeneous') == {'space'}
   # Inputs of another size are projected to D first.
-  assert "embed" in _init(RSTG(GRAPH, dim=8, schedule="all_temp"), _inputs(c=12))["params"]
+  assert 'embed' in _init(RSTG(GRAPH, dim=8, schedule='all_temp'), _inputs(c=12))['params']
 
 
 def test_messages_flow_only_where_the_schedule_sends_them():
   x = _inputs(c=8)
-  for schedule, crosses in [("time_only", False), ("all_temp", True), ("one_temp", True)]:
+  for schedule, crosses in [('time_only', False), ('all_temp', True), ('one_temp', True)]:
     model = RSTG(GRAPH, dim=8, num_iters=2, schedule=schedule)
     variables = _init(model, x)
     base = model.apply(variables, x)
@@ -98,7 +98,7 @@ def test_space_only_weighs_every_frame_equally():
   # readout's mean). Frame t's states depend on frame t only, so permuting the frames
   # permutes the states and leaves the video vector unchanged.
   x = _inputs(c=8, t=5)
-  model = RSTG(GRAPH, dim=8, num_iters=2, schedule="space_only")
+  model = RSTG(GRAPH, dim=8, num_iters=2, schedule='space_only')
   variables = _init(model, x)
   per_frame = model.apply(variables, x, method=lambda m, v: m.space(m.space(v)))
   out = model.apply(variables, x)
@@ -115,11 +115,11 @@ def test_lstm_matches_the_textbook_equations():
   x = jax.random.normal(jax.random.key(0), (2, 3, 5, 6))
   variables = lstm.init(jax.random.key(1), x)
   _, hs = lstm.apply(variables, x)
-  p = jax.tree.map(np.asarray, variables["params"])
+  p = jax.tree.map(np.asarray, variables['params'])
   sig = lambda z: 1 / (1 + np.exp(-z))
   c = h = np.zeros((2, 5, 4))
   for t in range(3):
-    z = np.asarray(x[:, t]) @ p["ih"]["kernel"] + p["ih"]["bias"] + h @ p["hh"]["kernel"]
+    z = np.asarray(x[:, t]) @ p['ih']['kernel'] + p['ih']['bias'] + h @ p['hh']['kernel']
     i, f, g, o = np.split(z, 4, -1)
     c = sig(f) * c + sig(i) * np.tanh(g)
     h = sig(o) * np.tanh(c)
@@ -138,19 +138,19 @@ def test_rstg_to_map_starts_as_identity_and_learns_its_scale():
   x = jax.random.normal(jax.random.key(0), (2, 3, 7, 5, 12))
   variables = block.init(jax.random.key(1), x)
   np.testing.assert_array_equal(block.apply(variables, x), x)
-  assert variables["params"]["proj_in"]["kernel"].shape == (12, 8)
-  loss = lambda p: jnp.sum(block.apply({"params": p}, x) * x[..., ::-1])
-  grads = jax.grad(loss)(variables["params"])
-  assert np.abs(grads["residual_scale"]) > 0
-  p = dict(variables["params"], residual_scale=jnp.ones(()))
-  assert np.abs(np.asarray(block.apply({"params": p}, x) - x)).max() > 1e-3
+  assert variables['params']['proj_in']['kernel'].shape == (12, 8)
+  loss = lambda p: jnp.sum(block.apply({'params': p}, x) * x[..., ::-1])
+  grads = jax.grad(loss)(variables['params'])
+  assert np.abs(grads['residual_scale']) > 0
+  p = dict(variables['params'], residual_scale=jnp.ones(()))
+  assert np.abs(np.asarray(block.apply({'params': p}, x) - x)).max() > 1e-3
 
 
 def test_bad_configuration_errors():
   x = _inputs()
-  with pytest.raises(ValueError, match="all_temp, one_temp, homogeneous, space_only, time_only"):
-    _init(RSTG(GRAPH, schedule="two_temp"), x)
-  with pytest.raises(ValueError, match="positional"):
-    _init(RSTG(GRAPH, schedule="time_only", positional=True), x)
-  with pytest.raises(ValueError, match="N=14"):
+  with pytest.raises(ValueError, match='all_temp, one_temp, homogeneous, space_only, time_only'):
+    _init(RSTG(GRAPH, schedule='two_temp'), x)
+  with pytest.raises(ValueError, match='positional'):
+    _init(RSTG(GRAPH, schedule='time_only', positional=True), x)
+  with pytest.raises(ValueError, match='N=14'):
     _init(RSTG(GRAPH, dim=8), jnp.zeros((2, 5, 13, 8)))

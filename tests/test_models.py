@@ -23,19 +23,19 @@ def count(tree):
   return sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(tree))
 
 
-def tiny_config(model="rstg", ablation="all_temp", freeze=False, width=8):
+def tiny_config(model='rstg', ablation='all_temp', freeze=False, width=8):
   c = config_dict.ConfigDict()
   c.model = model
   c.ablation = ablation
   c.data = config_dict.ConfigDict(dict(num_classes=NUM_CLASSES))
   c.baseline = config_dict.ConfigDict(dict(lstm_dim=8))
   c.backbone = config_dict.ConfigDict(dict(width=width, freeze=freeze))
-  c.rstg = config_dict.ConfigDict(dict(dim=8, num_iters=2, scales=(1, 2), gather="attention",
-                                       adjacency="sparse", layer_norm=False, scalewise=False))
+  c.rstg = config_dict.ConfigDict(dict(dim=8, num_iters=2, scales=(1, 2), gather='attention',
+                                       adjacency='sparse', layer_norm=False, scalewise=False))
   return c
 
 
-def paper_config(model, ablation="all_temp"):
+def paper_config(model, ablation='all_temp'):
   c = tiny_config(model, ablation, width=512)
   c.data.num_classes = 46
   c.baseline.lstm_dim = 512
@@ -49,7 +49,7 @@ def videos(n=2, t=3, size=32, seed=0):
 
 def test_backbone_shapes_follow_valid_padding():
   assert feature_size(64) == 6  # 64 -> 62 -> 31 -> 29 -> 14 -> 12 -> 6
-  assert feature_size(64, padding="SAME") == 8
+  assert feature_size(64, padding='SAME') == 8
   assert feature_size(32) == 2
   with pytest.raises(ValueError):
     feature_size(8)
@@ -72,10 +72,10 @@ def test_backbone_on_video_equals_per_frame():
   assert apply_per_frame(lambda x: x.sum(axis=(1, 2)), video).shape == (2, 3, 1)
 
 
-@pytest.mark.parametrize("size", [6, 7])  # even, and odd (last row/column dropped)
+@pytest.mark.parametrize('size', [6, 7])  # even, and odd (last row/column dropped)
 def test_max_pool_2x2_equals_flax_max_pool_and_its_gradient(size):
   x = jax.random.normal(jax.random.PRNGKey(0), (2, size, size + 2, 3))
-  ref = lambda a: nn.max_pool(a, (2, 2), strides=(2, 2), padding="VALID")
+  ref = lambda a: nn.max_pool(a, (2, 2), strides=(2, 2), padding='VALID')
   np.testing.assert_array_equal(max_pool_2x2(x), ref(x))
   w = jax.random.normal(jax.random.PRNGKey(1), ref(x).shape)
   grad = lambda f: jax.grad(lambda a: jnp.sum(w * f(a)))(x)
@@ -85,7 +85,7 @@ def test_max_pool_2x2_equals_flax_max_pool_and_its_gradient(size):
 def check_model(model, video, train_mode=True):
   """Shapes, finiteness, input dependence and the train-mode contract; returns logits."""
   variables = model.init(jax.random.PRNGKey(0), video, train=False)
-  assert "backbone" in variables["params"]
+  assert 'backbone' in variables['params']
   logits = model.apply(variables, video, train=False)
   assert logits.shape == (video.shape[0], NUM_CLASSES)
   assert np.all(np.isfinite(logits))
@@ -93,13 +93,13 @@ def check_model(model, video, train_mode=True):
   assert not np.allclose(logits[0], logits[1], atol=1e-6)
   if train_mode:
     # Train mode: BatchNorm statistics come back through the mutable collection.
-    out, updates = model.apply(variables, video, train=True, mutable=["batch_stats"])
+    out, updates = model.apply(variables, video, train=True, mutable=['batch_stats'])
     assert out.shape == logits.shape
-    assert set(updates) <= {"batch_stats"}
+    assert set(updates) <= {'batch_stats'}
   return np.asarray(logits)
 
 
-@pytest.mark.parametrize("name", ["mean_lstm", "conv_lstm", "i3d", "nonlocal"])
+@pytest.mark.parametrize('name', ['mean_lstm', 'conv_lstm', 'i3d', 'nonlocal'])
 def test_baselines_shapes_and_input_dependence(name):
   check_model(models.create_model(tiny_config(name)), videos())
 
@@ -111,8 +111,8 @@ def test_rstg_classifier_and_positional_ablation():
   wiring of two ablations through the classifier, to keep this file fast.
   """
   video = videos(t=2)
-  plain = check_model(models.create_model(tiny_config("rstg", "all_temp")), video)
-  positional = check_model(models.create_model(tiny_config("rstg", "positional")), video,
+  plain = check_model(models.create_model(tiny_config('rstg', 'all_temp')), video)
+  positional = check_model(models.create_model(tiny_config('rstg', 'positional')), video,
                            train_mode=False)
   assert not np.allclose(plain, positional, atol=1e-6)
 
@@ -123,11 +123,11 @@ def test_space_only_logits_ignore_the_frame_order():
   # node BatchNorm's batch statistics are order-free too); all_temp does notice.
   video = videos(t=4)
   perm = np.array([2, 0, 3, 1])
-  for ablation, order_free in (("space_only", True), ("all_temp", False)):
-    model = models.create_model(tiny_config("rstg", ablation))
+  for ablation, order_free in (('space_only', True), ('all_temp', False)):
+    model = models.create_model(tiny_config('rstg', ablation))
     variables = model.init(jax.random.PRNGKey(0), video)
     for train in (False, True):
-      run = lambda v: model.apply(variables, v, train=train, mutable=["batch_stats"])[0]
+      run = lambda v: model.apply(variables, v, train=train, mutable=['batch_stats'])[0]
       a, b = run(video), run(video[:, perm])
       assert np.allclose(a, b, rtol=1e-5, atol=1e-5) == order_free, (ablation, train)
 
@@ -136,49 +136,49 @@ def test_ablation_names_match_the_core():
   # pylint: disable=g-import-not-at-top
   from rstg_jax.model import SCHEDULES
   from rstg_jax.syncmnist.rstg_classifier import ablation_to_core_args
-  assert set(models.ABLATIONS) == set(SCHEDULES) | {"positional"}
-  assert ablation_to_core_args("positional") == dict(schedule="all_temp", positional=True)
-  for ablation in set(models.ABLATIONS) - {"positional"}:
+  assert set(models.ABLATIONS) == set(SCHEDULES) | {'positional'}
+  assert ablation_to_core_args('positional') == dict(schedule='all_temp', positional=True)
+  for ablation in set(models.ABLATIONS) - {'positional'}:
     assert ablation_to_core_args(ablation) == dict(schedule=ablation, positional=False)
-  with pytest.raises(ValueError, match="all_temp, one_temp"):
-    ablation_to_core_args("two_temp")
+  with pytest.raises(ValueError, match='all_temp, one_temp'):
+    ablation_to_core_args('two_temp')
   # The factory hands every field to the classifier.
-  cfg = tiny_config("rstg", "space_only", freeze=True)
-  cfg.rstg.update(gather="sum", adjacency="full", layer_norm=True, scalewise=True,
+  cfg = tiny_config('rstg', 'space_only', freeze=True)
+  cfg.rstg.update(gather='sum', adjacency='full', layer_norm=True, scalewise=True,
                   scales=[1, 3])
   model = models.create_model(cfg)
   assert (model.ablation, model.gather, model.adjacency, model.layer_norm, model.scalewise,
           model.scales, model.dim, model.num_iters, model.freeze_backbone, model.width,
-          model.num_classes) == ("space_only", "sum", "full", True, True, (1, 3), 8, 2, True,
+          model.num_classes) == ('space_only', 'sum', 'full', True, True, (1, 3), 8, 2, True,
                                  8, NUM_CLASSES)
 
 
-@pytest.mark.parametrize("name,expected,tolerance", [
-    ("i3d", 10e6, 0.25),       # App. D: "around 10M"
-    ("nonlocal", 10e6, 0.25),
-    ("rstg", 11.0e6, 0.05),    # backbone 4.7M + RSTG core 6.3M
-    ("mean_lstm", 6.85e6, 0.05),
-    ("conv_lstm", 50.6e6, 0.05),  # LSTM on flattened 6x6x512 maps
+@pytest.mark.parametrize('name,expected,tolerance', [
+    ('i3d', 10e6, 0.25),       # App. D: "around 10M"
+    ('nonlocal', 10e6, 0.25),
+    ('rstg', 11.0e6, 0.05),    # backbone 4.7M + RSTG core 6.3M
+    ('mean_lstm', 6.85e6, 0.05),
+    ('conv_lstm', 50.6e6, 0.05),  # LSTM on flattened 6x6x512 maps
 ])
 def test_parameter_counts_at_paper_width(name, expected, tolerance):
   model = models.create_model(paper_config(name))
   video = jax.ShapeDtypeStruct((1, 10, 64, 64, 1), jnp.float32)
   variables = jax.eval_shape(lambda v: model.init(jax.random.PRNGKey(0), v), video)
-  n = count(variables["params"])
-  assert abs(n - expected) <= tolerance * expected, f"{name}: {n} parameters"
-  assert count(variables["params"]["backbone"]) == 10 * 512 + 2 * (9 * 512 + 1) * 512
+  n = count(variables['params'])
+  assert abs(n - expected) <= tolerance * expected, f'{name}: {n} parameters'
+  assert count(variables['params']['backbone']) == 10 * 512 + 2 * (9 * 512 + 1) * 512
 
 
 def test_nonlocal_i3d_adds_one_block_in_second_stage():
   video = jax.ShapeDtypeStruct((1, 4, 64, 64, 1), jnp.float32)
-  plain = jax.eval_shape(lambda v: models.create_model(paper_config("i3d")).init(
-      jax.random.PRNGKey(0), v), video)["params"]
-  nl = jax.eval_shape(lambda v: models.create_model(paper_config("nonlocal")).init(
-      jax.random.PRNGKey(0), v), video)["params"]
+  plain = jax.eval_shape(lambda v: models.create_model(paper_config('i3d')).init(
+      jax.random.PRNGKey(0), v), video)['params']
+  nl = jax.eval_shape(lambda v: models.create_model(paper_config('nonlocal')).init(
+      jax.random.PRNGKey(0), v), video)['params']
   extra = set(nl) - set(plain)
-  assert extra == {"stage1_nonlocal"}
+  assert extra == {'stage1_nonlocal'}
   # theta, phi, g (512 -> 256), out (256 -> 512), each with bias, and the output BN.
-  assert count(nl["stage1_nonlocal"]) == 3 * (512 * 256 + 256) + 256 * 512 + 512 + 2 * 512
+  assert count(nl['stage1_nonlocal']) == 3 * (512 * 256 + 256) + 256 * 512 + 512 + 2 * 512
 
 
 def test_nonlocal_block_is_identity_at_init():
@@ -186,13 +186,13 @@ def test_nonlocal_block_is_identity_at_init():
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 3, 4, 4, 8))
   variables = block.init(jax.random.PRNGKey(1), x)
   for train in (False, True):
-    y = block.apply(variables, x, train=train, mutable=["batch_stats"])[0]
+    y = block.apply(variables, x, train=train, mutable=['batch_stats'])[0]
     np.testing.assert_allclose(y, x, atol=1e-6)
   # Once the output BN scale is non-zero, the block does something (small: the output
   # projection starts at N(0, 0.01^2), as in the Non-local code).
-  params = jax.tree_util.tree_map(lambda a: a, variables["params"])
-  params["bn"]["scale"] = jnp.ones_like(params["bn"]["scale"])
-  y = block.apply({**variables, "params": params}, x)
+  params = jax.tree_util.tree_map(lambda a: a, variables['params'])
+  params['bn']['scale'] = jnp.ones_like(params['bn']['scale'])
+  y = block.apply({**variables, 'params': params}, x)
   assert np.max(np.abs(y - x)) > 1e-5
 
 
@@ -200,25 +200,25 @@ def test_freeze_backbone_stops_gradients():
   video = videos()
   grads = {}
   # The flag does not change the parameters, so one init serves both models.
-  variables = models.create_model(tiny_config("mean_lstm")).init(jax.random.PRNGKey(0), video)
+  variables = models.create_model(tiny_config('mean_lstm')).init(jax.random.PRNGKey(0), video)
   for freeze in (False, True):
-    model = models.create_model(tiny_config("mean_lstm", freeze=freeze))
+    model = models.create_model(tiny_config('mean_lstm', freeze=freeze))
 
     def loss(params, model=model, variables=variables):
-      logits, _ = model.apply({**variables, "params": params}, video, train=True,
-                              mutable=["batch_stats"])
+      logits, _ = model.apply({**variables, 'params': params}, video, train=True,
+                              mutable=['batch_stats'])
       return jnp.sum(logits[:, 0] ** 2) + jnp.sum(logits[:, 1])
 
-    grads[freeze] = jax.grad(loss)(variables["params"])
+    grads[freeze] = jax.grad(loss)(variables['params'])
   norm = lambda t: sum(float(jnp.sum(jnp.abs(g))) for g in jax.tree_util.tree_leaves(t))
   frozen, free = grads[True], grads[False]
-  assert norm(frozen["backbone"]) == 0.0
-  assert norm(free["backbone"]) > 0.0
-  rest = {k: v for k, v in frozen.items() if k != "backbone"}
+  assert norm(frozen['backbone']) == 0.0
+  assert norm(free['backbone']) > 0.0
+  rest = {k: v for k, v in frozen.items() if k != 'backbone'}
   assert norm(rest) > 0.0
   # Freezing changes no forward value, so every other gradient is unchanged.
   for a, b in zip(jax.tree_util.tree_leaves(rest),
-                  jax.tree_util.tree_leaves({k: v for k, v in free.items() if k != "backbone"})):
+                  jax.tree_util.tree_leaves({k: v for k, v in free.items() if k != 'backbone'})):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 
 
@@ -236,16 +236,16 @@ def test_pretrained_backbone_params_fit():
   for name in models.MODEL_NAMES:
     model = models.create_model(tiny_config(name))
     variables = jax.eval_shape(lambda v, m=model: m.init(jax.random.PRNGKey(0), v), video)
-    assert (jax.tree_util.tree_map(lambda a: a.shape, variables["params"]["backbone"]) ==
-            jax.tree_util.tree_map(lambda a: a.shape, cnn["params"])), name
+    assert (jax.tree_util.tree_map(lambda a: a.shape, variables['params']['backbone']) ==
+            jax.tree_util.tree_map(lambda a: a.shape, cnn['params'])), name
 
 
 def test_unknown_names_raise_with_valid_list():
   with pytest.raises(ValueError) as err:
-    models.create_model(tiny_config("resnet"))
+    models.create_model(tiny_config('resnet'))
   for name in models.MODEL_NAMES:
     assert name in str(err.value)
   with pytest.raises(ValueError) as err:
-    models.create_model(tiny_config("rstg", ablation="two_temp"))
+    models.create_model(tiny_config('rstg', ablation='two_temp'))
   for name in models.ABLATIONS:
     assert name in str(err.value)

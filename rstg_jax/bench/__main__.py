@@ -10,18 +10,18 @@ import sys
 
 from rstg_jax import runtime
 
-BENCHMARKS = ("graph", "syncmnist", "ssv1")
+BENCHMARKS = ('graph', 'syncmnist', 'ssv1')
 
 
 def main(argv=None):
   argv = list(sys.argv[1:] if argv is None else argv)
   if not argv or argv[0] not in BENCHMARKS:
     sys.exit(f"usage: python -m rstg_jax.bench {{{','.join(BENCHMARKS)}}} [options]\n"
-             f"  (each benchmark takes --help)")
+             f'  (each benchmark takes --help)')
   runtime.reuse_freed_memory()  # as the training entry points do
-  module = importlib.import_module(f"rstg_jax.bench.{argv[0]}")
+  module = importlib.import_module(f'rstg_jax.bench.{argv[0]}')
   return module.main(argv[1:])
 
 
-if __name__ == "__main__":
+if __name__ == '__main__':
   sys.exit(main())

@@ -39,13 +39,13 @@ from rstg_jax.train import config_checks
 from rstg_jax.ssv1.resnet3d import (NL_I3D_STAGES, STAGES, STEMS, TEMPORAL_KERNELS,
                                     ResNet3D, count_params)
 
-MODEL_NAMES = ("resnet3d",)
+MODEL_NAMES = ('resnet3d',)
 ARCHS = tuple(sorted(TEMPORAL_KERNELS))  # ('c2d', 'i3d')
-PLACEMENTS = ("res2", "res3", "res4", "res3_4", "vec", "none")
+PLACEMENTS = ('res2', 'res3', 'res4', 'res3_4', 'vec', 'none')
 # Which backbone stages get a block for each placement.
-PLACEMENT_STAGES = {"res2": ("res2",), "res3": ("res3",), "res4": ("res4",),
-                    "res3_4": ("res3", "res4"), "vec": ("res5",), "none": ()}
-GRAPH_SUFFIX = "_graph"
+PLACEMENT_STAGES = {'res2': ('res2',), 'res3': ('res3',), 'res4': ('res4',),
+                    'res3_4': ('res3', 'res4'), 'vec': ('res5',), 'none': ()}
+GRAPH_SUFFIX = '_graph'
 
 @functools.lru_cache(maxsize=32)
 def cached_graph(scales: tuple[int, ...], height: int, width: int,
@@ -66,7 +66,7 @@ class _GraphBlock(nn.Module):
   """
   scales: Sequence[int]
   dim: int = 512
-  adjacency: str = "sparse"
+  adjacency: str = 'sparse'
   rstg: Optional[Mapping[str, Any]] = None
 
   def graph_for(self, x: jax.Array):
@@ -80,7 +80,7 @@ class GraphToMap(_GraphBlock):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     graph = self.graph_for(x)
-    return RSTGToMap(graph, dim=self.dim, rstg=dict(self.rstg or {}), name="map")(
+    return RSTGToMap(graph, dim=self.dim, rstg=dict(self.rstg or {}), name='map')(
         x, train=train)
 
 
@@ -104,11 +104,11 @@ class GraphToVec(_GraphBlock):
     graph = self.graph_for(x)
     nodes = pool_nodes(graph, x)  # [B, T, N, C]
     if c != self.dim:
-      nodes = nn.Dense(self.dim, name="proj_in")(nodes)
-    states = RSTG(graph, dim=self.dim, name="rstg", **dict(self.rstg or {}))(nodes)
-    vec = nn.Dense(c, name="proj_out")(rstg_to_vec(states))  # [B, C]
-    vec = nn.LayerNorm(name="norm")(vec)
-    scale = self.param("residual_scale", nn.initializers.zeros, (), x.dtype)
+      nodes = nn.Dense(self.dim, name='proj_in')(nodes)
+    states = RSTG(graph, dim=self.dim, name='rstg', **dict(self.rstg or {}))(nodes)
+    vec = nn.Dense(c, name='proj_out')(rstg_to_vec(states))  # [B, C]
+    vec = nn.LayerNorm(name='norm')(vec)
+    scale = self.param('residual_scale', nn.initializers.zeros, (), x.dtype)
     return x + (scale * vec)[:, None, None, None, :]
 
 
@@ -123,10 +123,10 @@ def config_errors(config) -> list[str]:
   """Readable problems of an SSv1 model config (empty when it is usable)."""
   errors = []
   if config.model not in MODEL_NAMES:
-    errors.append(f"Unknown model {config.model!r} for Something-Something. Valid names: "
+    errors.append(f'Unknown model {config.model!r} for Something-Something. Valid names: '
                   f"{', '.join(MODEL_NAMES)}.")
   if config.ablation not in ABLATIONS:
-    errors.append(f"Unknown ablation {config.ablation!r}. Valid names: "
+    errors.append(f'Unknown ablation {config.ablation!r}. Valid names: '
                   f"{', '.join(ABLATIONS)}.")
   b, r = config.backbone, config.rstg
   errors += config_checks.positive_errors(
@@ -136,22 +136,22 @@ def config_errors(config) -> list[str]:
   if b.arch not in ARCHS:
     errors.append(f"Unknown backbone.arch {b.arch!r}. Valid: {', '.join(ARCHS)}.")
   if r.placement not in PLACEMENTS:
-    errors.append(f"Unknown rstg.placement {r.placement!r}. Valid: "
+    errors.append(f'Unknown rstg.placement {r.placement!r}. Valid: '
                   f"{', '.join(PLACEMENTS)}.")
   if r.adjacency not in ADJACENCIES:
-    errors.append(f"Unknown rstg.adjacency {r.adjacency!r}. Valid: "
+    errors.append(f'Unknown rstg.adjacency {r.adjacency!r}. Valid: '
                   f"{', '.join(ADJACENCIES)}.")
   if len(tuple(b.blocks)) != 4:
-    errors.append(f"backbone.blocks needs 4 entries (res2..res5), got {tuple(b.blocks)}.")
+    errors.append(f'backbone.blocks needs 4 entries (res2..res5), got {tuple(b.blocks)}.')
   if b.res5_stride not in (1, 2):
-    errors.append(f"backbone.res5_stride must be 1 or 2, got {b.res5_stride}.")
+    errors.append(f'backbone.res5_stride must be 1 or 2, got {b.res5_stride}.')
   if config.backbone.stem not in STEMS:
-    errors.append(f"Unknown backbone.stem {config.backbone.stem!r}. Valid: "
+    errors.append(f'Unknown backbone.stem {config.backbone.stem!r}. Valid: '
                   f"{', '.join(STEMS)}.")
   if b.nonlocal_blocks and tuple(b.blocks) != (3, 4, 6, 3):
     errors.append("backbone.nonlocal_blocks places NL-I3D's blocks after blocks 1, 3 of "
-                  f"res3 and 1, 3, 5 of res4, which needs blocks=(3, 4, 6, 3), got "
-                  f"{tuple(b.blocks)}.")
+                  f'res3 and 1, 3, 5 of res4, which needs blocks=(3, 4, 6, 3), got '
+                  f'{tuple(b.blocks)}.')
   return errors
 
 
@@ -171,9 +171,9 @@ def create_ssv1_model(config) -> ResNet3D:
   """
   errors = config_errors(config)
   if errors:
-    raise ValueError("Invalid Something-Something model config:\n  " + "\n  ".join(errors))
+    raise ValueError('Invalid Something-Something model config:\n  ' + '\n  '.join(errors))
   b, r = config.backbone, config.rstg
-  block_cls = GraphToVec if r.placement == "vec" else GraphToMap
+  block_cls = GraphToVec if r.placement == 'vec' else GraphToMap
   factory = functools.partial(block_cls, scales=tuple(int(s) for s in r.scales),
                               dim=int(r.dim), adjacency=r.adjacency,
                               rstg=rstg_kwargs(config))
@@ -196,31 +196,31 @@ def param_summary(params: Mapping[str, Any]) -> dict[str, int]:
   """Parameter counts: total, backbone (incl. head and non-local blocks) and graph,
   plus one entry per graph block ('res3_graph', ...). Works on `ShapeDtypeStruct`s."""
   flat = traverse_util.flatten_dict(params)
-  out = {"total": count_params(list(flat.values())), "backbone": 0, "graph": 0}
+  out = {'total': count_params(list(flat.values())), 'backbone': 0, 'graph': 0}
   for path, leaf in flat.items():
     n = count_params([leaf])
     if is_graph_path(path):
-      out["graph"] += n
+      out['graph'] += n
       out[path[0]] = out.get(path[0], 0) + n
     else:
-      out["backbone"] += n
+      out['backbone'] += n
   return out
 
 
 def describe(config, params: Mapping[str, Any]) -> str:
   """One log line: the architecture and its parameter counts."""
   s = param_summary(params)
-  blocks = ", ".join(f"{k} {v:,}" for k, v in s.items() if k.endswith(GRAPH_SUFFIX))
+  blocks = ', '.join(f'{k} {v:,}' for k, v in s.items() if k.endswith(GRAPH_SUFFIX))
   b, r = config.backbone, config.rstg
-  name = f"{b.arch.upper()}-R50" if tuple(b.blocks) == (3, 4, 6, 3) else (
-      f"{b.arch.upper()} ResNet blocks={tuple(b.blocks)} width={b.base_width}")
+  name = f'{b.arch.upper()}-R50' if tuple(b.blocks) == (3, 4, 6, 3) else (
+      f'{b.arch.upper()} ResNet blocks={tuple(b.blocks)} width={b.base_width}')
   if b.nonlocal_blocks:
-    name = "NL-" + name
-  graph = "no graph" if r.placement == "none" else (
+    name = 'NL-' + name
+  graph = 'no graph' if r.placement == 'none' else (
       f"RSTG-{'to-vec' if r.placement == 'vec' else 'to-map'} {r.placement}, scales "
-      f"{tuple(r.scales)}, D={r.dim}, K={r.num_iters}, {config.ablation}")
+      f'{tuple(r.scales)}, D={r.dim}, K={r.num_iters}, {config.ablation}')
   return (f"{name} + {graph}: {s['total']:,} parameters = backbone {s['backbone']:,} + "
-          f"graph {s['graph']:,}" + (f" ({blocks})" if blocks else ""))
+          f"graph {s['graph']:,}" + (f' ({blocks})' if blocks else ''))
 
 
 def init_shapes(model: nn.Module, input_shape: Sequence[int]):

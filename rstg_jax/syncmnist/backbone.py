@@ -21,19 +21,19 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 
-def feature_size(input_size: int, num_layers: int = 3, padding: str = "VALID") -> int:
+def feature_size(input_size: int, num_layers: int = 3, padding: str = 'VALID') -> int:
   """Side of the backbone's output map for a square input of side `input_size`.
 
   Used to build the graph for the feature map without hard-coding 6x6.
   """
   size = input_size
   for _ in range(num_layers):
-    if padding.upper() == "VALID":
+    if padding.upper() == 'VALID':
       size -= 2  # a 3x3 kernel without padding eats one pixel per side
     size //= 2  # 2x2 max-pool, stride 2, floor like VALID pooling
   if size < 1:
     raise ValueError(
-      f"input of side {input_size} is too small for {num_layers} conv+pool layers")
+      f'input of side {input_size} is too small for {num_layers} conv+pool layers')
   return size
 
 
@@ -47,7 +47,7 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
   took half of a backbone pre-training step. A tie splits the gradient equally among
   the tied inputs (after a ReLU, ties are at 0, where the ReLU passes no gradient).
   """
-  return nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
+  return nn.max_pool(x, (2, 2), strides=(2, 2), padding='VALID')
 
 
 def _max_pool_fwd(x):
@@ -95,14 +95,14 @@ class SmallCNN(nn.Module):
 
   width: int = 512
   num_layers: int = 3
-  padding: str = "VALID"
+  padding: str = 'VALID'
 
   @nn.compact
   def __call__(self, frames: jax.Array) -> jax.Array:
     """Maps frames [B, H, W, C] (float in [0, 1]) to a feature map [B, h, w, width]."""
     x = jnp.asarray(frames, jnp.float32)
     for i in range(self.num_layers):
-      x = nn.Conv(self.width, (3, 3), padding=self.padding, name=f"conv{i}")(x)
+      x = nn.Conv(self.width, (3, 3), padding=self.padding, name=f'conv{i}')(x)
       x = nn.relu(x)
       x = max_pool_2x2(x)
     return x

@@ -33,8 +33,8 @@ from rstg_jax.syncmnist.backbone import SmallCNN
 # SyncMNIST Non-local baseline is built from it.
 from rstg_jax.ssv1.nonlocal_block import NonLocalBlock, batch_norm
 
-__all__ = ["backbone_features", "LSTMHead", "MeanLSTM", "ConvLSTM", "NonLocalBlock",
-           "Bottleneck3D", "I3DSmall", "NonLocalI3D"]
+__all__ = ['backbone_features', 'LSTMHead', 'MeanLSTM', 'ConvLSTM', 'NonLocalBlock',
+           'Bottleneck3D', 'I3DSmall', 'NonLocalI3D']
 
 
 def backbone_features(backbone: SmallCNN, video: jax.Array, freeze: bool) -> jax.Array:
@@ -67,8 +67,8 @@ class LSTMHead(nn.Module):
   @nn.compact
   def __call__(self, seq: jax.Array) -> jax.Array:
     """Maps [B, T, D] to logits [B, num_classes]."""
-    outputs = nn.RNN(nn.OptimizedLSTMCell(self.hidden), name="lstm")(seq)
-    return nn.Dense(self.num_classes, name="classifier")(outputs[:, -1])
+    outputs = nn.RNN(nn.OptimizedLSTMCell(self.hidden), name='lstm')(seq)
+    return nn.Dense(self.num_classes, name='classifier')(outputs[:, -1])
 
 
 class MeanLSTM(nn.Module):
@@ -89,10 +89,10 @@ class MeanLSTM(nn.Module):
   @nn.compact
   def __call__(self, video: jax.Array, train: bool = False) -> jax.Array:
     del train  # no BatchNorm or dropout in this model; kept for the common contract
-    fmap = backbone_features(SmallCNN(self.width, name="backbone"), video,
+    fmap = backbone_features(SmallCNN(self.width, name='backbone'), video,
                              self.freeze_backbone)
     # Global average pool throws away where things are: this baseline's weakness.
-    return LSTMHead(self.lstm_dim, self.num_classes, name="head")(fmap.mean(axis=(2, 3)))
+    return LSTMHead(self.lstm_dim, self.num_classes, name='head')(fmap.mean(axis=(2, 3)))
 
 
 class ConvLSTM(nn.Module):
@@ -119,17 +119,17 @@ class ConvLSTM(nn.Module):
 
   @nn.compact
   def __call__(self, video: jax.Array, train: bool = False) -> jax.Array:
-    x = backbone_features(SmallCNN(self.width, name="backbone"), video,
+    x = backbone_features(SmallCNN(self.width, name='backbone'), video,
                           self.freeze_backbone)
     conv_width = self.conv_width or self.width
     for i in range(3):
-      x = nn.Conv(conv_width, (3, 3), padding="SAME", use_bias=False,
-                  name=f"conv{i}")(x)
-      x = _bn(train, f"bn{i}")(x)
+      x = nn.Conv(conv_width, (3, 3), padding='SAME', use_bias=False,
+                  name=f'conv{i}')(x)
+      x = _bn(train, f'bn{i}')(x)
       x = nn.relu(x)
     b, t = x.shape[:2]
     # Flattening keeps every cell's position, which the LSTM can then relate over time.
-    return LSTMHead(self.lstm_dim, self.num_classes, name="head")(x.reshape(b, t, -1))
+    return LSTMHead(self.lstm_dim, self.num_classes, name='head')(x.reshape(b, t, -1))
 
 
 class Bottleneck3D(nn.Module):
@@ -148,18 +148,18 @@ class Bottleneck3D(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     out_dim = 4 * self.planes
-    y = nn.Conv(self.planes, (self.temporal_kernel, 1, 1), padding="SAME",
-                use_bias=False, name="conv_a")(x)
-    y = nn.relu(_bn(train, "bn_a")(y))
+    y = nn.Conv(self.planes, (self.temporal_kernel, 1, 1), padding='SAME',
+                use_bias=False, name='conv_a')(x)
+    y = nn.relu(_bn(train, 'bn_a')(y))
     y = nn.Conv(self.planes, (1, 3, 3), strides=(1, self.stride, self.stride),
-                padding="SAME", use_bias=False, name="conv_b")(y)
-    y = nn.relu(_bn(train, "bn_b")(y))
-    y = nn.Conv(out_dim, (1, 1, 1), use_bias=False, name="conv_c")(y)
-    y = _bn(train, "bn_c")(y)
+                padding='SAME', use_bias=False, name='conv_b')(y)
+    y = nn.relu(_bn(train, 'bn_b')(y))
+    y = nn.Conv(out_dim, (1, 1, 1), use_bias=False, name='conv_c')(y)
+    y = _bn(train, 'bn_c')(y)
     if x.shape[-1] != out_dim or self.stride != 1:
       x = nn.Conv(out_dim, (1, 1, 1), strides=(1, self.stride, self.stride),
-                  use_bias=False, name="shortcut")(x)
-      x = _bn(train, "shortcut_bn")(x)
+                  use_bias=False, name='shortcut')(x)
+      x = _bn(train, 'shortcut_bn')(x)
     return nn.relu(x + y)
 
 
@@ -197,20 +197,20 @@ class I3DSmall(nn.Module):
 
   @nn.compact
   def __call__(self, video: jax.Array, train: bool = False) -> jax.Array:
-    x = backbone_features(SmallCNN(self.width, name="backbone"), video,
+    x = backbone_features(SmallCNN(self.width, name='backbone'), video,
                           self.freeze_backbone)
     all_planes = self.planes or tuple(max(self.width // d, 1) for d in (8, 4, 2))
     if len(all_planes) != len(self.strides):
-      raise ValueError(f"planes {all_planes} and strides {self.strides} must have the same "
-                       "length (one entry per residual stage)")
+      raise ValueError(f'planes {all_planes} and strides {self.strides} must have the same '
+                       'length (one entry per residual stage)')
     for s, (planes, stride) in enumerate(zip(all_planes, self.strides)):
       for i in range(self.blocks_per_stage):
         if s == self.nonlocal_stage and i == self.blocks_per_stage - 1:
           # No 2x2 subsampling of keys: the maps are at most 6x6, attention is cheap.
-          x = NonLocalBlock(subsample=False, name=f"stage{s}_nonlocal")(x, train)
+          x = NonLocalBlock(subsample=False, name=f'stage{s}_nonlocal')(x, train)
         x = Bottleneck3D(planes, stride if i == 0 else 1,
-                         name=f"stage{s}_block{i}")(x, train)
-    return nn.Dense(self.num_classes, name="classifier")(x.mean(axis=(1, 2, 3)))
+                         name=f'stage{s}_block{i}')(x, train)
+    return nn.Dense(self.num_classes, name='classifier')(x.mean(axis=(1, 2, 3)))
 
 
 class NonLocalI3D(I3DSmall):

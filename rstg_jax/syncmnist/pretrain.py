@@ -44,7 +44,7 @@ from rstg_jax.syncmnist.backbone import SmallCNN
 NUM_DIGIT_CLASSES = 10
 
 #: Key entry of the cache file; bump CACHE_FORMAT when pre-training changes what it makes.
-CACHE_KEY = "__key__"
+CACHE_KEY = '__key__'
 CACHE_FORMAT = 1
 
 
@@ -68,8 +68,8 @@ class DigitClassifier(nn.Module):
   @nn.compact
   def __call__(self, frames: jax.Array, train: bool = False) -> jax.Array:
     del train  # the trainer's model contract; no dropout or BatchNorm here
-    fmap = SmallCNN(self.width, name="backbone")(frames)
-    return nn.Dense(NUM_DIGIT_CLASSES, name="classifier")(fmap.mean(axis=(1, 2)))
+    fmap = SmallCNN(self.width, name='backbone')(frames)
+    return nn.Dense(NUM_DIGIT_CLASSES, name='classifier')(fmap.mean(axis=(1, 2)))
 
 
 def _frames(split: str, indices: np.ndarray, seed: int,
@@ -79,8 +79,8 @@ def _frames(split: str, indices: np.ndarray, seed: int,
   # package's generator.
   from rstg_jax.syncmnist import generator as syncmnist  # pylint: disable=g-import-not-at-top
   out = syncmnist.generate_single_digit(split, indices, seed=seed, mnist_path=mnist_path)
-  return {"video": np.asarray(out["image"], np.uint8),
-          "label": np.asarray(out["label"], np.int32)}
+  return {'video': np.asarray(out['image'], np.uint8),
+          'label': np.asarray(out['label'], np.int32)}
 
 
 def _num_frames(split: str) -> int:
@@ -128,12 +128,12 @@ def pretrain_backbone(width: int = 512,
     `steps_per_second`.
   """
   if steps < 1:
-    raise ValueError(f"steps must be >= 1, got {steps}")
+    raise ValueError(f'steps must be >= 1, got {steps}')
   start = time.time()
   model = DigitClassifier(width)
   from rstg_jax.syncmnist import generator as syncmnist  # pylint: disable=g-import-not-at-top
   frame_shape = (syncmnist.FRAME, syncmnist.FRAME, 1)
-  params = state_lib.init_variables(model, jax.random.PRNGKey(seed), frame_shape)["params"]
+  params = state_lib.init_variables(model, jax.random.PRNGKey(seed), frame_shape)['params']
   tx = optax.adam(learning_rate)
   state = state_lib.create_train_state(params, {}, tx)
   # The trainer's steps (uint8 frames scaled on the device); donating the state lets
@@ -143,43 +143,43 @@ def pretrain_backbone(width: int = 512,
                        donate_argnums=0)
   eval_step = jax.jit(functools.partial(steps_lib.eval_step, model=model))
 
-  num_train = _num_frames("train")
+  num_train = _num_frames('train')
   rng = np.random.default_rng(seed)
   history, window = [], None
-  bar = tqdm(range(steps), desc=f"pretrain backbone (width {width})",
+  bar = tqdm(range(steps), desc=f'pretrain backbone (width {width})',
              disable=not progress_bar, file=sys.stderr, mininterval=cli.progress_interval())
   for step in bar:
     indices = rng.integers(0, num_train, size=batch_size)
-    state, m = train_step(state, _frames("train", indices, seed, mnist_path))
-    window = metrics_lib.add(window, {"loss": m["loss"]})
+    state, m = train_step(state, _frames('train', indices, seed, mnist_path))
+    window = metrics_lib.add(window, {'loss': m['loss']})
     if (step + 1) % log_every == 0 or step + 1 == steps:
-      mean_loss = metrics_lib.compute(jax.device_get(window))["loss"]
+      mean_loss = metrics_lib.compute(jax.device_get(window))['loss']
       if not np.isfinite(mean_loss):
         bar.close()
         raise PretrainDivergedError(
-            f"backbone pre-training diverged: loss {mean_loss} at step {step + 1} of "
-            f"{steps} (learning rate {learning_rate}); nothing was cached. Lower "
-            "config.backbone.pretrain_lr and rerun.")
+            f'backbone pre-training diverged: loss {mean_loss} at step {step + 1} of '
+            f'{steps} (learning rate {learning_rate}); nothing was cached. Lower '
+            'config.backbone.pretrain_lr and rerun.')
       history.append((step + 1, mean_loss))
       window = None
-      bar.set_postfix(loss=f"{mean_loss:.4f}", refresh=False)
+      bar.set_postfix(loss=f'{mean_loss:.4f}', refresh=False)
   bar.close()
 
-  metrics: dict[str, Any] = {"train_loss": history, "final_train_loss": history[-1][1]}
+  metrics: dict[str, Any] = {'train_loss': history, 'final_train_loss': history[-1][1]}
   if eval_frames > 0:
-    eval_frames = min(eval_frames, _num_frames("val"))
+    eval_frames = min(eval_frames, _num_frames('val'))
     totals = None
     for lo in range(0, eval_frames, eval_batch_size):
       idx = np.arange(lo, min(lo + eval_batch_size, eval_frames))
       # Generator seed 0 for the val frames, independent of the training seed.
-      batch = dict(_frames("val", idx, 0, mnist_path), mask=np.ones(len(idx), np.float32))
+      batch = dict(_frames('val', idx, 0, mnist_path), mask=np.ones(len(idx), np.float32))
       totals = metrics_lib.add(totals, eval_step(state, batch)[0])
     result = metrics_lib.compute(jax.device_get(totals))
-    metrics.update(val_accuracy=result["top1"], val_loss=result["loss"],
+    metrics.update(val_accuracy=result['top1'], val_loss=result['loss'],
                    eval_frames=eval_frames)
   seconds = time.time() - start
   metrics.update(seconds=seconds, steps_per_second=steps / seconds)
-  return jax.device_get(state["params"]["backbone"]), metrics
+  return jax.device_get(state['params']['backbone']), metrics
 
 
 def save_backbone(path: str | os.PathLike, params: dict[str, Any],
@@ -196,11 +196,11 @@ def save_backbone(path: str | os.PathLike, params: dict[str, Any],
       a file is never reused by `load_cached_backbone`).
   """
   flat = {k: np.asarray(v) for k, v in
-          traverse_util.flatten_dict(jax.device_get(params), sep="/").items()}
+          traverse_util.flatten_dict(jax.device_get(params), sep='/').items()}
   if key is not None:
     flat[CACHE_KEY] = np.asarray(json.dumps(key, sort_keys=True))
   path = os.fspath(path)
-  tmp = path + ".tmp.npz"  # np.savez appends .npz to names without it
+  tmp = path + '.tmp.npz'  # np.savez appends .npz to names without it
   np.savez(tmp, **flat)
   os.replace(tmp, path)
 
@@ -209,17 +209,17 @@ def load_backbone(path: str | os.PathLike) -> dict[str, Any]:
   """Reads parameters written by `save_backbone` back into a nested dict of arrays."""
   with np.load(os.fspath(path), allow_pickle=False) as data:
     flat = {k: np.asarray(data[k]) for k in data.files if k != CACHE_KEY}
-  return traverse_util.unflatten_dict(flat, sep="/")
+  return traverse_util.unflatten_dict(flat, sep='/')
 
 
 def mnist_fingerprint(mnist_path: Optional[str] = None) -> str:
   """sha256 (16 hex digits) of the MNIST training digits and labels that pre-training
   reads: the same for the same digits wherever they come from, different otherwise."""
   from rstg_jax.syncmnist import mnist  # pylint: disable=g-import-not-at-top
-  images, labels = mnist.load_mnist("train", mnist_path)
+  images, labels = mnist.load_mnist('train', mnist_path)
   h = hashlib.sha256()
   for a in (images, labels):
-    h.update(f"{a.dtype.str}{a.shape}".encode())
+    h.update(f'{a.dtype.str}{a.shape}'.encode())
     h.update(np.ascontiguousarray(a).data)
   return h.hexdigest()[:16]
 
@@ -232,10 +232,10 @@ def backbone_cache_key(width: int, steps: int, batch_size: int, seed: int,
   The arguments are those of `pretrain_backbone`; `mnist_path` enters as the fingerprint
   of the digits it resolves to (`mnist_fingerprint`), not as a path.
   """
-  return {"format": CACHE_FORMAT, "width": int(width), "steps": int(steps),
-          "batch_size": int(batch_size), "seed": int(seed),
-          "learning_rate": float(learning_rate),
-          "mnist_train_sha256": mnist_fingerprint(mnist_path)}
+  return {'format': CACHE_FORMAT, 'width': int(width), 'steps': int(steps),
+          'batch_size': int(batch_size), 'seed': int(seed),
+          'learning_rate': float(learning_rate),
+          'mnist_train_sha256': mnist_fingerprint(mnist_path)}
 
 
 def load_cached_backbone(path: str | os.PathLike, key: dict[str, Any]
@@ -249,18 +249,18 @@ def load_cached_backbone(path: str | os.PathLike, key: dict[str, Any]
   """
   path = os.fspath(path)
   if not os.path.exists(path):
-    return None, f"no cached backbone at {path}"
+    return None, f'no cached backbone at {path}'
   try:
     with np.load(path, allow_pickle=False) as data:
       stored = json.loads(str(data[CACHE_KEY])) if CACHE_KEY in data.files else None
   except Exception as e:  # pylint: disable=broad-except  # any damage: recompute
-    return None, f"the cached backbone {path} is unreadable ({type(e).__name__}: {e})"
+    return None, f'the cached backbone {path} is unreadable ({type(e).__name__}: {e})'
   if stored is None:
-    return None, (f"the cached backbone {path} does not say how it was made (written by "
-                  "an older version)")
-  changed = [f"{k} {stored.get(k)!r} -> {key.get(k)!r}"
+    return None, (f'the cached backbone {path} does not say how it was made (written by '
+                  'an older version)')
+  changed = [f'{k} {stored.get(k)!r} -> {key.get(k)!r}'
              for k in sorted(set(stored) | set(key)) if stored.get(k) != key.get(k)]
   if changed:
-    return None, f"the cached backbone {path} was made with other settings: " + ", ".join(
+    return None, f'the cached backbone {path} was made with other settings: ' + ', '.join(
         changed)
-  return load_backbone(path), ""
+  return load_backbone(path), ''

@@ -27,7 +27,7 @@ from rstg_jax.syncmnist.backbone import SmallCNN
 
 # The ablations of the paper's SyncMNIST table: the core's schedules
 # (rstg_jax.model.SCHEDULES), plus "positional" = all_temp with positional maps.
-ABLATIONS = ("all_temp", "one_temp", "homogeneous", "space_only", "time_only", "positional")
+ABLATIONS = ('all_temp', 'one_temp', 'homogeneous', 'space_only', 'time_only', 'positional')
 
 
 def ablation_to_core_args(ablation: str) -> dict:
@@ -36,8 +36,8 @@ def ablation_to_core_args(ablation: str) -> dict:
   "positional" is all_temp with positional maps in f_send (the paper's best 5SyncMNIST
   model); every other ablation is the core schedule of the same name.
   """
-  if ablation == "positional":
-    return dict(schedule="all_temp", positional=True)
+  if ablation == 'positional':
+    return dict(schedule='all_temp', positional=True)
   if ablation in ABLATIONS and ablation in SCHEDULES:
     return dict(schedule=ablation, positional=False)
   raise ValueError(f"unknown RSTG ablation {ablation!r}; valid: {', '.join(ABLATIONS)}")
@@ -65,9 +65,9 @@ class RSTGClassifier(nn.Module):
   dim: int = 512
   num_iters: int = 3
   scales: Sequence[int] = (1, 2, 3)
-  ablation: str = "all_temp"
-  gather: str = "attention"
-  adjacency: str = "sparse"
+  ablation: str = 'all_temp'
+  gather: str = 'attention'
+  adjacency: str = 'sparse'
   layer_norm: bool = False
   scalewise: bool = False
   freeze_backbone: bool = False
@@ -76,7 +76,7 @@ class RSTGClassifier(nn.Module):
   def __call__(self, video: jax.Array, train: bool = False) -> jax.Array:
     """Maps a video [B, T, H, W, 1] in [0, 1] to logits [B, num_classes]."""
     core_args = ablation_to_core_args(self.ablation)
-    fmap = backbone_features(SmallCNN(self.width, name="backbone"), video,
+    fmap = backbone_features(SmallCNN(self.width, name='backbone'), video,
                              self.freeze_backbone)
     graph = build_graph(scales=tuple(self.scales), feature_size=fmap.shape[-3:-1],
                         adjacency=self.adjacency)
@@ -84,8 +84,8 @@ class RSTGClassifier(nn.Module):
     # The backbone's ReLU features are unnormalised and their scale drifts while it is
     # fine-tuned; normalising per channel keeps the LSTM gates out of saturation.
     nodes = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                         name="node_bn")(nodes)
+                         name='node_bn')(nodes)
     states = RSTG(graph=graph, dim=self.dim, num_iters=self.num_iters,
                   gather=self.gather, layer_norm=self.layer_norm,
-                  scalewise=self.scalewise, name="rstg", **core_args)(nodes)
-    return nn.Dense(self.num_classes, name="classifier")(rstg_to_vec(states))
+                  scalewise=self.scalewise, name='rstg', **core_args)(nodes)
+    return nn.Dense(self.num_classes, name='classifier')(rstg_to_vec(states))
