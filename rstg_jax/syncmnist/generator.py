@@ -63,25 +63,19 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from rstg_jax.graph import area_resize_matrix
 from rstg_jax.syncmnist.mnist import load_mnist
+# The motion rules and the canvas geometry they share (re-exported: part of this API).
+from rstg_jax.syncmnist.motion import (  # pylint: disable=unused-import
+    _MAX_REDRAWS, CANVAS, DIGIT, MAX_POS, MIN_PAIR_SEPARATION, NUM_FRAMES, OFFSET_HIGH,
+    OFFSET_LOW, _authors_tracks, _clean_tracks, _coincident_pairs, _draw_layout,
+    _offsets_from_uniform, _start_rectangle, _trajectories)
 
 logger = logging.getLogger(__name__)
 
-NUM_FRAMES = 10
-CANVAS = 100  # the canvas the digits move on, in pixels
 FRAME = 64  # the video frame size after downscaling
-DIGIT = 28  # MNIST digit size
-MAX_POS = CANVAS - DIGIT  # top-left corners lie in [0, MAX_POS] (72)
-OFFSET_LOW, OFFSET_HIGH = -10, 10  # per-step offsets lie in [OFFSET_LOW, OFFSET_HIGH)
 SCALE = FRAME / CANVAS  # 0.64: canvas -> frame coordinates
 DIGIT_IN_FRAME = DIGIT * SCALE  # 17.92: a digit's size in the 64x64 frame
 
 NO_PAIR_PROB = 1.0 / 47.0
-# The synchronous pair keeps its relative offset for the whole video, so a pair that
-# starts on top of itself would hide one of its digits in every frame (label noise:
-# about 4% of pair videos with uniform starts). Its starts are redrawn until they are
-# at least this far apart (Chebyshev distance in canvas pixels, ~5 px in the frame).
-# Independent digits may overlap: their overlaps are transient.
-MIN_PAIR_SEPARATION = 8  # "authors" motion only
 SPLIT_IDS = {'train': 0, 'test': 1, 'val': 2}
 #: Number of videos per split: 12 passes over the 50k train digits; 10k val; 10k test.
 SPLIT_SIZES = {'train': 600_000, 'val': 10_000, 'test': 10_000}
@@ -107,7 +101,6 @@ for _label, (_i, _j) in enumerate(PAIRS):
 # random numbers with the videos ([s, k, i] equals [s, k, i, 0] for SeedSequence).
 _SINGLE_DIGIT_STREAM = 1
 _PASS_STREAM = 2  # [seed, split, pass, k, 2]: the digit permutations of one pass
-_MAX_REDRAWS = 1000
 
 
 def pair_to_label(i: int, j: int) -> int:
@@ -318,159 +311,6 @@ def _render(images: np.ndarray, positions: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------------------
 
 
-def _draw_layout(num_digits: int, motion: str = 'clean') -> dict[str, slice]:
-  """Where each quantity sits in a video's block of uniform random numbers."""
-  k, steps = num_digits, NUM_FRAMES - 1
-  sizes = [('no_pair', 1), ('start', 2 * k), ('offsets', steps * k * 2)]
-  if motion == 'authors':
-    sizes.append(('pair', steps * 2))
-  layout, pos = {}, 0
-  for name, n in sizes:
-    layout[name] = slice(pos, pos + n)
-    pos += n
-  layout['total'] = slice(0, pos)
-  return layout
-
-
-def _offsets_from_uniform(u: np.ndarray) -> np.ndarray:
-  """Integer offsets in [OFFSET_LOW, OFFSET_HIGH) from uniforms in [0, 1)."""
-  return (np.floor(u * (OFFSET_HIGH - OFFSET_LOW)) + OFFSET_LOW).astype(np.int64)
-
-
-def _trajectories(
-    start: np.ndarray, offsets: np.ndarray, pair_u: np.ndarray, has_pair: np.ndarray
-) -> np.ndarray:
-  """Canvas positions of every digit in every frame, authors' motion (clipped).
-
-  Args:
-    start: int [B, K, 2] initial top-left corners in [0, MAX_POS].
-    offsets: int [B, T-1, K, 2] proposed offsets of independent digits.
-    pair_u: float [B, T-1, 2] uniforms for the synchronous pair's offsets.
-    has_pair: bool [B]; if set, digits 0 and 1 move together.
-
-  Returns:
-    int64 [B, T, K, 2] positions.
-  """
-  b, k = start.shape[:2]
-  pos = np.empty((b, NUM_FRAMES, k, 2), dtype=np.int64)
-  pos[:, 0] = start
-  for t in range(1, NUM_FRAMES):
-    prev = pos[:, t - 1]
-    nxt = np.clip(prev + offsets[:, t - 1], 0, MAX_POS)
-    # The pair's common offset comes from the sub-range of [-10, 10) that keeps
-    # both digits inside, so it is never clipped and their motion stays equal.
-    p0, p1 = prev[:, 0], prev[:, 1]
-    lo = np.maximum(OFFSET_LOW, -np.minimum(p0, p1))
-    hi = np.minimum(OFFSET_HIGH - 1, MAX_POS - np.maximum(p0, p1))  # inclusive
-    d = lo + np.floor(pair_u[:, t - 1] * (hi - lo + 1)).astype(np.int64)
-    nxt[:, 0] = np.where(has_pair[:, None], p0 + d, nxt[:, 0])
-    nxt[:, 1] = np.where(has_pair[:, None], p1 + d, nxt[:, 1])
-    pos[:, t] = nxt
-  return pos
-
-
-def _coincident_pairs(pos: np.ndarray, has_pair: np.ndarray) -> np.ndarray:
-  """bool [B, K, K] (upper triangle): digits a < b with equal displacements in all steps,
-  excluding the labelled pair (0, 1) of videos that have one."""
-  disp = np.diff(pos, axis=1)  # [B, T-1, K, 2]
-  same = (disp[:, :, :, None, :] == disp[:, :, None, :, :]).all(axis=(1, 4))  # [B,K,K]
-  same &= np.triu(np.ones(same.shape[1:], dtype=bool), k=1)
-  same[:, 0, 1] &= ~has_pair
-  return same
-
-
-def _start_rectangle(offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """Displacements and the starts that keep a digit inside, for offset sequences.
-
-  Args:
-    offsets: int [..., T-1, 2] per-step offsets.
-
-  Returns:
-    (disp [..., T, 2] displacement from the start in every frame, lo [..., 2],
-    hi [..., 2]): the start s keeps the digit inside in all frames iff
-    lo <= s <= hi per axis (empty when hi < lo).
-  """
-  zero = np.zeros(offsets.shape[:-2] + (1, 2), np.int64)
-  disp = np.concatenate([zero, np.cumsum(offsets, axis=-2)], axis=-2)
-  return disp, -disp.min(axis=-2), MAX_POS - disp.max(axis=-2)
-
-
-def _clean_digit(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """A fresh (offsets [T-1, 2], lo [2], hi [2]) with a non-empty start rectangle."""
-  for _ in range(_MAX_REDRAWS):
-    offsets = _offsets_from_uniform(rng.random((NUM_FRAMES - 1) * 2)).reshape(-1, 2)
-    _, lo, hi = _start_rectangle(offsets)
-    if (hi >= lo).all():
-      return offsets, lo, hi
-  raise RuntimeError('no offset sequence fits the canvas')  # pragma: no cover
-
-
-def _clean_tracks(u: np.ndarray, lay: dict, rngs: list, has_pair: np.ndarray, k: int) -> np.ndarray:
-  """Canvas positions int64 [B, T, K, 2] of the "clean" motion (module docstring)."""
-  b, steps = u.shape[0], NUM_FRAMES - 1
-  offsets = _offsets_from_uniform(u[:, lay['offsets']]).reshape(b, k, steps, 2)
-  start_u = u[:, lay['start']].reshape(b, k, 2)
-  _, lo, hi = _start_rectangle(offsets)
-  # Rare (about 1e-4 per digit): a sequence that no start keeps inside is redrawn from
-  # the video's own stream, after its block of uniforms.
-  for v, d in np.argwhere((hi < lo).any(axis=-1)):
-    offsets[v, d], lo[v, d], hi[v, d] = _clean_digit(rngs[v])
-  # The pair shares digit 0's sequence; digit 1 keeps its own start uniform.
-  for arr in (offsets, lo, hi):
-    arr[has_pair, 1] = arr[has_pair, 0]
-  start = lo + np.floor(start_u * (hi - lo + 1)).astype(np.int64)
-
-  def positions(vs):
-    disp = _start_rectangle(offsets[vs])[0]  # [b, K, T, 2]
-    return (start[vs][:, :, None] + disp).transpose(0, 2, 1, 3)
-
-  pos = positions(slice(None))
-  # Rare: an independent digit moving exactly like another one in all 9 steps would
-  # make a second synchronous pair. Redraw its sequence and start until none remain.
-  for v in np.flatnonzero(_coincident_pairs(pos, has_pair).any(axis=(1, 2))):
-    for _ in range(_MAX_REDRAWS):
-      same = _coincident_pairs(pos[v : v + 1], has_pair[v : v + 1])[0]
-      if not same.any():
-        break
-      d = int(np.argwhere(same)[0][1])  # the later digit of the first pair
-      offsets[v, d], lo[v, d], hi[v, d] = _clean_digit(rngs[v])
-      start[v, d] = lo[v, d] + np.floor(rngs[v].random(2) * (hi[v, d] - lo[v, d] + 1)).astype(np.int64)
-      pos[v : v + 1] = positions(slice(v, v + 1))
-    else:  # pragma: no cover - probability is astronomically small
-      raise RuntimeError('could not make digit trajectories distinct')
-  return pos
-
-
-def _authors_tracks(u: np.ndarray, lay: dict, rngs: list, has_pair: np.ndarray, k: int) -> np.ndarray:
-  """Canvas positions int64 [B, T, K, 2] of the authors' (clipped) motion."""
-  b, steps = u.shape[0], NUM_FRAMES - 1
-  start = np.floor(u[:, lay['start']] * (MAX_POS + 1)).astype(np.int64).reshape(b, k, 2)
-  offsets = _offsets_from_uniform(u[:, lay['offsets']]).reshape(b, steps, k, 2)
-  pair_u = u[:, lay['pair']].reshape(b, steps, 2)
-
-  # Redraws below continue each video's own RNG stream after its block of uniforms,
-  # always in the same order, so they stay deterministic per index.
-  too_close = has_pair & (np.abs(start[:, 0] - start[:, 1]).max(axis=1) < MIN_PAIR_SEPARATION)
-  for v in np.flatnonzero(too_close):
-    while np.abs(start[v, 0] - start[v, 1]).max() < MIN_PAIR_SEPARATION:
-      start[v, 1] = np.floor(rngs[v].random(2) * (MAX_POS + 1)).astype(np.int64)
-
-  pos = _trajectories(start, offsets, pair_u, has_pair)
-  for v in np.flatnonzero(_coincident_pairs(pos, has_pair).any(axis=(1, 2))):
-    for _ in range(_MAX_REDRAWS):
-      same = _coincident_pairs(pos[v : v + 1], has_pair[v : v + 1])[0]
-      if not same.any():
-        break
-      digit = int(np.argwhere(same)[0][1])  # the later digit of the first pair
-      offsets[v, :, digit] = _offsets_from_uniform(rngs[v].random(steps * 2)).reshape(steps, 2)
-      pos[v : v + 1] = _trajectories(
-          start[v : v + 1], offsets[v : v + 1], pair_u[v : v + 1], has_pair[v : v + 1]
-      )
-    else:  # pragma: no cover - probability is astronomically small
-      raise RuntimeError('could not make digit trajectories distinct')
-  return pos
-
-
 def generate_tracks(
     split: str,
     indices: int | Sequence[int] | np.ndarray,
@@ -567,56 +407,6 @@ def generate(
   images, _, offset = split_digits(split, mnist_path)
   video = _render(images[out['mnist_index'] - offset], out['canvas_positions'])[..., None]
   return {'video': video, **out}
-
-
-def digit_oracle_report(labels, preds, digits) -> dict[str, float]:
-  """Does a model use motion? Its accuracy beside that of the "digit oracle".
-
-  The digit oracle knows which digit classes a video holds but not how they move. The
-  digit slots are exchangeable, so each of the m = K(K-1)/2 pairs of present classes is
-  a priori equally likely to be the synchronous one, and "no pair" (prior 1/47) is less
-  likely than any of them: the best it can do is name one of the m pairs, which is
-  right with probability 1/m on a pair video and never on a no-pair video. This is the
-  optimal oracle (knowing the class prior does not help), computed exactly per video.
-
-  Args:
-    labels: int [n] true labels; preds: int [n] predicted labels; digits: int [n, K]
-      the classes present in each video.
-
-  Returns:
-    dict: ``top1``; ``oracle_top1`` (expected accuracy of the digit oracle);
-    ``pair_top1`` / ``no_pair_top1`` (the model's accuracy on pair / no-pair videos)
-    and ``pair_videos`` / ``no_pair_videos`` (their counts); ``present_async_pair``
-    (fraction of videos where the model names a pair of digits that are present but
-    not synchronous), ``absent_digit_pair`` (names a pair with a digit not in the
-    video) and ``predicts_no_pair`` (fraction of "none" predictions).
-  """
-  labels, preds = np.asarray(labels), np.asarray(preds)
-  digits = np.asarray(digits)
-  n, k = digits.shape
-  if not len(labels) == len(preds) == n:
-    raise ValueError(f'labels {labels.shape}, preds {preds.shape}, digits {digits.shape} disagree')
-  present = np.zeros((n, 10), bool)
-  present[np.arange(n)[:, None], digits] = True
-  pairs = np.array(PAIRS + [(0, 0)])  # "none" maps to a dummy pair, masked below
-  named = pairs[preds]  # [n, 2]
-  names_pair = preds != NO_PAIR_LABEL
-  both_present = present[np.arange(n), named[:, 0]] & present[np.arange(n), named[:, 1]]
-  correct = preds == labels
-  has_pair = labels != NO_PAIR_LABEL
-  m = k * (k - 1) / 2
-  mean = lambda x: float(np.mean(x)) if np.size(x) else float('nan')
-  return {
-      'top1': mean(correct),
-      'oracle_top1': mean(np.where(has_pair, 1.0 / m, 0.0)),
-      'pair_top1': mean(correct[has_pair]),
-      'no_pair_top1': mean(correct[~has_pair]),
-      'pair_videos': int(has_pair.sum()),
-      'no_pair_videos': int((~has_pair).sum()),
-      'present_async_pair': mean(names_pair & both_present & ~correct),
-      'absent_digit_pair': mean(names_pair & ~both_present),
-      'predicts_no_pair': mean(~names_pair),
-  }
 
 
 def iterate_batches(

@@ -106,7 +106,7 @@ def data_config_errors(config) -> list[str]:
 
 
 class DigitOracleView(evaluators.SingleView):
-  """One view per video, plus the digit-oracle diagnostic (`generator.digit_oracle_report`).
+  """One view per video, plus the digit-oracle diagnostic (`oracle.digit_oracle_report`).
 
   The digit oracle knows which digits a video holds but not how they move; the report
   (in the metrics under 'oracle', and one printed line) gives its top-1 beside the
@@ -116,10 +116,10 @@ class DigitOracleView(evaluators.SingleView):
   """
 
   def __call__(self, setup, state) -> evaluators.EvalResult:
-    from rstg_jax.syncmnist import generator  # pylint: disable=g-import-not-at-top
+    from rstg_jax.syncmnist import oracle  # pylint: disable=g-import-not-at-top
     result = super().__call__(setup, state)
-    report = generator.digit_oracle_report(result.labels, result.preds,
-                                           setup.dataset.digits(self.split))
+    report = oracle.digit_oracle_report(result.labels, result.preds,
+                                        setup.dataset.digits(self.split))
     line = (f'Digit oracle (knows the digits, not their motion): top-1 '
             f'{report["oracle_top1"]:.4f}; model: top-1 {report["top1"]:.4f}, on pair videos '
             f'{report["pair_top1"]:.4f} ({report["pair_videos"]}), on no-pair videos '
