@@ -11,7 +11,7 @@ from rstg_jax.train import run_log
 import tiny_run
 
 
-def test_rows_events_and_resume(tmp_path, monkeypatch):
+def test_rows_events_and_resume(tmp_path, monkeypatch, no_tensorflow):
   pytest.importorskip('tensorboardX')
   clock = [1000.0]
   monkeypatch.setattr(run_log.time, 'time', lambda: clock[0])
