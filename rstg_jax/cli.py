@@ -64,3 +64,14 @@ def usage_error(prog: str, message: str):
   """Exits with status 2 and `prog: error: message` on stderr."""
   print(f'{prog}: error: {message}', file=sys.stderr)
   sys.exit(2)
+
+
+def flatten(d: dict, prefix: str = '') -> dict:
+  """A nested (config) dict as {dotted name: value}, the names `--config.` takes."""
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(flatten(v, f'{prefix}{k}.'))
+    else:
+      out[f'{prefix}{k}'] = v
+  return out

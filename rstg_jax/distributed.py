@@ -27,6 +27,8 @@ import sys
 import threading
 from typing import Optional
 
+from rstg_jax import cli
+
 DEFAULT_TIMEOUT = 300  # seconds for every process to join (JAX's default too).
 
 
@@ -117,19 +119,9 @@ def initialize(coordinator_address: Optional[str] = None,
   return True
 
 
-def _flat(d: dict, prefix: str = '') -> dict:
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, dict):
-      out.update(_flat(v, f'{prefix}{k}.'))
-    else:
-      out[f'{prefix}{k}'] = v
-  return out
-
-
 def config_differences(mine: dict, other: dict) -> list[str]:
   """Flat field names whose values differ between two JSON-able dicts."""
-  a, b = _flat(mine), _flat(other)
+  a, b = cli.flatten(mine), cli.flatten(other)
   return sorted(k for k in set(a) | set(b) if a.get(k, '<unset>') != b.get(k, '<unset>'))
 
 
@@ -160,7 +152,7 @@ def check_same_config(settings: dict):
     theirs = json.loads(bytes(everyone[i]).rstrip(b'\0'))
     fields = config_differences(first, theirs)
     if fields:
-      flat0, flati = _flat(first), _flat(theirs)
+      flat0, flati = cli.flatten(first), cli.flatten(theirs)
       shown = ', '.join(f'{k}: {flat0.get(k, "<unset>")!r} vs {flati.get(k, "<unset>")!r}'
                         for k in fields[:5])
       lines.append(f'process {i} differs from process 0 in {shown}'

@@ -32,6 +32,7 @@ import subprocess
 import sys
 from typing import Any, Optional
 
+from rstg_jax import cli
 from rstg_jax import paper as paper_lib
 
 RUN_MARKERS = ('metrics.jsonl', 'config.json', 'sweep.json')
@@ -70,16 +71,6 @@ def read_jsonl(path: str) -> list[dict]:
   return rows
 
 
-def flatten(d: dict, prefix: str = '') -> dict:
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, dict):
-      out.update(flatten(v, f'{prefix}{k}.'))
-    else:
-      out[f'{prefix}{k}'] = v
-  return out
-
-
 def load_config(config_path: str, overrides: list[str], cwd: Optional[str] = None) -> dict:
   """A config file with --config.* overrides, parsed as `rstg_jax.main` parses them.
 
@@ -100,7 +91,7 @@ def load_config(config_path: str, overrides: list[str], cwd: Optional[str] = Non
     values(argv)
   finally:
     sys.path.remove(cwd)
-  return flatten(json.loads(values.config.to_json_best_effort()))
+  return cli.flatten(json.loads(values.config.to_json_best_effort()))
 
 
 def sweep_overrides(sweep: dict) -> list[str]:
@@ -205,7 +196,7 @@ def resolve_config(rundir: str, sweep: Optional[dict]) -> tuple[dict, Optional[i
   """(flat config, total steps, where the config came from) of a run."""
   saved = read_json(os.path.join(rundir, 'config.json'))
   if isinstance(saved, dict) and isinstance(saved.get('config'), dict):
-    flat = flatten(saved['config'])
+    flat = cli.flatten(saved['config'])
     total = saved.get('total_steps') or total_steps_of(flat)
     return flat, total, 'config.json'
   if sweep and sweep.get('config'):

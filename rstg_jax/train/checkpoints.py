@@ -30,6 +30,7 @@ from absl import logging
 import jax
 import orbax.checkpoint as ocp
 
+from rstg_jax import cli
 from rstg_jax.train.state import State
 
 
@@ -130,20 +131,10 @@ def read_config(workdir: str, which: str = 'latest') -> dict:
     return restore_meta(mngr, resolve_step(mngr, which))['config']
 
 
-def _flat(d: dict, prefix: str = '') -> dict:
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, dict):
-      out.update(_flat(v, f'{prefix}{k}.'))
-    else:
-      out[f'{prefix}{k}'] = v
-  return out
-
-
 def changed_fields(saved: dict, now: dict) -> list[str]:
   """Dotted config fields whose value differs between a checkpoint's config and now."""
-  saved_flat = _flat(saved)
-  return sorted(k for k, v in _flat(now).items() if saved_flat.get(k, v) != v)
+  saved_flat = cli.flatten(saved)
+  return sorted(k for k, v in cli.flatten(now).items() if saved_flat.get(k, v) != v)
 
 
 # Fields that define the model and the shapes of its parameters (and optimizer state):
@@ -173,10 +164,10 @@ def resume_problems(saved: dict, now: dict, changes_ok: bool = False
   """(model changes, stream changes, other changes) between a checkpoint's config and
   now, each as 'field old -> new' (field only for the others). Stream changes are empty
   when `changes_ok`; fields absent from the saved config (added since) are not compared."""
-  saved_flat = _flat(saved)
+  saved_flat = cli.flatten(saved)
   model, stream, other = [], [], []
   for k in changed_fields(saved, now):
-    change = f'{k} {saved_flat[k]!r} -> {_flat(now)[k]!r}'
+    change = f'{k} {saved_flat[k]!r} -> {cli.flatten(now)[k]!r}'
     if _matches(k, _STEP0_FIELDS) or k == 'resume_changes_ok':
       other.append(k)
     elif _matches(k, MODEL_FIELDS):
