@@ -35,6 +35,10 @@ def get_config():
   config.backbone.pretrain_steps = 0
   config.backbone.pretrain_batch_size = 64
   config.backbone.pretrain_lr = 1e-3
+  # 'digit' (the paper: classify the digit) or 'digit_position' (also where it is, from
+  # the unpooled feature map: features that keep sub-cell position; see
+  # rstg_jax.syncmnist.pretrain.TARGETS).
+  config.backbone.pretrain_target = 'digit'
 
   config.rstg = config_dict.ConfigDict()
   config.rstg.dim = 512

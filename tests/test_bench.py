@@ -62,6 +62,20 @@ def test_syncmnist_benchmark_json():
   assert isinstance(out['mnist_source'], str) and out['mnist_source']
 
 
+def test_train_benchmark_json():
+  """The training step's split: every part measured, the step at least as slow as its
+  slowest part, and the with-data rate consistent with its ms per step."""
+  out = _bench('train', '--steps=3', '--repeats=2', '--config.batch_size=4',
+               '--config.backbone.width=4', '--config.rstg.dim=8',
+               '--config.data.prefetch=1')
+  assert out['benchmark'] == 'train' and out['batch_size'] == 4 and out['timed_steps'] == 2
+  parts = ('data_ms', 'backbone_fwd_ms', 'head_fwd_bwd_ms', 'optimizer_ms', 'step_ms',
+           'ms_per_step_with_data', 'videos_per_s')
+  assert all(_positive(out[k]) for k in parts), out
+  assert out['videos_per_s'] == pytest.approx(4e3 / out['ms_per_step_with_data'], rel=0.02)
+  assert out['backbone_frozen'] is True and out['ablation'] == 'positional'
+
+
 @pytest.mark.slow
 def test_ssv1_benchmark_json():
   out = _bench('ssv1', '--batch=1', '--frames=4', '--size=32', '--repeats=1', timeout=1200)

@@ -1,6 +1,7 @@
 """Benchmark dispatcher: `python -m rstg_jax.bench NAME [args]` prints one JSON object.
 
 Names: graph (the RSTG module, issue targets vs a matmul measured in the same run),
+train (where the time of a SyncMNIST training step goes: data, backbone, head, optimizer),
 syncmnist (the SyncMNIST generator), ssv1 (I3D-R50 + RSTG forward and training step, and
 the graph's share of the time). Each lives in `rstg_jax/bench/NAME.py`.
 """
@@ -10,7 +11,7 @@ import sys
 
 from rstg_jax import runtime
 
-BENCHMARKS = ('graph', 'syncmnist', 'ssv1')
+BENCHMARKS = ('graph', 'syncmnist', 'ssv1', 'train')
 
 
 def main(argv=None):

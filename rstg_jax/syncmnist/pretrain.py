@@ -42,6 +42,11 @@ from rstg_jax.train import steps as steps_lib
 from rstg_jax.syncmnist.backbone import SmallCNN
 
 NUM_DIGIT_CLASSES = 10
+#: Pre-training targets: 'digit' (the paper: the digit's class from globally pooled
+#: features) and 'digit_position' (also the digit's top-left corner in the frame, one
+#: class per pixel row and per pixel column, read from the whole unpooled feature map).
+TARGETS = ('digit', 'digit_position')
+NUM_POSITIONS = 47  # top-left corners in the 64x64 frame lie in 0..46 per axis
 
 #: Key entry of the cache file; bump CACHE_FORMAT when pre-training changes what it makes.
 CACHE_KEY = '__key__'
@@ -72,15 +77,76 @@ class DigitClassifier(nn.Module):
     return nn.Dense(NUM_DIGIT_CLASSES, name='classifier')(fmap.mean(axis=(1, 2)))
 
 
+class DigitPositionClassifier(nn.Module):
+  """`DigitClassifier` plus where the digit is: two linear heads on the flattened feature
+  map classify the top-left corner's row and column (`NUM_POSITIONS` classes each).
+
+  The position heads see every feature-map cell, so the backbone's features must say
+  where in its cell a digit lies: the sub-cell position that area-pooled graph nodes
+  otherwise lose, and from which motion is read. Returns logits [B, 10 + 2 * 47]
+  (digit, row, column); `_position_train_step` splits them.
+  """
+
+  width: int = 512
+
+  @nn.compact
+  def __call__(self, frames: jax.Array, train: bool = False) -> jax.Array:
+    del train
+    fmap = SmallCNN(self.width, name='backbone')(frames)
+    digit = nn.Dense(NUM_DIGIT_CLASSES, name='classifier')(fmap.mean(axis=(1, 2)))
+    where = nn.Dense(2 * NUM_POSITIONS, name='position')(fmap.reshape(fmap.shape[0], -1))
+    return jax.numpy.concatenate([digit, where], axis=-1)
+
+
+def _position_losses(logits, labels, position):
+  """(digit CE, row CE, column CE) per example of `DigitPositionClassifier` logits."""
+  ce = optax.softmax_cross_entropy_with_integer_labels
+  d = NUM_DIGIT_CLASSES
+  return (ce(logits[:, :d], labels), ce(logits[:, d:d + NUM_POSITIONS], position[:, 0]),
+          ce(logits[:, d + NUM_POSITIONS:], position[:, 1]))
+
+
+def _position_train_step(state, batch, *, model, tx):
+  """One Adam step on the sum of the three cross-entropies; metrics as the trainer's."""
+  video = steps_lib.scale_pixels(batch['video'])
+
+  def loss_fn(params):
+    logits = model.apply({'params': params}, video)
+    return sum(x.mean() for x in _position_losses(logits, batch['label'], batch['position']))
+
+  loss, grads = jax.value_and_grad(loss_fn)(state['params'])
+  updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
+  params = optax.apply_updates(state['params'], updates)
+  n = jax.numpy.asarray(batch['label'].shape[0], jax.numpy.float32)
+  return dict(state, step=state['step'] + 1, params=params, opt_state=opt_state), {
+      'loss': (loss * n, n)}
+
+
+def _position_eval_step(state, batch, *, model):
+  """Digit top-1 (as 'top1') and the mean position error in pixels, masked sums."""
+  logits = model.apply({'params': state['params']}, steps_lib.scale_pixels(batch['video']))
+  d, p, mask = NUM_DIGIT_CLASSES, NUM_POSITIONS, batch['mask']
+  losses = _position_losses(logits, batch['label'], batch['position'])
+  where = jax.numpy.stack([jax.numpy.argmax(logits[:, d:d + p], -1),
+                           jax.numpy.argmax(logits[:, d + p:], -1)], -1)
+  err = jax.numpy.abs(where - batch['position']).astype(jax.numpy.float32).mean(-1)
+  n = mask.sum()
+  return {'loss': ((sum(losses) * mask).sum(), n),
+          'top1': (((jax.numpy.argmax(logits[:, :d], -1) == batch['label']) * mask).sum(), n),
+          'position_error_px': ((err * mask).sum(), n)}, None
+
+
 def _frames(split: str, indices: np.ndarray, seed: int,
             mnist_path: Optional[str]) -> dict[str, np.ndarray]:
-  """A batch of single-digit frames: 'video' uint8 [B, 64, 64, 1], 'label' int32 [B]."""
+  """A batch of single-digit frames: 'video' uint8 [B, 64, 64, 1], 'label' int32 [B],
+  'position' int32 [B, 2] (the top-left corner in the frame)."""
   # Imported here so that importing this module (and the models) does not need the data
   # package's generator.
   from rstg_jax.syncmnist import generator as syncmnist  # pylint: disable=g-import-not-at-top
   out = syncmnist.generate_single_digit(split, indices, seed=seed, mnist_path=mnist_path)
   return {'video': np.asarray(out['image'], np.uint8),
-          'label': np.asarray(out['label'], np.int32)}
+          'label': np.asarray(out['label'], np.int32),
+          'position': np.clip(np.asarray(out['position'], np.int32), 0, NUM_POSITIONS - 1)}
 
 
 def _num_frames(split: str) -> int:
@@ -98,7 +164,8 @@ def pretrain_backbone(width: int = 512,
                       log_every: int = 50,
                       eval_frames: int = 2000,
                       eval_batch_size: int = 250,
-                      progress_bar: bool = True) -> tuple[dict[str, Any], dict[str, Any]]:
+                      progress_bar: bool = True,
+                      target: str = 'digit') -> tuple[dict[str, Any], dict[str, Any]]:
   """Trains the frame backbone to classify one randomly placed MNIST digit.
 
   Frame i of a split is fixed by (generator seed, split, i): a random MNIST digit of the
@@ -119,6 +186,9 @@ def pretrain_backbone(width: int = 512,
     eval_frames: val frames for the final accuracy (0: no evaluation).
     eval_batch_size: frames per evaluation batch.
     progress_bar: show a tqdm bar.
+    target: one of `TARGETS`: 'digit' (the paper) or 'digit_position' (also the
+      digit's position, `DigitPositionClassifier`; the metrics then add
+      `val_position_error_px`).
 
   Returns:
     (backbone_params, metrics): the `SmallCNN` parameters (a nested dict of numpy
@@ -129,8 +199,10 @@ def pretrain_backbone(width: int = 512,
   """
   if steps < 1:
     raise ValueError(f'steps must be >= 1, got {steps}')
+  if target not in TARGETS:
+    raise ValueError(f'unknown pre-training target {target!r}; valid: {", ".join(TARGETS)}')
   start = time.time()
-  model = DigitClassifier(width)
+  model = (DigitClassifier if target == 'digit' else DigitPositionClassifier)(width)
   from rstg_jax.syncmnist import generator as syncmnist  # pylint: disable=g-import-not-at-top
   frame_shape = (syncmnist.FRAME, syncmnist.FRAME, 1)
   params = state_lib.init_variables(model, jax.random.PRNGKey(seed), frame_shape)['params']
@@ -138,10 +210,15 @@ def pretrain_backbone(width: int = 512,
   state = state_lib.create_train_state(params, {}, tx)
   # The trainer's steps (uint8 frames scaled on the device); donating the state lets
   # XLA update it in place.
-  train_step = jax.jit(functools.partial(steps_lib.train_step, model=model, tx=tx,
-                                         base_key=jax.random.PRNGKey(seed)),
-                       donate_argnums=0)
-  eval_step = jax.jit(functools.partial(steps_lib.eval_step, model=model))
+  if target == 'digit':
+    train_fn = functools.partial(steps_lib.train_step, model=model, tx=tx,
+                                 base_key=jax.random.PRNGKey(seed))
+    eval_fn = functools.partial(steps_lib.eval_step, model=model)
+  else:
+    train_fn = functools.partial(_position_train_step, model=model, tx=tx)
+    eval_fn = functools.partial(_position_eval_step, model=model)
+  train_step = jax.jit(train_fn, donate_argnums=0)
+  eval_step = jax.jit(eval_fn)
 
   num_train = _num_frames('train')
   rng = np.random.default_rng(seed)
@@ -150,7 +227,10 @@ def pretrain_backbone(width: int = 512,
              disable=not progress_bar, file=sys.stderr, mininterval=cli.progress_interval())
   for step in bar:
     indices = rng.integers(0, num_train, size=batch_size)
-    state, m = train_step(state, _frames('train', indices, seed, mnist_path))
+    batch = _frames('train', indices, seed, mnist_path)
+    if target == 'digit':
+      del batch['position']
+    state, m = train_step(state, batch)
     window = metrics_lib.add(window, {'loss': m['loss']})
     if (step + 1) % log_every == 0 or step + 1 == steps:
       mean_loss = metrics_lib.compute(jax.device_get(window))['loss']
@@ -173,10 +253,14 @@ def pretrain_backbone(width: int = 512,
       idx = np.arange(lo, min(lo + eval_batch_size, eval_frames))
       # Generator seed 0 for the val frames, independent of the training seed.
       batch = dict(_frames('val', idx, 0, mnist_path), mask=np.ones(len(idx), np.float32))
+      if target == 'digit':
+        del batch['position']
       totals = metrics_lib.add(totals, eval_step(state, batch)[0])
     result = metrics_lib.compute(jax.device_get(totals))
     metrics.update(val_accuracy=result['top1'], val_loss=result['loss'],
                    eval_frames=eval_frames)
+    if 'position_error_px' in result:
+      metrics['val_position_error_px'] = result['position_error_px']
   seconds = time.time() - start
   metrics.update(seconds=seconds, steps_per_second=steps / seconds)
   return jax.device_get(state['params']['backbone']), metrics
@@ -225,8 +309,8 @@ def mnist_fingerprint(mnist_path: Optional[str] = None) -> str:
 
 
 def backbone_cache_key(width: int, steps: int, batch_size: int, seed: int,
-                       learning_rate: float, mnist_path: Optional[str] = None
-                       ) -> dict[str, Any]:
+                       learning_rate: float, mnist_path: Optional[str] = None,
+                       target: str = 'digit') -> dict[str, Any]:
   """Everything that determines `pretrain_backbone`'s result, as a JSON-able dict.
 
   The arguments are those of `pretrain_backbone`; `mnist_path` enters as the fingerprint
@@ -235,7 +319,9 @@ def backbone_cache_key(width: int, steps: int, batch_size: int, seed: int,
   return {'format': CACHE_FORMAT, 'width': int(width), 'steps': int(steps),
           'batch_size': int(batch_size), 'seed': int(seed),
           'learning_rate': float(learning_rate),
-          'mnist_train_sha256': mnist_fingerprint(mnist_path)}
+          'mnist_train_sha256': mnist_fingerprint(mnist_path),
+          # Absent from keys written before targets existed, which were all 'digit'.
+          **({'target': target} if target != 'digit' else {})}
 
 
 def load_cached_backbone(path: str | os.PathLike, key: dict[str, Any]

@@ -33,6 +33,10 @@ class SyncMNISTTask(task_lib.Task):
   def config_errors(self, config) -> list[str]:
     b = config.backbone
     errors = models.config_errors(config) + data_config_errors(config)
+    from rstg_jax.syncmnist import pretrain  # pylint: disable=g-import-not-at-top
+    if b.pretrain_target not in pretrain.TARGETS:
+      errors.append(f'Unknown backbone.pretrain_target {b.pretrain_target!r}. Valid: '
+                    f'{", ".join(pretrain.TARGETS)}.')
     errors += config_checks.positive_errors(
         ('backbone.pretrain_steps', b.pretrain_steps, 'an integer >= 0',
          dict(integer=True, allow_zero=True)),
@@ -142,7 +146,7 @@ def pretrained_backbone(config, workdir: str, params: dict, say) -> dict:
   b = config.backbone
   settings = dict(width=b.width, steps=b.pretrain_steps, batch_size=b.pretrain_batch_size,
                   seed=config.seed, learning_rate=b.pretrain_lr,
-                  mnist_path=config.data.mnist_path)
+                  mnist_path=config.data.mnist_path, target=b.pretrain_target)
   key = pretrain.backbone_cache_key(**settings)  # the cache is reused only for these
   backbone, why_not = pretrain.load_cached_backbone(path, key)
   if backbone is not None:
@@ -155,7 +159,9 @@ def pretrained_backbone(config, workdir: str, params: dict, say) -> dict:
         progress_bar=config.progress_bar and jax.process_index() == 0)
     say(f'Backbone pretraining done in {pre.get("seconds", 0):.0f} s: final train loss '
         f'{pre.get("final_train_loss", float("nan")):.4f}, single-digit val accuracy '
-        f'{pre.get("val_accuracy", float("nan")):.4f}')
+        f'{pre.get("val_accuracy", float("nan")):.4f}'
+        + (f', position error {pre["val_position_error_px"]:.2f} px'
+           if 'val_position_error_px' in pre else ''))
     if jax.process_index() == 0:
       pretrain.save_backbone(path, backbone, key)  # atomic (temporary file + rename)
   host = jax.tree.map(lambda x: jax.device_get(x), params['backbone'])
