@@ -39,6 +39,10 @@ def get_config():
   # the unpooled feature map: features that keep sub-cell position; see
   # rstg_jax.syncmnist.pretrain.TARGETS).
   config.backbone.pretrain_target = 'digit'
+  # Where the pre-trained backbone is cached (None: WORKDIR/backbone.npz). Runs that share
+  # a path share one pre-training, e.g. the rows of a sweep; a cache made with other
+  # settings is never reused (it is recomputed and replaced).
+  config.backbone.cache_path = config_dict.placeholder(str)
 
   config.rstg = config_dict.ConfigDict()
   config.rstg.dim = 512

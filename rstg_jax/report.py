@@ -280,6 +280,10 @@ def summarize(rundir: str, root: str) -> dict:
   curve_rows = val or test
   info['curve'] = [(r['step'], r['top1']) for r in curve_rows
                    if isinstance(r.get('top1'), (int, float))]
+  # The same points against minutes of training (the rows' 'elapsed', when written).
+  info['curve_minutes'] = [(r['elapsed'] / 60, r['top1']) for r in curve_rows
+                           if isinstance(r.get('top1'), (int, float))
+                           and isinstance(r.get('elapsed'), (int, float))]
   entry = (sweep or {}).get('paper')
   if entry is None and flat:
     entry = paper_lib.paper_entry(flat)
@@ -420,17 +424,19 @@ def markdown(root: str, runs: list[dict], summaries: list[dict]) -> str:
       lines.append(f'- {s["table"]} ({s["n"]} runs): '
                    f'{"same order as the paper" if s["same_order"] else "order differs"}'
                    f' (Kendall tau {tau}). Ours: {s["ours"]}. Paper: {s["paper"]}.')
-  lines += ['', 'Curves: report.png (val top-1 against videos seen).', '']
+  lines += ['', 'Curves: report.png (val top-1 against videos seen and against minutes).', '']
   return '\n'.join(lines)
 
 
 def plot(runs: list[dict], path: str):
-  """Val top-1 (old runs: test top-1) against videos seen, one curve per run."""
+  """Val top-1 (old runs: test top-1) against videos seen (left) and against minutes of
+  training (right: wall time since training started, evaluations included, backbone
+  pre-training excluded), one curve per run."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   by_videos = all(info['batch_size'] for info in runs if info['curve'])
-  fig, ax = plt.subplots(figsize=(9, 5))
+  fig, (ax, ax_min) = plt.subplots(1, 2, figsize=(13, 5), sharey=True)
   for info in runs:
     if not info['curve']:
       continue
@@ -438,12 +444,19 @@ def plot(runs: list[dict], path: str):
     xs = [s * scale for s, _ in info['curve']]
     ys = [100 * v for _, v in info['curve']]
     label = info['name'] + (' (test)' if info['selected_on'] == 'test' else '')
-    ax.plot(xs, ys, 'o-', ms=3, label=label)
+    line, = ax.plot(xs, ys, 'o-', ms=3, label=label)
+    if info.get('curve_minutes'):
+      ax_min.plot([m for m, _ in info['curve_minutes']],
+                  [100 * v for _, v in info['curve_minutes']], 'o-', ms=3,
+                  color=line.get_color())
   ax.set(xlabel='videos seen' if by_videos else 'step', ylabel='val top-1 (%)',
          title='val top-1 against ' + ('videos seen' if by_videos else 'steps'))
-  ax.grid(alpha=0.3)
+  ax_min.set(xlabel='minutes since training started (backbone pre-training excluded)',
+             title='val top-1 against minutes')
+  for a in (ax, ax_min):
+    a.grid(alpha=0.3)
   if any(info['curve'] for info in runs):
-    ax.legend(fontsize=8, loc='center left', bbox_to_anchor=(1.01, 0.5))
+    ax_min.legend(fontsize=8, loc='center left', bbox_to_anchor=(1.01, 0.5))
   fig.tight_layout()
   tmp = path + '.tmp.png'
   fig.savefig(tmp, dpi=100)

@@ -450,6 +450,12 @@ def test_pretrained_backbone_is_computed_once_then_loaded_from_the_cache(tmp_pat
   config.backbone.pretrain_lr *= 2  # another setting: pretrained again, not reused
   syncmnist_task.pretrained_backbone(config, str(tmp_path), fresh, print)
   assert len(calls) == 2 and calls[1]['learning_rate'] == config.backbone.pretrain_lr
+  # A shared cache path: a second workdir reads the first run's backbone.
+  config.backbone.cache_path = str(tmp_path / 'shared.npz')
+  syncmnist_task.pretrained_backbone(config, str(tmp_path / 'run_a'), fresh, print)
+  syncmnist_task.pretrained_backbone(config, str(tmp_path / 'run_b'), fresh, print)
+  assert len(calls) == 3 and os.path.exists(tmp_path / 'shared.npz')
+  assert calls[2]['target'] == 'digit'
 
 
 def test_init_from_copies_the_parameters_of_another_run(uninterrupted):

@@ -137,13 +137,14 @@ class DigitOracleView(evaluators.SingleView):
 
 def pretrained_backbone(config, workdir: str, params: dict, say) -> dict:
   """`params` with the backbone pre-trained on single digits (computed once, then read
-  from the cache WORKDIR/backbone.npz)."""
+  from the cache: `backbone.cache_path`, by default WORKDIR/backbone.npz)."""
   from rstg_jax.syncmnist import pretrain  # pylint: disable=g-import-not-at-top
   if 'backbone' not in params:
     raise ValueError('config.backbone.pretrain_steps > 0 but the model has no `backbone` '
                      f'submodule (top-level params: {sorted(params)}).')
-  path = os.path.join(workdir, 'backbone.npz')
   b = config.backbone
+  # A shared cache (e.g. one for every run of a sweep) or the run's own.
+  path = b.cache_path or os.path.join(workdir, 'backbone.npz')
   settings = dict(width=b.width, steps=b.pretrain_steps, batch_size=b.pretrain_batch_size,
                   seed=config.seed, learning_rate=b.pretrain_lr,
                   mnist_path=config.data.mnist_path, target=b.pretrain_target)
