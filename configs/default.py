@@ -32,6 +32,9 @@ def get_config():
   config.backbone.freeze = False  # True: backbone params get no updates.
   # > 0: pretrain the backbone on single-digit classification first (paper: "pre-trained
   # to classify a digit randomly placed in a frame"); cached in workdir/backbone.npz.
+  # Two coordinate input channels (CoordConv; rstg_jax.syncmnist.backbone.SmallCNN):
+  # features that know where they are, so pooled nodes keep their digits' positions.
+  config.backbone.coords = False
   config.backbone.pretrain_steps = 0
   config.backbone.pretrain_batch_size = 64
   config.backbone.pretrain_lr = 1e-3

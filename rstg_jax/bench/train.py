@@ -85,8 +85,8 @@ def measure(config, steps: int, repeats: int) -> dict:
   data_ms = _median_ms(lambda: data.batch(next(counter)), repeats)
 
   # Backbone forward, per frame, as the model calls it.
-  width = int(config.backbone.width)
-  backbone_fn = jax.jit(lambda p, v: SmallCNN(width).apply({'params': p}, v.reshape(
+  width, coords = int(config.backbone.width), bool(config.backbone.coords)
+  backbone_fn = jax.jit(lambda p, v: SmallCNN(width, coords=coords).apply({'params': p}, v.reshape(
       (-1,) + v.shape[2:])))
   bb_params = state['params']['backbone']
   fmap_frames = _block(backbone_fn(bb_params, video))

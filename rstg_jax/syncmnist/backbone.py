@@ -68,6 +68,15 @@ def _max_pool_bwd(res, g):
 max_pool_2x2.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
+def with_coordinates(frames: jax.Array) -> jax.Array:
+  """frames [B, H, W, C] -> [B, H, W, C + 2] with each pixel centre's x and y in [-1, 1]."""
+  b, h, w, _ = frames.shape
+  ys = (jnp.arange(h, dtype=frames.dtype) + 0.5) * (2.0 / h) - 1.0
+  xs = (jnp.arange(w, dtype=frames.dtype) + 0.5) * (2.0 / w) - 1.0
+  grid = jnp.stack(jnp.meshgrid(xs, ys, indexing='xy'), axis=-1)  # [H, W, 2]: (x, y)
+  return jnp.concatenate([frames, jnp.broadcast_to(grid, (b, h, w, 2))], axis=-1)
+
+
 def apply_per_frame(fn: Callable[[jax.Array], jax.Array], video: jax.Array) -> jax.Array:
   """Applies a frame-wise function to a video by folding time into the batch.
 
@@ -91,16 +100,22 @@ class SmallCNN(nn.Module):
     num_layers: conv+ReLU+max-pool layers (3 in the paper).
     padding: "VALID" (default; 64x64 -> 6x6 as in the authors' code) or "SAME"
       (64x64 -> 8x8).
+    coords: append two coordinate channels (x and y of each pixel, in [-1, 1]) to the
+      input ("CoordConv"), so features can say where in the frame they are, not only
+      what they see; area-pooled graph nodes then keep their digits' positions.
   """
 
   width: int = 512
   num_layers: int = 3
   padding: str = 'VALID'
+  coords: bool = False
 
   @nn.compact
   def __call__(self, frames: jax.Array) -> jax.Array:
     """Maps frames [B, H, W, C] (float in [0, 1]) to a feature map [B, h, w, width]."""
     x = jnp.asarray(frames, jnp.float32)
+    if self.coords:
+      x = with_coordinates(x)
     for i in range(self.num_layers):
       x = nn.Conv(self.width, (3, 3), padding=self.padding, name=f'conv{i}')(x)
       x = nn.relu(x)

@@ -46,7 +46,7 @@ def create_model(config) -> nn.Module:
   """Builds the model named by `config.model`.
 
   Reads only: `model`, `ablation` (rstg only), `data.num_classes`, `baseline.lstm_dim`
-  (mean_lstm and conv_lstm), `backbone.width`, `backbone.freeze`, `rstg.dim`,
+  (mean_lstm and conv_lstm), `backbone.width`, `backbone.freeze`, `backbone.coords`, `rstg.dim`,
   `rstg.num_iters`, `rstg.scales`, `rstg.gather`, `rstg.adjacency`, `rstg.layer_norm`,
   `rstg.scalewise`.
 
@@ -57,7 +57,8 @@ def create_model(config) -> nn.Module:
   if errors:
     raise ValueError(' '.join(errors))
   common = dict(num_classes=int(config.data.num_classes), width=int(config.backbone.width),
-                freeze_backbone=bool(config.backbone.freeze))
+                freeze_backbone=bool(config.backbone.freeze),
+                coords=bool(config.backbone.coords))
   if config.model == 'rstg':
     r = config.rstg
     return RSTGClassifier(dim=int(r.dim), num_iters=int(r.num_iters),

@@ -69,11 +69,12 @@ class DigitClassifier(nn.Module):
   """
 
   width: int = 512
+  coords: bool = False
 
   @nn.compact
   def __call__(self, frames: jax.Array, train: bool = False) -> jax.Array:
     del train  # the trainer's model contract; no dropout or BatchNorm here
-    fmap = SmallCNN(self.width, name='backbone')(frames)
+    fmap = SmallCNN(self.width, coords=self.coords, name='backbone')(frames)
     return nn.Dense(NUM_DIGIT_CLASSES, name='classifier')(fmap.mean(axis=(1, 2)))
 
 
@@ -85,16 +86,24 @@ class DigitPositionClassifier(nn.Module):
   where in its cell a digit lies: the sub-cell position that area-pooled graph nodes
   otherwise lose, and from which motion is read. Returns logits [B, 10 + 2 * 47]
   (digit, row, column); `_position_train_step` splits them.
+
+  With a coordinate backbone (`coords`), the position heads read the globally pooled
+  features instead, so the features themselves must encode the digit's absolute
+  position (which the coordinate channels make possible): what an area-pooled node of
+  any size then carries.
   """
 
   width: int = 512
+  coords: bool = False
 
   @nn.compact
   def __call__(self, frames: jax.Array, train: bool = False) -> jax.Array:
     del train
-    fmap = SmallCNN(self.width, name='backbone')(frames)
-    digit = nn.Dense(NUM_DIGIT_CLASSES, name='classifier')(fmap.mean(axis=(1, 2)))
-    where = nn.Dense(2 * NUM_POSITIONS, name='position')(fmap.reshape(fmap.shape[0], -1))
+    fmap = SmallCNN(self.width, coords=self.coords, name='backbone')(frames)
+    pooled = fmap.mean(axis=(1, 2))
+    digit = nn.Dense(NUM_DIGIT_CLASSES, name='classifier')(pooled)
+    where_in = pooled if self.coords else fmap.reshape(fmap.shape[0], -1)
+    where = nn.Dense(2 * NUM_POSITIONS, name='position')(where_in)
     return jax.numpy.concatenate([digit, where], axis=-1)
 
 
@@ -165,7 +174,8 @@ def pretrain_backbone(width: int = 512,
                       eval_frames: int = 2000,
                       eval_batch_size: int = 250,
                       progress_bar: bool = True,
-                      target: str = 'digit') -> tuple[dict[str, Any], dict[str, Any]]:
+                      target: str = 'digit',
+                      coords: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
   """Trains the frame backbone to classify one randomly placed MNIST digit.
 
   Frame i of a split is fixed by (generator seed, split, i): a random MNIST digit of the
@@ -189,6 +199,7 @@ def pretrain_backbone(width: int = 512,
     target: one of `TARGETS`: 'digit' (the paper) or 'digit_position' (also the
       digit's position, `DigitPositionClassifier`; the metrics then add
       `val_position_error_px`).
+    coords: a coordinate backbone (`SmallCNN.coords`).
 
   Returns:
     (backbone_params, metrics): the `SmallCNN` parameters (a nested dict of numpy
@@ -202,7 +213,7 @@ def pretrain_backbone(width: int = 512,
   if target not in TARGETS:
     raise ValueError(f'unknown pre-training target {target!r}; valid: {", ".join(TARGETS)}')
   start = time.time()
-  model = (DigitClassifier if target == 'digit' else DigitPositionClassifier)(width)
+  model = (DigitClassifier if target == 'digit' else DigitPositionClassifier)(width, coords)
   from rstg_jax.syncmnist import generator as syncmnist  # pylint: disable=g-import-not-at-top
   frame_shape = (syncmnist.FRAME, syncmnist.FRAME, 1)
   params = state_lib.init_variables(model, jax.random.PRNGKey(seed), frame_shape)['params']
@@ -310,7 +321,7 @@ def mnist_fingerprint(mnist_path: Optional[str] = None) -> str:
 
 def backbone_cache_key(width: int, steps: int, batch_size: int, seed: int,
                        learning_rate: float, mnist_path: Optional[str] = None,
-                       target: str = 'digit') -> dict[str, Any]:
+                       target: str = 'digit', coords: bool = False) -> dict[str, Any]:
   """Everything that determines `pretrain_backbone`'s result, as a JSON-able dict.
 
   The arguments are those of `pretrain_backbone`; `mnist_path` enters as the fingerprint
@@ -321,7 +332,8 @@ def backbone_cache_key(width: int, steps: int, batch_size: int, seed: int,
           'learning_rate': float(learning_rate),
           'mnist_train_sha256': mnist_fingerprint(mnist_path),
           # Absent from keys written before targets existed, which were all 'digit'.
-          **({'target': target} if target != 'digit' else {})}
+          **({'target': target} if target != 'digit' else {}),
+          **({'coords': True} if coords else {})}
 
 
 def load_cached_backbone(path: str | os.PathLike, key: dict[str, Any]

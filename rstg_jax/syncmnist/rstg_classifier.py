@@ -58,6 +58,7 @@ class RSTGClassifier(nn.Module):
     layer_norm: LayerNorm in the space stage.
     scalewise: per-scale update parameters.
     freeze_backbone: stop gradients at the backbone output.
+    coords: coordinate channels in the backbone's input (`SmallCNN.coords`).
   """
 
   num_classes: int
@@ -71,12 +72,13 @@ class RSTGClassifier(nn.Module):
   layer_norm: bool = False
   scalewise: bool = False
   freeze_backbone: bool = False
+  coords: bool = False
 
   @nn.compact
   def __call__(self, video: jax.Array, train: bool = False) -> jax.Array:
     """Maps a video [B, T, H, W, 1] in [0, 1] to logits [B, num_classes]."""
     core_args = ablation_to_core_args(self.ablation)
-    fmap = backbone_features(SmallCNN(self.width, name='backbone'), video,
+    fmap = backbone_features(SmallCNN(self.width, coords=self.coords, name='backbone'), video,
                              self.freeze_backbone)
     graph = build_graph(scales=tuple(self.scales), feature_size=fmap.shape[-3:-1],
                         adjacency=self.adjacency)

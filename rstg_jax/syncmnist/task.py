@@ -147,7 +147,8 @@ def pretrained_backbone(config, workdir: str, params: dict, say) -> dict:
   path = b.cache_path or os.path.join(workdir, 'backbone.npz')
   settings = dict(width=b.width, steps=b.pretrain_steps, batch_size=b.pretrain_batch_size,
                   seed=config.seed, learning_rate=b.pretrain_lr,
-                  mnist_path=config.data.mnist_path, target=b.pretrain_target)
+                  mnist_path=config.data.mnist_path, target=b.pretrain_target,
+                  coords=bool(b.coords))
   key = pretrain.backbone_cache_key(**settings)  # the cache is reused only for these
   backbone, why_not = pretrain.load_cached_backbone(path, key)
   if backbone is not None:
