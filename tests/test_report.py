@@ -94,6 +94,17 @@ def test_report_rows_ranks_and_figure(tmp_path):
   assert ('- SyncMNIST Table 1, 3SyncMNIST (4 runs): order differs (Kendall tau 0.67). '
           'Ours: b > a > old/x > c. Paper: a > b > old/x > c.') in text
   assert os.path.getsize(png_path) > 10_000
+  # The figure's right panel (against minutes) needs 'elapsed'; these rows have none.
+  assert a['curve'] == [(50, 0.6), (100, 0.58)] and a['curve_minutes'] == []
+
+
+def test_curve_against_minutes_reads_elapsed(tmp_path):
+  rows = _val_run([0.3, 0.5], 0.5, 0.9)
+  for r in rows:
+    r['elapsed'] = 30.0 * r['step'] / 50
+  _write_run(tmp_path / 'r', rows, _sync_config('all_temp'), done=True)
+  info = report.summarize(str(tmp_path / 'r'), str(tmp_path))
+  assert info['curve_minutes'] == [(0.5, 0.3), (1.0, 0.5)]
 
 
 def test_report_config_from_sweep_json(tmp_path):
