@@ -23,15 +23,15 @@ What makes it fit, and why (tuned on 2 CPU cores):
     diverged slowly, 1e-3 learned slower); batch 16 learned no faster per video;
   - 9,000 steps of 32 videos (288k fresh videos; the paper's epoch is 600k).
 
-Expected runtime: 23 min 46 s measured on an idle 2-core machine on the previous data
-(authors' generator); on the clean data 45 min 27 s on a shared 2-core machine (load 4-9
-from other jobs; backbone pretraining 5 min 28 s, then ~3.8 steps/s).
-Expected result: 38.6% top-1 (clean data, measured), 88.8% top-5 on all 10,000 test
-videos with the checkpoint chosen on val (step 9,000; val top-1 40.9% on 2,000 val
-videos, 35.9% at step 4,500); the digit oracle gets 32.6%. The tuning runs above were
-measured on the previous data (the authors' generator, evaluated on test), where this
-config reached 42.3%. The full configs are expected to reach the paper's 98.9% on the
-authors' generator (not run here).
+Expected runtime: 22 min 8 s on the idle 2-core machine (backbone pre-training 2 min,
+then ~8 steps/s; `python -m rstg_jax.bench train` gives 275 videos/s for the step).
+Expected result: 37.3% top-1, 88.5% top-5 on all 10,000 clean test videos with the
+checkpoint chosen on val (step 7,500, val top-1 39.5% on 2,000 val videos; val at steps
+1,500 / 3,000 / 4,500 / 6,000 / 7,500 / 9,000: 31.3 / 33.1 / 35.0 / 38.2 / 39.5 / 39.2);
+the digit oracle gets 32.6%. An earlier run of the same config on a shared machine gave
+38.6%. The tuning runs in the list above were measured on the previous data (the
+authors' generator, evaluated on test), where this config reached 42.3%. The full
+configs are expected to reach the paper's 98.9% on the authors' generator (not run here).
 The full recipe is configs/syncmnist.py.
 
 Trials on the clean data (issue 12: make the model learn the motion, not only the

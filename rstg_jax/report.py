@@ -248,7 +248,10 @@ def summarize(rundir: str, root: str) -> dict:
   step = max((r.get('step', 0) for r in rows), default=0)
   info = {
       'dir': rundir,
-      'name': (sweep or {}).get('name') or os.path.relpath(rundir, root),
+      # A report on one run folder names the run by its folder, not '.'.
+      'name': (sweep or {}).get('name') or (os.path.relpath(rundir, root) if
+                                            os.path.abspath(rundir) != os.path.abspath(root)
+                                            else os.path.basename(os.path.abspath(rundir))),
       'grid': dict((sweep or {}).get('grid') or {}),
       'status': run_status(rundir, rows, total),
       'step': step, 'total_steps': total, 'batch_size': batch,
@@ -456,7 +459,8 @@ def plot(runs: list[dict], path: str):
   for a in (ax, ax_min):
     a.grid(alpha=0.3)
   if any(info['curve'] for info in runs):
-    ax_min.legend(fontsize=8, loc='center left', bbox_to_anchor=(1.01, 0.5))
+    ax_min.legend(*ax.get_legend_handles_labels(), fontsize=8, loc='center left',
+                  bbox_to_anchor=(1.01, 0.5))
   fig.tight_layout()
   tmp = path + '.tmp.png'
   fig.savefig(tmp, dpi=100)

@@ -31,6 +31,7 @@ def _positive(x) -> bool:
   return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
 
 
+@pytest.mark.slow  # 45 s on 2 idle cores; the FLOP counts it reports are tested below
 def test_graph_benchmark_json():
   out = _bench('graph', '--quick', '--repeats=1')
   assert out['benchmark'] == 'graph' and out['dim'] == 64 and out['batch'] == 2
