@@ -51,6 +51,9 @@ CHANGES` (eval.size=100 only shortens the final test, which was not looked at).
   backbone.pretrain_target=digit_position           5,000  29.2 / 30.0 / 33.5 / 35.0 / 35.1
   num_iters=2 + digit_position                      5,000  28.7 / (stopped)
   backbone.coords=True + digit_position             5,000  13.0 / (stopped)
+  rstg.num_iters=2, run alone, eval.size 10,000      6,000  at 1.5k / 3k / 4.5k / 6k: 31.4 /
+    (the ~20 minutes of training of this config's          33.4 / 36.8 / 38.1 (this config at
+    9,000 steps)                                           its 9,000 steps: best 39.5)
   batch_size=128 (throughput only)                     --  no more videos/s than 32
 
 What did not work, and why we think so:
@@ -61,9 +64,10 @@ What did not work, and why we think so:
   - Coordinate channels (`backbone.coords`, position heads on pooled features) locate
     a digit to 0.65 px from pooled features, but in 1,000 pre-training steps the digit
     accuracy fell to 73%, and the pair task started far slower (13.0 at step 1,000).
-  - K = 2 (two hops, so that two distant nodes can be compared through a third) starts
-    slower per step and runs 1.5x slower per step; in no run here did it catch up
-    within 2,000 steps. Whether it wins at longer horizons was not measured.
+  - K = 2 (two hops, so that two distant nodes can be compared through a third) runs
+    1.5x slower per step; per video it is about level with K = 1 (33.4 vs 33.1 val at
+    96k videos, 36.8 vs 35.0 at 144k), so in the same 20 minutes of training it ends
+    lower (38.1 val after 6,000 steps against 39.5; test 36.3 against 37.3).
   - Every variant sits at or below the digit oracle for the first 2,000 steps and
     climbs slowly after: in this budget the model learns the digits first and the
     motion only a little (about +4 points over the oracle after 5,000 steps).
