@@ -50,11 +50,6 @@ def _median_ms(fn: Callable[[], object], repeats: int) -> float:
   return 1e3 * statistics.median(times)
 
 
-def _block(tree):
-  import jax  # pylint: disable=g-import-not-at-top
-  return jax.block_until_ready(tree)
-
-
 def measure(config, steps: int, repeats: int) -> dict:
   """The benchmark's numbers for `config` (see the module docstring)."""
   import jax  # pylint: disable=g-import-not-at-top
@@ -89,8 +84,8 @@ def measure(config, steps: int, repeats: int) -> dict:
   backbone_fn = jax.jit(lambda p, v: SmallCNN(width, coords=coords).apply({'params': p}, v.reshape(
       (-1,) + v.shape[2:])))
   bb_params = state['params']['backbone']
-  fmap_frames = _block(backbone_fn(bb_params, video))
-  backbone_ms = _median_ms(lambda: _block(backbone_fn(bb_params, video)), repeats)
+  fmap_frames = jax.block_until_ready(backbone_fn(bb_params, video))
+  backbone_ms = _median_ms(lambda: jax.block_until_ready(backbone_fn(bb_params, video)), repeats)
 
   # Head forward + backward from the backbone's output: the backbone's __call__ is
   # intercepted and returns the precomputed feature maps.
@@ -107,8 +102,8 @@ def measure(config, steps: int, repeats: int) -> dict:
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
   head_grad = jax.jit(jax.grad(head_loss))
-  grads = _block(head_grad(state['params'], fmap_frames))
-  head_ms = _median_ms(lambda: _block(head_grad(state['params'], fmap_frames)), repeats)
+  grads = jax.block_until_ready(head_grad(state['params'], fmap_frames))
+  head_ms = _median_ms(lambda: jax.block_until_ready(head_grad(state['params'], fmap_frames)), repeats)
 
   # Optimizer update + apply (the trainer's transformation, frozen mask included).
   def opt(params, opt_state, grads):
@@ -116,19 +111,19 @@ def measure(config, steps: int, repeats: int) -> dict:
     return optax.apply_updates(params, updates), opt_state
 
   opt_fn = jax.jit(opt)
-  opt_ms = _median_ms(lambda: _block(opt_fn(state['params'], state['opt_state'], grads)),
+  opt_ms = _median_ms(lambda: jax.block_until_ready(opt_fn(state['params'], state['opt_state'], grads)),
                       repeats)
 
   # The jitted train step on a device batch (no data), then the whole loop with data.
   train_step = setup.train_step  # donates its state argument
   st = jax.tree.map(lambda x: x.copy(), state)
   st, _ = train_step(st, batch)
-  _block(st)
+  jax.block_until_ready(st)
 
   def one_step():
     nonlocal st
     st, m = train_step(st, batch)
-    _block(m)
+    jax.block_until_ready(m)
 
   step_ms = _median_ms(one_step, repeats)
 
@@ -139,13 +134,13 @@ def measure(config, steps: int, repeats: int) -> dict:
     it = iter(batches)
     s, b = next(it)  # the first batch: thread start-up, not throughput
     st, m = train_step(st, b)
-    _block(m)
+    jax.block_until_ready(m)
     t0 = time.perf_counter()
     n = 0
     for s, b in it:
       st, m = train_step(st, b)
       n += 1
-    _block(st)
+    jax.block_until_ready(st)
     loop_s = time.perf_counter() - t0
   ms_per_step = 1e3 * loop_s / max(n, 1)
   bsz = int(config.batch_size)

@@ -145,17 +145,19 @@ def _position_eval_step(state, batch, *, model):
           'position_error_px': ((err * mask).sum(), n)}, None
 
 
-def _frames(split: str, indices: np.ndarray, seed: int,
-            mnist_path: Optional[str]) -> dict[str, np.ndarray]:
+def _frames(split: str, indices: np.ndarray, seed: int, mnist_path: Optional[str],
+            with_position: bool = False) -> dict[str, np.ndarray]:
   """A batch of single-digit frames: 'video' uint8 [B, 64, 64, 1], 'label' int32 [B],
-  'position' int32 [B, 2] (the top-left corner in the frame)."""
+  and with `with_position` 'position' int32 [B, 2] (the top-left corner in the frame)."""
   # Imported here so that importing this module (and the models) does not need the data
   # package's generator.
   from rstg_jax.syncmnist import generator as syncmnist  # pylint: disable=g-import-not-at-top
   out = syncmnist.generate_single_digit(split, indices, seed=seed, mnist_path=mnist_path)
-  return {'video': np.asarray(out['image'], np.uint8),
-          'label': np.asarray(out['label'], np.int32),
-          'position': np.clip(np.asarray(out['position'], np.int32), 0, NUM_POSITIONS - 1)}
+  batch = {'video': np.asarray(out['image'], np.uint8),
+           'label': np.asarray(out['label'], np.int32)}
+  if with_position:
+    batch['position'] = np.clip(np.asarray(out['position'], np.int32), 0, NUM_POSITIONS - 1)
+  return batch
 
 
 def _num_frames(split: str) -> int:
@@ -238,9 +240,7 @@ def pretrain_backbone(width: int = 512,
              disable=not progress_bar, file=sys.stderr, mininterval=cli.progress_interval())
   for step in bar:
     indices = rng.integers(0, num_train, size=batch_size)
-    batch = _frames('train', indices, seed, mnist_path)
-    if target == 'digit':
-      del batch['position']
+    batch = _frames('train', indices, seed, mnist_path, with_position=target != 'digit')
     state, m = train_step(state, batch)
     window = metrics_lib.add(window, {'loss': m['loss']})
     if (step + 1) % log_every == 0 or step + 1 == steps:
@@ -263,9 +263,8 @@ def pretrain_backbone(width: int = 512,
     for lo in range(0, eval_frames, eval_batch_size):
       idx = np.arange(lo, min(lo + eval_batch_size, eval_frames))
       # Generator seed 0 for the val frames, independent of the training seed.
-      batch = dict(_frames('val', idx, 0, mnist_path), mask=np.ones(len(idx), np.float32))
-      if target == 'digit':
-        del batch['position']
+      batch = dict(_frames('val', idx, 0, mnist_path, with_position=target != 'digit'),
+                   mask=np.ones(len(idx), np.float32))
       totals = metrics_lib.add(totals, eval_step(state, batch)[0])
     result = metrics_lib.compute(jax.device_get(totals))
     metrics.update(val_accuracy=result['top1'], val_loss=result['loss'],
