@@ -451,10 +451,10 @@ def test_pretrained_backbone_is_computed_once_then_loaded_from_the_cache(tmp_pat
   syncmnist_task.pretrained_backbone(config, str(tmp_path), fresh, print)
   assert len(calls) == 2 and calls[1]['learning_rate'] == config.backbone.pretrain_lr
   # A shared cache path: a second workdir reads the first run's backbone.
-  config.backbone.cache_path = str(tmp_path / 'shared.npz')
+  config.backbone.cache_path = str(tmp_path / 'cache' / 'shared.npz')  # folder made
   syncmnist_task.pretrained_backbone(config, str(tmp_path / 'run_a'), fresh, print)
   syncmnist_task.pretrained_backbone(config, str(tmp_path / 'run_b'), fresh, print)
-  assert len(calls) == 3 and os.path.exists(tmp_path / 'shared.npz')
+  assert len(calls) == 3 and os.path.exists(tmp_path / 'cache' / 'shared.npz')
   assert calls[2]['target'] == 'digit'
 
 

@@ -165,6 +165,7 @@ def pretrained_backbone(config, workdir: str, params: dict, say) -> dict:
         + (f', position error {pre["val_position_error_px"]:.2f} px'
            if 'val_position_error_px' in pre else ''))
     if jax.process_index() == 0:
+      os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)  # a new cache_path
       pretrain.save_backbone(path, backbone, key)  # atomic (temporary file + rename)
   host = jax.tree.map(lambda x: jax.device_get(x), params['backbone'])
   merged, report = init_from.merge_params({'backbone': host},
