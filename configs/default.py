@@ -77,6 +77,8 @@ def get_config():
   # comparing motions finds the pair. 'authors': the authors' generator (clipped at the
   # border, pair kept apart), which has single-digit shortcuts; for comparison only.
   config.data.motion = 'clean'
+  # Probability that a video has no synchronous pair (class "none"); the paper's 1/47.
+  config.data.no_pair_prob = 1.0 / 47.0
   # Val videos evaluated during training (indices 0..val_size-1 of the val split, made
   # from the last 10k MNIST training digits): plateau, best checkpoint, printed numbers.
   config.data.val_size = 10_000

@@ -89,6 +89,7 @@ def test_unknown_names_list_the_valid_ones(field, value, valid):
     ('motion', 'bounce', "Unknown data.motion 'bounce'. Valid: clean, authors"),
     ('val_size', 0, 'data.val_size must be in 1..10000'),
     ('val_size', 10_001, 'data.val_size must be in 1..10000'),
+    ('no_pair_prob', 1.5, r'data.no_pair_prob must be a probability in \[0, 1\]'),
 ])
 def test_syncmnist_data_fields_are_checked(field, value, message):
   config = _load('syncmnist')

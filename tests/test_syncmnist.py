@@ -124,6 +124,22 @@ def test_no_pair_class_is_present_and_never_synchronous(big):
     assert not any(_synchronous(big['canvas_positions'][v], a, b) for a, b in combinations(range(3), 2))
 
 
+def test_no_pair_prob_sets_the_none_fraction_and_changes_nothing_else():
+  idx = np.arange(600)
+  tracks = lambda p: S.generate_tracks('train', idx, 2, mnist_path=MNIST, no_pair_prob=p)
+  half, never, always = tracks(0.5), tracks(0.0), tracks(1.0)
+  none = half['label'] == S.NO_PAIR_LABEL
+  assert 0.42 <= none.mean() <= 0.58  # 300 expected, binomial sd 12
+  assert not (never['label'] == S.NO_PAIR_LABEL).any()
+  assert (always['label'] == S.NO_PAIR_LABEL).all()
+  # "none" videos keep their two digits apart in motion; pair videos move them together.
+  d = np.diff(half['canvas_positions'], axis=1)
+  same = (d[:, :, 0] == d[:, :, 1]).all(axis=(1, 2))
+  np.testing.assert_array_equal(same, ~none)
+  # The digits do not depend on the probability, so they say nothing about the answer.
+  np.testing.assert_array_equal(half['digits'], never['digits'])
+
+
 def _expected_label_probs():
   """Label distribution if the pair's classes were two draws with MNIST's training class
   frequencies, conditioned on being distinct (what the pass permutations give)."""
@@ -297,6 +313,9 @@ def test_iterate_batches_matches_generate():
         dict(split='train', indices=[0], num_digits=1),
         dict(split='train', indices=[0], num_digits=11),
         dict(split='train', indices=[0], seed=-1),
+        dict(split='train', indices=[0], no_pair_prob=1.5),
+        dict(split='train', indices=[0], no_pair_prob=-0.1),
+        dict(split='train', indices=[0], no_pair_prob='half'),
     ],
 )
 def test_bad_arguments(kwargs):

@@ -27,9 +27,10 @@ class SyncMNISTDataset:
   def __init__(self, *, num_digits: int, data_seed: int, mnist_path: Optional[str],
                train_size: int, batch_size: int, seed: int, eval_size: int,
                eval_batch_size: int, val_size: Optional[int] = None,
-               motion: str = 'clean', process_index: int = 0, process_count: int = 1):
+               motion: str = 'clean', no_pair_prob: float = generator.NO_PAIR_PROB,
+               process_index: int = 0, process_count: int = 1):
     self.num_digits, self.data_seed, self.mnist_path = num_digits, data_seed, mnist_path
-    self.motion = motion
+    self.motion, self.no_pair_prob = motion, no_pair_prob
     self.class_names = tuple(generator.CLASS_NAMES)
     self.num_classes = len(self.class_names)
     self.eval_size, self.eval_batch_size = eval_size, eval_batch_size
@@ -47,7 +48,7 @@ class SyncMNISTDataset:
   def _generate(self, split: str, indices: np.ndarray) -> dict[str, np.ndarray]:
     out = generator.generate(split, indices, num_digits=self.num_digits,
                              seed=self.data_seed, mnist_path=self.mnist_path,
-                             motion=self.motion)
+                             motion=self.motion, no_pair_prob=self.no_pair_prob)
     return {'video': np.asarray(out['video'], np.uint8),
             'label': np.asarray(out['label'], np.int32)}
 
@@ -76,4 +77,5 @@ class SyncMNISTDataset:
     n = self.eval_size if split == 'test' else self.val_size
     return generator.generate_tracks(split, np.arange(n), num_digits=self.num_digits,
                                      seed=self.data_seed, mnist_path=self.mnist_path,
-                                     motion=self.motion)['digits']
+                                     motion=self.motion,
+                                     no_pair_prob=self.no_pair_prob)['digits']

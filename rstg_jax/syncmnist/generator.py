@@ -43,7 +43,8 @@ axis (canvas pixels), and every digit stays inside the canvas:
 In both, independent digits are redrawn if their displacements equal another digit's in
 all 9 steps, so only the labelled pair is synchronous.
 
-Every video is a pure function of (seed, split, index, num_digits, motion): its random
+Every video is a pure function of (seed, split, index, num_digits, motion, no_pair_prob;
+the last is 1/47 unless a diagnostic asks otherwise): its random
 numbers come from its own ``np.random.default_rng([seed, split_id, index])`` and the
 pass permutations from ``[seed, split_id, pass, num_digits, 2]``, so any index can be
 generated alone, in any batch or order, and the fixed val and test sets are never
@@ -170,6 +171,16 @@ def _check_indices(split: str, indices) -> np.ndarray:
         f'{split} indices must lie in [0, {size}), got range [{idx.min()}, {idx.max()}]'
     )
   return idx
+
+
+def _check_no_pair_prob(p) -> float:
+  try:
+    p = float(p)
+  except (TypeError, ValueError):
+    p = float('nan')
+  if not 0.0 <= p <= 1.0:
+    raise ValueError(f'no_pair_prob must be a probability in [0, 1] (the paper: 1/47), got {p}')
+  return p
 
 
 def _check_motion(motion: str) -> str:
@@ -318,6 +329,7 @@ def generate_tracks(
     seed: int = 0,
     mnist_path: str | None = None,
     motion: str = 'clean',
+    no_pair_prob: float = NO_PAIR_PROB,
 ) -> dict[str, np.ndarray]:
   """Everything :func:`generate` returns except the pixels (no rendering: fast).
 
@@ -328,6 +340,7 @@ def generate_tracks(
   idx = _check_indices(split, indices)
   seed = _check_seed(seed)
   motion = _check_motion(motion)
+  no_pair_prob = _check_no_pair_prob(no_pair_prob)
   k = int(num_digits)
   if not 2 <= k <= 10:
     raise ValueError(f'num_digits must lie in 2..10 (distinct classes), got {num_digits}')
@@ -339,7 +352,7 @@ def generate_tracks(
   # the per-video Python cost to two calls, the rest is vectorised over the batch.
   rngs = [np.random.default_rng([seed, split_id, int(i)]) for i in idx]
   u = np.stack([r.random(lay['total'].stop) for r in rngs]) if b else np.zeros((0, lay['total'].stop))
-  has_pair = u[:, lay['no_pair']][:, 0] >= NO_PAIR_PROB
+  has_pair = u[:, lay['no_pair']][:, 0] >= no_pair_prob
 
   n = len(labels)
   digit = np.empty((b, k), np.int64)
@@ -372,6 +385,7 @@ def generate(
     seed: int = 0,
     mnist_path: str | None = None,
     motion: str = 'clean',
+    no_pair_prob: float = NO_PAIR_PROB,
 ) -> dict[str, np.ndarray]:
   """Generate SyncMNIST videos by index.
 
@@ -385,6 +399,9 @@ def generate(
     mnist_path: optional local MNIST copy, see :func:`rstg_jax.syncmnist.mnist.load_mnist`.
     motion: "clean" (default) or "authors" (has single-digit shortcuts), see the
       module docstring.
+    no_pair_prob: probability that a video has no synchronous pair (the paper's
+      1/47). With 2 digits and 0.5, the task is "do these two digits move together?",
+      a test of motion alone (the digits say nothing about the answer).
 
   Returns:
     dict of numpy arrays:
@@ -400,10 +417,10 @@ def generate(
         MNIST split (the training split for train and val videos).
 
   Raises:
-    ValueError: bad split, indices, seed, num_digits or motion.
+    ValueError: bad split, indices, seed, num_digits, motion or no_pair_prob.
     rstg_jax.syncmnist.mnist.MNISTNotFoundError: no MNIST copy available.
   """
-  out = generate_tracks(split, indices, num_digits, seed, mnist_path, motion)
+  out = generate_tracks(split, indices, num_digits, seed, mnist_path, motion, no_pair_prob)
   images, _, offset = split_digits(split, mnist_path)
   video = _render(images[out['mnist_index'] - offset], out['canvas_positions'])[..., None]
   return {'video': video, **out}

@@ -62,12 +62,15 @@ class SyncMNISTTask(task_lib.Task):
 
   def create_dataset(self, config, process_index: int = 0, process_count: int = 1):
     from rstg_jax.syncmnist.dataset import SyncMNISTDataset  # pylint: disable=g-import-not-at-top
+    from rstg_jax.syncmnist.generator import NO_PAIR_PROB  # pylint: disable=g-import-not-at-top
     d = config.data
     return SyncMNISTDataset(
         num_digits=d.num_digits, data_seed=d.seed, mnist_path=d.mnist_path,
         train_size=d.train_size, batch_size=config.batch_size, seed=config.seed,
         eval_size=config.eval.size, eval_batch_size=config.eval.batch_size,
         val_size=d.val_size, motion=d.motion,
+        # Runs saved before the field existed used the paper's probability.
+        no_pair_prob=d.get('no_pair_prob', NO_PAIR_PROB),
         process_index=process_index, process_count=process_count)
 
   def frozen_mask(self, config, params):
@@ -96,7 +99,7 @@ class SyncMNISTTask(task_lib.Task):
 
 
 def data_config_errors(config) -> list[str]:
-  """The generator's fields: data.motion and data.val_size."""
+  """The generator's fields: data.motion, data.val_size and data.no_pair_prob."""
   from rstg_jax.syncmnist import generator  # pylint: disable=g-import-not-at-top
   errors = []
   if config.data.motion not in generator.MOTIONS:
@@ -106,6 +109,10 @@ def data_config_errors(config) -> list[str]:
   if not 0 < val_size <= generator.SPLIT_SIZES['val']:
     errors.append(f'data.val_size must be in 1..{generator.SPLIT_SIZES["val"]}, got '
                   f'{val_size}.')
+  p = config.data.get('no_pair_prob', generator.NO_PAIR_PROB)
+  if not (isinstance(p, (int, float)) and 0.0 <= p <= 1.0):
+    errors.append(f'data.no_pair_prob must be a probability in [0, 1] (the paper: 1/47), '
+                  f'got {p!r}.')
   return errors
 
 
