@@ -29,7 +29,7 @@ def value_errors(config) -> list[str]:
   return []
 
 
-@pytest.mark.parametrize('name', ['default', 'syncmnist', 'syncmnist5', 'syncmnist_quick',
+@pytest.mark.parametrize('name', ['default', 'syncmnist', 'syncmnist5', 'syncmnist_quick', 'syncmnist_cpu',
                                   'ssv1_c2d', 'ssv1_i3d', 'ssv1_i3d_nl', 'ssv1_i3d_vec'])
 def test_shipped_configs_have_no_value_errors(name):
   assert value_errors(_config(name)) == []

@@ -18,7 +18,7 @@ from rstg_jax import tasks
 from rstg_jax.train import setup as setup_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = ('default', 'syncmnist', 'syncmnist5', 'syncmnist_quick')
+CONFIGS = ('default', 'syncmnist', 'syncmnist5', 'syncmnist_quick', 'syncmnist_cpu')
 # The fields rstg_jax.syncmnist.models.create_model reads (its contract with the trainer).
 MODEL_FIELDS = ('model', 'ablation', 'data.num_classes', 'backbone.width',
                 'backbone.freeze', 'rstg.dim', 'rstg.num_iters', 'rstg.scales',
