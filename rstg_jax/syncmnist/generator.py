@@ -173,7 +173,8 @@ def _check_indices(split: str, indices) -> np.ndarray:
   return idx
 
 
-def _check_no_pair_prob(p) -> float:
+def check_no_pair_prob(p) -> float:
+  """`p` as a float; ValueError, naming the field, unless it is a probability."""
   try:
     p = float(p)
   except (TypeError, ValueError):
@@ -340,7 +341,7 @@ def generate_tracks(
   idx = _check_indices(split, indices)
   seed = _check_seed(seed)
   motion = _check_motion(motion)
-  no_pair_prob = _check_no_pair_prob(no_pair_prob)
+  no_pair_prob = check_no_pair_prob(no_pair_prob)
   k = int(num_digits)
   if not 2 <= k <= 10:
     raise ValueError(f'num_digits must lie in 2..10 (distinct classes), got {num_digits}')

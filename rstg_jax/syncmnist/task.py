@@ -109,10 +109,10 @@ def data_config_errors(config) -> list[str]:
   if not 0 < val_size <= generator.SPLIT_SIZES['val']:
     errors.append(f'data.val_size must be in 1..{generator.SPLIT_SIZES["val"]}, got '
                   f'{val_size}.')
-  p = config.data.get('no_pair_prob', generator.NO_PAIR_PROB)
-  if not (isinstance(p, (int, float)) and 0.0 <= p <= 1.0):
-    errors.append(f'data.no_pair_prob must be a probability in [0, 1] (the paper: 1/47), '
-                  f'got {p!r}.')
+  try:  # the generator's own check, so the two can never disagree
+    generator.check_no_pair_prob(config.data.get('no_pair_prob', generator.NO_PAIR_PROB))
+  except ValueError as e:
+    errors.append(f'data.{e}.')
   return errors
 
 
