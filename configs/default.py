@@ -35,11 +35,16 @@ def get_config():
   # Two coordinate input channels (CoordConv; rstg_jax.syncmnist.backbone.SmallCNN):
   # features that know where they are, so pooled nodes keep their digits' positions.
   config.backbone.coords = False
+  # Frames the backbone sees at once: 1 (the paper) or 2 (each frame stacked with the one
+  # before it, a temporal kernel of 2 as in I3D; rstg_jax.syncmnist.backbone.SmallCNN),
+  # so that features can encode the last step of motion ('digit_motion' pre-training).
+  config.backbone.frames = 1
   config.backbone.pretrain_steps = 0
   config.backbone.pretrain_batch_size = 64
   config.backbone.pretrain_lr = 1e-3
-  # 'digit' (the paper: classify the digit) or 'digit_position' (also where it is, from
-  # the unpooled feature map: features that keep sub-cell position; see
+  # 'digit' (the paper: classify the digit), 'digit_position' (also where it is, from
+  # the unpooled feature map: features that keep sub-cell position) or 'digit_motion'
+  # (backbone.frames = 2: also how it moved between the two frames; see
   # rstg_jax.syncmnist.pretrain.TARGETS).
   config.backbone.pretrain_target = 'digit'
   # Where the pre-trained backbone is cached (None: WORKDIR/backbone.npz). Runs that share

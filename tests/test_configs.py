@@ -99,6 +99,20 @@ def test_syncmnist_data_fields_are_checked(field, value, message):
     tasks.for_config(config, check_data=False)
 
 
+@pytest.mark.parametrize('changes,message', [
+    (dict(frames=3), 'backbone.frames must be 1 .* or 2'),
+    (dict(pretrain_target='digit_motion'), "'digit_motion' needs a backbone that sees two"),
+    (dict(pretrain_target='motion'), "Unknown backbone.pretrain_target 'motion'"),
+])
+def test_backbone_frames_and_target_are_checked(changes, message):
+  config = _load('syncmnist_quick')
+  config.backbone.update(changes)
+  with pytest.raises(ValueError, match=message):
+    tasks.for_config(config, check_data=False)
+  config.backbone.update(frames=2, pretrain_target='digit_motion')  # the valid pairing
+  tasks.for_config(config, check_data=False)
+
+
 def test_misspelt_field_suggests_the_right_one():
   with pytest.raises(AttributeError, match='Did you mean "ablation"'):
     _parse(['--config.ablaton=space_only'])

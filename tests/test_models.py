@@ -249,6 +249,41 @@ def test_coordinate_backbone_knows_where_it_looks():
     assert variables['params']['backbone']['conv0']['kernel'].shape[2] == 3, name
 
 
+def test_two_frame_backbone_sees_the_previous_frame():
+  """frames=2: the first conv takes both frames' channels; frame t's features depend on
+  frame t-1 (and frame 0 is paired with itself), so a still video's features are those
+  of each frame alone while a change in frame 1 alters the features of frames 1 and 2
+  only; the factory hands `backbone.frames` to every model."""
+  cnn = SmallCNN(width=4, frames=2)
+  rng = np.random.default_rng(0)
+  video = jnp.asarray(rng.random((1, 4, 32, 32, 1)), jnp.float32)
+  variables = cnn.init(jax.random.PRNGKey(0), video, method=SmallCNN.video)
+  assert variables['params']['conv0']['kernel'].shape == (3, 3, 2, 4)
+  fmap = np.asarray(cnn.apply(variables, video, method=SmallCNN.video))
+  assert fmap.shape[:2] == (1, 4)
+  np.testing.assert_allclose(  # frame 0 with itself
+      fmap[:, 0], cnn.apply(variables, jnp.concatenate([video[:, 0]] * 2, -1)), rtol=1e-5)
+  np.testing.assert_allclose(  # frame 2 with frame 1
+      fmap[:, 2], cnn.apply(variables, jnp.concatenate([video[:, 1], video[:, 2]], -1)),
+      rtol=1e-5)
+  changed = np.asarray(cnn.apply(variables, video.at[:, 1].set(0.0), method=SmallCNN.video))
+  differs = np.abs(changed - fmap).max(axis=(0, 2, 3, 4)) > 1e-6
+  assert differs.tolist() == [False, True, True, False]
+  with pytest.raises(ValueError, match='frames must be 1 or 2'):
+    SmallCNN(width=4, frames=3).init(jax.random.PRNGKey(0), video, method=SmallCNN.video)
+  for name in models.MODEL_NAMES:
+    c = tiny_config(name)
+    c.backbone.frames = 2
+    model = models.create_model(c)
+    variables = jax.eval_shape(lambda v, m=model: m.init(jax.random.PRNGKey(0), v),
+                               jax.ShapeDtypeStruct((1, 2, 32, 32, 1), jnp.float32))
+    assert variables['params']['backbone']['conv0']['kernel'].shape[2] == 2, name
+  c = tiny_config()
+  c.backbone.frames = 3
+  with pytest.raises(ValueError, match='backbone.frames must be 1'):
+    models.create_model(c)
+
+
 def test_pretrained_backbone_params_fit():
   """Parameters of a bare SmallCNN have the shapes of params['backbone'] in every model."""
   video = jax.ShapeDtypeStruct((2, 3, 32, 32, 1), jnp.float32)

@@ -293,6 +293,34 @@ def test_single_digit_images():
     assert cols.min() >= c0 - 1 and cols.max() <= c0 + 18
 
 
+def test_digit_step_pairs_move_one_digit_by_the_offset():
+  """generate_digit_step: the same digit in both frames, the later one shifted by the
+  returned canvas offset (measured from the frames' centres of mass), offsets covering
+  the videos' per-step range, both frames inside, deterministic per index."""
+  x_test, y_test = mnist.load_mnist('test', MNIST)
+  out = S.generate_digit_step('test', np.arange(200), seed=0, mnist_path=MNIST)
+  assert out['image'].shape == (200, 64, 64, 2) and out['image'].dtype == np.uint8
+  np.testing.assert_array_equal(out['label'], y_test[out['mnist_index']])
+  off = out['offset']
+  assert off.min() == S.OFFSET_LOW and off.max() == S.OFFSET_HIGH - 1  # the whole range
+  assert (off == 0).any() and len(np.unique(off, axis=0)) > 100
+  img = out['image'].astype(np.float64)
+  ys, xs = np.indices((64, 64))
+
+  def centre(a):
+    m = a.sum(axis=(1, 2))
+    return np.stack([(a * ys).sum(axis=(1, 2)) / m, (a * xs).sum(axis=(1, 2)) / m], -1)
+
+  moved = (centre(img[..., 1]) - centre(img[..., 0])) / S.SCALE
+  np.testing.assert_allclose(moved, off, atol=0.35)  # box downscaling blurs by < 1 px
+  # Same mass in both frames: the digit never leaves the frame.
+  np.testing.assert_allclose(img[..., 1].sum((1, 2)), img[..., 0].sum((1, 2)), rtol=0.02)
+  again = S.generate_digit_step('test', [7], seed=0, mnist_path=MNIST)
+  np.testing.assert_array_equal(again['image'][0], out['image'][7])
+  assert not np.array_equal(
+      S.generate_digit_step('test', [7], seed=1, mnist_path=MNIST)['image'], again['image'])
+
+
 def test_iterate_batches_matches_generate():
   batches = list(S.iterate_batches('test', 4, num_digits=3, start=9990, mnist_path=MNIST))
   assert [len(b['label']) for b in batches] == [4, 4, 2]

@@ -80,9 +80,11 @@ def measure(config, steps: int, repeats: int) -> dict:
   data_ms = _median_ms(lambda: data.batch(next(counter)), repeats)
 
   # Backbone forward, per frame, as the model calls it.
-  width, coords = int(config.backbone.width), bool(config.backbone.coords)
-  backbone_fn = jax.jit(lambda p, v: SmallCNN(width, coords=coords).apply({'params': p}, v.reshape(
-      (-1,) + v.shape[2:])))
+  cnn = SmallCNN(int(config.backbone.width), coords=bool(config.backbone.coords),
+                 frames=int(config.backbone.get('frames', 1)))
+  # [B*T, h, w, C] frame maps, which the intercepted __call__ below hands back.
+  backbone_fn = jax.jit(lambda p, v: (lambda f: f.reshape((-1,) + f.shape[2:]))(
+      cnn.apply({'params': p}, v, method=SmallCNN.video)))
   bb_params = state['params']['backbone']
   fmap_frames = jax.block_until_ready(backbone_fn(bb_params, video))
   backbone_ms = _median_ms(lambda: jax.block_until_ready(backbone_fn(bb_params, video)), repeats)

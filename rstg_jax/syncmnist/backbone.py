@@ -8,8 +8,13 @@ placed at random in a frame (see `rstg_jax.syncmnist.pretrain`). The authors' fe
 SAME padding would give 8x8 and a different graph (cells of a 3x3 grid would no longer
 be 2x2 feature pixels), so VALID is the default here.
 
-Every model in `rstg_jax.syncmnist` applies the backbone frame by frame: it never sees time,
-so all temporal reasoning happens in the model on top of it.
+Every model in `rstg_jax.syncmnist` applies the backbone frame by frame: by default it never
+sees time, so all temporal reasoning happens in the model on top of it. With `frames=2`
+it sees each frame together with the one before it (stacked as input channels; the first
+frame with itself), a temporal kernel of 2 in its first layer as in I3D's inflated
+kernels: its features can then say how the digit under them moved in the last step
+(pre-training target 'digit_motion'), and the graph above still does all the reasoning
+over more than one step.
 """
 
 from __future__ import annotations
@@ -77,6 +82,13 @@ def with_coordinates(frames: jax.Array) -> jax.Array:
   return jnp.concatenate([frames, jnp.broadcast_to(grid, (b, h, w, 2))], axis=-1)
 
 
+def with_previous_frame(video: jax.Array) -> jax.Array:
+  """video [B, T, H, W, C] -> [B, T, H, W, 2C]: frame t-1's channels, then frame t's
+  (frame 0 is paired with itself: no motion before the first frame)."""
+  previous = jnp.concatenate([video[:, :1], video[:, :-1]], axis=1)
+  return jnp.concatenate([previous, video], axis=-1)
+
+
 def apply_per_frame(fn: Callable[[jax.Array], jax.Array], video: jax.Array) -> jax.Array:
   """Applies a frame-wise function to a video by folding time into the batch.
 
@@ -103,12 +115,15 @@ class SmallCNN(nn.Module):
     coords: append two coordinate channels (x and y of each pixel, in [-1, 1]) to the
       input ("CoordConv"), so features can say where in the frame they are, not only
       what they see; area-pooled graph nodes then keep their digits' positions.
+    frames: 1 (the paper: one frame at a time) or 2 (`video` gives every frame with
+      its predecessor, `with_previous_frame`; `__call__` then takes 2C input channels).
   """
 
   width: int = 512
   num_layers: int = 3
   padding: str = 'VALID'
   coords: bool = False
+  frames: int = 1
 
   @nn.compact
   def __call__(self, frames: jax.Array) -> jax.Array:
@@ -124,4 +139,8 @@ class SmallCNN(nn.Module):
 
   def video(self, video: jax.Array) -> jax.Array:
     """Maps a video [B, T, H, W, C] to per-frame feature maps [B, T, h, w, width]."""
+    if self.frames == 2:
+      video = with_previous_frame(jnp.asarray(video))
+    elif self.frames != 1:
+      raise ValueError(f'SmallCNN.frames must be 1 or 2, got {self.frames}')
     return apply_per_frame(self, video)

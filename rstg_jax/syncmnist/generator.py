@@ -102,6 +102,7 @@ for _label, (_i, _j) in enumerate(PAIRS):
 # random numbers with the videos ([s, k, i] equals [s, k, i, 0] for SeedSequence).
 _SINGLE_DIGIT_STREAM = 1
 _PASS_STREAM = 2  # [seed, split, pass, k, 2]: the digit permutations of one pass
+_DIGIT_STEP_STREAM = 3  # single digits that make one step of motion (two frames)
 
 
 def pair_to_label(i: int, j: int) -> int:
@@ -509,5 +510,51 @@ def generate_single_digit(
       'image': frames[:, 0, :, :, None],
       'label': labels[mnist_index].astype(np.int32),
       'position': np.rint(pos * SCALE).astype(np.int32),
+      'mnist_index': mnist_index + offset,
+  }
+
+
+def generate_digit_step(
+    split: str,
+    indices: int | Sequence[int] | np.ndarray,
+    seed: int = 0,
+    mnist_path: str | None = None,
+) -> dict[str, np.ndarray]:
+  """One MNIST digit in two consecutive frames, moved by one step of the videos' motion.
+
+  For pre-training a backbone that sees a frame with the one before it
+  (`backbone.frames = 2`, target 'digit_motion'): the step is drawn like a video's
+  per-frame offset (each axis uniform in [OFFSET_LOW, OFFSET_HIGH) canvas pixels, zero
+  included), then the start uniformly among those that keep the digit inside in both
+  frames. Sample ``i`` depends only on (seed, split, i), on its own RNG stream.
+
+  Args:
+    split: "train", "val" or "test".
+    indices: one index or a 1-D sequence of B indices (as `generate_single_digit`).
+    seed: non-negative seed.
+    mnist_path: optional local MNIST copy.
+
+  Returns:
+    dict with ``image`` uint8 [B, 64, 64, 2] (channel 0 the earlier frame, 1 the later),
+    ``label`` int32 [B] (the digit class), ``offset`` int32 [B, 2] (the step in canvas
+    pixels, row and column, in [OFFSET_LOW, OFFSET_HIGH)) and ``mnist_index`` int64 [B].
+  """
+  split_id = _check_split(split)
+  idx = _check_indices(split, indices)
+  seed = _check_seed(seed)
+  images, labels, offset = split_digits(split, mnist_path)
+  b = idx.size
+  u = np.array([np.random.default_rng([seed, split_id, int(i), _DIGIT_STEP_STREAM]).random(5)
+                for i in idx]).reshape(b, 5)
+  mnist_index = np.floor(u[:, 0] * len(labels)).astype(np.int64)
+  step = _offsets_from_uniform(u[:, 1:3])  # [B, 2]
+  lo, hi = np.maximum(0, -step), MAX_POS - np.maximum(0, step)  # starts that stay inside
+  start = lo + np.floor(u[:, 3:5] * (hi - lo + 1)).astype(np.int64)
+  positions = np.stack([start, start + step], axis=1)[:, :, None, :]  # [B, T=2, K=1, 2]
+  frames = _render(images[mnist_index][:, None], positions)  # [B, 2, 64, 64]
+  return {
+      'image': np.ascontiguousarray(frames.transpose(0, 2, 3, 1)),
+      'label': labels[mnist_index].astype(np.int32),
+      'offset': step.astype(np.int32),
       'mnist_index': mnist_index + offset,
   }

@@ -40,13 +40,18 @@ from rstg_jax.train import metrics as metrics_lib
 from rstg_jax.train import state as state_lib
 from rstg_jax.train import steps as steps_lib
 from rstg_jax.syncmnist.backbone import SmallCNN
+from rstg_jax.syncmnist.motion import OFFSET_HIGH, OFFSET_LOW
 
 NUM_DIGIT_CLASSES = 10
 #: Pre-training targets: 'digit' (the paper: the digit's class from globally pooled
-#: features) and 'digit_position' (also the digit's top-left corner in the frame, one
-#: class per pixel row and per pixel column, read from the whole unpooled feature map).
-TARGETS = ('digit', 'digit_position')
+#: features), 'digit_position' (also the digit's top-left corner in the frame, one
+#: class per pixel row and per pixel column, read from the whole unpooled feature map)
+#: and 'digit_motion' (a backbone that sees two frames, `SmallCNN.frames = 2`: also the
+#: digit's step between them, one class per canvas-pixel offset per axis, read from the
+#: globally pooled features, so every feature under the digit must say how it moved).
+TARGETS = ('digit', 'digit_position', 'digit_motion')
 NUM_POSITIONS = 47  # top-left corners in the 64x64 frame lie in 0..46 per axis
+NUM_STEPS = OFFSET_HIGH - OFFSET_LOW  # 20 per-axis offsets of one step of motion
 
 #: Key entry of the cache file; bump CACHE_FORMAT when pre-training changes what it makes.
 CACHE_KEY = '__key__'
@@ -70,11 +75,12 @@ class DigitClassifier(nn.Module):
 
   width: int = 512
   coords: bool = False
+  frames: int = 1  # SmallCNN.frames: the input then has `frames` channels
 
   @nn.compact
   def __call__(self, frames: jax.Array, train: bool = False) -> jax.Array:
     del train  # the trainer's model contract; no dropout or BatchNorm here
-    fmap = SmallCNN(self.width, coords=self.coords, name='backbone')(frames)
+    fmap = SmallCNN(self.width, coords=self.coords, frames=self.frames, name='backbone')(frames)
     return nn.Dense(NUM_DIGIT_CLASSES, name='classifier')(fmap.mean(axis=(1, 2)))
 
 
@@ -95,11 +101,12 @@ class DigitPositionClassifier(nn.Module):
 
   width: int = 512
   coords: bool = False
+  frames: int = 1
 
   @nn.compact
   def __call__(self, frames: jax.Array, train: bool = False) -> jax.Array:
     del train
-    fmap = SmallCNN(self.width, coords=self.coords, name='backbone')(frames)
+    fmap = SmallCNN(self.width, coords=self.coords, frames=self.frames, name='backbone')(frames)
     pooled = fmap.mean(axis=(1, 2))
     digit = nn.Dense(NUM_DIGIT_CLASSES, name='classifier')(pooled)
     where_in = pooled if self.coords else fmap.reshape(fmap.shape[0], -1)
@@ -107,21 +114,48 @@ class DigitPositionClassifier(nn.Module):
     return jax.numpy.concatenate([digit, where], axis=-1)
 
 
-def _position_losses(logits, labels, position):
-  """(digit CE, row CE, column CE) per example of `DigitPositionClassifier` logits."""
+class DigitMotionClassifier(nn.Module):
+  """A two-frame backbone (`SmallCNN.frames = 2`), global average pool, and linear heads
+  for the digit (10 classes) and its step between the frames (`NUM_STEPS` classes per
+  axis, the row and column offsets). Returns logits [B, 10 + 2 * NUM_STEPS].
+
+  Like the digit head, the motion heads see only globally pooled features, so the
+  backbone must say how the digit moved wherever the digit is: what an area-pooled graph
+  node then carries from frame to frame, so that the graph compares steps rather than
+  inferring them from positions its pooling blurs.
+  """
+
+  width: int = 512
+  coords: bool = False
+  frames: int = 2
+
+  @nn.compact
+  def __call__(self, frames: jax.Array, train: bool = False) -> jax.Array:
+    del train
+    pooled = SmallCNN(self.width, coords=self.coords, frames=self.frames,
+                      name='backbone')(frames).mean(axis=(1, 2))
+    return jax.numpy.concatenate([nn.Dense(NUM_DIGIT_CLASSES, name='classifier')(pooled),
+                                  nn.Dense(2 * NUM_STEPS, name='motion')(pooled)], axis=-1)
+
+
+def _position_losses(logits, labels, position, bins=NUM_POSITIONS):
+  """(digit CE, row CE, column CE) per example of `DigitPositionClassifier` logits
+  (`bins` = NUM_POSITIONS) or `DigitMotionClassifier` logits (`bins` = NUM_STEPS, with
+  `position` the step's class indices)."""
   ce = optax.softmax_cross_entropy_with_integer_labels
   d = NUM_DIGIT_CLASSES
-  return (ce(logits[:, :d], labels), ce(logits[:, d:d + NUM_POSITIONS], position[:, 0]),
-          ce(logits[:, d + NUM_POSITIONS:], position[:, 1]))
+  return (ce(logits[:, :d], labels), ce(logits[:, d:d + bins], position[:, 0]),
+          ce(logits[:, d + bins:], position[:, 1]))
 
 
-def _position_train_step(state, batch, *, model, tx):
+def _position_train_step(state, batch, *, model, tx, bins=NUM_POSITIONS):
   """One Adam step on the sum of the three cross-entropies; metrics as the trainer's."""
   video = steps_lib.scale_pixels(batch['video'])
 
   def loss_fn(params):
     logits = model.apply({'params': params}, video)
-    return sum(x.mean() for x in _position_losses(logits, batch['label'], batch['position']))
+    return sum(x.mean() for x in _position_losses(logits, batch['label'], batch['position'],
+                                                  bins))
 
   loss, grads = jax.value_and_grad(loss_fn)(state['params'])
   updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
@@ -131,31 +165,41 @@ def _position_train_step(state, batch, *, model, tx):
       'loss': (loss * n, n)}
 
 
-def _position_eval_step(state, batch, *, model):
-  """Digit top-1 (as 'top1') and the mean position error in pixels, masked sums."""
+def _position_eval_step(state, batch, *, model, bins=NUM_POSITIONS, error='position_error_px'):
+  """Digit top-1 (as 'top1') and the mean position (or step) error in pixels (frame
+  pixels for positions, canvas pixels for steps) as `error`, masked sums."""
   logits = model.apply({'params': state['params']}, steps_lib.scale_pixels(batch['video']))
-  d, p, mask = NUM_DIGIT_CLASSES, NUM_POSITIONS, batch['mask']
-  losses = _position_losses(logits, batch['label'], batch['position'])
+  d, p, mask = NUM_DIGIT_CLASSES, bins, batch['mask']
+  losses = _position_losses(logits, batch['label'], batch['position'], bins)
   where = jax.numpy.stack([jax.numpy.argmax(logits[:, d:d + p], -1),
                            jax.numpy.argmax(logits[:, d + p:], -1)], -1)
   err = jax.numpy.abs(where - batch['position']).astype(jax.numpy.float32).mean(-1)
   n = mask.sum()
   return {'loss': ((sum(losses) * mask).sum(), n),
           'top1': (((jax.numpy.argmax(logits[:, :d], -1) == batch['label']) * mask).sum(), n),
-          'position_error_px': ((err * mask).sum(), n)}, None
+          error: ((err * mask).sum(), n)}, None
 
 
 def _frames(split: str, indices: np.ndarray, seed: int, mnist_path: Optional[str],
-            with_position: bool = False) -> dict[str, np.ndarray]:
-  """A batch of single-digit frames: 'video' uint8 [B, 64, 64, 1], 'label' int32 [B],
-  and with `with_position` 'position' int32 [B, 2] (the top-left corner in the frame)."""
+            target: str = 'digit', frames: int = 1) -> dict[str, np.ndarray]:
+  """A batch of single-digit frames: 'video' uint8 [B, 64, 64, frames], 'label' int32
+  [B], and for the position targets 'position' int32 [B, 2]: the top-left corner in the
+  frame ('digit_position') or the step's class indices, offset - OFFSET_LOW
+  ('digit_motion', two frames of a moving digit). With `frames` = 2 and a still target,
+  the frame is paired with itself, as the first frame of a video."""
   # Imported here so that importing this module (and the models) does not need the data
   # package's generator.
   from rstg_jax.syncmnist import generator as syncmnist  # pylint: disable=g-import-not-at-top
+  if target == 'digit_motion':
+    out = syncmnist.generate_digit_step(split, indices, seed=seed, mnist_path=mnist_path)
+    return {'video': np.asarray(out['image'], np.uint8),
+            'label': np.asarray(out['label'], np.int32),
+            'position': np.asarray(out['offset'], np.int32) - OFFSET_LOW}
   out = syncmnist.generate_single_digit(split, indices, seed=seed, mnist_path=mnist_path)
-  batch = {'video': np.asarray(out['image'], np.uint8),
+  image = np.asarray(out['image'], np.uint8)
+  batch = {'video': np.concatenate([image] * frames, axis=-1) if frames > 1 else image,
            'label': np.asarray(out['label'], np.int32)}
-  if with_position:
+  if target == 'digit_position':
     batch['position'] = np.clip(np.asarray(out['position'], np.int32), 0, NUM_POSITIONS - 1)
   return batch
 
@@ -177,7 +221,8 @@ def pretrain_backbone(width: int = 512,
                       eval_batch_size: int = 250,
                       progress_bar: bool = True,
                       target: str = 'digit',
-                      coords: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
+                      coords: bool = False,
+                      frames: int = 1) -> tuple[dict[str, Any], dict[str, Any]]:
   """Trains the frame backbone to classify one randomly placed MNIST digit.
 
   Frame i of a split is fixed by (generator seed, split, i): a random MNIST digit of the
@@ -198,10 +243,13 @@ def pretrain_backbone(width: int = 512,
     eval_frames: val frames for the final accuracy (0: no evaluation).
     eval_batch_size: frames per evaluation batch.
     progress_bar: show a tqdm bar.
-    target: one of `TARGETS`: 'digit' (the paper) or 'digit_position' (also the
+    target: one of `TARGETS`: 'digit' (the paper), 'digit_position' (also the
       digit's position, `DigitPositionClassifier`; the metrics then add
-      `val_position_error_px`).
+      `val_position_error_px`) or 'digit_motion' (also its step between two frames,
+      `DigitMotionClassifier`, needs `frames` = 2; the metrics add
+      `val_motion_error_px`, in canvas pixels).
     coords: a coordinate backbone (`SmallCNN.coords`).
+    frames: frames the backbone sees at once (`SmallCNN.frames`, 1 or 2).
 
   Returns:
     (backbone_params, metrics): the `SmallCNN` parameters (a nested dict of numpy
@@ -214,10 +262,16 @@ def pretrain_backbone(width: int = 512,
     raise ValueError(f'steps must be >= 1, got {steps}')
   if target not in TARGETS:
     raise ValueError(f'unknown pre-training target {target!r}; valid: {", ".join(TARGETS)}')
+  if frames not in (1, 2):
+    raise ValueError(f'frames must be 1 or 2, got {frames!r}')
+  if target == 'digit_motion' and frames != 2:
+    raise ValueError("the 'digit_motion' target needs a backbone that sees two frames "
+                     '(frames=2, config.backbone.frames = 2)')
   start = time.time()
-  model = (DigitClassifier if target == 'digit' else DigitPositionClassifier)(width, coords)
+  model = {'digit': DigitClassifier, 'digit_position': DigitPositionClassifier,
+           'digit_motion': DigitMotionClassifier}[target](width, coords, frames)
   from rstg_jax.syncmnist import generator as syncmnist  # pylint: disable=g-import-not-at-top
-  frame_shape = (syncmnist.FRAME, syncmnist.FRAME, 1)
+  frame_shape = (syncmnist.FRAME, syncmnist.FRAME, frames)
   params = state_lib.init_variables(model, jax.random.PRNGKey(seed), frame_shape)['params']
   tx = optax.adam(learning_rate)
   state = state_lib.create_train_state(params, {}, tx)
@@ -228,8 +282,11 @@ def pretrain_backbone(width: int = 512,
                                  base_key=jax.random.PRNGKey(seed))
     eval_fn = functools.partial(steps_lib.eval_step, model=model)
   else:
-    train_fn = functools.partial(_position_train_step, model=model, tx=tx)
-    eval_fn = functools.partial(_position_eval_step, model=model)
+    motion = target == 'digit_motion'
+    bins = NUM_STEPS if motion else NUM_POSITIONS
+    train_fn = functools.partial(_position_train_step, model=model, tx=tx, bins=bins)
+    eval_fn = functools.partial(_position_eval_step, model=model, bins=bins,
+                                error='motion_error_px' if motion else 'position_error_px')
   train_step = jax.jit(train_fn, donate_argnums=0)
   eval_step = jax.jit(eval_fn)
 
@@ -240,7 +297,7 @@ def pretrain_backbone(width: int = 512,
              disable=not progress_bar, file=sys.stderr, mininterval=cli.progress_interval())
   for step in bar:
     indices = rng.integers(0, num_train, size=batch_size)
-    batch = _frames('train', indices, seed, mnist_path, with_position=target != 'digit')
+    batch = _frames('train', indices, seed, mnist_path, target, frames)
     state, m = train_step(state, batch)
     window = metrics_lib.add(window, {'loss': m['loss']})
     if (step + 1) % log_every == 0 or step + 1 == steps:
@@ -263,14 +320,15 @@ def pretrain_backbone(width: int = 512,
     for lo in range(0, eval_frames, eval_batch_size):
       idx = np.arange(lo, min(lo + eval_batch_size, eval_frames))
       # Generator seed 0 for the val frames, independent of the training seed.
-      batch = dict(_frames('val', idx, 0, mnist_path, with_position=target != 'digit'),
+      batch = dict(_frames('val', idx, 0, mnist_path, target, frames),
                    mask=np.ones(len(idx), np.float32))
       totals = metrics_lib.add(totals, eval_step(state, batch)[0])
     result = metrics_lib.compute(jax.device_get(totals))
     metrics.update(val_accuracy=result['top1'], val_loss=result['loss'],
                    eval_frames=eval_frames)
-    if 'position_error_px' in result:
-      metrics['val_position_error_px'] = result['position_error_px']
+    for name in ('position_error_px', 'motion_error_px'):
+      if name in result:
+        metrics['val_' + name] = result[name]
   seconds = time.time() - start
   metrics.update(seconds=seconds, steps_per_second=steps / seconds)
   return jax.device_get(state['params']['backbone']), metrics
@@ -320,7 +378,8 @@ def mnist_fingerprint(mnist_path: Optional[str] = None) -> str:
 
 def backbone_cache_key(width: int, steps: int, batch_size: int, seed: int,
                        learning_rate: float, mnist_path: Optional[str] = None,
-                       target: str = 'digit', coords: bool = False) -> dict[str, Any]:
+                       target: str = 'digit', coords: bool = False,
+                       frames: int = 1) -> dict[str, Any]:
   """Everything that determines `pretrain_backbone`'s result, as a JSON-able dict.
 
   The arguments are those of `pretrain_backbone`; `mnist_path` enters as the fingerprint
@@ -332,7 +391,8 @@ def backbone_cache_key(width: int, steps: int, batch_size: int, seed: int,
           'mnist_train_sha256': mnist_fingerprint(mnist_path),
           # Absent from keys written before targets existed, which were all 'digit'.
           **({'target': target} if target != 'digit' else {}),
-          **({'coords': True} if coords else {})}
+          **({'coords': True} if coords else {}),
+          **({'frames': int(frames)} if frames != 1 else {})}
 
 
 def load_cached_backbone(path: str | os.PathLike, key: dict[str, Any]

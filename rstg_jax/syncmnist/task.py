@@ -37,6 +37,9 @@ class SyncMNISTTask(task_lib.Task):
     if b.pretrain_target not in pretrain.TARGETS:
       errors.append(f'Unknown backbone.pretrain_target {b.pretrain_target!r}. Valid: '
                     f'{", ".join(pretrain.TARGETS)}.')
+    elif b.pretrain_target == 'digit_motion' and b.get('frames', 1) != 2:
+      errors.append("backbone.pretrain_target 'digit_motion' needs a backbone that sees two "
+                    'frames: set backbone.frames = 2.')
     errors += config_checks.positive_errors(
         ('backbone.pretrain_steps', b.pretrain_steps, 'an integer >= 0',
          dict(integer=True, allow_zero=True)),
@@ -155,7 +158,7 @@ def pretrained_backbone(config, workdir: str, params: dict, say) -> dict:
   settings = dict(width=b.width, steps=b.pretrain_steps, batch_size=b.pretrain_batch_size,
                   seed=config.seed, learning_rate=b.pretrain_lr,
                   mnist_path=config.data.mnist_path, target=b.pretrain_target,
-                  coords=bool(b.coords))
+                  coords=bool(b.coords), frames=int(b.get('frames', 1)))
   key = pretrain.backbone_cache_key(**settings)  # the cache is reused only for these
   backbone, why_not = pretrain.load_cached_backbone(path, key)
   if backbone is not None:
@@ -170,7 +173,9 @@ def pretrained_backbone(config, workdir: str, params: dict, say) -> dict:
         f'{pre.get("final_train_loss", float("nan")):.4f}, single-digit val accuracy '
         f'{pre.get("val_accuracy", float("nan")):.4f}'
         + (f', position error {pre["val_position_error_px"]:.2f} px'
-           if 'val_position_error_px' in pre else ''))
+           if 'val_position_error_px' in pre else '')
+        + (f', step error {pre["val_motion_error_px"]:.2f} canvas px'
+           if 'val_motion_error_px' in pre else ''))
     if jax.process_index() == 0:
       os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)  # a new cache_path
       pretrain.save_backbone(path, backbone, key)  # atomic (temporary file + rename)
