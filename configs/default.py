@@ -44,9 +44,12 @@ def get_config():
   config.backbone.pretrain_lr = 1e-3
   # 'digit' (the paper: classify the digit), 'digit_position' (also where it is, from
   # the unpooled feature map: features that keep sub-cell position) or 'digit_motion'
-  # (backbone.frames = 2: also how it moved between the two frames; see
-  # rstg_jax.syncmnist.pretrain.TARGETS).
+  # (backbone.frames = 2: pretrain_steps of 'digit', then pretrain_motion_steps on the
+  # digit and how it moved between two frames; see rstg_jax.syncmnist.pretrain.TARGETS).
   config.backbone.pretrain_target = 'digit'
+  # 'digit_motion' only: steps of its second stage (digit and step on two frames), after
+  # pretrain_steps of 'digit' on one frame.
+  config.backbone.pretrain_motion_steps = 1_000
   # Where the pre-trained backbone is cached (None: WORKDIR/backbone.npz). Runs that share
   # a path share one pre-training, e.g. the rows of a sweep; a cache made with other
   # settings is never reused (it is recomputed and replaced).

@@ -103,13 +103,15 @@ def test_syncmnist_data_fields_are_checked(field, value, message):
     (dict(frames=3), 'backbone.frames must be 1 .* or 2'),
     (dict(pretrain_target='digit_motion'), "'digit_motion' needs a backbone that sees two"),
     (dict(pretrain_target='motion'), "Unknown backbone.pretrain_target 'motion'"),
+    (dict(frames=2, pretrain_target='digit_motion', pretrain_motion_steps=0),
+     'backbone.pretrain_motion_steps=0 must be a positive integer'),
 ])
 def test_backbone_frames_and_target_are_checked(changes, message):
   config = _load('syncmnist_quick')
   config.backbone.update(changes)
   with pytest.raises(ValueError, match=message):
     tasks.for_config(config, check_data=False)
-  config.backbone.update(frames=2, pretrain_target='digit_motion')  # the valid pairing
+  config.backbone.update(frames=2, pretrain_target='digit_motion', pretrain_motion_steps=5)
   tasks.for_config(config, check_data=False)
 
 

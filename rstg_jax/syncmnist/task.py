@@ -37,9 +37,13 @@ class SyncMNISTTask(task_lib.Task):
     if b.pretrain_target not in pretrain.TARGETS:
       errors.append(f'Unknown backbone.pretrain_target {b.pretrain_target!r}. Valid: '
                     f'{", ".join(pretrain.TARGETS)}.')
-    elif b.pretrain_target == 'digit_motion' and b.get('frames', 1) != 2:
-      errors.append("backbone.pretrain_target 'digit_motion' needs a backbone that sees two "
-                    'frames: set backbone.frames = 2.')
+    elif b.pretrain_target == 'digit_motion':
+      if b.get('frames', 1) != 2:
+        errors.append("backbone.pretrain_target 'digit_motion' needs a backbone that sees "
+                      'two frames: set backbone.frames = 2.')
+      errors += config_checks.positive_errors(
+          ('backbone.pretrain_motion_steps', b.get('pretrain_motion_steps'),
+           "a positive integer (the 'digit_motion' stage)", dict(integer=True)))
     errors += config_checks.positive_errors(
         ('backbone.pretrain_steps', b.pretrain_steps, 'an integer >= 0',
          dict(integer=True, allow_zero=True)),
@@ -158,14 +162,17 @@ def pretrained_backbone(config, workdir: str, params: dict, say) -> dict:
   settings = dict(width=b.width, steps=b.pretrain_steps, batch_size=b.pretrain_batch_size,
                   seed=config.seed, learning_rate=b.pretrain_lr,
                   mnist_path=config.data.mnist_path, target=b.pretrain_target,
-                  coords=bool(b.coords), frames=int(b.get('frames', 1)))
+                  coords=bool(b.coords), frames=int(b.get('frames', 1)),
+                  motion_steps=int(b.get('pretrain_motion_steps', 0)))
   key = pretrain.backbone_cache_key(**settings)  # the cache is reused only for these
   backbone, why_not = pretrain.load_cached_backbone(path, key)
   if backbone is not None:
     say(f'Backbone: loading the pretrained backbone cached at {path}')
   else:
-    say(f'Backbone: {why_not}; pretraining for {b.pretrain_steps} steps on single digits '
-        '(cached in workdir/backbone.npz for later runs)')
+    motion = (f' then {settings["motion_steps"]} on their motion between two frames'
+              if b.pretrain_target == 'digit_motion' else '')
+    say(f'Backbone: {why_not}; pretraining for {b.pretrain_steps} steps on single digits'
+        f'{motion} (cached in workdir/backbone.npz for later runs)')
     backbone, pre = pretrain.pretrain_backbone(
         **settings, log_every=max(1, b.pretrain_steps // 10),
         progress_bar=config.progress_bar and jax.process_index() == 0)
