@@ -101,7 +101,8 @@ def test_syncmnist_data_fields_are_checked(field, value, message):
 
 @pytest.mark.parametrize('changes,message', [
     (dict(frames=3), 'backbone.frames must be 1 .* or 2'),
-    (dict(pretrain_target='digit_motion'), "'digit_motion' needs a backbone that sees two"),
+    (dict(frames=1, pretrain_target='digit_motion'),
+     "'digit_motion' needs a backbone that sees two"),
     (dict(pretrain_target='motion'), "Unknown backbone.pretrain_target 'motion'"),
     (dict(frames=2, pretrain_target='digit_motion', pretrain_motion_steps=0),
      'backbone.pretrain_motion_steps=0 must be a positive integer'),

@@ -1,7 +1,8 @@
 """The SyncMNIST baselines of the paper (Sec. 3.1 and Appendix D).
 
 All four take a video [B, T, H, W, 1] in [0, 1], run the shared `SmallCNN` backbone
-(submodule `backbone`) on every frame, and differ in how they reason over the per-frame
+(submodule `backbone`) on every frame (with `frames=2`, on every frame stacked with the
+one before it: `SmallCNN.frames`), and differ in how they reason over the per-frame
 feature maps [B, T, h, w, C] (6x6x512 for 64x64 frames):
 
 - `MeanLSTM`: global average pool per frame, LSTM, classifier on the last hidden state.

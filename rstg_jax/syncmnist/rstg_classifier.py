@@ -1,7 +1,8 @@
 """The RSTG video classifier for SyncMNIST (paper Sec. 3.1, "Implementation details").
 
 video [B, T, 64, 64, 1]
-  -> `SmallCNN` on every frame (submodule `backbone`)   [B, T, 6, 6, C]
+  -> `SmallCNN` on every frame (submodule `backbone`; with `frames=2` on every frame
+     stacked with the one before it)   [B, T, 6, 6, C]
   -> area-pooled node features of a 1x1 + 2x2 + 3x3 grid graph   [B, T, 14, C]
   -> BatchNorm on the node features (the authors' SyncMNIST setup)
   -> `RSTG` core (schedule = the ablation)   [B, T, 14, D]
