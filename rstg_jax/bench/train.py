@@ -82,9 +82,14 @@ def measure(config, steps: int, repeats: int) -> dict:
   # Backbone forward, per frame, as the model calls it.
   cnn = SmallCNN(int(config.backbone.width), coords=bool(config.backbone.coords),
                  frames=int(config.backbone.get('frames', 1)))
-  # [B*T, h, w, C] frame maps, which the intercepted __call__ below hands back.
-  backbone_fn = jax.jit(lambda p, v: (lambda f: f.reshape((-1,) + f.shape[2:]))(
-      cnn.apply({'params': p}, v, method=SmallCNN.video)))
+
+
+  def backbone_frames(p, v):
+    """[B*T, h, w, C] frame maps, which the intercepted __call__ below hands back."""
+    fmap = cnn.apply({'params': p}, v, method=SmallCNN.video)
+    return fmap.reshape((-1,) + fmap.shape[2:])
+
+  backbone_fn = jax.jit(backbone_frames)
   bb_params = state['params']['backbone']
   fmap_frames = jax.block_until_ready(backbone_fn(bb_params, video))
   backbone_ms = _median_ms(lambda: jax.block_until_ready(backbone_fn(bb_params, video)), repeats)
