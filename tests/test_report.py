@@ -165,3 +165,18 @@ def test_sweep_of_two_ablations_writes_the_report(tmp_path):
   again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
   assert again.returncode == 0 and '2 to run' not in again.stdout
   assert f'2 run(s) in {workdir}: 0 to run, 2 skipped' in again.stdout
+
+
+def test_report_chosen_step_is_the_tested_checkpoint(tmp_path):
+  # Two val evaluations tie at 0.7; the trainer tested the later one (its test row says
+  # so with 'chosen_on'), and the report names that step, not the first of the tie.
+  rows = _val_run([0.5, 0.7, 0.7], 0.69, 0.9)
+  rows[-1].update(step=150, chosen_on='val', final_step=150)
+  _write_run(tmp_path / 'r', rows, _sync_config('all_temp', steps=150), done=True)
+  (info,) = report.write_report(str(tmp_path / 'r'))[2]
+  assert (info['chosen_step'], info['val_top1'], info['test_step']) == (150, 0.7, 150)
+  # Without 'chosen_on' (older runs), the first best val row as before.
+  rows[-1].pop('chosen_on')
+  _write_run(tmp_path / 's', rows, _sync_config('all_temp', steps=150), done=True)
+  (info,) = report.write_report(str(tmp_path / 's'))[2]
+  assert (info['chosen_step'], info['val_top1']) == (100, 0.7)
