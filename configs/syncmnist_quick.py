@@ -107,6 +107,10 @@ CHANGES` (eval.size=100 only shortens the final test, which was not looked at).
                                                          recipe: 47.9 / 48.6 / 53.4 / 54.7)
   this config (two stages + full adjacency) on    2,000  48.3 / 48.2 / 67.9 / 75.2
     the two-digit motion test
+  backbone.pretrain_motion_steps=3000 (digit       8,000  27.7 / 28.4 / 31.2 / 46.0 / 54.1 /
+    92.4%, step error 0.34 px; pre-training 9 min         58.7 / 60.5 / 60.9 at 1k-8k (this
+    instead of 4), run alone                              config: 29.1 / 30.0 / 39.7 / 53.5 /
+                                                          58.7 / 62.0 / 63.8 / 63.7)
 
 What did not work with the one-frame backbone, and why we think so (the motion-aware
 backbone, last, is what did):
