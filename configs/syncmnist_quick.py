@@ -139,14 +139,13 @@ backbone, last, is what did):
     motion only a little (about +4 points over the oracle after 5,000 steps).
   - What changed it: features that carry the last step of motion. With them the
     two-digit motion test is learned within 1,000-1,500 steps (76% and 68% against 49%
-    and 53%), and on three
-    digits, once the graph can compare any two nodes (full adjacency), the model leaves
-    the oracle after 3,000 steps (36.4 val) and is at 56.0 at 4,500 and 62.8 at 6,000
-    (one-frame recipe: 35.0 and 38.2). At 3,000 steps, the end of the trials above, the
-    motion-aware variants were still level with or below the one-frame recipe (31.6-32.1
-    against 34.0): a 3,000-step trial would have rejected it. A backbone pre-trained on
-    motion from scratch learned the steps as well but kept the digits worse (84%), and
-    started 5 points lower than the two-stage one.
+    and 53%), and on three digits, once the graph can compare any two nodes (full
+    adjacency), the model leaves the oracle after 3,000 steps (36.4 val) and is at 56.0
+    at 4,500 and 62.8 at 6,000 (one-frame recipe: 35.0 and 38.2). At 3,000 steps, the
+    end of the trials above, the motion-aware variants were still level with or below
+    the one-frame recipe (31.6-32.1 against 34.0): a 3,000-step trial would have
+    rejected it. A backbone pre-trained on motion from scratch learned the steps as well
+    but kept the digits worse (84%), and started 5 points lower than the two-stage one.
 """
 
 from configs import default

@@ -266,9 +266,9 @@ def summarize(rundir: str, root: str) -> dict:
     # The trainer keeps the best checkpoint by val top-1; test runs once at the end, on
     # it, and its row names that checkpoint's step (which decides ties between equal
     # val top-1s the way the trainer did).
-    final = [r for r in test if r.get('chosen_on') == 'val']
-    chosen = next((r for r in val if final and r.get('step') == final[-1].get('step')),
-                  None) or _best(val)
+    tested = next((r.get('step') for r in reversed(test) if r.get('chosen_on') == 'val'),
+                  None)
+    chosen = next((r for r in val if r.get('step') == tested), None) or _best(val)
     info['selected_on'] = 'val'
     if chosen:
       info['chosen_step'], info['val_top1'] = chosen['step'], chosen['top1']

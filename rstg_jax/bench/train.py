@@ -83,7 +83,6 @@ def measure(config, steps: int, repeats: int) -> dict:
   cnn = SmallCNN(int(config.backbone.width), coords=bool(config.backbone.coords),
                  frames=int(config.backbone.get('frames', 1)))
 
-
   def backbone_frames(p, v):
     """[B*T, h, w, C] frame maps, which the intercepted __call__ below hands back."""
     fmap = cnn.apply({'params': p}, v, method=SmallCNN.video)
