@@ -23,8 +23,14 @@ What makes it learn the motion (issue 12), and why:
     synchronous digits can be anywhere in the frame, and with K = 1 a sparse graph
     lets a node compare steps with its neighbours only. With the one-frame backbone
     the full graph made no difference; with the motion backbone it did (trials below);
-  - the rest as tuned for the one-frame recipe: the paper's model, positional all-temp
-    RSTG (scales 1x1 + 2x2 + 3x3, attention), but small: node and LSTM size 64,
+  - all-temp RSTG without positional maps (the paper's best 3SyncMNIST row): with the
+    motion backbone and the full graph, the positional maps in f_send slowed learning
+    twice, side by side at the same budget: in this config's 8,000 steps (test 67.0
+    without, 61.9 with) and in Table 1 at 4,500 steps (56.8 against 38.0; README).
+    Synchrony does not depend on where the digits are, and the maps make each pair of
+    positions a different message;
+  - the rest as tuned for the one-frame recipe: the paper's model (scales 1x1 + 2x2 +
+    3x3, attention), but small: node and LSTM size 64,
     backbone width 32 (512 in the paper), and K = 1 (time stage, space stage, final
     time stage) instead of 3 (K = 1 learned faster per video in this budget and a step
     runs 2x faster than at K = 3; width 64 / D 128 ran 3x slower and learned no faster
@@ -34,22 +40,28 @@ What makes it learn the motion (issue 12), and why:
   - 8,000 steps of 32 videos (256k fresh videos; the paper's epoch is 600k): 9,000
     steps (the same recipe) took 30 min 18 s, just over the budget.
 
-Expected runtime: 27 min 56 s on the idle 2-core machine (backbone pre-training 4 min 12 s,
-then ~6 steps/s).
-Expected result: 61.9% top-1, 88.2% top-5 on all 10,000 clean test videos with the
-checkpoint chosen on val (step 7,000, val top-1 63.8% on 2,000 val videos; val at steps
-1,000 to 8,000: 29.1 / 30.0 / 39.7 / 53.5 / 58.7 / 62.0 / 63.8 / 63.7); the digit oracle
-gets 32.6%. Right on 63.2% of the pair videos and 1.8% of the 218 no-pair videos; names a
-present but asynchronous pair in 22.1% of the videos, a pair with an absent digit in 15.7%.
-The same recipe with 9,000 steps and eval every 1,500 (`--config.num_train_steps=9000
---config.eval.every=1500`) took 30 min 18 s: 65.2% test top-1 (top-5 88.8), chosen on
-val (step 9,000; val at 1,500 / 3,000 / 4,500 / 6,000 / 7,500 / 9,000: 28.9 / 36.4 /
-56.0 / 62.8 / 65.8 / 66.5). The learning is not gradual: the model sits near the oracle
-for 2,000-3,000 steps, then its val top-1 climbs 20 points in the next 1,500-2,000.
+Expected runtime: 28 min 27 s on the idle 2-core machine (backbone pre-training 4 min 11 s,
+then ~5.7 steps/s).
+Expected result: 67.0% top-1, 89.4% top-5 on all 10,000 clean test videos with the
+checkpoint chosen on val (step 8,000, val top-1 68.7% on 2,000 val videos; val at steps
+1,000 to 8,000: 27.7 / 44.1 / 56.3 / 62.8 / 65.9 / 67.9 / 68.6 / 68.7); the digit oracle
+gets 32.6%. Right on 68.1% of the 9,782 pair videos and 18.4% of the 218 no-pair videos;
+names a present but asynchronous pair in 15.3% of the videos, a pair with an absent
+digit in 16.4%.
+
+The same recipe with positional maps (`--config.ablation=positional`, this config until
+the Table 1 sweep) took 27 min 56 s: 61.9% test top-1 (top-5 88.2), chosen on val (step
+7,000, val 63.8; val at 1,000 to 8,000: 29.1 / 30.0 / 39.7 / 53.5 / 58.7 / 62.0 / 63.8 /
+63.7); asynchronous pair 22.1%, absent digit 15.7%. With positional maps and 9,000 steps
+(`--config.num_train_steps=9000 --config.eval.every=1500`) it took 30 min 18 s: 65.2%
+(val 28.9 / 36.4 / 56.0 / 62.8 / 65.8 / 66.5 at every 1,500). The positional model sits
+near the oracle for 2,000-3,000 steps and then climbs 20 points in the next
+1,500-2,000; without the maps the climb starts after 1,000 steps.
 
 The previous quick recipe (one-frame backbone pre-trained on the digit only, the paper's
-sparse graph, 9,000 steps; `--config.backbone.frames=1 --config.backbone.pretrain_target=
-digit --config.rstg.adjacency=sparse --config.num_train_steps=9000
+sparse graph, positional maps, 9,000 steps; `--config.backbone.frames=1
+--config.backbone.pretrain_target=digit --config.rstg.adjacency=sparse
+--config.ablation=positional --config.num_train_steps=9000
 --config.eval.every=1500`) took 22 min 8 s and gave 37.3% test top-1 (top-5 88.5), chosen
 on val (step 7,500, val 39.5; val at 1,500 / 3,000 / 4,500 / 6,000 / 7,500 / 9,000: 31.3
 / 33.1 / 35.0 / 38.2 / 39.5 / 39.2): 5 points above the digit oracle. The trials below
@@ -57,7 +69,8 @@ up to the motion-aware backbone were made with it, and their "(none)" rows are i
 full paper recipe is configs/syncmnist.py (a GPU recipe, not run here).
 
 Trials on the clean data (issue 12: make the model learn the motion, not only the
-digits). Each is this config with the changes named, for the steps named (the cosine
+digits). Each is this config with the changes named, all with positional maps
+(`ablation=positional`, the config's model until the last row), for the steps named (the cosine
 schedule spans them), val top-1 (%) on 2,000 val videos at the steps given; run two or
 three at a time on the 2 cores, so only steps, not minutes, compare. The digit oracle
 gets 32.6. Command: `python -m rstg_jax.main --config=configs/syncmnist_quick.py
@@ -111,6 +124,8 @@ CHANGES` (eval.size=100 only shortens the final test, which was not looked at).
     92.4%, step error 0.34 px; pre-training 9 min         58.7 / 60.5 / 60.9 at 1k-8k (this
     instead of 4), run alone                              config: 29.1 / 30.0 / 39.7 / 53.5 /
                                                           58.7 / 62.0 / 63.8 / 63.7)
+  ablation=all_temp (no positional maps; the       8,000  27.7 / 44.1 / 56.3 / 62.8 / 65.9 /
+    config now), run alone, full test: 67.0                67.9 / 68.6 / 68.7 at 1k-8k
 
 What did not work with the one-frame backbone, and why we think so (the motion-aware
 backbone, last, is what did):
@@ -154,7 +169,7 @@ from configs import default
 def get_config():
   config = default.get_config()
   config.data.num_digits = 3
-  config.ablation = 'positional'
+  config.ablation = 'all_temp'  # positional maps learned slower here (docstring)
 
   config.backbone.width = 32
   config.backbone.frames = 2  # each frame with the one before it
