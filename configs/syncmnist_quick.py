@@ -25,15 +25,14 @@ What makes it learn the motion (issue 12), and why:
     the full graph made no difference; with the motion backbone it did (trials below);
   - all-temp RSTG without positional maps (the paper's best 3SyncMNIST row): with the
     motion backbone and the full graph, the positional maps in f_send slowed learning
-    twice, side by side at the same budget: in this config's 8,000 steps (test 67.0
-    without, 61.9 with) and in Table 1 at 4,500 steps (56.8 against 38.0; README).
-    Synchrony does not depend on where the digits are, and the maps make each pair of
-    positions a different message;
+    in both comparisons at equal budgets (one seed each): this config's 8,000 steps
+    (test 67.0 without, 61.9 with) and Table 1's 4,500 steps (56.8 against 38.0;
+    README). Synchrony does not depend on where the digits are; we think the maps make
+    the messages between each pair of positions a separate thing to learn;
   - the rest as tuned for the one-frame recipe: the paper's model (scales 1x1 + 2x2 +
-    3x3, attention), but small: node and LSTM size 64,
-    backbone width 32 (512 in the paper), and K = 1 (time stage, space stage, final
-    time stage) instead of 3 (K = 1 learned faster per video in this budget and a step
-    runs 2x faster than at K = 3; width 64 / D 128 ran 3x slower and learned no faster
+    3x3, attention), but small: node and LSTM size 64, backbone width 32 (512 in the
+    paper), and K = 1 (time stage, space stage, final time stage) instead of 3 (K = 1
+    learned faster per video in this budget and a step runs 2x faster than at K = 3; width 64 / D 128 ran 3x slower and learned no faster
     per step); LayerNorm in the space stage; Adam at 2e-3 with warmup and cosine decay
     (4e-3 diverged slowly, 1e-3 learned slower); batch 32 (16 learned no faster per
     video); a frozen backbone (fine-tuning cut throughput 5-10x);
