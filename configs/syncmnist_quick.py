@@ -32,10 +32,11 @@ What makes it learn the motion (issue 12), and why:
   - the rest as tuned for the one-frame recipe: the paper's model (scales 1x1 + 2x2 +
     3x3, attention), but small: node and LSTM size 64, backbone width 32 (512 in the
     paper), and K = 1 (time stage, space stage, final time stage) instead of 3 (K = 1
-    learned faster per video in this budget and a step runs 2x faster than at K = 3; width 64 / D 128 ran 3x slower and learned no faster
-    per step); LayerNorm in the space stage; Adam at 2e-3 with warmup and cosine decay
-    (4e-3 diverged slowly, 1e-3 learned slower); batch 32 (16 learned no faster per
-    video); a frozen backbone (fine-tuning cut throughput 5-10x);
+    learned faster per video in this budget and a step runs 2x faster than at K = 3;
+    width 64 / D 128 ran 3x slower and learned no faster per step); LayerNorm in the
+    space stage; Adam at 2e-3 with warmup and cosine decay (4e-3 diverged slowly, 1e-3
+    learned slower); batch 32 (16 learned no faster per video); a frozen backbone
+    (fine-tuning cut throughput 5-10x);
   - 8,000 steps of 32 videos (256k fresh videos; the paper's epoch is 600k): 9,000
     steps (the same recipe) took 30 min 18 s, just over the budget.
 
@@ -69,10 +70,10 @@ full paper recipe is configs/syncmnist.py (a GPU recipe, not run here).
 
 Trials on the clean data (issue 12: make the model learn the motion, not only the
 digits). Each is this config with the changes named, all with positional maps
-(`ablation=positional`, the config's model until the last row), for the steps named (the cosine
-schedule spans them), val top-1 (%) on 2,000 val videos at the steps given; run two or
-three at a time on the 2 cores, so only steps, not minutes, compare. The digit oracle
-gets 32.6. Command: `python -m rstg_jax.main --config=configs/syncmnist_quick.py
+(`ablation=positional`, the config's model until the last row), for the steps named (the
+cosine schedule spans them), val top-1 (%) on 2,000 val videos at the steps given; run
+two or three at a time on the 2 cores, so only steps, not minutes, compare. The digit
+oracle gets 32.6. Command: `python -m rstg_jax.main --config=configs/syncmnist_quick.py
 --workdir=DIR --config.num_train_steps=N --config.eval.every=1000 --config.eval.size=100
 CHANGES` (eval.size=100 only shortens the final test, which was not looked at).
 

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import pytest
 
 import jaxpr_flops
+from configs import syncmnist_quick
 from rstg_jax.bench import graph as graph_bench
 from rstg_jax.graph import build_graph
 from rstg_jax.model import RSTG
@@ -74,7 +75,6 @@ def test_train_benchmark_json():
            'ms_per_step_with_data', 'videos_per_s')
   assert all(_positive(out[k]) for k in parts), out
   assert out['videos_per_s'] == pytest.approx(4e3 / out['ms_per_step_with_data'], rel=0.02)
-  from configs import syncmnist_quick  # pylint: disable=g-import-not-at-top
   assert out['backbone_frozen'] is True
   assert out['ablation'] == syncmnist_quick.get_config().ablation == 'all_temp'
 
