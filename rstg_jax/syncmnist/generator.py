@@ -103,6 +103,7 @@ for _label, (_i, _j) in enumerate(PAIRS):
 _SINGLE_DIGIT_STREAM = 1
 _PASS_STREAM = 2  # [seed, split, pass, k, 2]: the digit permutations of one pass
 _DIGIT_STEP_STREAM = 3  # single digits that make one step of motion (two frames)
+_SCENE_STEP_STREAM = 4  # which step of a video `generate_scene_step` takes
 
 
 def pair_to_label(i: int, j: int) -> int:
@@ -557,4 +558,49 @@ def generate_digit_step(
       'label': labels[mnist_index].astype(np.int32),
       'offset': step.astype(np.int32),
       'mnist_index': mnist_index + offset,
+  }
+
+
+def generate_scene_step(
+    split: str,
+    indices: int | Sequence[int] | np.ndarray,
+    num_digits: int = 3,
+    seed: int = 0,
+    mnist_path: str | None = None,
+    motion: str = 'clean',
+) -> dict[str, np.ndarray]:
+  """Two consecutive frames of a SyncMNIST video, with every digit's place and step.
+
+  For pre-training a two-frame backbone on the videos' own clutter (several digits,
+  often overlapping) rather than on one digit alone: sample ``i`` is frames t - 1 and
+  t of video ``i`` of :func:`generate` (same seed, split, num_digits and motion), with
+  t in 1..9 drawn from (seed, split, i) on its own RNG stream.
+
+  Args:
+    split, indices, num_digits, seed, mnist_path, motion: as in :func:`generate`.
+
+  Returns:
+    dict with ``image`` uint8 [B, 64, 64, 2] (channel 0 frame t - 1, 1 frame t),
+    ``digits`` int32 [B, num_digits] (the classes), ``center`` float32
+    [B, num_digits, 2] (each digit's centre in frame t, 64x64 pixels, row and column),
+    ``offset`` int32 [B, num_digits, 2] (its step from t - 1 to t in canvas pixels, in
+    [OFFSET_LOW, OFFSET_HIGH)) and ``frame`` int32 [B] (t).
+  """
+  split_id = _check_split(split)
+  idx = _check_indices(split, indices)
+  seed = _check_seed(seed)
+  out = generate_tracks(split, idx, num_digits, seed, mnist_path, motion)
+  b = idx.size
+  t = np.array([1 + np.random.default_rng([seed, split_id, int(i), _SCENE_STEP_STREAM])
+                .integers(0, NUM_FRAMES - 1) for i in idx], np.int64).reshape(b)
+  rows = np.arange(b)
+  canvas = out['canvas_positions'][rows[:, None], np.stack([t - 1, t], axis=1)]  # [B, 2, K, 2]
+  images, _, offset = split_digits(split, mnist_path)
+  frames = _render(images[out['mnist_index'] - offset], canvas)  # [B, 2, 64, 64]
+  return {
+      'image': np.ascontiguousarray(frames.transpose(0, 2, 3, 1)),
+      'digits': out['digits'],
+      'center': ((canvas[:, 1] + DIGIT / 2) * SCALE).astype(np.float32),
+      'offset': (canvas[:, 1] - canvas[:, 0]).astype(np.int32),
+      'frame': t.astype(np.int32),
   }

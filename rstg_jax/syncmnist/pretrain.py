@@ -50,6 +50,11 @@ NUM_DIGIT_CLASSES = 10
 #: digit's step between them, one class per canvas-pixel offset per axis, read from the
 #: globally pooled features, so every feature under the digit must say how it moved).
 TARGETS = ('digit', 'digit_position', 'digit_motion')
+#: The optional third stage of 'digit_motion' (`scene_steps` > 0) is 'scene_motion':
+#: two frames of the task's own videos (several digits, often overlapping), the digit
+#: and its step classified at the feature-map cell under each digit's centre
+#: (`SceneMotionClassifier`), so that every cell's features name its own digit and step
+#: in clutter, not only the globally pooled features of a frame with one digit.
 NUM_POSITIONS = 47  # top-left corners in the 64x64 frame lie in 0..46 per axis
 NUM_STEPS = OFFSET_HIGH - OFFSET_LOW  # 20 per-axis offsets of one step of motion
 
@@ -122,20 +127,94 @@ class DigitMotionClassifier(nn.Module):
   Like the digit head, the motion heads see only globally pooled features, so the
   backbone must say how the digit moved wherever the digit is: what an area-pooled graph
   node then carries from frame to frame, so that the graph compares steps rather than
-  inferring them from positions its pooling blurs.
+  inferring them from positions its pooling blurs. With `per_cell` the heads read every
+  feature-map cell instead (`SceneMotionClassifier`).
   """
 
   width: int = 512
   coords: bool = False
   frames: int = 2
+  per_cell: bool = False
 
   @nn.compact
   def __call__(self, frames: jax.Array, train: bool = False) -> jax.Array:
     del train
-    pooled = SmallCNN(self.width, coords=self.coords, frames=self.frames,
-                      name='backbone')(frames).mean(axis=(1, 2))
-    return jax.numpy.concatenate([nn.Dense(NUM_DIGIT_CLASSES, name='classifier')(pooled),
-                                  nn.Dense(2 * NUM_STEPS, name='motion')(pooled)], axis=-1)
+    features = SmallCNN(self.width, coords=self.coords, frames=self.frames,
+                        name='backbone')(frames)
+    if not self.per_cell:
+      features = features.mean(axis=(1, 2))
+    return jax.numpy.concatenate([nn.Dense(NUM_DIGIT_CLASSES, name='classifier')(features),
+                                  nn.Dense(2 * NUM_STEPS, name='motion')(features)], axis=-1)
+
+
+class SceneMotionClassifier(DigitMotionClassifier):
+  """`DigitMotionClassifier`'s heads at every feature-map cell: logits
+  [B, h, w, 10 + 2 * NUM_STEPS]; `_scene_losses` reads them at the cells under the
+  digits' centres (`scene_cells`)."""
+
+  per_cell: bool = True
+
+
+#: Where cell i of the 3-layer VALID backbone's 6x6 map looks: input rows (columns)
+#: 8i .. 8i + 21 (3x3 convs and 2x2 pools: stride 8, receptive field 22), centre 8i + 10.5.
+SCENE_CELL_STRIDE = 8.0
+SCENE_CELL_CENTRE = 10.5
+
+
+def scene_cells(center: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+  """(cell, valid) for digits centred at `center` [B, K, 2] (frame pixels) on a
+  `size` x `size` feature map: the flat index of the cell whose receptive field is
+  centred nearest, int32 [B, K], and float32 [B, K] that is 0 where two digits of a
+  frame fall into one cell (neither is a target there)."""
+  rc = np.clip(np.rint((center - SCENE_CELL_CENTRE) / SCENE_CELL_STRIDE), 0, size - 1)
+  cell = (rc[..., 0] * size + rc[..., 1]).astype(np.int32)
+  same = (cell[:, :, None] == cell[:, None, :]).sum(-1)  # each digit counts itself once
+  return cell, (same == 1).astype(np.float32)
+
+
+def _scene_losses(logits, batch):
+  """Per-digit (digit CE, row-step CE, column-step CE) [B, K] of `SceneMotionClassifier`
+  logits at the digits' cells, and the logits read there [B, K, 10 + 2 * NUM_STEPS]."""
+  b, h, w, c = logits.shape
+  at = jax.numpy.take_along_axis(logits.reshape(b, h * w, c), batch['cell'][..., None], axis=1)
+  ce = optax.softmax_cross_entropy_with_integer_labels
+  d, p = NUM_DIGIT_CLASSES, NUM_STEPS
+  return (ce(at[..., :d], batch['label']), ce(at[..., d:d + p], batch['position'][..., 0]),
+          ce(at[..., d + p:], batch['position'][..., 1])), at
+
+
+def _scene_train_step(state, batch, *, model, tx):
+  """One Adam step on the three cross-entropies averaged over the digits that are
+  targets (`batch['valid']`)."""
+  video = steps_lib.scale_pixels(batch['video'])
+  valid = batch['valid']
+  n = jax.numpy.maximum(valid.sum(), 1.0)
+
+  def loss_fn(params):
+    losses, _ = _scene_losses(model.apply({'params': params}, video), batch)
+    return (sum(losses) * valid).sum() / n
+
+  loss, grads = jax.value_and_grad(loss_fn)(state['params'])
+  updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
+  params = optax.apply_updates(state['params'], updates)
+  return dict(state, step=state['step'] + 1, params=params, opt_state=opt_state), {
+      'loss': (loss * n, n)}
+
+
+def _scene_eval_step(state, batch, *, model):
+  """Digit top-1 over the target digits (as 'top1') and their mean step error in canvas
+  pixels ('motion_error_px'), masked sums."""
+  logits = model.apply({'params': state['params']}, steps_lib.scale_pixels(batch['video']))
+  losses, at = _scene_losses(logits, batch)
+  d, p = NUM_DIGIT_CLASSES, NUM_STEPS
+  valid = batch['valid'] * batch['mask'][:, None]
+  where = jax.numpy.stack([jax.numpy.argmax(at[..., d:d + p], -1),
+                           jax.numpy.argmax(at[..., d + p:], -1)], -1)
+  err = jax.numpy.abs(where - batch['position']).astype(jax.numpy.float32).mean(-1)
+  n = valid.sum()
+  right = jax.numpy.argmax(at[..., :d], -1) == batch['label']
+  return {'loss': ((sum(losses) * valid).sum(), n), 'top1': ((right * valid).sum(), n),
+          'motion_error_px': ((err * valid).sum(), n)}, None
 
 
 def _position_losses(logits, labels, position, bins=NUM_POSITIONS):
@@ -181,7 +260,8 @@ def _position_eval_step(state, batch, *, model, bins=NUM_POSITIONS, error='posit
 
 
 def _frames(split: str, indices: np.ndarray, seed: int, mnist_path: Optional[str],
-            target: str = 'digit', frames: int = 1) -> dict[str, np.ndarray]:
+            target: str = 'digit', frames: int = 1, scene_digits: int = 3,
+            scene_motion: str = 'clean') -> dict[str, np.ndarray]:
   """A batch of single-digit frames: 'video' uint8 [B, 64, 64, frames], 'label' int32
   [B], and for the position targets 'position' int32 [B, 2]: the top-left corner in the
   frame ('digit_position') or the step's class indices, offset - OFFSET_LOW
@@ -190,6 +270,14 @@ def _frames(split: str, indices: np.ndarray, seed: int, mnist_path: Optional[str
   # Imported here so that importing this module (and the models) does not need the data
   # package's generator.
   from rstg_jax.syncmnist import generator as syncmnist  # pylint: disable=g-import-not-at-top
+  if target == 'scene_motion':  # video frames: 'label' [B, K], 'cell', 'valid' [B, K]
+    out = syncmnist.generate_scene_step(split, indices, scene_digits, seed, mnist_path,
+                                        scene_motion)
+    from rstg_jax.syncmnist.backbone import feature_size  # pylint: disable=g-import-not-at-top
+    cell, valid = scene_cells(out['center'], feature_size(syncmnist.FRAME))
+    return {'video': np.asarray(out['image'], np.uint8),
+            'label': np.asarray(out['digits'], np.int32), 'cell': cell, 'valid': valid,
+            'position': np.asarray(out['offset'], np.int32) - OFFSET_LOW}
   if target == 'digit_motion':
     out = syncmnist.generate_digit_step(split, indices, seed=seed, mnist_path=mnist_path)
     return {'video': np.asarray(out['image'], np.uint8),
@@ -223,7 +311,10 @@ def pretrain_backbone(width: int = 512,
                       target: str = 'digit',
                       coords: bool = False,
                       frames: int = 1,
-                      motion_steps: int = 0) -> tuple[dict[str, Any], dict[str, Any]]:
+                      motion_steps: int = 0,
+                      scene_steps: int = 0,
+                      scene_digits: int = 3,
+                      scene_motion: str = 'clean') -> tuple[dict[str, Any], dict[str, Any]]:
   """Trains the frame backbone to classify one randomly placed MNIST digit.
 
   Frame i of a split is fixed by (generator seed, split, i): a random MNIST digit of the
@@ -258,6 +349,14 @@ def pretrain_backbone(width: int = 512,
     coords: a coordinate backbone (`SmallCNN.coords`).
     frames: frames the backbone sees at once (`SmallCNN.frames`, 1 or 2).
     motion_steps: Adam steps of the motion stage ('digit_motion' only; >= 1 there).
+    scene_steps: 'digit_motion' only: Adam steps of a third stage, 'scene_motion'
+      (`SceneMotionClassifier` on consecutive frames of the task's videos: each digit
+      and its step classified at the cell under its centre), starting from the motion
+      stage's backbone (0: no third stage). Its metrics go to `scene_stage` (digit
+      accuracy and step error over the val videos' digits); the top-level metrics stay
+      the motion stage's, on single digits.
+    scene_digits: digits per video in the scene stage (config.data.num_digits).
+    scene_motion: the videos' motion rule in the scene stage (config.data.motion).
 
   Returns:
     (backbone_params, metrics): the `SmallCNN` parameters (a nested dict of numpy
@@ -272,6 +371,11 @@ def pretrain_backbone(width: int = 512,
     raise ValueError(f'unknown pre-training target {target!r}; valid: {", ".join(TARGETS)}')
   if frames not in (1, 2):
     raise ValueError(f'frames must be 1 or 2, got {frames!r}')
+  if scene_steps and (target != 'digit_motion' or not isinstance(scene_steps, int)
+                      or scene_steps < 0):
+    raise ValueError('scene_steps (config.backbone.pretrain_scene_steps) must be an '
+                     "integer >= 0, and > 0 only with the 'digit_motion' target; got "
+                     f'{scene_steps!r} with {target!r}')
   if target == 'digit_motion' and frames != 2:
     raise ValueError("the 'digit_motion' target needs a backbone that sees two frames "
                      '(frames=2, config.backbone.frames = 2)')
@@ -286,6 +390,11 @@ def pretrain_backbone(width: int = 512,
     params, metrics = _pretrain(steps=motion_steps, target='digit_motion', frames=2,
                                 init_backbone=widen_to_two_frames(digits), **common)
     metrics.update(digit_stage=first, seconds=first['seconds'] + metrics['seconds'])
+    if scene_steps:
+      params, scene = _pretrain(steps=scene_steps, target='scene_motion', frames=2,
+                                init_backbone=params, scene_digits=scene_digits,
+                                scene_motion=scene_motion, **common)
+      metrics.update(scene_stage=scene, seconds=metrics['seconds'] + scene['seconds'])
     return params, metrics
   return _pretrain(steps=steps, target=target, frames=frames, **common)
 
@@ -302,12 +411,13 @@ def widen_to_two_frames(params: dict[str, Any]) -> dict[str, Any]:
 
 def _pretrain(*, width, steps, batch_size, seed, learning_rate, mnist_path, log_every,
               eval_frames, eval_batch_size, progress_bar, target, coords, frames,
-              init_backbone=None):
+              init_backbone=None, scene_digits=3, scene_motion='clean'):
   """One pre-training stage (`pretrain_backbone`'s arguments), optionally starting from
   `init_backbone` (backbone parameters of the right shapes; the heads start afresh)."""
   start = time.time()
   model = {'digit': DigitClassifier, 'digit_position': DigitPositionClassifier,
-           'digit_motion': DigitMotionClassifier}[target](width, coords, frames)
+           'digit_motion': DigitMotionClassifier,
+           'scene_motion': SceneMotionClassifier}[target](width, coords, frames)
   from rstg_jax.syncmnist import generator as syncmnist  # pylint: disable=g-import-not-at-top
   frame_shape = (syncmnist.FRAME, syncmnist.FRAME, frames)
   params = state_lib.init_variables(model, jax.random.PRNGKey(seed), frame_shape)['params']
@@ -321,6 +431,9 @@ def _pretrain(*, width, steps, batch_size, seed, learning_rate, mnist_path, log_
     train_fn = functools.partial(steps_lib.train_step, model=model, tx=tx,
                                  base_key=jax.random.PRNGKey(seed))
     eval_fn = functools.partial(steps_lib.eval_step, model=model)
+  elif target == 'scene_motion':
+    train_fn = functools.partial(_scene_train_step, model=model, tx=tx)
+    eval_fn = functools.partial(_scene_eval_step, model=model)
   else:
     motion = target == 'digit_motion'
     bins = NUM_STEPS if motion else NUM_POSITIONS
@@ -337,7 +450,8 @@ def _pretrain(*, width, steps, batch_size, seed, learning_rate, mnist_path, log_
              disable=not progress_bar, file=sys.stderr, mininterval=cli.progress_interval())
   for step in bar:
     indices = rng.integers(0, num_train, size=batch_size)
-    batch = _frames('train', indices, seed, mnist_path, target, frames)
+    batch = _frames('train', indices, seed, mnist_path, target, frames, scene_digits,
+                    scene_motion)
     state, m = train_step(state, batch)
     window = metrics_lib.add(window, {'loss': m['loss']})
     if (step + 1) % log_every == 0 or step + 1 == steps:
@@ -360,7 +474,8 @@ def _pretrain(*, width, steps, batch_size, seed, learning_rate, mnist_path, log_
     for lo in range(0, eval_frames, eval_batch_size):
       idx = np.arange(lo, min(lo + eval_batch_size, eval_frames))
       # Generator seed 0 for the val frames, independent of the training seed.
-      batch = dict(_frames('val', idx, 0, mnist_path, target, frames),
+      batch = dict(_frames('val', idx, 0, mnist_path, target, frames, scene_digits,
+                           scene_motion),
                    mask=np.ones(len(idx), np.float32))
       totals = metrics_lib.add(totals, eval_step(state, batch)[0])
     result = metrics_lib.compute(jax.device_get(totals))
@@ -419,7 +534,9 @@ def mnist_fingerprint(mnist_path: Optional[str] = None) -> str:
 def backbone_cache_key(width: int, steps: int, batch_size: int, seed: int,
                        learning_rate: float, mnist_path: Optional[str] = None,
                        target: str = 'digit', coords: bool = False,
-                       frames: int = 1, motion_steps: int = 0) -> dict[str, Any]:
+                       frames: int = 1, motion_steps: int = 0, scene_steps: int = 0,
+                       scene_digits: int = 3, scene_motion: str = 'clean'
+                       ) -> dict[str, Any]:
   """Everything that determines `pretrain_backbone`'s result, as a JSON-able dict.
 
   The arguments are those of `pretrain_backbone`; `mnist_path` enters as the fingerprint
@@ -433,7 +550,10 @@ def backbone_cache_key(width: int, steps: int, batch_size: int, seed: int,
           **({'target': target} if target != 'digit' else {}),
           **({'coords': True} if coords else {}),
           **({'frames': int(frames)} if frames != 1 else {}),
-          **({'motion_steps': int(motion_steps)} if target == 'digit_motion' else {})}
+          **({'motion_steps': int(motion_steps)} if target == 'digit_motion' else {}),
+          # Absent when there is no scene stage, so earlier caches stay valid.
+          **({'scene_steps': int(scene_steps), 'scene_digits': int(scene_digits),
+              'scene_motion': str(scene_motion)} if scene_steps else {})}
 
 
 def load_cached_backbone(path: str | os.PathLike, key: dict[str, Any]

@@ -43,7 +43,13 @@ class SyncMNISTTask(task_lib.Task):
                       'two frames: set backbone.frames = 2.')
       errors += config_checks.positive_errors(
           ('backbone.pretrain_motion_steps', b.get('pretrain_motion_steps'),
-           "a positive integer (the 'digit_motion' stage)", dict(integer=True)))
+           "a positive integer (the 'digit_motion' stage)", dict(integer=True)),
+          ('backbone.pretrain_scene_steps', b.get('pretrain_scene_steps', 0),
+           "an integer >= 0 (the 'digit_motion' target's scene stage)",
+           dict(integer=True, allow_zero=True)))
+    elif b.get('pretrain_scene_steps', 0):
+      errors.append('backbone.pretrain_scene_steps > 0 needs backbone.pretrain_target '
+                    "'digit_motion' (the scene stage starts from its backbone).")
     errors += config_checks.positive_errors(
         ('backbone.pretrain_steps', b.pretrain_steps, 'an integer >= 0',
          dict(integer=True, allow_zero=True)),
@@ -163,7 +169,9 @@ def pretrained_backbone(config, workdir: str, params: dict, say) -> dict:
                   seed=config.seed, learning_rate=b.pretrain_lr,
                   mnist_path=config.data.mnist_path, target=b.pretrain_target,
                   coords=bool(b.coords), frames=int(b.get('frames', 1)),
-                  motion_steps=int(b.get('pretrain_motion_steps', 0)))
+                  motion_steps=int(b.get('pretrain_motion_steps', 0)),
+                  scene_steps=int(b.get('pretrain_scene_steps', 0)),
+                  scene_digits=int(config.data.num_digits), scene_motion=config.data.motion)
   key = pretrain.backbone_cache_key(**settings)  # the cache is reused only for these
   backbone, why_not = pretrain.load_cached_backbone(path, key)
   if backbone is not None:
@@ -171,6 +179,9 @@ def pretrained_backbone(config, workdir: str, params: dict, say) -> dict:
   else:
     motion = (f' then {settings["motion_steps"]} on their motion between two frames'
               if b.pretrain_target == 'digit_motion' else '')
+    if settings['scene_steps']:
+      motion += (f', then {settings["scene_steps"]} on every digit and its step in two '
+                 'frames of the videos')
     say(f'Backbone: {why_not}; pretraining for {b.pretrain_steps} steps on single digits'
         f'{motion} (cached in workdir/backbone.npz for later runs)')
     backbone, pre = pretrain.pretrain_backbone(
@@ -182,7 +193,10 @@ def pretrained_backbone(config, workdir: str, params: dict, say) -> dict:
         + (f', position error {pre["val_position_error_px"]:.2f} px'
            if 'val_position_error_px' in pre else '')
         + (f', step error {pre["val_motion_error_px"]:.2f} canvas px'
-           if 'val_motion_error_px' in pre else ''))
+           if 'val_motion_error_px' in pre else '')
+        + (f'; in the videos: digit accuracy {pre["scene_stage"]["val_accuracy"]:.4f}, step '
+           f'error {pre["scene_stage"]["val_motion_error_px"]:.2f} canvas px'
+           if 'scene_stage' in pre else ''))
     if jax.process_index() == 0:
       os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)  # a new cache_path
       pretrain.save_backbone(path, backbone, key)  # atomic (temporary file + rename)
