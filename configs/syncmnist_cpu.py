@@ -31,7 +31,7 @@ With positional maps (`--config.ablation=positional`, this config until the run 
 it took 1 h 45 min 51 s on the idle machine and gave 76.9% test top-1 (top-5 93.9),
 chosen on val (step 35,000, val 77.5; val every 2,500 steps: 29.6 / 52.7 / 66.4 / 69.0
 / 71.0 / 72.9 / 73.8 / 75.0 / 74.6 / 75.9 / 76.5 / 77.1 / 77.5 / 77.5;
-docs/figures/cpu_curve_positional.png); asynchronous pair 5.9%, absent digit 16.1%.
+docs/figures/cpu_curve.png, beside the run above); asynchronous pair 5.9%, absent digit 16.1%.
 The maps slow the start (29.6 against 46.8 val at 2,500 steps, 66.4 against 68.1 at
 7,500) and change nothing after 20,000 steps: the two runs end level (test 76.9 and
 76.8, one seed each); the config follows the quick config, whose choice the higher val
