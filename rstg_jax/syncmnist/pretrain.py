@@ -7,6 +7,11 @@ holding one MNIST digit at a random place (`rstg_jax.syncmnist.generator.generat
 and returns only the `SmallCNN` parameters: the dict a video model expects at
 `params['backbone']`. The classifier is thrown away.
 
+With `pretrain_target='digit_motion'` the backbone sees two frames and is trained in
+stages: the digit on one frame, then the digit and its step between two frames, then
+optionally (`scene_steps`) every digit and its step at the cell under it in two frames of
+the task's own videos.
+
 `save_backbone` / `load_backbone` store those parameters as a plain `.npz` whose keys are
 the '/'-joined parameter paths (e.g. `conv0/kernel`), so the trainer can cache the
 pre-trained backbone in its workdir and anyone can inspect it with numpy alone.
@@ -152,9 +157,9 @@ class DigitMotionClassifier(nn.Module):
 
 
 class SceneMotionClassifier(DigitMotionClassifier):
-  """`DigitMotionClassifier`'s heads at every feature-map cell: logits
-  [B, h, w, 10 + 2 * NUM_STEPS]; `_scene_losses` reads them at the cells under the
-  digits' centres (`scene_cells`)."""
+  """`DigitMotionClassifier`'s heads at every feature-map cell, after a LayerNorm of the
+  cell's features: logits [B, h, w, 10 + 2 * NUM_STEPS]; `_scene_losses` reads them at
+  the cells under the digits' centres (`scene_cells`)."""
 
   per_cell: bool = True
 
