@@ -44,7 +44,7 @@ from rstg_jax import cli
 from rstg_jax.train import metrics as metrics_lib
 from rstg_jax.train import state as state_lib
 from rstg_jax.train import steps as steps_lib
-from rstg_jax.syncmnist.backbone import SmallCNN
+from rstg_jax.syncmnist.backbone import SmallCNN, feature_size
 from rstg_jax.syncmnist.motion import OFFSET_HIGH, OFFSET_LOW
 
 NUM_DIGIT_CLASSES = 10
@@ -282,7 +282,6 @@ def _frames(split: str, indices: np.ndarray, seed: int, mnist_path: Optional[str
   if target == 'scene_motion':  # video frames: 'label' [B, K], 'cell', 'valid' [B, K]
     out = syncmnist.generate_scene_step(split, indices, scene_digits, seed, mnist_path,
                                         scene_motion)
-    from rstg_jax.syncmnist.backbone import feature_size  # pylint: disable=g-import-not-at-top
     cell, valid = scene_cells(out['center'], feature_size(syncmnist.FRAME))
     return {'video': np.asarray(out['image'], np.uint8),
             'label': np.asarray(out['digits'], np.int32), 'cell': cell, 'valid': valid,
