@@ -14,44 +14,44 @@ schedule) except the length of the run: 35,000 steps of 32 videos (1.12M fresh v
 pre-training and evaluation included, fits in 2 hours at ~5.9 steps/s (the full graph's
 space stage makes a step ~20% slower than the paper's sparse one).
 
-Expected runtime: 1 h 43 min 10 s on the idle 2-core machine (backbone pre-training 5 min
-58 s, then 35,000 steps at ~5.9 steps/s, ~180-200 videos/s, with 14 val evaluations and
-the final test on 10,000 videos).
-Expected result: 82.3% top-1 (8,235 of 10,000), 96.3% top-5 on all 10,000 clean test videos with
-the checkpoint chosen on val (step 30,000, val top-1 84.0% on 2,000 val videos); the
-digit oracle gets 32.6%. Issue 12's target (85%) is not reached. Val top-1 every 2,500
-steps: 56.5 / 72.6 / 75.9 / 78.5 / 78.3 / 79.6 / 81.5 / 81.2 / 81.5 / 82.4 / 83.0 /
-84.0 / 83.4 / 83.6 (docs/figures/cpu_curve.png). The training accuracy of the last 100
-steps (about 81) is below val: it underfits. Right on 82.5% of the 9,782 pair videos and
-74.3% of the 218 no-pair videos; it names a present but asynchronous pair in 3.5% of the
-test videos and a pair with an absent digit in 13.5%: most of what is left is the
-digits among the clutter, not their motion.
+Expected runtime: 1 h 43 min 10 s on the idle 2-core machine (backbone pre-training 5
+min 58 s, then 35,000 steps at ~5.9 steps/s, ~180-200 videos/s, with 14 val evaluations
+and the final test on 10,000 videos). Expected result: 82.3% top-1 (8,235 of 10,000),
+96.3% top-5 on all 10,000 clean test videos with the checkpoint chosen on val (step
+30,000, val top-1 84.0% on 2,000 val videos); the digit oracle gets 32.6%. Issue 12's
+target (85%) is not reached. Val top-1 every 2,500 steps: 56.5 / 72.6 / 75.9 / 78.5 /
+78.3 / 79.6 / 81.5 / 81.2 / 81.5 / 82.4 / 83.0 / 84.0 / 83.4 / 83.6
+(docs/figures/cpu_curve.png). The training accuracy of the last 100 steps (about 81) is
+below val: it underfits. Right on 82.5% of the 9,782 pair videos and 74.3% of the 218
+no-pair videos; it names a present but asynchronous pair in 3.5% of the test videos and
+a pair with an absent digit in 13.5%: most of what is left is the digits among the
+clutter, not their motion.
 
 The scene stage (`backbone.pretrain_scene_steps = 1000`, set in the quick config) is
 what moved this config from 76.8 to 82.3: without it
-(`--config.backbone.pretrain_scene_steps=0`, this config before that run) it took 1 h 43 min 53 s (about a
-minute shared with a short test run) and gave 76.8% test top-1 (top-5 93.5), chosen on
-val (step 35,000, val 78.3; val every 2,500 steps: 46.8 / 63.6 / 68.1 / 69.9 / 71.6 /
-72.7 / 75.0 / 75.8 / 76.2 / 77.0 / 77.3 / 77.6 / 78.3 / 78.3); asynchronous pair 5.4%,
-absent digit 16.7%. The scene stage puts the run 9 points higher at 5,000 steps (72.6
-against 63.6) and 5-6 points higher at the end; it costs 2 minutes of pre-training.
+(`--config.backbone.pretrain_scene_steps=0`, this config before that run) it took 1 h 43
+min 53 s (about a minute shared with a short test run) and gave 76.8% test top-1 (top-5
+93.5), chosen on val (step 35,000, val 78.3; val every 2,500 steps: 46.8 / 63.6 / 68.1 /
+69.9 / 71.6 / 72.7 / 75.0 / 75.8 / 76.2 / 77.0 / 77.3 / 77.6 / 78.3 / 78.3);
+asynchronous pair 5.4%, absent digit 16.7%. The scene stage puts the run 9 points higher
+at 5,000 steps (72.6 against 63.6) and 5-6 points higher at the end; it costs 2 minutes
+of pre-training.
 
 Without the scene stage and with positional maps (`--config.ablation=positional
 --config.backbone.pretrain_scene_steps=0`, this config before both runs) it took 1 h 45
-min 51 s on the idle machine and gave 76.9% test top-1 (top-5 93.9),
-chosen on val (step 35,000, val 77.5; val every 2,500 steps: 29.6 / 52.7 / 66.4 / 69.0
-/ 71.0 / 72.9 / 73.8 / 75.0 / 74.6 / 75.9 / 76.5 / 77.1 / 77.5 / 77.5;
-docs/figures/cpu_curve.png, beside the runs above); asynchronous pair 5.9%, absent
-digit 16.1%.
-The maps slow the start (29.6 against 46.8 val at 2,500 steps, 66.4 against 68.1 at
-7,500) and change nothing after 20,000 steps: the two runs end level (test 76.9 and
-76.8, one seed each); the config follows the quick config (all-temp), whose choice the
-higher val (78.3 against 77.5) confirmed. A backbone that knows single digits better is not the
-answer by itself: 3,000 motion pre-training steps instead of 1,000 (92.4% single-digit
-accuracy instead of 89.8%, step error 0.34 px instead of 0.66) learned slower in the
-quick config's 8,000 steps (val 60.9 at the end against 63.7, with positional maps; see
-its docstring); a backbone taught the digits among the clutter of the videos (the scene
-stage above) is. Not tested: a wider backbone, a fine-tuned one, K = 3.
+min 51 s on the idle machine and gave 76.9% test top-1 (top-5 93.9), chosen on val (step
+35,000, val 77.5; val every 2,500 steps: 29.6 / 52.7 / 66.4 / 69.0 / 71.0 / 72.9 / 73.8
+/ 75.0 / 74.6 / 75.9 / 76.5 / 77.1 / 77.5 / 77.5; docs/figures/cpu_curve.png, beside the
+runs above); asynchronous pair 5.9%, absent digit 16.1%. The maps slow the start (29.6
+against 46.8 val at 2,500 steps, 66.4 against 68.1 at 7,500) and change nothing after
+20,000 steps: the two runs end level (test 76.9 and 76.8, one seed each); the config
+follows the quick config (all-temp), whose choice the higher val (78.3 against 77.5)
+confirmed. A backbone that knows single digits better is not the answer by itself: 3,000
+motion pre-training steps instead of 1,000 (92.4% single-digit accuracy instead of
+89.8%, step error 0.34 px instead of 0.66) learned slower in the quick config's 8,000
+steps (val 60.9 at the end against 63.7, with positional maps; see its docstring); a
+backbone taught the digits among the clutter of the videos (the scene stage above) is.
+Not tested: a wider backbone, a fine-tuned one, K = 3.
 
 The previous 2-hour recipe (the quick recipe before the motion-aware backbone: one-frame
 backbone pre-trained on the digit only, the paper's sparse graph), trained 50,000 steps,

@@ -10,21 +10,22 @@ digits but not their motion, gets 32.6%).
 
 What makes it learn the motion (issue 12), and why:
   - a backbone that sees each frame with the one before it (`backbone.frames = 2`, a
-    temporal kernel of 2 in its first layer, as I3D's), pre-trained in two stages:
+    temporal kernel of 2 in its first layer, as I3D's), pre-trained in three stages:
     1,000 steps on the digit in one frame (the paper's pre-training, 95% single-digit
     accuracy), then, its first layer widened to two frames, 1,000 steps on the digit
     and its step between the two frames (`pretrain_target = 'digit_motion'`: 90%
     digit accuracy, step error 0.66 canvas px), then 1,000 steps on two consecutive
     frames of 3-digit training videos, every digit and its step classified at the
     feature-map cell under its centre (`pretrain_scene_steps = 1000`: 84% digit
-    accuracy among the overlapping digits, step error 1.4 px), and then frozen. The
-    scene stage teaches the features the digits in the clutter the task shows them: 74.6
-    against 67.0 test top-1 in the same 30 minutes, 82.3 against 76.8 in the 2-hour
-    config (fewer absent digits named: 13.3% of the videos against 16.4%). Its node features say
-    how the digits under them moved in the last step, so the graph compares steps
-    instead of inferring them from positions that its area pooling blurs: on the
-    two-digit motion test (trials below) this config reaches 75% after 2,000 steps
-    where the one-frame recipe is at 55% (oracle 50);
+    accuracy among the overlapping digits, step error 1.4 px), and then frozen. Its
+    node features say how the digits under them moved in the last step, so the graph
+    compares steps instead of inferring them from positions that its area pooling
+    blurs: on the two-digit motion test (trials below) this config (before the scene
+    stage) reaches 75% after 2,000 steps where the one-frame recipe is at 55% (oracle
+    50). The scene stage teaches the features the digits in the clutter the task
+    shows them: 74.6 against 67.0 test top-1 in the same 30 minutes, 82.3 against 76.8
+    in the 2-hour config (an absent digit named in 13.3% of the test videos against
+    16.4%);
   - every node attends to every other (`rstg.adjacency = 'full'`, Appendix C): the two
     synchronous digits can be anywhere in the frame, and with K = 1 a sparse graph
     lets a node compare steps with its neighbours only. With the one-frame backbone
@@ -64,19 +65,19 @@ idle machine (pre-training 4 min 11 s): 67.0% test top-1 (top-5 89.4), chosen on
 
 The same recipe without the scene stage and with positional maps
 (`--config.ablation=positional --config.backbone.pretrain_scene_steps=0
---config.num_train_steps=8000`, this config until the Table 1 sweep) took 27 min 56 s: 61.9% test top-1 (top-5 88.2), chosen on val (step
-7,000, val 63.8; val at 1,000 to 8,000: 29.1 / 30.0 / 39.7 / 53.5 / 58.7 / 62.0 / 63.8 /
-63.7); asynchronous pair 22.1%, absent digit 15.7%. With positional maps and 9,000 steps
-(`--config.num_train_steps=9000 --config.eval.every=1500`) it took 30 min 18 s: 65.2%
-(val 28.9 / 36.4 / 56.0 / 62.8 / 65.8 / 66.5 at every 1,500). The positional model sits
-near the oracle for 2,000-3,000 steps and then climbs 20 points in the next
-1,500-2,000; without the maps the climb starts after 1,000 steps.
+--config.num_train_steps=8000`, this config until the Table 1 sweep) took 27 min 56 s:
+61.9% test top-1 (top-5 88.2), chosen on val (step 7,000, val 63.8; val at 1,000 to
+8,000: 29.1 / 30.0 / 39.7 / 53.5 / 58.7 / 62.0 / 63.8 / 63.7); asynchronous pair 22.1%,
+absent digit 15.7%. The same with 9,000 steps (`--config.num_train_steps=9000
+--config.eval.every=1500` instead of 8000) took 30 min 18 s: 65.2% (val 28.9 / 36.4 /
+56.0 / 62.8 / 65.8 / 66.5 at every 1,500). The positional model sits near the oracle
+for 2,000-3,000 steps and then climbs 20 points in the next 1,500-2,000; without the
+maps the climb starts after 1,000 steps.
 
 The previous quick recipe (one-frame backbone pre-trained on the digit only, the paper's
 sparse graph, positional maps, 9,000 steps; `--config.backbone.frames=1
 --config.backbone.pretrain_target=digit --config.backbone.pretrain_scene_steps=0
---config.rstg.adjacency=sparse
---config.ablation=positional --config.num_train_steps=9000
+--config.rstg.adjacency=sparse --config.ablation=positional --config.num_train_steps=9000
 --config.eval.every=1500`) took 22 min 8 s and gave 37.3% test top-1 (top-5 88.5), chosen
 on val (step 7,500, val 39.5; val at 1,500 / 3,000 / 4,500 / 6,000 / 7,500 / 9,000: 31.3
 / 33.1 / 35.0 / 38.2 / 39.5 / 39.2): 5 points above the digit oracle. The trials below
