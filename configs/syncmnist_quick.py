@@ -155,6 +155,10 @@ is said, so only steps, not minutes, compare. The digit oracle gets 32.6. Comman
   pretrain_scene_steps=1000 num_train_steps=7500   7,500  29.9 / 42.5 / 67.3 / 70.7 / 73.7 /
     (the config now), run alone: 27 min 52 s               74.3 / 75.8 / 75.4 at 1k-7k, 7.5k;
                                                           full test 74.6 (top-5 92.9)
+  pretrain_scene_steps=3000 num_train_steps=7500   7,500  31.5 / 48.6 / 63.2 / 70.6 / 73.5 /
+    (scene digit accuracy 85.8%, step error 1.16          75.2 / 76.0 at 1k-7k: level with
+    px; pre-training 10.7 min, shared with tests           1,000 scene steps within a point
+    for part of it; run beside them)                       (SE ~1.1), for more pre-training
 
 What did not work with the one-frame backbone, and why we think so (the motion-aware
 backbone, last, is what did):
