@@ -153,34 +153,3 @@ def test_main_rejects_bad_names_and_fields_cleanly_before_any_work(tmp_path):
   assert proc.returncode != 0 and 'Did you mean "ablation"' in proc.stderr
   assert 'Traceback' not in proc.stderr
 
-
-def _readme_result_commands():
-  """(config name, overrides) of every row of the README's SyncMNIST results table.
-
-  A row gives either the whole command or "the same `OVERRIDES`" after the row above.
-  """
-  with open(os.path.join(REPO, 'README.md')) as f:
-    text = f.read()
-  table = text.split('### Results', 1)[1].split('\n\n', 2)[1]
-  rows, base = [], None
-  for line in table.splitlines()[2:]:
-    command = line.split('|')[2].strip()
-    if command.startswith('`python -m rstg_jax.main'):
-      words = command.strip('`').split()
-      base = words[3].removeprefix('--config=configs/').removesuffix('.py')
-      rows.append((base, [w for w in words[4:] if not w.startswith('--workdir')]))
-    elif command.startswith('the same `'):
-      rows.append((base, command.removeprefix('the same `').rstrip('`').split()))
-  return rows
-
-
-def test_readme_results_table_commands_are_valid_configs():
-  """Each row's command must still select a config the checks accept: e.g. a row that
-  turns the digit_motion target off must also turn off the scene stage built on it."""
-  rows = _readme_result_commands()
-  assert len(rows) >= 7 and {name for name, _ in rows} >= {'syncmnist_quick', 'syncmnist_cpu'}
-  for name, overrides in rows:
-    config = _parse(overrides, name)
-    tasks.for_config(config, check_data=False)
-  quick = _parse([], 'syncmnist_quick')
-  assert quick.backbone.pretrain_scene_steps > 0  # the rows without it say so
