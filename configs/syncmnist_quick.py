@@ -24,8 +24,8 @@ What makes it learn the motion (issue 12), and why:
     stage) reaches 75% after 2,000 steps where the one-frame recipe is at 55% (oracle
     50). The scene stage teaches the features the digits in the clutter the task
     shows them: 74.6 against 67.0 test top-1 in the same 30 minutes, 82.3 against 76.8
-    in the 2-hour config at width 32 (an absent digit named in 13.3% of the test videos against
-    16.4%);
+    in the 2-hour config at width 32 (an absent digit named in 13.3% of the test videos
+    against 16.4%);
   - every node attends to every other (`rstg.adjacency = 'full'`, Appendix C): the two
     synchronous digits can be anywhere in the frame, and with K = 1 a sparse graph
     lets a node compare steps with its neighbours only. With the one-frame backbone
