@@ -152,4 +152,3 @@ def test_main_rejects_bad_names_and_fields_cleanly_before_any_work(tmp_path):
   proc = _main('--config=configs/syncmnist.py', '--config.ablaton=x', f'--workdir={workdir}')
   assert proc.returncode != 0 and 'Did you mean "ablation"' in proc.stderr
   assert 'Traceback' not in proc.stderr
-
