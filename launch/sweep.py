@@ -16,9 +16,12 @@ outside brackets ('rstg.scales=(1,2),(1,2,3)' is two values). Flags after `--` g
 run (e.g. `-- --config.num_train_steps=100 --config.data.root=/data/ssv1`).
 
 Rerunning the same sweep skips finished runs (the trainer's DONE marker, or a test row at
-the last step), skips runs still running on this host (their RUNNING marker), and
-resumes the others from their latest checkpoint. DIR/<name>/sweep.json records the
-command, the grid values and the paper row, for `rstg_jax.report`.
+the last step), skips runs still running (a process holds the run folder's lock,
+`rstg_jax.train.workdir_lock`), and resumes the others from their latest checkpoint. The
+local executor takes a run's lock before it writes into the run's folder and hands it to
+the run it starts, so two sweeps over one folder never start the same run twice.
+DIR/<name>/sweep.json records the command, the grid values and the paper row, for
+`rstg_jax.report`.
 
 Executors:
 - local (default): K runs at a time (--parallel=K) on this machine, each with
@@ -39,7 +42,6 @@ import os
 import re
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -53,6 +55,7 @@ if ROOT not in sys.path:
 
 from rstg_jax import paper as paper_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from rstg_jax import report as report_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+from rstg_jax.train import workdir_lock  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def split_values(text: str) -> list[str]:
@@ -178,6 +181,11 @@ def run_local(todo: list[dict], args) -> int:
 
   def start(run):
     os.makedirs(run['workdir'], exist_ok=True)
+    try:  # held from here until the run ends; `main` inherits it (RSTG_WORKDIR_LOCK_FD)
+      fd = workdir_lock.acquire(run['workdir'], role='launch/sweep.py')
+    except workdir_lock.WorkdirBusy as e:
+      print(f'skip     {run["name"]}: running ({e})', flush=True)
+      return
     command = run_command(run, args.processes)
     write_sweep_json(run, command, args)
     log = open(os.path.join(run['workdir'], 'log.txt'), 'a')
@@ -187,11 +195,9 @@ def run_local(todo: list[dict], args) -> int:
     # The repository on the path: the sweep may be started from another folder.
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         p for p in (ROOT, os.environ.get('PYTHONPATH')) if p))
+    env[workdir_lock.ENV_FD] = str(fd)
     proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
-                            start_new_session=True)
-    write_json_atomic(os.path.join(run['workdir'], 'RUNNING'),
-                      {'host': socket.gethostname(), 'pid': proc.pid,
-                       'started': time.time()})
+                            start_new_session=True, pass_fds=(fd,))
     active[proc.pid] = (proc, run, log, time.time())
     print(f'started  {run["name"]} (pid {proc.pid}; log {run["workdir"]}/log.txt)', flush=True)
 
@@ -199,10 +205,6 @@ def run_local(todo: list[dict], args) -> int:
     nonlocal failed
     proc, run, log, t0 = active.pop(pid)
     log.close()
-    try:
-      os.remove(os.path.join(run['workdir'], 'RUNNING'))
-    except OSError:
-      pass
     minutes = (time.time() - t0) / 60
     path = os.path.join(run['workdir'], 'sweep.json')  # the report shows failed runs
     write_json_atomic(path, dict(report_lib.read_json(path) or {}, exit_code=rc))
@@ -212,6 +214,7 @@ def run_local(todo: list[dict], args) -> int:
       failed += 1
       print(f'FAILED   {run["name"]} (exit {rc}) after {minutes:.1f} min; see '
             f'{run["workdir"]}/log.txt', flush=True)
+    workdir_lock.release(run['workdir'])  # after sweep.json has the exit code
 
   def stop_all(signum, frame):  # pylint: disable=unused-argument
     for proc, run, _, _ in list(active.values()):

@@ -38,6 +38,7 @@ from rstg_jax import tasks
 from rstg_jax.train import checkpoints
 from rstg_jax.train import evaluators
 from rstg_jax.train import setup as setup_lib
+from rstg_jax.train import workdir_lock
 
 
 def _tuples(x):
@@ -79,7 +80,7 @@ def run(config: Optional[ml_collections.ConfigDict], workdir: str,
   if task is None:
     task = tasks.for_config(config)  # a missing data set fails before any compile
   setup = setup_lib.make_setup(config, task, dataset)
-  with checkpoints.manager(workdir, read_only=True) as mngr:
+  with workdir_lock.reading(workdir), checkpoints.manager(workdir, read_only=True) as mngr:
     step = checkpoints.resolve_step(mngr, str(checkpoint))
     state, meta = checkpoints.restore(mngr, step, setup.abstract_state)
   class_names = list(setup.dataset.class_names)

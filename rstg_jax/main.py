@@ -76,6 +76,7 @@ def main(argv):
   from rstg_jax.train import checkpoints
   from rstg_jax.train import config_checks
   from rstg_jax.train import loop
+  from rstg_jax.train import workdir_lock
 
   config = FLAGS.config
   try:
@@ -101,6 +102,7 @@ def main(argv):
   problem = config_checks.workdir_error(FLAGS.workdir)
   if problem:
     raise SystemExit(f'ERROR: {problem}')
+  workdir_lock.hold_for_run(FLAGS.workdir)  # one run per workdir, before anything is touched
   try:
     loop.train_and_evaluate(config, FLAGS.workdir, task)
   except user_errors as e:

@@ -19,21 +19,22 @@ What it reads in a run folder:
 - config.json (written by the trainer at start): {'config': ..., 'total_steps': ...}.
   Without it, the config is rebuilt from sweep.json (config file + overrides).
 - sweep.json (written by launch/sweep.py): name, grid values, command, paper row.
-- DONE (written by the trainer at the end), RUNNING (by the local sweep executor) and
-  sweep.json's 'slurm_job' (the SLURM executor; looked up in squeue).
+- DONE (written by the trainer at the end), the run's lock (.lock: held by a live run,
+  `rstg_jax.train.workdir_lock`) and sweep.json's 'slurm_job' (the SLURM executor;
+  looked up in squeue).
 """
 
 import json
 import math
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from typing import Any, Optional
 
 from rstg_jax import cli
 from rstg_jax import paper as paper_lib
+from rstg_jax.train import workdir_lock
 
 RUN_MARKERS = ('metrics.jsonl', 'config.json', 'sweep.json')
 SKIP_DIRS = ('checkpoints', '__pycache__', 'tensorboard')
@@ -125,29 +126,6 @@ def batch_size_of(flat: dict) -> Optional[int]:
   return int(value) if value else None
 
 
-def _pid_alive(pid: int) -> bool:
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except PermissionError:
-    return True
-  return True
-
-
-def running_marker(rundir: str) -> Optional[dict]:
-  """The RUNNING marker of a run started by a local sweep, if its process is alive.
-
-  A marker from another host cannot be checked and is taken as stale.
-  """
-  marker = read_json(os.path.join(rundir, 'RUNNING'))
-  if not isinstance(marker, dict):
-    return None
-  if marker.get('host') != socket.gethostname() or not _pid_alive(int(marker.get('pid', 0))):
-    return None
-  return marker
-
-
 def slurm_state(rundir: str) -> Optional[str]:
   """'running' or 'queued' while the SLURM array task a sweep submitted for the run
   is in `squeue`; None otherwise (or without squeue)."""
@@ -179,7 +157,7 @@ def run_status(rundir: str, rows: Optional[list] = None,
   if total is not None and any(r.get('split') == 'test' and r.get('step', -1) >= total
                                for r in rows):
     return 'done'
-  if running_marker(rundir):
+  if workdir_lock.live_run(rundir):
     return 'running'
   state = slurm_state(rundir)
   if state:

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from rstg_jax import distributed
+from rstg_jax.train import workdir_lock
 import tiny_run
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -245,13 +246,16 @@ def test_sweep_skips_finished_and_running_runs(tmp_path, capsys):
     d.mkdir(parents=True)
   (failed / 'sweep.json').write_text(json.dumps({'exit_code': 1}))
   (done / 'DONE').write_text('{}')
-  (running / 'RUNNING').write_text(json.dumps({'host': socket.gethostname(),
-                                               'pid': os.getpid()}))
   (running / 'metrics.jsonl').write_text('{"step": 2, "split": "train", "loss": 1.0}\n')
   (partial / 'metrics.jsonl').write_text('{"step": 2, "split": "train", "loss": 1.0}\n')
-  rc = sweep.main(['--config=configs/syncmnist.py',
-                   '--grid=ablation=all_temp,one_temp,space_only,time_only,homogeneous',
-                   f'--workdir={workdir}', '--dry_run'])
+  (partial / '.lock').write_text('{"pid": 1, "host": "h"}')  # a lock file nobody holds
+  workdir_lock.acquire(str(running))  # a live run: its lock is held
+  try:
+    rc = sweep.main(['--config=configs/syncmnist.py',
+                     '--grid=ablation=all_temp,one_temp,space_only,time_only,homogeneous',
+                     f'--workdir={workdir}', '--dry_run'])
+  finally:
+    workdir_lock.release(str(running))
   out = capsys.readouterr().out.splitlines()
   assert rc == 0
   assert [l.split(':')[0].split() for l in out[:5]] == [

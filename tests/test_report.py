@@ -10,6 +10,7 @@ import pytest
 
 from rstg_jax import paper
 from rstg_jax import report
+from rstg_jax.train import workdir_lock
 import tiny_run
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -153,7 +154,7 @@ def test_sweep_of_two_ablations_writes_the_report(tmp_path):
   for name in ('ablation=all_temp', 'ablation=space_only'):
     run = workdir / name
     assert (run / 'sweep.json').exists() and (run / 'DONE').exists()
-    assert not (run / 'RUNNING').exists()
+    assert workdir_lock.live_run(str(run)) is None  # the sweep and the run let go
     assert json.loads((run / 'config.json').read_text())['total_steps'] == 4
     scalars = tiny_run.tensorboard_scalars(str(run))  # TensorBoard events in every run
     assert [s for s, _ in scalars['train/loss']] == [2, 4]
