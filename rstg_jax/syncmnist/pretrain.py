@@ -29,6 +29,8 @@ import functools
 import hashlib
 import json
 import os
+import secrets
+import socket
 import sys
 import time
 from typing import Any, Optional
@@ -501,8 +503,9 @@ def save_backbone(path: str | os.PathLike, params: dict[str, Any],
                   key: Optional[dict[str, Any]] = None) -> None:
   """Writes backbone parameters to `path` as an .npz keyed by '/'-joined param paths.
 
-  Written to a temporary file first and renamed, so a crash never leaves a truncated
-  cache that a later run would load.
+  Written to a temporary file of a name no other writer uses and renamed, so a crash
+  never leaves a truncated cache that a later run would load, and runs that share the
+  cache never write into one another's temporary file.
 
   Args:
     path: the .npz to write.
@@ -515,9 +518,14 @@ def save_backbone(path: str | os.PathLike, params: dict[str, Any],
   if key is not None:
     flat[CACHE_KEY] = np.asarray(json.dumps(key, sort_keys=True))
   path = os.fspath(path)
-  tmp = path + '.tmp.npz'  # np.savez appends .npz to names without it
-  np.savez(tmp, **flat)
-  os.replace(tmp, path)
+  # np.savez appends .npz to names without it.
+  tmp = f'{path}.{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(4)}.tmp.npz'
+  try:
+    np.savez(tmp, **flat)
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):  # the save failed
+      os.remove(tmp)
 
 
 def load_backbone(path: str | os.PathLike) -> dict[str, Any]:
@@ -576,9 +584,11 @@ def load_cached_backbone(path: str | os.PathLike, key: dict[str, Any]
   path = os.fspath(path)
   if not os.path.exists(path):
     return None, f'no cached backbone at {path}'
-  try:
+  try:  # the key and the parameters from one open file: another run may replace it
     with np.load(path, allow_pickle=False) as data:
       stored = json.loads(str(data[CACHE_KEY])) if CACHE_KEY in data.files else None
+      flat = ({k: np.asarray(data[k]) for k in data.files if k != CACHE_KEY}
+              if stored == key else None)
   except Exception as e:  # pylint: disable=broad-except  # any damage: recompute
     return None, f'the cached backbone {path} is unreadable ({type(e).__name__}: {e})'
   if stored is None:
@@ -589,4 +599,4 @@ def load_cached_backbone(path: str | os.PathLike, key: dict[str, Any]
   if changed:
     return None, f'the cached backbone {path} was made with other settings: ' + ', '.join(
         changed)
-  return load_backbone(path), ''
+  return traverse_util.unflatten_dict(flat, sep='/'), ''

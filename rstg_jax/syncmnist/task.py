@@ -20,6 +20,7 @@ from rstg_jax.train import config_checks
 from rstg_jax.train import evaluators
 from rstg_jax.train import init_from
 from rstg_jax.train import task as task_lib
+from rstg_jax.train import workdir_lock
 from rstg_jax.train.state import param_count
 
 
@@ -96,8 +97,11 @@ class SyncMNISTTask(task_lib.Task):
 
   def load_pretrained(self, config, workdir: str, variables: dict, say) -> dict:
     if config.backbone.pretrain_steps > 0:
-      variables = dict(variables, params=pretrained_backbone(
-          config, workdir, variables['params'], say))
+      cache = backbone_cache_path(config, workdir)  # runs sharing it pre-train once
+      with workdir_lock.exclusive(cache + '.lock', 'Backbone: waiting for the process '
+                                  f'that is pre-training {cache}', 'backbone pre-training'):
+        variables = dict(variables, params=pretrained_backbone(
+            config, workdir, variables['params'], say))
     return super().load_pretrained(config, workdir, variables, say)
 
   def describe_model(self, config, params) -> str:
@@ -155,6 +159,11 @@ class DigitOracleView(evaluators.SingleView):
     return result
 
 
+def backbone_cache_path(config, workdir: str) -> str:
+  """A shared cache (e.g. one for every run of a sweep) or the run's own."""
+  return config.backbone.cache_path or os.path.join(workdir, 'backbone.npz')
+
+
 def pretrained_backbone(config, workdir: str, params: dict, say) -> dict:
   """`params` with the backbone pre-trained on single digits (computed once, then read
   from the cache: `backbone.cache_path`, by default WORKDIR/backbone.npz)."""
@@ -163,8 +172,7 @@ def pretrained_backbone(config, workdir: str, params: dict, say) -> dict:
     raise ValueError('config.backbone.pretrain_steps > 0 but the model has no `backbone` '
                      f'submodule (top-level params: {sorted(params)}).')
   b = config.backbone
-  # A shared cache (e.g. one for every run of a sweep) or the run's own.
-  path = b.cache_path or os.path.join(workdir, 'backbone.npz')
+  path = backbone_cache_path(config, workdir)
   settings = dict(width=b.width, steps=b.pretrain_steps, batch_size=b.pretrain_batch_size,
                   seed=config.seed, learning_rate=b.pretrain_lr,
                   mnist_path=config.data.mnist_path, target=b.pretrain_target,
