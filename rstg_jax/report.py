@@ -34,6 +34,7 @@ from typing import Any, Optional
 
 from rstg_jax import cli
 from rstg_jax import paper as paper_lib
+from rstg_jax.train import metrics as metrics_lib
 from rstg_jax.train import workdir_lock
 
 RUN_MARKERS = ('metrics.jsonl', 'config.json', 'sweep.json')
@@ -53,11 +54,16 @@ def read_json(path: str) -> Optional[Any]:
     return None
 
 
+_WARNED: set[str] = set()  # metrics files whose bad rows were reported
+
+
 def read_jsonl(path: str) -> list[dict]:
-  rows = []
+  """The rows of a metrics.jsonl; rows whose 'step' is not a whole number >= 0 are
+  skipped, with one line on stderr per file."""
+  rows, bad = [], []
   try:
     with open(path) as f:
-      for line in f:
+      for number, line in enumerate(f, start=1):
         line = line.strip()
         if not line:
           continue
@@ -65,10 +71,15 @@ def read_jsonl(path: str) -> list[dict]:
           row = json.loads(line)
         except ValueError:
           continue  # a line cut short by a kill, or being written right now
-        if isinstance(row, dict):
+        if metrics_lib.bad_step(row):
+          bad.append((number, row))
+        else:
           rows.append(row)
   except OSError:
     pass
+  if bad and path not in _WARNED:
+    _WARNED.add(path)
+    print(metrics_lib.bad_step_line(path, bad, 'skipped'), file=sys.stderr, flush=True)
   return rows
 
 

@@ -218,7 +218,8 @@ def test_freeze_backbone_stops_gradients():
   assert norm(rest) > 0.0
   # Freezing changes no forward value, so every other gradient is unchanged.
   for a, b in zip(jax.tree_util.tree_leaves(rest),
-                  jax.tree_util.tree_leaves({k: v for k, v in free.items() if k != 'backbone'})):
+                  jax.tree_util.tree_leaves({k: v for k, v in free.items() if k != 'backbone'}),
+                  strict=True):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 
 

@@ -20,7 +20,8 @@ def test_save_load_round_trip(tmp_path):
     assert sorted(data.files) == [f'conv{i}/{p}' for i in range(3) for p in ('bias', 'kernel')]
   loaded = pretrain.load_backbone(path)
   assert jax.tree_util.tree_structure(loaded) == jax.tree_util.tree_structure(params)
-  for a, b in zip(jax.tree_util.tree_leaves(loaded), jax.tree_util.tree_leaves(params)):
+  for a, b in zip(jax.tree_util.tree_leaves(loaded), jax.tree_util.tree_leaves(params),
+                  strict=True):
     np.testing.assert_array_equal(a, b)
   # The loaded dict works as SmallCNN parameters.
   SmallCNN(4).apply({'params': loaded}, jnp.zeros((1, 16, 16, 1)))
@@ -144,7 +145,8 @@ def test_the_cache_key_and_parameters_come_from_one_read(tmp_path, monkeypatch):
   monkeypatch.setattr(pretrain.np, 'load', load)
   loaded, why = pretrain.load_cached_backbone(path, {'format': 1, 'width': 4})
   assert why == ''
-  for a, b in zip(jax.tree_util.tree_leaves(loaded), jax.tree_util.tree_leaves(mine)):
+  for a, b in zip(jax.tree_util.tree_leaves(loaded), jax.tree_util.tree_leaves(mine),
+                  strict=True):
     np.testing.assert_array_equal(a, b)
 
 

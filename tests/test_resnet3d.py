@@ -93,7 +93,7 @@ def test_c2d_kernels_are_temporal_size_one_and_i3d_follow_the_nl_repo():
     p = v['params']
     return p['conv1']['kernel'].shape[0], [
         p[f'res{s}_{i}']['branch2a']['kernel'].shape[0]
-        for s, n in zip(range(2, 6), (3, 4, 6, 3)) for i in range(n)]
+        for s, n in zip(range(2, 6), (3, 4, 6, 3), strict=True) for i in range(n)]
 
   assert kts('c2d') == (1, [1] * 16)
   assert kts('i3d') == (5, [3, 3, 3, 3, 1, 3, 1, 3, 1, 3, 1, 3, 1, 1, 3, 1])

@@ -295,7 +295,7 @@ def test_train_pipeline_shapes_normalisation_and_shared_crop(tfds_mod, prepared)
     assert batch['video'].dtype == np.float32 and batch['label'].dtype == np.int32
     pixels = _unnormalise(batch['video'])
     assert pixels.min() > -4 and pixels.max() < 259  # JPEG noise around [0, 255].
-    for clip, label in zip(pixels, batch['label']):
+    for clip, label in zip(pixels, batch['label'], strict=True):
       # Leave out the fixture's grayscale frame (flat, no colour pattern).
       clip = clip[clip[..., 2].std(axis=(1, 2)) > 20]
       assert len(clip) >= T - 1

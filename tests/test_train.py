@@ -231,6 +231,9 @@ def test_training_writes_metrics_checkpoints_and_curves(uninterrupted):
 
 
 def test_kill_and_resume_equals_an_uninterrupted_run(uninterrupted, tmp_path):
+  """Planted bug caught by the strict zip: a resumed state missing parameters (a
+  restore into a partial tree), which a plain zip would compare only as far as the
+  shorter list goes."""
   _, reference = uninterrupted
   workdir = str(tmp_path)
   # "Kill" while the data of step index 5 is fetched: 5 steps ran, the last save is 4
@@ -243,7 +246,7 @@ def test_kill_and_resume_equals_an_uninterrupted_run(uninterrupted, tmp_path):
   # The same command again resumes from step 4 and redoes step 5.
   resumed = run_fake(workdir)
   assert int(resumed['step']) == 6
-  for a, b in zip(_leaves(reference), _leaves(resumed)):
+  for a, b in zip(_leaves(reference), _leaves(resumed), strict=True):
     np.testing.assert_array_equal(a, b)
   np.testing.assert_array_equal(np.asarray(reference['plateau']['scale']),
                                 np.asarray(resumed['plateau']['scale']))
@@ -297,6 +300,8 @@ def test_evaluate_writes_per_class_accuracy_and_confusion(uninterrupted):
   summary = evaluate_lib.run(config, workdir, 'best',
                              task=FakeTask(TinyModel(), FakeData(8)))
   out = os.path.join(workdir, f'eval_{summary["step"]}')
+  # Which step 'best' is, where it is not the latest:
+  # test_selection_on_val_and_test_once_at_the_end.
   assert summary['count'] == 20 and summary['step'] in (2, 4, 6)
   rows = json.load(open(os.path.join(out, 'per_class_accuracy.json')))
   assert [r['class_name'] for r in rows] == list(FakeData.class_names)
@@ -304,14 +309,6 @@ def test_evaluate_writes_per_class_accuracy_and_confusion(uninterrupted):
   assert sum(r['correct'] for r in rows) == round(summary['top1'] * 20)
   assert os.path.getsize(os.path.join(out, 'confusion.png')) > 1000
   assert os.path.exists(os.path.join(out, 'per_class_accuracy.csv'))
-  # 'best' is the saved step with the highest selection top-1 among the evaluations.
-  evals = [r for r in metrics_lib.read_jsonl(os.path.join(workdir, 'metrics.jsonl'))
-           if r['split'] in ('val', 'test') and 'top1' in r and r['step'] in (2, 4, 6)]
-  split = 'val' if any(r['split'] == 'val' for r in evals) else 'test'
-  evals = [r for r in evals if r['split'] == split]
-  assert len(evals) == 3
-  assert max(r['top1'] for r in evals) == pytest.approx(
-      next(r['top1'] for r in evals if r['step'] == summary['step']))
   # The written files say what the returned summary says.
   with open(os.path.join(out, 'summary.json')) as f:
     written = json.load(f)
@@ -346,18 +343,40 @@ class FakeTaskWithTest(FakeTask):
   test_split = 'test'
 
 
+class ScriptedSelection(FakeTaskWithTest):
+  """FakeTaskWithTest whose val top-1 during training is scripted by step, so that the
+  best checkpoint (step 2) is neither the latest (6) nor tied with another."""
+  VAL_TOP1 = {2: 0.75, 4: 0.25, 6: 0.5}
+
+  def evaluator(self, config, dataset, final=False):
+    real = super().evaluator(config, dataset, final)
+    if final:
+      return real
+
+    def scripted(setup, state):
+      result = real(setup, state)
+      result.metrics['top1'] = self.VAL_TOP1[int(jax.device_get(state['step']))]
+      return result
+    return scripted
+
+
 def test_selection_on_val_and_test_once_at_the_end(tmp_path):
+  """Val top-1 of 0.75, 0.25, 0.5 at steps 2, 4, 6: the test row, the metadata and the
+  evaluate command's 'best' are step 2, its 'latest' step 6. Planted bugs caught: 'best'
+  taken as the latest checkpoint, or by the lowest top-1 (best_mode 'min'), or by the
+  loss; the test evaluated on the final state instead of the chosen checkpoint."""
   workdir = str(tmp_path)
   config = make_config()
   data = FakeDataWithTest(config.batch_size)
-  train.train_and_evaluate(config, workdir, FakeTaskWithTest(TinyModel(), data))
+  train.train_and_evaluate(config, workdir, ScriptedSelection(TinyModel(), data))
   rows = metrics_lib.read_jsonl(os.path.join(workdir, 'metrics.jsonl'))
   val = [r for r in rows if r['split'] == 'val']
   test = [r for r in rows if r['split'] == 'test']
   assert [r['step'] for r in val] == [2, 4, 6] and len(test) == 1 and data.test_calls == 1
+  assert [r['top1'] for r in val] == [0.75, 0.25, 0.5]
   # The test row belongs to the checkpoint with the best val top-1 ...
-  best = max(r['top1'] for r in val)
-  assert test[0]['step'] in [r['step'] for r in val if r['top1'] == best]
+  best = 0.75
+  assert test[0]['step'] == 2
   assert test[0]['chosen_on'] == 'val' and test[0]['count'] == 12
   assert test[0]['final_step'] == 6
   # ... whose metadata holds its val metrics.
@@ -366,14 +385,18 @@ def test_selection_on_val_and_test_once_at_the_end(tmp_path):
   assert meta['eval_split'] == 'val' and meta['eval']['top1'] == best
   # The same command on the finished run does not evaluate test again.
   again = FakeDataWithTest(config.batch_size)
-  train.train_and_evaluate(config, workdir, FakeTaskWithTest(TinyModel(), again))
+  train.train_and_evaluate(config, workdir, ScriptedSelection(TinyModel(), again))
   rows = metrics_lib.read_jsonl(os.path.join(workdir, 'metrics.jsonl'))
   assert again.test_calls == 0 and len([r for r in rows if r['split'] == 'test']) == 1
-  # The evaluate command reads the test split.
+  # The evaluate command reads the test split, of the checkpoint chosen on val ...
   summary = evaluate_lib.run(config, workdir, 'best',
                              task=FakeTaskWithTest(TinyModel(), again))
   assert summary['split'] == 'test' and summary['count'] == 12 and again.test_calls == 1
-  assert summary['top1'] == pytest.approx(test[0]['top1'])
+  assert summary['step'] == 2 and summary['top1'] == pytest.approx(test[0]['top1'])
+  # ... which is not the latest one.
+  latest = evaluate_lib.run(config, workdir, 'latest',
+                            task=FakeTaskWithTest(TinyModel(), again))
+  assert latest['step'] == 6
 
 
 def test_a_task_without_a_test_split_selects_and_reports_one_split(uninterrupted):
@@ -399,6 +422,8 @@ print('RESULT' + json.dumps([x.tolist() for x in t._leaves(state)]))
 
 
 def test_four_devices_give_the_same_losses_as_one(tmp_path):
+  """Planted bug caught by the strict zip: the child printing fewer (or no) parameter
+  leaves than the one-device run has."""
   # SGD here: Adam divides by sqrt(v) and so amplifies the last-bit differences of
   # near-zero gradients that a different reduction order produces.
   overrides = {'optim.optimizer': 'sgd', 'optim.learning_rate': 0.1}
@@ -416,7 +441,7 @@ def test_four_devices_give_the_same_losses_as_one(tmp_path):
   params4 = [np.asarray(x) for x in json.loads(line[len('RESULT'):])]
   np.testing.assert_allclose(_train_losses(str(tmp_path / 'four')), _train_losses(workdir),
                              rtol=1e-5, atol=1e-6)
-  for a, b in zip(_leaves(state), params4):
+  for a, b in zip(_leaves(state), params4, strict=True):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
@@ -459,10 +484,12 @@ def test_pretrained_backbone_is_computed_once_then_loaded_from_the_cache(tmp_pat
 
 
 def test_init_from_copies_the_parameters_of_another_run(uninterrupted):
+  """Planted bug caught by the strict zip: init_from returning a tree without some of the
+  run's parameters."""
   workdir, state = uninterrupted
   fresh = state_lib.init_variables(TinyModel(), jax.random.key(1), INPUT_SHAPE)
   params = init_from.init_from_run(workdir, fresh, (), print)['params']
-  for a, b in zip(jax.tree.leaves(params), _leaves(state)):
+  for a, b in zip(jax.tree.leaves(params), _leaves(state), strict=True):
     np.testing.assert_array_equal(np.asarray(a), b)
 
 

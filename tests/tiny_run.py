@@ -19,15 +19,6 @@ TINY = ['--config.backbone.width=8', '--config.baseline.lstm_dim=16', '--config.
         '--config.optim.learning_rate=0.01']
 
 
-def have_mnist() -> bool:
-  from rstg_jax.syncmnist import mnist  # pylint: disable=g-import-not-at-top
-  try:
-    mnist.load_mnist('test')
-  except mnist.MNISTNotFoundError:
-    return False
-  return True
-
-
 def checkpoint_params(workdir: str, step: int) -> list[np.ndarray]:
   """The parameter leaves saved at `step` in workdir/checkpoints, as host arrays."""
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
