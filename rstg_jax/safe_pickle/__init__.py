@@ -169,7 +169,7 @@ def loads(data: bytes, *, source: str = '<bytes>', max_array_bytes: int = MAX_AR
     raise UnsafePickleError(f'{source}: refusing the pickle: nested too deeply') from None
   except Exception as e:  # pylint: disable=broad-except  # malformed stream, bad args
     raise UnsafePickleError(
-        f'{source}: not a readable pickle ({type(e).__name__}: {one_line(e)})') from None
+        f'{source}: not a readable pickle ({type(e).__name__}: {one_line(e)[:200]})') from None
 
 
 def read_capped(f, limit: int, source: str) -> bytes:
@@ -188,7 +188,7 @@ def read_capped(f, limit: int, source: str) -> bytes:
                                 'bytes')
   except (EOFError, zlib.error, gzip.BadGzipFile) as e:
     raise UnsafePickleError(f'{source}: not a readable gzip file ({type(e).__name__}: '
-                            f'{one_line(e)})') from None
+                            f'{one_line(e)[:200]})') from None
   return b''.join(chunks)
 
 
