@@ -23,7 +23,7 @@ def get_config():
   # --- Model (read by rstg_jax.syncmnist.models.create_model) -------------------------
   # One of rstg_jax.syncmnist.models.MODEL_NAMES: rstg, mean_lstm, conv_lstm, i3d, nonlocal.
   config.model = 'rstg'
-  # One of rstg_jax.syncmnist.rstg_classifier.ABLATIONS; only used by the rstg model.
+  # One of rstg_jax.model.ABLATIONS; only used by the rstg model.
   # all_temp = Alg. 1.
   config.ablation = 'all_temp'
 

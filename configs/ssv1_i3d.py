@@ -56,7 +56,7 @@ def get_config():
 
   # --- Model (read by rstg_jax.ssv1.models.create_ssv1_model) ------------------------
   config.model = 'resnet3d'  # ResNet3D with RSTG blocks at `rstg.placement`.
-  # RSTG schedule (rstg_jax.syncmnist.rstg_classifier.ABLATIONS).
+  # RSTG schedule (rstg_jax.model.ABLATIONS).
   config.ablation = 'all_temp'
   config.head = config_dict.ConfigDict()
   config.head.dropout_rate = 0.3  # before the classifier (authors).

@@ -53,6 +53,24 @@ def check_schedule(schedule: str) -> None:
     raise ValueError(f"unknown RSTG schedule {schedule!r}; valid: {', '.join(SCHEDULES)}")
 
 
+# The ablations of the paper's tables (both tasks' `config.ablation`): the schedules,
+# plus "positional" = all_temp with positional maps.
+ABLATIONS = ('all_temp', 'one_temp', 'homogeneous', 'space_only', 'time_only', 'positional')
+
+
+def ablation_to_core_args(ablation: str) -> dict:
+  """The (schedule, positional) pair of `RSTG` that an ablation name stands for.
+
+  "positional" is all_temp with positional maps in f_send (the paper's best 5SyncMNIST
+  model); every other ablation is the core schedule of the same name.
+  """
+  if ablation == 'positional':
+    return dict(schedule='all_temp', positional=True)
+  if ablation in ABLATIONS and ablation in SCHEDULES:
+    return dict(schedule=ablation, positional=False)
+  raise ValueError(f"unknown RSTG ablation {ablation!r}; valid: {', '.join(ABLATIONS)}")
+
+
 class SpaceStage(nn.Module):
   """Flax wrapper that creates the space stage's parameters and calls `space_stage`.
 

@@ -1,7 +1,8 @@
 """The code layout's rules, checked on the source (README: "How the code is laid out").
 
 Layers from the ground up: core <- shared helpers <- training library <- task packages
-<- the registry and the entry points. A module imports only from its own layer or below;
+<- the registry and the entry points. A module imports only from its own layer or below,
+and the two task packages never import each other (what both use lives below them);
 only the registry branches on the data set's name; every command line is on absl.
 """
 
@@ -12,7 +13,7 @@ import pytest
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / 'rstg_jax'
 LAYERS = {  # module prefix -> layer
-    'rstg_jax.graph': 0, 'rstg_jax.stages': 0, 'rstg_jax.model': 0,
+    'rstg_jax.graph': 0, 'rstg_jax.stages': 0, 'rstg_jax.model': 0, 'rstg_jax.layers': 0,
     'rstg_jax.safe_pickle': 1, 'rstg_jax.runtime': 1, 'rstg_jax.cli': 1,
     'rstg_jax.distributed': 1, 'rstg_jax.paper': 1,
     'rstg_jax.train': 2,
@@ -20,6 +21,7 @@ LAYERS = {  # module prefix -> layer
     'rstg_jax.tasks': 4, 'rstg_jax.main': 4, 'rstg_jax.evaluate': 4,
     'rstg_jax.convert': 4, 'rstg_jax.bench': 4, 'rstg_jax.report': 4,
 }
+TASKS = ('rstg_jax.syncmnist', 'rstg_jax.ssv1')
 
 
 def _modules():
@@ -58,6 +60,41 @@ def test_no_module_imports_one_above_it(name, path):
     return
   above = sorted(m for m in _imports(path) if (_layer(m) or 0) > layer)
   assert not above, f'{name} (layer {layer}) imports {above}'
+
+
+def _task(name):
+  return next((t for t in TASKS if name == t or name.startswith(t + '.')), None)
+
+
+def _cross_task_imports(name, path):
+  """The other task packages' modules that a module imports (none is allowed)."""
+  task = _task(name)
+  return sorted(m for m in _imports(path) if _task(m) not in (None, task)) if task else []
+
+
+@pytest.mark.parametrize('name,path', list(_modules()))
+def test_no_task_imports_the_other(name, path):
+  """Catches e.g. `from rstg_jax.ssv1.reader import X` planted in a syncmnist module."""
+  assert not _cross_task_imports(name, path), (
+      f'{name} imports {_cross_task_imports(name, path)}: move what both tasks use below '
+      'them (core, rstg_jax/layers.py, the training library)')
+
+
+def test_the_cross_task_check_sees_every_import_form(tmp_path):
+  """The detector itself: each way of naming the other task is caught, in both directions."""
+  forms = ['from rstg_jax.ssv1.reader import SSv1DataError', 'import rstg_jax.ssv1.models',
+           'from rstg_jax import ssv1', 'def f():\n  from rstg_jax.ssv1 import task']
+  for form in forms:
+    src = tmp_path / 'planted.py'
+    src.write_text(form + '\n')
+    found = _cross_task_imports('rstg_jax.syncmnist.planted', src)
+    assert found and {_task(m) for m in found} == {'rstg_jax.ssv1'}, (form, found)
+    back = form.replace('ssv1', 'syncmnist')
+    src.write_text(back + '\n')
+    found = _cross_task_imports('rstg_jax.ssv1.planted', src)
+    assert found and {_task(m) for m in found} == {'rstg_jax.syncmnist'}, (back, found)
+  src.write_text('from rstg_jax.layers import NonLocalBlock\nfrom rstg_jax.ssv1 import x\n')
+  assert not _cross_task_imports('rstg_jax.ssv1.planted', src)  # own task and below: fine
 
 
 def test_only_the_registry_branches_on_the_data_set_name():

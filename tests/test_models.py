@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 from ml_collections import config_dict
 
+from rstg_jax.layers import NonLocalBlock
+from rstg_jax.model import ABLATIONS, SCHEDULES, ablation_to_core_args
 from rstg_jax.syncmnist import models
 from rstg_jax.syncmnist import baselines
 from rstg_jax.syncmnist.backbone import SmallCNN, apply_per_frame, feature_size, max_pool_2x2
@@ -133,12 +135,9 @@ def test_space_only_logits_ignore_the_frame_order():
 
 
 def test_ablation_names_match_the_core():
-  # pylint: disable=g-import-not-at-top
-  from rstg_jax.model import SCHEDULES
-  from rstg_jax.syncmnist.rstg_classifier import ablation_to_core_args
-  assert set(models.ABLATIONS) == set(SCHEDULES) | {'positional'}
+  assert set(ABLATIONS) == set(SCHEDULES) | {'positional'}
   assert ablation_to_core_args('positional') == dict(schedule='all_temp', positional=True)
-  for ablation in set(models.ABLATIONS) - {'positional'}:
+  for ablation in set(ABLATIONS) - {'positional'}:
     assert ablation_to_core_args(ablation) == dict(schedule=ablation, positional=False)
   with pytest.raises(ValueError, match='all_temp, one_temp'):
     ablation_to_core_args('two_temp')
@@ -182,7 +181,7 @@ def test_nonlocal_i3d_adds_one_block_in_second_stage():
 
 
 def test_nonlocal_block_is_identity_at_init():
-  block = baselines.NonLocalBlock(subsample=False)
+  block = NonLocalBlock(subsample=False)
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 3, 4, 4, 8))
   variables = block.init(jax.random.PRNGKey(1), x)
   for train in (False, True):
@@ -302,5 +301,5 @@ def test_unknown_names_raise_with_valid_list():
     assert name in str(err.value)
   with pytest.raises(ValueError) as err:
     models.create_model(tiny_config('rstg', ablation='two_temp'))
-  for name in models.ABLATIONS:
+  for name in ABLATIONS:
     assert name in str(err.value)

@@ -15,10 +15,10 @@ feature maps [B, T, h, w, C] (6x6x512 for 64x64 frames):
   included, has about 10M parameters as in Appendix D.
 - `NonLocalI3D`: the same with one non-local block in the second residual stage.
 
-The non-local block is `rstg_jax.ssv1.nonlocal_block.NonLocalBlock`, the one the
-ResNet-50 models use (re-exported here). Every BatchNorm is that module's `batch_norm`
-(momentum 0.9, epsilon 1e-5, as in Caffe2): a running average over ~10 steps rather than
-the ~100 of Flax's default 0.99 suits short SyncMNIST runs too.
+The non-local block is `rstg_jax.layers.NonLocalBlock`, the one the ResNet-50 models
+of Something-Something use. Every BatchNorm is that module's `batch_norm` (momentum 0.9,
+epsilon 1e-5, as in Caffe2): a running average over ~10 steps rather than the ~100 of
+Flax's default 0.99 suits short SyncMNIST runs too.
 """
 
 from __future__ import annotations
@@ -29,13 +29,11 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from rstg_jax.layers import NonLocalBlock, batch_norm
 from rstg_jax.syncmnist.backbone import SmallCNN
-# The non-local block is shared with the ResNet-50 models; re-exported here because the
-# SyncMNIST Non-local baseline is built from it.
-from rstg_jax.ssv1.nonlocal_block import NonLocalBlock, batch_norm
 
-__all__ = ['backbone_features', 'LSTMHead', 'MeanLSTM', 'ConvLSTM', 'NonLocalBlock',
-           'Bottleneck3D', 'I3DSmall', 'NonLocalI3D']
+__all__ = ['backbone_features', 'LSTMHead', 'MeanLSTM', 'ConvLSTM', 'Bottleneck3D',
+           'I3DSmall', 'NonLocalI3D']
 
 
 def backbone_features(backbone: SmallCNN, video: jax.Array, freeze: bool) -> jax.Array:

@@ -13,9 +13,10 @@ the submodule `backbone`, so pre-trained backbone parameters
 
 from flax import linen as nn
 
+from rstg_jax.model import ABLATIONS
 from rstg_jax.syncmnist import baselines
 from rstg_jax.train import config_checks
-from rstg_jax.syncmnist.rstg_classifier import ABLATIONS, RSTGClassifier
+from rstg_jax.syncmnist.rstg_classifier import RSTGClassifier
 
 MODEL_NAMES = ('rstg', 'mean_lstm', 'conv_lstm', 'i3d', 'nonlocal')
 _BASELINES = {'mean_lstm': baselines.MeanLSTM, 'conv_lstm': baselines.ConvLSTM,

@@ -21,27 +21,9 @@ import jax
 from flax import linen as nn
 
 from rstg_jax.graph import build_graph, pool_nodes
-from rstg_jax.model import RSTG, SCHEDULES, rstg_to_vec
+from rstg_jax.model import RSTG, ablation_to_core_args, rstg_to_vec
 from rstg_jax.syncmnist.baselines import backbone_features
 from rstg_jax.syncmnist.backbone import SmallCNN
-
-
-# The ablations of the paper's SyncMNIST table: the core's schedules
-# (rstg_jax.model.SCHEDULES), plus "positional" = all_temp with positional maps.
-ABLATIONS = ('all_temp', 'one_temp', 'homogeneous', 'space_only', 'time_only', 'positional')
-
-
-def ablation_to_core_args(ablation: str) -> dict:
-  """The (schedule, positional) pair of `RSTG` that an ablation name stands for.
-
-  "positional" is all_temp with positional maps in f_send (the paper's best 5SyncMNIST
-  model); every other ablation is the core schedule of the same name.
-  """
-  if ablation == 'positional':
-    return dict(schedule='all_temp', positional=True)
-  if ablation in ABLATIONS and ablation in SCHEDULES:
-    return dict(schedule=ablation, positional=False)
-  raise ValueError(f"unknown RSTG ablation {ablation!r}; valid: {', '.join(ABLATIONS)}")
 
 
 class RSTGClassifier(nn.Module):
@@ -53,7 +35,7 @@ class RSTGClassifier(nn.Module):
     dim: RSTG node state size D (512).
     num_iters: K, space (and internal time) stages (3).
     scales: grid sizes of the graph ((1, 2, 3): 14 nodes).
-    ablation: one of ABLATIONS.
+    ablation: one of `rstg_jax.model.ABLATIONS`.
     gather: "attention" or "sum" (how a node combines incoming messages).
     adjacency: "sparse" (the paper's graph) or "full" (Appendix C).
     layer_norm: LayerNorm in the space stage.
