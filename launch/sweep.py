@@ -51,8 +51,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 
-from rstg_jax import paper as paper_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
-from rstg_jax import report as report_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from rstg_jax import paper as paper_lib
+from rstg_jax import report as report_lib
+from rstg_jax import run_status as status_lib
+# pylint: enable=g-import-not-at-top,wrong-import-position
 
 
 def split_values(text: str) -> list[str]:
@@ -151,7 +154,7 @@ def write_json_atomic(path: str, obj):
 
 def write_sweep_json(run: dict, command: list[str], args):
   path = os.path.join(run['workdir'], 'sweep.json')
-  old = report_lib.read_json(path) or {}
+  old = status_lib.read_json(path) or {}
   write_json_atomic(path, {
       'name': run['name'], 'config': run['config'], 'overrides': run['overrides'],
       'grid': run['grid'], 'paper': run['paper'], 'extra_args': list(args.extra),
@@ -169,7 +172,7 @@ def status_of(run: dict) -> str:
     _, total, _ = report_lib.resolve_config(run['workdir'], sweep)
   else:
     return 'new'
-  return report_lib.run_status(run['workdir'], total=total)
+  return status_lib.run_status(run['workdir'], total=total)
 
 
 def run_local(todo: list[dict], args) -> int:
@@ -205,7 +208,7 @@ def run_local(todo: list[dict], args) -> int:
       pass
     minutes = (time.time() - t0) / 60
     path = os.path.join(run['workdir'], 'sweep.json')  # the report shows failed runs
-    write_json_atomic(path, dict(report_lib.read_json(path) or {}, exit_code=rc))
+    write_json_atomic(path, dict(status_lib.read_json(path) or {}, exit_code=rc))
     if rc == 0:
       print(f'finished {run["name"]} in {minutes:.1f} min', flush=True)
     else:
@@ -271,7 +274,7 @@ def slurm_submit(todo: list[dict], args) -> int:
   # Rerunning the sweep asks squeue about these tasks instead of submitting them again.
   for i, run in enumerate(todo):
     path = os.path.join(run['workdir'], 'sweep.json')
-    write_json_atomic(path, dict(report_lib.read_json(path) or {}, slurm_job=f'{job}_{i}'))
+    write_json_atomic(path, dict(status_lib.read_json(path) or {}, slurm_job=f'{job}_{i}'))
   return 0
 
 

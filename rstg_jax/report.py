@@ -20,20 +20,22 @@ What it reads in a run folder:
   Without it, the config is rebuilt from sweep.json (config file + overrides).
 - sweep.json (written by launch/sweep.py): name, grid values, command, paper row.
 - DONE (written by the trainer at the end), RUNNING (by the local sweep executor) and
-  sweep.json's 'slurm_job' (the SLURM executor; looked up in squeue).
+  sweep.json's 'slurm_job' (the SLURM executor; looked up in squeue): the run's status,
+  read by `rstg_jax.run_status`.
+
+The figure is drawn by `rstg_jax.report_figure`.
 """
 
 import json
 import math
 import os
-import shutil
-import socket
-import subprocess
 import sys
-from typing import Any, Optional
+from typing import Optional
 
 from rstg_jax import cli
 from rstg_jax import paper as paper_lib
+from rstg_jax import report_figure
+from rstg_jax.run_status import read_json, read_jsonl, run_status
 
 RUN_MARKERS = ('metrics.jsonl', 'config.json', 'sweep.json')
 SKIP_DIRS = ('checkpoints', '__pycache__', 'tensorboard')
@@ -42,33 +44,6 @@ SKIP_DIRS = ('checkpoints', '__pycache__', 'tensorboard')
 # ------------------------------------------------------------------------------------
 # Reading one run.
 # ------------------------------------------------------------------------------------
-
-
-def read_json(path: str) -> Optional[Any]:
-  try:
-    with open(path) as f:
-      return json.load(f)
-  except (OSError, ValueError):
-    return None
-
-
-def read_jsonl(path: str) -> list[dict]:
-  rows = []
-  try:
-    with open(path) as f:
-      for line in f:
-        line = line.strip()
-        if not line:
-          continue
-        try:
-          row = json.loads(line)
-        except ValueError:
-          continue  # a line cut short by a kill, or being written right now
-        if isinstance(row, dict):
-          rows.append(row)
-  except OSError:
-    pass
-  return rows
 
 
 def load_config(config_path: str, overrides: list[str], cwd: Optional[str] = None) -> dict:
@@ -123,73 +98,6 @@ def batch_size_of(flat: dict) -> Optional[int]:
   value = _first(flat, 'batch_size', 'data.batch_size', 'optim.batch_size',
                  'train.batch_size')
   return int(value) if value else None
-
-
-def _pid_alive(pid: int) -> bool:
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except PermissionError:
-    return True
-  return True
-
-
-def running_marker(rundir: str) -> Optional[dict]:
-  """The RUNNING marker of a run started by a local sweep, if its process is alive.
-
-  A marker from another host cannot be checked and is taken as stale.
-  """
-  marker = read_json(os.path.join(rundir, 'RUNNING'))
-  if not isinstance(marker, dict):
-    return None
-  if marker.get('host') != socket.gethostname() or not _pid_alive(int(marker.get('pid', 0))):
-    return None
-  return marker
-
-
-def slurm_state(rundir: str) -> Optional[str]:
-  """'running' or 'queued' while the SLURM array task a sweep submitted for the run
-  is in `squeue`; None otherwise (or without squeue)."""
-  job = (read_json(os.path.join(rundir, 'sweep.json')) or {}).get('slurm_job')
-  if not job or not shutil.which('squeue'):
-    return None
-  try:
-    out = subprocess.run(['squeue', '-h', '-j', str(job), '-o', '%T'], capture_output=True,
-                         text=True, timeout=30).stdout.split()
-  except (OSError, subprocess.SubprocessError):
-    return None
-  if not out:
-    return None
-  return 'queued' if out[0] in ('PENDING', 'CONFIGURING', 'REQUEUED') else 'running'
-
-
-def run_status(rundir: str, rows: Optional[list] = None,
-               total: Optional[int] = None) -> str:
-  """'done', 'running', 'queued', 'failed (EXIT CODE)', 'partial' (started, unfinished,
-  idle) or 'new'.
-
-  Finished: the trainer wrote DONE at the end, or metrics.jsonl has a test row at the
-  last training step (runs from before DONE existed).
-  """
-  if os.path.exists(os.path.join(rundir, 'DONE')):
-    return 'done'
-  if rows is None:
-    rows = read_jsonl(os.path.join(rundir, 'metrics.jsonl'))
-  if total is not None and any(r.get('split') == 'test' and r.get('step', -1) >= total
-                               for r in rows):
-    return 'done'
-  if running_marker(rundir):
-    return 'running'
-  state = slurm_state(rundir)
-  if state:
-    return state
-  exit_code = (read_json(os.path.join(rundir, 'sweep.json')) or {}).get('exit_code')
-  if exit_code:  # the local sweep's last attempt failed (see its log.txt)
-    return f'failed ({exit_code})'
-  if rows or os.path.isdir(os.path.join(rundir, 'checkpoints')):
-    return 'partial'
-  return 'new'
 
 
 def resolve_config(rundir: str, sweep: Optional[dict]) -> tuple[dict, Optional[int], str]:
@@ -435,43 +343,6 @@ def markdown(root: str, runs: list[dict], summaries: list[dict]) -> str:
   return '\n'.join(lines)
 
 
-def plot(runs: list[dict], path: str):
-  """Val top-1 (old runs: test top-1) against videos seen (left) and against minutes of
-  training (right: wall time since training started, evaluations included, backbone
-  pre-training excluded), one curve per run."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  by_videos = all(info['batch_size'] for info in runs if info['curve'])
-  fig, (ax, ax_min) = plt.subplots(1, 2, figsize=(13, 5), sharey=True)
-  for info in runs:
-    if not info['curve']:
-      continue
-    scale = info['batch_size'] if by_videos else 1
-    xs = [s * scale for s, _ in info['curve']]
-    ys = [100 * v for _, v in info['curve']]
-    label = info['name'] + (' (test)' if info['selected_on'] == 'test' else '')
-    line, = ax.plot(xs, ys, 'o-', ms=3, label=label)
-    if info.get('curve_minutes'):
-      ax_min.plot([m for m, _ in info['curve_minutes']],
-                  [100 * v for _, v in info['curve_minutes']], 'o-', ms=3,
-                  color=line.get_color())
-  ax.set(xlabel='videos seen' if by_videos else 'step', ylabel='val top-1 (%)',
-         title='val top-1 against ' + ('videos seen' if by_videos else 'steps'))
-  ax_min.set(xlabel='minutes since training started (backbone pre-training excluded)',
-             title='val top-1 against minutes')
-  for a in (ax, ax_min):
-    a.grid(alpha=0.3)
-  if any(info['curve'] for info in runs):
-    ax_min.legend(*ax.get_legend_handles_labels(), fontsize=8, loc='center left',
-                  bbox_to_anchor=(1.01, 0.5))
-  fig.tight_layout()
-  tmp = path + '.tmp.png'
-  fig.savefig(tmp, dpi=100)
-  plt.close(fig)
-  os.replace(tmp, path)
-
-
 def write_report(root: str) -> tuple[str, str, list[dict]]:
   """Writes root/report.md and root/report.png; returns their paths and the runs."""
   runs = [summarize(d, root) for d in find_runs(root)]
@@ -481,7 +352,7 @@ def write_report(root: str) -> tuple[str, str, list[dict]]:
   with open(md_path + '.tmp', 'w') as f:
     f.write(text)
   os.replace(md_path + '.tmp', md_path)
-  plot(runs, png_path)
+  report_figure.plot(runs, png_path)
   return md_path, png_path, runs
 
 
