@@ -1,7 +1,8 @@
 r"""3SyncMNIST with the paper's full recipe: RSTG all-temp, SGD + Nesterov, plateau /10.
 
 Command (ablations: --config.ablation=one_temp|homogeneous|space_only|time_only|positional;
-baselines: --config.model=mean_lstm|conv_lstm|i3d|nonlocal):
+baselines: --config.model=mean_lstm|conv_lstm|i3d|nonlocal; protocol presets:
+--config=configs/syncmnist.py:paper|motion|privileged, 'paper' without one):
 
   python -m rstg_jax.main --config=configs/syncmnist.py --workdir=runs/sync3_rstg
   python -m rstg_jax.evaluate --config=configs/syncmnist.py --workdir=runs/sync3_rstg \
@@ -21,13 +22,15 @@ Expected runtime: TBD (not measured yet; needs a GPU: one step is ~1.5 TFLOP at 
 Expected result: TBD (not measured yet); the paper reports 98.9% top-1 (all-temp, Table 1).
 """
 
-from configs import default
+from configs import syncmnist_base
 
 
-def get_config():
-  config = default.get_config()
+def get_config(preset=None):
+  """The paper's recipe ('paper' protocol); `preset`: one of PRESETS (None: 'paper')."""
+  config = syncmnist_base.get_config()
   config.data.num_digits = 3
-  config.backbone.pretrain_steps = 2_000
+  syncmnist_base.paper_backbone(config)  # one frame; pre-trained on the digit only
+  config.backbone.pretrain.steps.digit = 2_000
   config.backbone.freeze = False  # trained end to end after the pretraining.
   config.optim.optimizer = 'sgd'
   config.optim.learning_rate = 1e-4
@@ -40,4 +43,10 @@ def get_config():
   config.eval.every = 5_000
   config.checkpoint_every = 2_500
   config.optim.plateau.patience = 3
-  return config
+  return syncmnist_base.with_preset(config, preset, PRESETS, 'syncmnist')
+
+
+# Protocol presets: --config=configs/syncmnist.py:motion (rstg_jax.syncmnist.protocols).
+PRESETS = {'paper': syncmnist_base.paper_backbone,
+           'motion': syncmnist_base.motion_backbone,
+           'privileged': syncmnist_base.privileged_backbone}

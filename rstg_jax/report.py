@@ -35,6 +35,7 @@ from typing import Optional
 from rstg_jax import cli
 from rstg_jax import paper as paper_lib
 from rstg_jax import report_figure
+from rstg_jax import tasks
 from rstg_jax.run_status import read_json, read_jsonl, run_status
 
 RUN_MARKERS = ('metrics.jsonl', 'config.json', 'sweep.json')
@@ -49,7 +50,7 @@ SKIP_DIRS = ('checkpoints', '__pycache__', 'tensorboard')
 def load_config(config_path: str, overrides: list[str], cwd: Optional[str] = None) -> dict:
   """A config file with --config.* overrides, parsed as `rstg_jax.main` parses them.
 
-  Returns the flat config ({'data.name': ...}). Config files import `configs.default`,
+  Returns the flat config ({'data.name': ...}). Config files import `configs.syncmnist_base`,
   so `cwd` (the repository root the sweep ran from) goes on sys.path meanwhile.
   """
   from absl import flags  # pylint: disable=g-import-not-at-top
@@ -199,11 +200,26 @@ def summarize(rundir: str, root: str) -> dict:
   info['curve_minutes'] = [(r['elapsed'] / 60, r['top1']) for r in curve_rows
                            if isinstance(r.get('top1'), (int, float))
                            and isinstance(r.get('elapsed'), (int, float))]
+  info['protocol'] = protocol_of(flat)
   entry = (sweep or {}).get('paper')
   if entry is None and flat:
     entry = paper_lib.paper_entry(flat)
   info['paper'] = entry
   return info
+
+
+def protocol_of(flat: dict) -> str:
+  """The protocol of a run's (flat) config, computed by its task, so runs from before
+  the trainer stored it get one too: '-' where the task defines none (SSv1), '?' where
+  the config cannot say (a removed option), '' without a config."""
+  if not flat:
+    return ''
+  try:
+    task = tasks.get(flat.get('data.name'))
+    found = task.protocol(task.upgrade_config(cli.unflatten(flat)))
+  except (ValueError, KeyError):
+    return '?'
+  return found[0] if found else '-'
 
 
 def find_runs(root: str) -> list[str]:
@@ -300,13 +316,14 @@ def markdown(root: str, runs: list[dict], summaries: list[dict]) -> str:
     for k in info['grid']:
       if k not in grid_keys:
         grid_keys.append(k)
-  header = (['run'] + grid_keys + ['status', 'steps', 'videos seen', 'wall time',
+  header = (['run'] + grid_keys + ['protocol', 'status', 'steps', 'videos seen', 'wall time',
                                    'val top-1 (step)', 'test top-1', 'test top-5',
                                    'paper top-1', 'paper row', 'rank ours / paper'])
   lines = [f'# Report: {os.path.abspath(root)}', '',
            f'{len(runs)} run(s); accuracies in %. "val top-1 (step)": the checkpoint chosen '
            'by val top-1. Ranks are within each paper table, 1 = best; the paper column is '
-           'the paper\'s number for the row the run reproduces.', '',
+           'the paper\'s number for the row the run reproduces. Protocol: SyncMNIST\'s '
+           '(rstg_jax.syncmnist.protocols), from the run\'s config.', '',
            '| ' + ' | '.join(header) + ' |', '|' + ' --- |' * len(header)]
   for info in runs:
     steps = f'{info["step"]:,}' + (f' / {info["total_steps"]:,}' if info['total_steps'] else '')
@@ -322,7 +339,8 @@ def markdown(root: str, runs: list[dict], summaries: list[dict]) -> str:
       paper_top1 += f' / {entry["top5"]:.1f} (top-5)'
     rank = info.get('rank')
     cells = ([info['name']] + [info['grid'].get(k, '') for k in grid_keys] + [
-        info['status'], steps, f'{info["videos"]:,}' if info['videos'] else '',
+        info['protocol'], info['status'], steps,
+        f'{info["videos"]:,}' if info['videos'] else '',
         _duration(info['wall_seconds'], info['wall_estimated']), val,
         _pct(info['test_top1']), _pct(info['test_top5']), paper_top1,
         entry.get('row', ''), f'{rank[0]} / {rank[1]}' if rank else ''])

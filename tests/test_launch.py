@@ -276,7 +276,7 @@ def test_two_processes_equal_two_devices_and_resume_after_a_kill(tmp_path):
   """
   if not tiny_run.have_mnist():
     pytest.skip('MNIST not available')
-  flags = (['--config=configs/default.py', '--config.model=mean_lstm'] + tiny_run.TINY
+  flags = (['--config=configs/syncmnist_base.py', '--config.model=mean_lstm'] + tiny_run.TINY
            + ['--config.num_train_steps=20', '--config.eval.every=10',
               '--config.checkpoint_every=5', '--config.log_every=5'])
   env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}

@@ -25,13 +25,13 @@ def count(tree):
   return sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(tree))
 
 
-def tiny_config(model='rstg', ablation='all_temp', freeze=False, width=8, coords=False):
+def tiny_config(model='rstg', ablation='all_temp', freeze=False, width=8):
   c = config_dict.ConfigDict()
   c.model = model
   c.ablation = ablation
   c.data = config_dict.ConfigDict(dict(num_classes=NUM_CLASSES))
   c.baseline = config_dict.ConfigDict(dict(lstm_dim=8))
-  c.backbone = config_dict.ConfigDict(dict(width=width, freeze=freeze, coords=coords))
+  c.backbone = config_dict.ConfigDict(dict(width=width, freeze=freeze, frames=1))
   c.rstg = config_dict.ConfigDict(dict(dim=8, num_iters=2, scales=(1, 2), gather='attention',
                                        adjacency='sparse', layer_norm=False, scalewise=False))
   return c
@@ -226,26 +226,6 @@ def test_freeze_reaches_every_model():
   for name in models.MODEL_NAMES:
     for freeze in (False, True):
       assert models.create_model(tiny_config(name, freeze=freeze)).freeze_backbone == freeze
-
-
-def test_coordinate_backbone_knows_where_it_looks():
-  """coords=True: two input channels more, and a blank frame's features vary with the
-  position in the map (without them, a conv net's features of a blank frame cannot);
-  the factory hands the flag to every model."""
-  blank = jnp.zeros((1, 64, 64, 1))
-  for coords in (False, True):
-    cnn = SmallCNN(width=4, coords=coords)
-    variables = cnn.init(jax.random.PRNGKey(0), blank)
-    assert variables['params']['conv0']['kernel'].shape == (3, 3, 3 if coords else 1, 4)
-    fmap = np.asarray(cnn.apply(variables, blank))[0]
-    spread = np.abs(fmap - fmap[:1, :1]).max()
-    assert (spread > 1e-3) if coords else (spread == 0.0), (coords, spread)
-  for name in models.MODEL_NAMES:
-    model = models.create_model(tiny_config(name, coords=True))
-    assert model.coords, name
-    variables = jax.eval_shape(lambda v, m=model: m.init(jax.random.PRNGKey(0), v),
-                               jax.ShapeDtypeStruct((1, 2, 32, 32, 1), jnp.float32))
-    assert variables['params']['backbone']['conv0']['kernel'].shape[2] == 3, name
 
 
 def test_two_frame_backbone_sees_the_previous_frame():

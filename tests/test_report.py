@@ -87,10 +87,10 @@ def test_report_rows_ranks_and_figure(tmp_path):
   assert (a['rank'], b['rank'], x['rank'], c['rank']) == ((2, 1), (1, 2), (3, 3), (4, 4))
 
   text = open(md_path).read()
-  assert ('| a | all_temp | done | 100 / 100 | 800 | ~0m24s | 60.0 (50) | 70.0 | 95.0 | '
-          '98.9 | RSTG: All-temp-stages | 2 / 1 |') in text
-  assert ('| old/x |  | done | 30 / 30 | 240 |  | n/a (chosen on test, step 20)* | 40.0 | '
-          '70.0 | 95.0 | Conv + LSTM | 3 / 3 |') in text
+  assert ('| a | all_temp | paper | done | 100 / 100 | 800 | ~0m24s | 60.0 (50) | 70.0 | '
+          '95.0 | 98.9 | RSTG: All-temp-stages | 2 / 1 |') in text
+  assert ('| old/x |  | paper | done | 30 / 30 | 240 |  | n/a (chosen on test, step 20)* | '
+          '40.0 | 70.0 | 95.0 | Conv + LSTM | 3 / 3 |') in text
   assert ('- SyncMNIST Table 1, 3SyncMNIST (4 runs): order differs (Kendall tau 0.67). '
           'Ours: b > a > old/x > c. Paper: a > b > old/x > c.') in text
   assert os.path.getsize(png_path) > 10_000
@@ -123,6 +123,35 @@ def test_report_config_from_sweep_json(tmp_path):
                            'row': 'RSTG: 1-temp-stage', 'top1': 74.1, 'top5': None}
 
 
+def test_protocol_column_is_computed_from_each_runs_config(tmp_path):
+  """Today's configs, configs saved before the pre-training stages (old flat fields) and
+  before the trainer stored a protocol get one; SSv1 runs '-', a run trained with a
+  removed option '?', a run without a config ''."""
+  def quick(**backbone):
+    config = _sync_config('all_temp')
+    config['config']['backbone'] = backbone
+    return config
+
+  runs = {
+      'new': quick(frames=2, pretrain={'stages': ['digit', 'motion']}),
+      'old_scene': quick(pretrain_steps=1000, pretrain_target='digit_motion', frames=2,
+                         pretrain_motion_steps=1000, pretrain_scene_steps=1000),
+      'old_digit': quick(pretrain_steps=2000, pretrain_target='digit'),
+      'old_coords': quick(pretrain_steps=0, coords=True),
+      'ssv1': {'config': {'data': {'name': 'ssv1'}, 'batch_size': 8}, 'total_steps': 100},
+      'none': None,
+  }
+  for name, config in runs.items():
+    _write_run(tmp_path / name, _val_run([0.5], 0.5, 0.9), config, done=True)
+  _, _, infos = report.write_report(str(tmp_path))
+  got = {os.path.basename(i['dir']): i['protocol'] for i in infos}
+  assert got == {'new': 'motion_backbone', 'old_scene': 'privileged', 'old_digit': 'paper',
+                 'old_coords': '?', 'ssv1': '-', 'none': ''}
+  text = (tmp_path / 'report.md').read_text()
+  assert '| run | protocol | status |' in text
+  assert '| old_scene | privileged | done |' in text and '| ssv1 | - | done |' in text
+
+
 def test_paper_entries():
   flat = {'data.name': 'ssv1', 'backbone.arch': 'c2d', 'backbone.nonlocal_blocks': False,
           'rstg.placement': 'vec'}
@@ -147,8 +176,8 @@ def test_sweep_of_two_ablations_writes_the_report(tmp_path):
   assert result.returncode == 0, result.stdout + result.stderr
   assert 'finished ablation=all_temp' in result.stdout
   text = (workdir / 'report.md').read_text()
-  assert '| ablation=all_temp | all_temp | done | 4 / 4 | 32 |' in text
-  assert '| ablation=space_only | space_only | done | 4 / 4 | 32 |' in text
+  assert '| ablation=all_temp | all_temp | paper | done | 4 / 4 | 32 |' in text
+  assert '| ablation=space_only | space_only | paper | done | 4 / 4 | 32 |' in text
   assert (workdir / 'report.png').stat().st_size > 10_000
   for name in ('ablation=all_temp', 'ablation=space_only'):
     run = workdir / name

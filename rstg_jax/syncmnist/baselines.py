@@ -82,7 +82,6 @@ class MeanLSTM(nn.Module):
 
   num_classes: int
   width: int = 512
-  coords: bool = False  # coordinate channels in the backbone input (SmallCNN.coords)
   frames: int = 1  # frames the backbone sees at once (SmallCNN.frames)
   lstm_dim: int = 512
   freeze_backbone: bool = False
@@ -90,9 +89,8 @@ class MeanLSTM(nn.Module):
   @nn.compact
   def __call__(self, video: jax.Array, train: bool = False) -> jax.Array:
     del train  # no BatchNorm or dropout in this model; kept for the common contract
-    fmap = backbone_features(SmallCNN(self.width, coords=self.coords, frames=self.frames,
-                             name='backbone'), video,
-                             self.freeze_backbone)
+    fmap = backbone_features(SmallCNN(self.width, frames=self.frames, name='backbone'), video,
+                          self.freeze_backbone)
     # Global average pool throws away where things are: this baseline's weakness.
     return LSTMHead(self.lstm_dim, self.num_classes, name='head')(fmap.mean(axis=(2, 3)))
 
@@ -115,7 +113,6 @@ class ConvLSTM(nn.Module):
 
   num_classes: int
   width: int = 512
-  coords: bool = False  # coordinate channels in the backbone input (SmallCNN.coords)
   frames: int = 1  # frames the backbone sees at once (SmallCNN.frames)
   lstm_dim: int = 512
   conv_width: Optional[int] = None
@@ -123,8 +120,7 @@ class ConvLSTM(nn.Module):
 
   @nn.compact
   def __call__(self, video: jax.Array, train: bool = False) -> jax.Array:
-    x = backbone_features(SmallCNN(self.width, coords=self.coords, frames=self.frames,
-                             name='backbone'), video,
+    x = backbone_features(SmallCNN(self.width, frames=self.frames, name='backbone'), video,
                           self.freeze_backbone)
     conv_width = self.conv_width or self.width
     for i in range(3):
@@ -194,7 +190,6 @@ class I3DSmall(nn.Module):
 
   num_classes: int
   width: int = 512
-  coords: bool = False  # coordinate channels in the backbone input (SmallCNN.coords)
   frames: int = 1  # frames the backbone sees at once (SmallCNN.frames)
   planes: Optional[Sequence[int]] = None
   strides: Sequence[int] = (1, 2, 2)
@@ -204,8 +199,7 @@ class I3DSmall(nn.Module):
 
   @nn.compact
   def __call__(self, video: jax.Array, train: bool = False) -> jax.Array:
-    x = backbone_features(SmallCNN(self.width, coords=self.coords, frames=self.frames,
-                             name='backbone'), video,
+    x = backbone_features(SmallCNN(self.width, frames=self.frames, name='backbone'), video,
                           self.freeze_backbone)
     all_planes = self.planes or tuple(max(self.width // d, 1) for d in (8, 4, 2))
     if len(all_planes) != len(self.strides):

@@ -40,9 +40,9 @@ def config_errors(config) -> list[str]:
       ('backbone.width', b.width, 'a positive integer', integer),
       ('rstg.num_iters', r.num_iters, 'an integer >= 0', dict(integer=True, allow_zero=True)))
   errors += filter(None, [config_checks.scales_error('rstg.scales', r.scales)])
-  if b.get('frames', 1) not in (1, 2) or isinstance(b.get('frames', 1), bool):
+  if b.frames not in (1, 2) or isinstance(b.frames, bool):
     errors.append(f'backbone.frames must be 1 (the paper: one frame at a time) or 2 (each '
-                  f'frame with the one before it), got {b.get("frames")!r}.')
+                  f'frame with the one before it), got {b.frames!r}.')
   return errors
 
 
@@ -50,10 +50,9 @@ def create_model(config) -> nn.Module:
   """Builds the model named by `config.model`.
 
   Reads only: `model`, `ablation` (rstg only), `data.num_classes`, `baseline.lstm_dim`
-  (mean_lstm and conv_lstm), `backbone.width`, `backbone.freeze`, `backbone.coords`,
-  `backbone.frames`, `rstg.dim`,
-  `rstg.num_iters`, `rstg.scales`, `rstg.gather`, `rstg.adjacency`, `rstg.layer_norm`,
-  `rstg.scalewise`.
+  (mean_lstm and conv_lstm), `backbone.width`, `backbone.freeze`, `backbone.frames`,
+  `rstg.dim`, `rstg.num_iters`, `rstg.scales`, `rstg.gather`, `rstg.adjacency`,
+  `rstg.layer_norm`, `rstg.scalewise`.
 
   Raises:
     ValueError: unknown model or ablation name; the message lists the valid names.
@@ -63,9 +62,7 @@ def create_model(config) -> nn.Module:
     raise ValueError(' '.join(errors))
   common = dict(num_classes=int(config.data.num_classes), width=int(config.backbone.width),
                 freeze_backbone=bool(config.backbone.freeze),
-                coords=bool(config.backbone.coords),
-                # Absent from configs saved before it existed: one frame.
-                frames=int(config.backbone.get('frames', 1)))
+                frames=int(config.backbone.frames))
   if config.model == 'rstg':
     r = config.rstg
     return RSTGClassifier(dim=int(r.dim), num_iters=int(r.num_iters),

@@ -41,7 +41,6 @@ class RSTGClassifier(nn.Module):
     layer_norm: LayerNorm in the space stage.
     scalewise: per-scale update parameters.
     freeze_backbone: stop gradients at the backbone output.
-    coords: coordinate channels in the backbone's input (`SmallCNN.coords`).
     frames: frames the backbone sees at once (`SmallCNN.frames`: 2 adds the previous one).
   """
 
@@ -56,16 +55,14 @@ class RSTGClassifier(nn.Module):
   layer_norm: bool = False
   scalewise: bool = False
   freeze_backbone: bool = False
-  coords: bool = False
   frames: int = 1
 
   @nn.compact
   def __call__(self, video: jax.Array, train: bool = False) -> jax.Array:
     """Maps a video [B, T, H, W, 1] in [0, 1] to logits [B, num_classes]."""
     core_args = ablation_to_core_args(self.ablation)
-    fmap = backbone_features(SmallCNN(self.width, coords=self.coords, frames=self.frames,
-                             name='backbone'), video,
-                             self.freeze_backbone)
+    fmap = backbone_features(SmallCNN(self.width, frames=self.frames, name='backbone'),
+                             video, self.freeze_backbone)
     graph = build_graph(scales=tuple(self.scales), feature_size=fmap.shape[-3:-1],
                         adjacency=self.adjacency)
     nodes = pool_nodes(graph, fmap)  # [B, T, N, C]

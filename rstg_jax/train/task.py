@@ -48,6 +48,19 @@ class Task:
     del config
     return []
 
+  def upgrade_config(self, saved: dict) -> dict:
+    """A config saved by an older version (a JSON dict) with today's fields, for
+    resuming and evaluating its run; ValueError (one line, saying what to do) when it
+    cannot be mapped. Default: unchanged."""
+    return saved
+
+  def protocol(self, config) -> Optional[tuple[str, str]]:
+    """(name, why) of the evaluation protocol the config follows, printed at the start
+    of a run and stored in its config.json (`rstg_jax.syncmnist.protocols`); None: the
+    task defines none."""
+    del config
+    return None
+
   def check_data(self, config) -> None:
     """Raises ValueError, with what to do, when the data is not where the config says.
     Cheap (file-system checks only): runs before anything is compiled."""
