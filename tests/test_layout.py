@@ -14,11 +14,12 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / 'rstg_jax'
 LAYERS = {  # module prefix -> layer
     'rstg_jax.graph': 0, 'rstg_jax.stages': 0, 'rstg_jax.model': 0,
     'rstg_jax.safe_pickle': 1, 'rstg_jax.runtime': 1, 'rstg_jax.cli': 1,
-    'rstg_jax.distributed': 1, 'rstg_jax.paper': 1,
+    'rstg_jax.distributed': 1, 'rstg_jax.paper': 1, 'rstg_jax.graph_view': 1,
     'rstg_jax.train': 2,
     'rstg_jax.syncmnist': 3, 'rstg_jax.ssv1': 3,
     'rstg_jax.tasks': 4, 'rstg_jax.main': 4, 'rstg_jax.evaluate': 4,
     'rstg_jax.convert': 4, 'rstg_jax.bench': 4, 'rstg_jax.report': 4,
+    'rstg_jax.explain': 4,
 }
 
 
