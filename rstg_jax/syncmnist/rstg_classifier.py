@@ -9,6 +9,10 @@ video [B, T, 64, 64, 1]
   -> RSTG-to-vec (mean over time, sum over nodes)   [B, D]
   -> linear classifier   [B, num_classes]
 
+With `online=True` the core runs frame by frame (`RSTG.step`) and the classifier reads
+the readout of the frames seen so far after every frame: logits [B, T, num_classes],
+whose last row is the offline logits (what `python -m rstg_jax.explain` draws).
+
 The graph is built from the backbone's actual output size, so other frame sizes or
 backbone paddings need no change here.
 """
@@ -18,6 +22,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import jax
+import jax.numpy as jnp
 from flax import linen as nn
 
 from rstg_jax.graph import build_graph, pool_nodes
@@ -58,8 +63,15 @@ class RSTGClassifier(nn.Module):
   frames: int = 1
 
   @nn.compact
-  def __call__(self, video: jax.Array, train: bool = False) -> jax.Array:
-    """Maps a video [B, T, H, W, 1] in [0, 1] to logits [B, num_classes]."""
+  def __call__(self, video: jax.Array, train: bool = False,
+               online: bool = False) -> jax.Array:
+    """Maps a video [B, T, H, W, 1] in [0, 1] to logits [B, num_classes].
+
+    With `online`, logits [B, T, num_classes]: row t classifies frames 0..t, computed
+    one frame at a time by the core's online mode. The backbone sees each frame (and,
+    with `frames=2`, the one before it) and the node BatchNorm is per frame at test
+    time, so row t depends on frames 0..t only.
+    """
     core_args = ablation_to_core_args(self.ablation)
     fmap = backbone_features(SmallCNN(self.width, frames=self.frames, name='backbone'),
                              video, self.freeze_backbone)
@@ -70,7 +82,16 @@ class RSTGClassifier(nn.Module):
     # fine-tuned; normalising per channel keeps the LSTM gates out of saturation.
     nodes = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
                          name='node_bn')(nodes)
-    states = RSTG(graph=graph, dim=self.dim, num_iters=self.num_iters,
-                  gather=self.gather, layer_norm=self.layer_norm,
-                  scalewise=self.scalewise, name='rstg', **core_args)(nodes)
-    return nn.Dense(self.num_classes, name='classifier')(rstg_to_vec(states))
+    core = RSTG(graph=graph, dim=self.dim, num_iters=self.num_iters,
+                gather=self.gather, layer_norm=self.layer_norm,
+                scalewise=self.scalewise, name='rstg', **core_args)
+    classifier = nn.Dense(self.num_classes, name='classifier')
+    if not online:
+      return classifier(rstg_to_vec(core(nodes)))
+    state, sums = core.initial_state(nodes.shape[0], nodes.dtype), []
+    for t in range(nodes.shape[1]):
+      state, out = core.step(state, nodes[:, t])
+      sums.append(out.sum(axis=-2))
+    # RSTG-to-vec of frames 0..t: the running mean of the per-frame node sums.
+    seen = jnp.arange(1, nodes.shape[1] + 1, dtype=nodes.dtype)[:, None]
+    return classifier(jnp.cumsum(jnp.stack(sums, 1), axis=1) / seen)

@@ -89,6 +89,10 @@ class SyncMNISTTask(task_lib.Task):
     return (f'{type(models.create_model(config)).__name__} ({config.model}{ablation}): '
             f'{param_count(params):,} parameters')
 
+  def explainer(self, config, dataset):
+    from rstg_jax.syncmnist import explain_figures  # pylint: disable=g-import-not-at-top
+    return explain_figures.SyncMNISTExplainer(config, dataset)
+
   def evaluator(self, config, dataset, final: bool = False):
     if final:
       return DigitOracleView(batches=dataset.test_batches, split=self.test_split)

@@ -95,6 +95,12 @@ class Task:
     """One log line about the model."""
     return f'{type(self.create_model(config)).__name__}: {param_count(params):,} parameters'
 
+  def explainer(self, config, dataset):
+    """What `python -m rstg_jax.explain` asks of the task: videos by index and their
+    figures (the contract is in `rstg_jax.explain`). Default: none."""
+    del config, dataset
+    raise ValueError(f'the {self.name} task has no explain figures (Task.explainer)')
+
   def evaluator(self, config, dataset, final: bool = False):
     """The evaluation to run: during training, on `selection_split` (`final=False`), or
     in the evaluate command and, for a task with a `test_split`, once at the end of
