@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from configs import default
+from configs import syncmnist_base
 from rstg_jax import explain
 from rstg_jax import graph_view
 from rstg_jax.graph import build_graph
@@ -87,7 +87,7 @@ def test_exchanged_pairs_and_top_edges():
 
 
 def _tiny_config(mnist_path, **overrides):
-  config = default.get_config()
+  config = syncmnist_base.get_config()
   config.data.mnist_path = mnist_path
   config.backbone.width = 8
   config.rstg.dim = 16
