@@ -39,8 +39,8 @@ from flax import linen as nn
 from rstg_jax.layers import NonLocalBlock, batch_norm
 from rstg_jax.syncmnist.backbone import SmallCNN
 
-__all__ = ['backbone_features', 'node_batch_norm', 'LSTMHead', 'MeanLSTM', 'ConvLSTM', 'Bottleneck3D',
-           'I3DSmall', 'NonLocalI3D']
+__all__ = ['backbone_features', 'node_batch_norm', 'LSTMHead', 'MeanLSTM', 'ConvLSTM',
+           'Bottleneck3D', 'I3DSmall', 'NonLocalI3D']
 
 
 def backbone_features(backbone: SmallCNN, video: jax.Array, freeze: bool) -> jax.Array:
