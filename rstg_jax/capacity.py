@@ -6,9 +6,10 @@ r"""Trainable-head sizes of a sweep preset's rows: are the models of a table com
 
 Takes the flags `launch/sweep.py` takes for the same preset: every row of the preset
 (`rstg_jax.paper.PRESETS`) on its config file (the preset's own unless --config), with
-the row's overrides and the flags after `--`. For each row it counts the parameters
-training updates (`rstg_jax.syncmnist.models.head_param_count`: all but a frozen
-backbone) from the model's shapes alone (`jax.eval_shape`: no data, no training), and
+the row's overrides and the flags after `--`. For each row it counts the parameters of
+the model's head (`rstg_jax.syncmnist.models.head_param_count`: all but the backbone the
+models share, i.e. all it trains when the backbone is frozen) from the model's shapes
+alone (`jax.eval_shape`: no data, no training), and
 prints a Markdown table: row, the row's width overrides, head parameters, and their
 ratio to the preset's reference row. A preset with a 'capacity' window
 (sync3_table1_fair: every baseline within 0.5x-2x of RSTG all-temp) exits with status 1

@@ -68,8 +68,8 @@ FAIR_WIDTHS = {
     'i3d': {'baseline.i3d_planes': (9, 18, 36)},
     'nonlocal': {'baseline.i3d_planes': (9, 18, 36)},
 }
-# Every baseline row's trainable head (all but a frozen backbone) over the reference
-# row's must lie in [low, high].
+# Every baseline row's head (all but the shared backbone: what trains when it is frozen)
+# over the reference row's must lie in [low, high].
 FAIR_CAPACITY = {'reference': 'sync3_all_temp', 'low': 0.5, 'high': 2.0}
 
 

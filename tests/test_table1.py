@@ -53,6 +53,11 @@ def test_fair_preset_matches_capacity_normalisation_budget_and_seeds(planned):
       ratio = heads[(run['grid']['row'], 0)] / reference
       assert 0.5 <= ratio <= 2.0, (run['name'], ratio)
       assert 0.9 <= ratio <= 1.1, (run['name'], ratio)  # the widths chosen: near 1x
+  # A head is all but the shared backbone, fine-tuned or not (the `:paper` protocol may
+  # fine-tune it): the same count.
+  first = planned[0]
+  first['cfg'].backbone.freeze = False
+  assert models.head_param_count(first['cfg']) == heads[(first['grid']['row'], 0)]
 
 
 def test_capacity_command_flags_a_planted_width(tmp_path, monkeypatch, capsys):

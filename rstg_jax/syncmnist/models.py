@@ -129,12 +129,10 @@ def create_model(config) -> nn.Module:
 
 
 def head_param_count(config) -> int:
-  """Parameters of `config`'s model that training updates: all of them, less the
-  backbone's when `backbone.freeze` (the trainable head). From `jax.eval_shape` of the
-  model's init on a 64x64 video: nothing is allocated or computed."""
+  """Parameters of `config`'s model outside the backbone that every model shares: its
+  head (all it trains when `backbone.freeze`). From `jax.eval_shape` of the model's init
+  on a 64x64 video: nothing is allocated or computed."""
   model = create_model(config)
   video = jax.ShapeDtypeStruct((1, 2, FRAME, FRAME, 1), jnp.float32)
   params = jax.eval_shape(lambda v: model.init(jax.random.PRNGKey(0), v), video)['params']
-  if config.backbone.freeze:
-    params = {k: v for k, v in params.items() if k != 'backbone'}
-  return param_count(params)
+  return param_count({k: v for k, v in params.items() if k != 'backbone'})
