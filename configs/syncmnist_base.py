@@ -57,9 +57,19 @@ def get_config():
   config.rstg.layer_norm = False
   config.rstg.scalewise = False
 
-  # The mean_lstm and conv_lstm baselines.
+  # Which models normalise the backbone's features per channel with one BatchNorm before
+  # their head (rstg_jax.syncmnist.models): 'rstg' (only RSTG's node BatchNorm, the
+  # authors' setup), 'batchnorm' (every model alike) or 'none'.
+  config.input_norm = 'rstg'
+
+  # The baselines' widths; unset (None, ()) they are the paper's, from backbone.width.
   config.baseline = config_dict.ConfigDict()
-  config.baseline.lstm_dim = 512
+  config.baseline.lstm_dim = 512  # LSTM hidden size of mean_lstm and conv_lstm
+  config.baseline.conv_lstm_dim = config_dict.placeholder(int)  # conv_lstm's (None: lstm_dim)
+  # Filters of conv_lstm's three extra convolutions (None: backbone.width).
+  config.baseline.conv_width = config_dict.placeholder(int)
+  # Inner widths of the 3 residual stages of i3d and nonlocal (empty: width/8, /4, /2).
+  config.baseline.i3d_planes = ()
 
   # --- Data ---------------------------------------------------------------------------
   config.data.name = 'syncmnist'

@@ -7,9 +7,13 @@ depth) becomes one row of report.md: its grid values (from sweep.json), status, 
 videos seen, wall time, the val top-1 of the chosen checkpoint (the best by val top-1,
 which the trainer keeps), the test top-1 / top-5, the paper's number where the run
 reproduces a paper row (`rstg_jax.paper`), and the rank of the run among the runs of the
-same paper table, beside the paper's rank. report.png plots val top-1 against videos seen,
-one curve per run. It reads files only, never a checkpoint, so it runs while the runs go
-on (a line cut short by a kill is skipped) and takes a second.
+same paper table, beside the paper's rank. Runs that differ only in their seed make one
+row of a second table (`rstg_jax.report_groups`: their mean and each seed's value), and
+the ranks and Kendall tau are computed on those means; a paper table whose rows had
+different budgets (training videos, val every, val and test videos) is flagged.
+report.png plots val top-1 against videos seen, one curve per run. It reads files only,
+never a checkpoint, so it runs while the runs go on (a line cut short by a kill is
+skipped) and takes a second.
 
 What it reads in a run folder:
 - metrics.jsonl: rows with 'split' 'train' (loss, accuracy, lr, videos_per_sec), 'val'
@@ -35,6 +39,7 @@ from typing import Optional
 from rstg_jax import cli
 from rstg_jax import paper as paper_lib
 from rstg_jax import report_figure
+from rstg_jax import report_groups
 from rstg_jax import tasks
 from rstg_jax.run_status import read_json, read_jsonl, run_status
 
@@ -169,6 +174,9 @@ def summarize(rundir: str, root: str) -> dict:
       'selected_on': None, 'chosen_step': None, 'val_top1': None,
       'test_top1': None, 'test_top5': None, 'test_step': None,
       'train_loss': train[-1].get('loss') if train else None,
+      # Runs of one row over seeds share a group key; a table's rows share a budget.
+      'seed': flat.get('seed'), 'group_key': report_groups.group_key(flat),
+      'budget': report_groups.budget_of(flat, total, batch),
   }
   info['wall_seconds'], info['wall_estimated'] = wall_seconds(rows, batch)
   if val:
@@ -267,25 +275,39 @@ def _sign(x: float) -> int:
   return (x > 0) - (x < 0)
 
 
-def rank_against_paper(runs: list[dict]) -> list[dict]:
-  """Sets info['rank'] = (ours, paper) per run; returns one summary per paper table."""
-  groups = {}
-  for info in runs:
-    entry = info.get('paper')
-    if entry and entry.get('top1') is not None and our_score(info) is not None:
-      groups.setdefault(entry['table'], []).append(info)
+def rank_against_paper(runs: list[dict], groups: Optional[list[dict]] = None) -> list[dict]:
+  """Ranks the rows of each paper table on their mean score against the paper's numbers.
+
+  A row is the runs that differ only in seed (`groups`, by default
+  `report_groups.group_runs(runs, our_score)`). Sets group['rank'] and each member's
+  info['rank'] = (ours, paper); returns one summary per paper table, whose 'budgets' is
+  a line naming the budgets when its rows (ranked or not) had different ones.
+  """
+  if groups is None:
+    groups = report_groups.group_runs(runs, our_score)
+  tables, ranked = {}, {}
+  for g in groups:
+    entry = g.get('paper')
+    if entry:
+      tables.setdefault(entry['table'], []).append(g)
+      if entry.get('top1') is not None and g['score'] is not None:
+        ranked.setdefault(entry['table'], []).append(g)
   summaries = []
-  for table, members in sorted(groups.items()):
-    ours = [our_score(m) for m in members]
-    theirs = [m['paper']['top1'] for m in members]
-    for m, r_ours, r_paper in zip(members, _ranks(ours), _ranks(theirs)):
-      m['rank'] = (r_ours, r_paper)
+  for table, rows in sorted(ranked.items()):
+    ours = [g['score'] for g in rows]
+    theirs = [g['paper']['top1'] for g in rows]
+    for g, r_ours, r_paper in zip(rows, _ranks(ours), _ranks(theirs)):
+      g['rank'] = (r_ours, r_paper)
+      for m in g['members']:
+        m['rank'] = g['rank']
     order = lambda scores: ' > '.join(  # pylint: disable=g-long-lambda
-        m['name'] for _, m in sorted(zip(scores, members), key=lambda t: -t[0]))
+        g['name'] for _, g in sorted(zip(scores, rows), key=lambda t: -t[0]))
     tau = kendall_tau(ours, theirs)
-    summaries.append({'table': table, 'n': len(members), 'tau': tau,
+    summaries.append({'table': table, 'n': len(rows),
+                      'runs': sum(len(g['members']) for g in rows), 'tau': tau,
                       'same_order': _ranks(ours) == _ranks(theirs),
-                      'ours': order(ours), 'paper': order(theirs)})
+                      'ours': order(ours), 'paper': order(theirs),
+                      'budgets': report_groups.budget_problem(tables[table])})
   return summaries
 
 
@@ -310,7 +332,8 @@ def _md(value) -> str:
   return str(value).replace('|', '\\|')
 
 
-def markdown(root: str, runs: list[dict], summaries: list[dict]) -> str:
+def markdown(root: str, runs: list[dict], summaries: list[dict],
+             groups: Optional[list[dict]] = None) -> str:
   grid_keys = []
   for info in runs:
     for k in info['grid']:
@@ -350,23 +373,31 @@ def markdown(root: str, runs: list[dict], summaries: list[dict]) -> str:
   if any(info['wall_estimated'] and info['wall_seconds'] for info in runs):
     lines += ['', '~ wall time estimated from the logged throughput and evaluation seconds '
               '(training and evaluation only).']
+  lines += [''] + report_groups.seeds_markdown(groups or [])
   if summaries:
-    lines += ['', '## Rank order against the paper', '']
+    lines += ['## Rank order against the paper', '']
     for s in summaries:
       tau = 'n/a' if s['tau'] is None else f'{s["tau"]:.2f}'
-      lines.append(f'- {s["table"]} ({s["n"]} runs): '
+      size = (f'{s["n"]} runs' if s['n'] == s['runs'] else
+              f'{s["n"]} rows, mean over {s["runs"]} runs')
+      lines.append(f'- {s["table"]} ({size}): '
                    f'{"same order as the paper" if s["same_order"] else "order differs"}'
                    f' (Kendall tau {tau}). Ours: {s["ours"]}. Paper: {s["paper"]}.')
-  lines += ['', 'Curves: report.png (val top-1 against videos seen and against minutes).', '']
+      if s['budgets']:
+        lines.append(f'  - **Budgets differ** between this table\'s rows, so its ranks '
+                     f'compare unequal training: {s["budgets"]}.')
+    lines.append('')
+  lines += ['Curves: report.png (val top-1 against videos seen and against minutes).', '']
   return '\n'.join(lines)
 
 
 def write_report(root: str) -> tuple[str, str, list[dict]]:
   """Writes root/report.md and root/report.png; returns their paths and the runs."""
   runs = [summarize(d, root) for d in find_runs(root)]
-  summaries = rank_against_paper(runs)
+  groups = report_groups.group_runs(runs, our_score)
+  summaries = rank_against_paper(runs, groups)
   md_path, png_path = os.path.join(root, 'report.md'), os.path.join(root, 'report.png')
-  text = markdown(root, runs, summaries)
+  text = markdown(root, runs, summaries, groups)
   with open(md_path + '.tmp', 'w') as f:
     f.write(text)
   os.replace(md_path + '.tmp', md_path)

@@ -23,7 +23,8 @@ CONFIGS = ('syncmnist_base', 'syncmnist', 'syncmnist5', 'syncmnist_quick', 'sync
 MODEL_FIELDS = ('model', 'ablation', 'data.num_classes', 'backbone.width',
                 'backbone.freeze', 'rstg.dim', 'rstg.num_iters', 'rstg.scales',
                 'rstg.gather', 'rstg.adjacency', 'rstg.layer_norm', 'rstg.scalewise',
-                'baseline.lstm_dim')
+                'baseline.lstm_dim', 'baseline.conv_lstm_dim', 'baseline.conv_width',
+                'baseline.i3d_planes', 'input_norm')
 
 
 def _load(name):
@@ -172,6 +173,12 @@ def test_every_field_and_optional_path_is_overridable():
   assert (config.ablation, config.rstg.num_iters, config.data.mnist_path,
           config.init_from.path, tuple(config.rstg.scales), config.backbone.freeze) == (
               'space_only', 2, '/data/mnist', 'runs/a', (1, 2), False)
+  # The Table 1 preset's fields, as launch/sweep.py writes them (None and () defaults).
+  config = _parse(['--config.input_norm=batchnorm', '--config.baseline.conv_width=8',
+                   '--config.baseline.conv_lstm_dim=64',
+                   '--config.baseline.i3d_planes=(9, 18, 36)'])
+  assert (config.input_norm, config.baseline.conv_width, config.baseline.conv_lstm_dim,
+          tuple(config.baseline.i3d_planes)) == ('batchnorm', 8, 64, (9, 18, 36))
 
 
 def test_main_rejects_bad_names_and_fields_cleanly_before_any_work(tmp_path):

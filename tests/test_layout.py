@@ -21,7 +21,8 @@ LAYERS = {  # module prefix -> layer
     'rstg_jax.syncmnist': 3, 'rstg_jax.ssv1': 3,
     'rstg_jax.tasks': 4, 'rstg_jax.main': 4, 'rstg_jax.evaluate': 4,
     'rstg_jax.convert': 4, 'rstg_jax.bench': 4, 'rstg_jax.report': 4,
-    'rstg_jax.report_figure': 4, 'rstg_jax.run_status': 4, 'rstg_jax.explain': 4,
+    'rstg_jax.report_figure': 4, 'rstg_jax.run_status': 4, 'rstg_jax.report_groups': 4,
+    'rstg_jax.capacity': 4, 'rstg_jax.explain': 4,
 }
 TASKS = ('rstg_jax.syncmnist', 'rstg_jax.ssv1')
 MAX_MODULE_LINES = 450

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from ml_collections import config_dict
 
+from rstg_jax.graph import build_graph, pool_nodes
 from rstg_jax.layers import NonLocalBlock
 from rstg_jax.model import ABLATIONS, SCHEDULES, ablation_to_core_args
 from rstg_jax.syncmnist import models
@@ -25,7 +26,8 @@ def count(tree):
   return sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(tree))
 
 
-def tiny_config(model='rstg', ablation='all_temp', freeze=False, width=8):
+def tiny_config(model='rstg', ablation='all_temp', freeze=False, width=8, input_norm=None):
+  """A small config; without `input_norm`, one from before that field existed."""
   c = config_dict.ConfigDict()
   c.model = model
   c.ablation = ablation
@@ -34,6 +36,8 @@ def tiny_config(model='rstg', ablation='all_temp', freeze=False, width=8):
   c.backbone = config_dict.ConfigDict(dict(width=width, freeze=freeze, frames=1))
   c.rstg = config_dict.ConfigDict(dict(dim=8, num_iters=2, scales=(1, 2), gather='attention',
                                        adjacency='sparse', layer_norm=False, scalewise=False))
+  if input_norm is not None:
+    c.input_norm = input_norm
   return c
 
 
@@ -283,3 +287,85 @@ def test_unknown_names_raise_with_valid_list():
     models.create_model(tiny_config('rstg', ablation='two_temp'))
   for name in ABLATIONS:
     assert name in str(err.value)
+
+
+def _init_shapes(config, video):
+  model = models.create_model(config)
+  return jax.eval_shape(lambda v: model.init(jax.random.PRNGKey(0), v), video)
+
+
+def _head_inputs(name, fmap, config):
+  """The backbone features as each model's head reads them."""
+  if name == 'rstg':
+    graph = build_graph(scales=tuple(config.rstg.scales), feature_size=fmap.shape[-3:-1],
+                        adjacency=config.rstg.adjacency)
+    return pool_nodes(graph, fmap)  # RSTG's nodes
+  if name == 'mean_lstm':
+    return fmap.mean(axis=(2, 3))  # one node per frame
+  return fmap  # Conv+LSTM and I3D read the map's cells
+
+
+@pytest.mark.parametrize('name', models.MODEL_NAMES)
+def test_input_norm_is_one_batchnorm_on_the_backbone_features(name):
+  """input_norm='batchnorm' gives every model exactly one module more than 'none':
+  `node_bn`, a scale and bias per backbone channel with its running statistics, whose
+  output is the backbone's features as the head reads them (RSTG's pooled nodes,
+  Mean+LSTM's per-frame mean, the map for Conv+LSTM and I3D) normalised per channel over
+  all other axes. The default 'rstg', and a config from before the field, keep the
+  models as they were: the node BatchNorm in RSTG only. Catches a model that skips the
+  normalisation, adds a second one, or normalises something else (planted: MeanLSTM
+  normalising the map before its pooling; ConvLSTM's after its first convolution).
+  """
+  video = jax.ShapeDtypeStruct((2, 3, 32, 32, 1), jnp.float32)
+  on = _init_shapes(tiny_config(name, input_norm='batchnorm'), video)
+  off = _init_shapes(tiny_config(name, input_norm='none'), video)
+  shapes = lambda tree: jax.tree_util.tree_map(lambda a: a.shape, tree)
+  assert set(on['params']) - set(off['params']) == {'node_bn'}
+  assert shapes({k: v for k, v in on['params'].items() if k != 'node_bn'}) == shapes(
+      off['params'])
+  assert shapes(on['params']['node_bn']) == {'scale': (8,), 'bias': (8,)}  # width 8
+  assert shapes(on['batch_stats']['node_bn']) == {'mean': (8,), 'var': (8,)}
+  assert 'node_bn' not in off.get('batch_stats', {})
+  for config in (tiny_config(name), tiny_config(name, input_norm='rstg')):
+    assert ('node_bn' in _init_shapes(config, video)['params']) == (name == 'rstg')
+
+  config = tiny_config(name, input_norm='batchnorm')
+  model = models.create_model(config)
+  clip = videos()  # the shapes check_model uses: XLA's compiled ops are reused
+  variables = model.init(jax.random.PRNGKey(0), clip, train=False)
+  _, state = model.apply(variables, clip, train=True,
+                         mutable=['batch_stats', 'intermediates'],
+                         capture_intermediates=lambda module, _: module.name == 'node_bn')
+  (normalised,) = state['intermediates']['node_bn']['__call__']
+  fmap = SmallCNN(8).apply({'params': variables['params']['backbone']}, clip,
+                           method=SmallCNN.video)
+  x = np.asarray(_head_inputs(name, fmap, config), np.float64)
+  axes = tuple(range(x.ndim - 1))  # init scale 1, bias 0: plain standardisation
+  want = (x - x.mean(axes)) / np.sqrt(x.var(axes) + 1e-5)
+  # float32 statistics (E[x^2] - E[x]^2 in flax) against float64: a few 1e-4.
+  np.testing.assert_allclose(normalised, want, rtol=2e-3, atol=2e-3)
+
+
+def test_input_norm_and_baseline_widths_are_checked():
+  """A misspelt input_norm, a zero width or a wrong number of I3D stages stop at the
+  factory with the field's name; the widths reach the modules."""
+  for field, value, message in (('input_norm', 'layernorm', 'Unknown input_norm'),
+                                ('baseline.conv_width', 0, 'baseline.conv_width'),
+                                ('baseline.i3d_planes', (4, 8), 'must have 3 entries'),
+                                ('baseline.i3d_planes', (4, 0, 8), r'i3d_planes\[1\]')):
+    config = tiny_config('i3d', input_norm='none')
+    config.baseline.update(conv_width=None, conv_lstm_dim=None, i3d_planes=())
+    if field == 'input_norm':
+      config.input_norm = value
+    else:
+      config.baseline[field.split('.')[1]] = value
+    with pytest.raises(ValueError, match=message):
+      models.create_model(config)
+  config = tiny_config('conv_lstm')
+  config.baseline.update(conv_width=3, conv_lstm_dim=5, i3d_planes=(2, 3, 4))
+  model = models.create_model(config)
+  assert (model.conv_width, model.lstm_dim, model.node_bn) == (3, 5, False)
+  config.model = 'nonlocal'
+  assert models.create_model(config).planes == (2, 3, 4)
+  config.model = 'mean_lstm'
+  assert models.create_model(config).lstm_dim == 8  # baseline.lstm_dim

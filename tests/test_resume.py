@@ -44,6 +44,10 @@ def test_model_and_stream_changes_are_named_old_to_new():
     checkpoints.check_resume(saved, now, True, 'W')
   now['rstg']['dim'] = 8
   assert 'batch_size' in checkpoints.check_resume(saved, now, True, 'W')
+  # input_norm adds or removes the node BatchNorm: a model field (a saved config from
+  # before the field has none to compare).
+  saved['input_norm'], now['input_norm'] = 'rstg', 'batchnorm'
+  assert checkpoints.resume_problems(saved, now)[0] == ["input_norm 'rstg' -> 'batchnorm'"]
 
 
 def test_resume_with_a_changed_batch_size_stops_unless_accepted(tmp_path):

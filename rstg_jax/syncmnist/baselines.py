@@ -15,6 +15,13 @@ feature maps [B, T, h, w, C] (6x6x512 for 64x64 frames):
   included, has about 10M parameters as in Appendix D.
 - `NonLocalI3D`: the same with one non-local block in the second residual stage.
 
+With `node_bn`, a model normalises the backbone's features per channel with one
+BatchNorm (`node_batch_norm`, parameters `node_bn`) where its head first reads them:
+Mean+LSTM on each frame's pooled vector (its one node), Conv+LSTM and I3D on the map's
+cells, as `RSTGClassifier` does on its pooled graph nodes. The paper's baselines have
+none (the default); `config.input_norm` switches it for every model alike
+(`rstg_jax.syncmnist.models`).
+
 The non-local block is `rstg_jax.layers.NonLocalBlock`, the one the ResNet-50 models
 of Something-Something use. Every BatchNorm is that module's `batch_norm` (momentum 0.9,
 epsilon 1e-5, as in Caffe2): a running average over ~10 steps rather than the ~100 of
@@ -32,8 +39,8 @@ from flax import linen as nn
 from rstg_jax.layers import NonLocalBlock, batch_norm
 from rstg_jax.syncmnist.backbone import SmallCNN
 
-__all__ = ['backbone_features', 'LSTMHead', 'MeanLSTM', 'ConvLSTM', 'Bottleneck3D',
-           'I3DSmall', 'NonLocalI3D']
+__all__ = ['backbone_features', 'node_batch_norm', 'LSTMHead', 'MeanLSTM', 'ConvLSTM',
+           'Bottleneck3D', 'I3DSmall', 'NonLocalI3D']
 
 
 def backbone_features(backbone: SmallCNN, video: jax.Array, freeze: bool) -> jax.Array:
@@ -50,6 +57,15 @@ def backbone_features(backbone: SmallCNN, video: jax.Array, freeze: bool) -> jax
 def _bn(train: bool, name: str) -> nn.Module:
   """A trainable BatchNorm (statistics in `batch_stats`), as the ResNet-50 models use."""
   return batch_norm(False, train, name=name)
+
+
+def node_batch_norm(features: jax.Array, train: bool) -> jax.Array:
+  """The input normalisation every SyncMNIST model can have: one BatchNorm per channel
+  (the last axis) of the backbone features its head reads, named `node_bn`.
+
+  Must be called inside a compact method, which it adds the submodule to.
+  """
+  return _bn(train, 'node_bn')(features)
 
 
 class LSTMHead(nn.Module):
@@ -78,6 +94,7 @@ class MeanLSTM(nn.Module):
     width: backbone filters.
     lstm_dim: LSTM hidden size.
     freeze_backbone: stop gradients at the backbone output.
+    node_bn: BatchNorm on each frame's pooled features (`node_batch_norm`).
   """
 
   num_classes: int
@@ -85,14 +102,17 @@ class MeanLSTM(nn.Module):
   frames: int = 1  # frames the backbone sees at once (SmallCNN.frames)
   lstm_dim: int = 512
   freeze_backbone: bool = False
+  node_bn: bool = False
 
   @nn.compact
   def __call__(self, video: jax.Array, train: bool = False) -> jax.Array:
-    del train  # no BatchNorm or dropout in this model; kept for the common contract
     fmap = backbone_features(SmallCNN(self.width, frames=self.frames, name='backbone'), video,
-                          self.freeze_backbone)
+                             self.freeze_backbone)
     # Global average pool throws away where things are: this baseline's weakness.
-    return LSTMHead(self.lstm_dim, self.num_classes, name='head')(fmap.mean(axis=(2, 3)))
+    pooled = fmap.mean(axis=(2, 3))
+    if self.node_bn:
+      pooled = node_batch_norm(pooled, train)
+    return LSTMHead(self.lstm_dim, self.num_classes, name='head')(pooled)
 
 
 class ConvLSTM(nn.Module):
@@ -109,6 +129,7 @@ class ConvLSTM(nn.Module):
     lstm_dim: LSTM hidden size.
     conv_width: filters of the three extra convolutions (None: same as `width`).
     freeze_backbone: stop gradients at the backbone output.
+    node_bn: BatchNorm on the backbone's map before the convolutions (`node_batch_norm`).
   """
 
   num_classes: int
@@ -117,11 +138,14 @@ class ConvLSTM(nn.Module):
   lstm_dim: int = 512
   conv_width: Optional[int] = None
   freeze_backbone: bool = False
+  node_bn: bool = False
 
   @nn.compact
   def __call__(self, video: jax.Array, train: bool = False) -> jax.Array:
     x = backbone_features(SmallCNN(self.width, frames=self.frames, name='backbone'), video,
                           self.freeze_backbone)
+    if self.node_bn:
+      x = node_batch_norm(x, train)
     conv_width = self.conv_width or self.width
     for i in range(3):
       x = nn.Conv(conv_width, (3, 3), padding='SAME', use_bias=False,
@@ -186,6 +210,7 @@ class I3DSmall(nn.Module):
     nonlocal_stage: index of the stage that gets one non-local block before its last
       residual block (Wang et al.'s placement), or None for plain I3D.
     freeze_backbone: stop gradients at the backbone output.
+    node_bn: BatchNorm on the backbone's map before the first stage (`node_batch_norm`).
   """
 
   num_classes: int
@@ -196,11 +221,14 @@ class I3DSmall(nn.Module):
   blocks_per_stage: int = 2
   nonlocal_stage: Optional[int] = None
   freeze_backbone: bool = False
+  node_bn: bool = False
 
   @nn.compact
   def __call__(self, video: jax.Array, train: bool = False) -> jax.Array:
     x = backbone_features(SmallCNN(self.width, frames=self.frames, name='backbone'), video,
                           self.freeze_backbone)
+    if self.node_bn:
+      x = node_batch_norm(x, train)
     all_planes = self.planes or tuple(max(self.width // d, 1) for d in (8, 4, 2))
     if len(all_planes) != len(self.strides):
       raise ValueError(f'planes {all_planes} and strides {self.strides} must have the same '

@@ -4,7 +4,7 @@ video [B, T, 64, 64, 1]
   -> `SmallCNN` on every frame (submodule `backbone`; with `frames=2` on every frame
      stacked with the one before it)   [B, T, 6, 6, C]
   -> area-pooled node features of a 1x1 + 2x2 + 3x3 grid graph   [B, T, 14, C]
-  -> BatchNorm on the node features (the authors' SyncMNIST setup)
+  -> BatchNorm on the node features (the authors' SyncMNIST setup; `node_bn`)
   -> `RSTG` core (schedule = the ablation)   [B, T, 14, D]
   -> RSTG-to-vec (mean over time, sum over nodes)   [B, D]
   -> linear classifier   [B, num_classes]
@@ -27,7 +27,7 @@ from flax import linen as nn
 
 from rstg_jax.graph import build_graph, pool_nodes
 from rstg_jax.model import RSTG, ablation_to_core_args, rstg_to_vec
-from rstg_jax.syncmnist.baselines import backbone_features
+from rstg_jax.syncmnist.baselines import backbone_features, node_batch_norm
 from rstg_jax.syncmnist.backbone import SmallCNN
 
 
@@ -47,6 +47,7 @@ class RSTGClassifier(nn.Module):
     scalewise: per-scale update parameters.
     freeze_backbone: stop gradients at the backbone output.
     frames: frames the backbone sees at once (`SmallCNN.frames`: 2 adds the previous one).
+    node_bn: BatchNorm on the pooled node features (`baselines.node_batch_norm`).
   """
 
   num_classes: int
@@ -61,6 +62,7 @@ class RSTGClassifier(nn.Module):
   scalewise: bool = False
   freeze_backbone: bool = False
   frames: int = 1
+  node_bn: bool = True
 
   @nn.compact
   def __call__(self, video: jax.Array, train: bool = False,
@@ -80,8 +82,8 @@ class RSTGClassifier(nn.Module):
     nodes = pool_nodes(graph, fmap)  # [B, T, N, C]
     # The backbone's ReLU features are unnormalised and their scale drifts while it is
     # fine-tuned; normalising per channel keeps the LSTM gates out of saturation.
-    nodes = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                         name='node_bn')(nodes)
+    if self.node_bn:
+      nodes = node_batch_norm(nodes, train)
     core = RSTG(graph=graph, dim=self.dim, num_iters=self.num_iters,
                 gather=self.gather, layer_norm=self.layer_norm,
                 scalewise=self.scalewise, name='rstg', **core_args)

@@ -139,8 +139,8 @@ def changed_fields(saved: dict, now: dict) -> list[str]:
 
 # Fields that define the model and the shapes of its parameters (and optimizer state):
 # a checkpoint cannot be resumed with other values.
-MODEL_FIELDS = ('model', 'ablation', 'data.num_classes', 'rstg.*', 'baseline.*',
-                'backbone.*', 'optim.optimizer')
+MODEL_FIELDS = ('model', 'ablation', 'input_norm', 'data.num_classes', 'rstg.*',
+                'baseline.*', 'backbone.*', 'optim.optimizer')
 # Used at step 0 only (pre-training, init_from): free to change on resume.
 _STEP0_FIELDS = ('backbone.pretrain.*', 'init_from.*')
 # Fields that define the training stream: changed on resume, the run would no longer be
