@@ -14,7 +14,8 @@ steps/s (`python -m rstg_jax.bench train --config=configs/syncmnist_cpu.py`: the
 backbone's forward pass is ~90 ms of a ~200 ms step, against ~50 of ~155 at width 32).
 Val (2,000 videos) every 2,000 steps; the whole test set once at the end.
 
-Expected runtime and result: being re-measured (TODO-LEAD) without the scene stage.
+Expected runtime: being re-measured (TODO-LEAD) without the scene stage.
+Expected result: being re-measured (TODO-LEAD).
 With it (protocol 'privileged': --config=configs/syncmnist_cpu.py:privileged) this
 config took 1 h 55 min 7 s on the idle 2-core machine (commit b648128) and gave
 85.7% test top-1 (top-5 96.9) on all 10,000 test videos, chosen on val (step 28,000,
