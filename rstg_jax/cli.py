@@ -10,11 +10,16 @@ def parse_flags(argv):
   """absl flag parsing that reports a bad `--config.<field>` without a traceback.
 
   ml_collections raises a misspelt config field as an AttributeError (with "Did you mean")
-  from inside flag parsing, where absl's app.run would print a long traceback.
+  from inside flag parsing, where absl's app.run would print a long traceback; a
+  ValueError of a config file's `get_config` (e.g. an unknown preset after `:`) comes as
+  a flag error holding the whole traceback, of which only its last line is printed.
   """
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
+    last = str(e).rstrip().splitlines()[-1]
+    if 'Error whilst parsing config file' in str(e) and last.startswith('ValueError: '):
+      sys.exit(f'ERROR: {last.removeprefix("ValueError: ")}')
     sys.exit(f'FATAL Flags parsing error: {e}\n'
              'Pass --helpshort or --helpfull to see help on flags.')
   except (AttributeError, KeyError, TypeError, ValueError) as e:
@@ -74,4 +79,16 @@ def flatten(d: dict, prefix: str = '') -> dict:
       out.update(flatten(v, f'{prefix}{k}.'))
     else:
       out[f'{prefix}{k}'] = v
+  return out
+
+
+def unflatten(flat: dict) -> dict:
+  """The inverse of `flatten`: {dotted name: value} as a nested dict."""
+  out = {}
+  for name, value in flat.items():
+    *parents, leaf = name.split('.')
+    node = out
+    for part in parents:
+      node = node.setdefault(part, {})
+    node[leaf] = value
   return out

@@ -52,8 +52,11 @@ def _tuples(x):
 
 def config_from_checkpoint(workdir: str, checkpoint: str = 'latest'
                           ) -> ml_collections.ConfigDict:
-  """The config a checkpoint was trained with (from its JSON metadata)."""
-  return ml_collections.ConfigDict(_tuples(checkpoints.read_config(workdir, checkpoint)))
+  """The config a checkpoint was trained with (from its JSON metadata), with the fields
+  added since (its task's `upgrade_config`)."""
+  saved = checkpoints.read_config(workdir, checkpoint)
+  saved = tasks.get(saved.get('data', {}).get('name')).upgrade_config(saved)
+  return ml_collections.ConfigDict(_tuples(saved))
 
 
 def run(config: Optional[ml_collections.ConfigDict], workdir: str,

@@ -29,8 +29,9 @@ def value_errors(config) -> list[str]:
   return []
 
 
-@pytest.mark.parametrize('name', ['default', 'syncmnist', 'syncmnist5', 'syncmnist_quick', 'syncmnist_cpu',
-                                  'ssv1_c2d', 'ssv1_i3d', 'ssv1_i3d_nl', 'ssv1_i3d_vec'])
+@pytest.mark.parametrize('name', ['syncmnist_base', 'syncmnist', 'syncmnist5', 'syncmnist_quick',
+                                  'syncmnist_cpu', 'ssv1_c2d', 'ssv1_i3d', 'ssv1_i3d_nl',
+                                  'ssv1_i3d_vec'])
 def test_shipped_configs_have_no_value_errors(name):
   assert value_errors(_config(name)) == []
 
@@ -49,12 +50,12 @@ def test_shipped_configs_have_no_value_errors(name):
     ('rstg.scales', (1, 0), 'rstg.scales=(1, 0) must hold positive integers'),
     ('data.train_size', 0, 'data.train_size=0 must be a positive integer'),
     ('num_epochs', float('nan'), 'num_epochs=nan must be a finite number'),
-    ('backbone.pretrain_lr', float('nan'), 'backbone.pretrain_lr=nan must be'),
+    ('backbone.pretrain.lr', float('nan'), 'backbone.pretrain.lr=nan must be'),
     ('optim.momentum', 1.5, 'optim.momentum=1.5 must be in [0, 1)'),
     ('optim.weight_decay', -1.0, 'optim.weight_decay=-1.0 must be a finite number >= 0'),
 ])
 def test_meaningless_values_are_named(field, value, message):
-  config = _config('syncmnist')  # pretrain_steps > 0, epoch-based
+  config = _config('syncmnist')  # a pre-training stage, epoch-based
   node = config
   *parents, leaf = field.split('.')
   for p in parents:

