@@ -57,8 +57,10 @@ _LN_EPS = 1e-6
 # frames, 90 messages) runs in one piece.
 EDGE_FLOATS_PER_CHUNK = 274 * 128 * 512
 # The dense path's [frames, N, N, D] pair tensors are chunked far smaller, to stay in
-# cache: 32 frames of the 14-node graph at D = 64 (1.6 MB) ran fastest (docs/notes/speed.md).
-DENSE_FLOATS_PER_CHUNK = 32 * 14 * 14 * 64
+# cache: at most this many (frame, receiver, sender) rows per chunk, 32 frames of the
+# 14-node graph, which ran fastest at D = 64 (24-64 frames within 5%); 4-8 frames of the
+# 30-node graph ran fastest at D = 512 (docs/notes/speed.md).
+DENSE_PAIRS_PER_CHUNK = 32 * 14 * 14
 # "auto" runs the dense path on graphs of at most this many nodes ...
 DENSE_MAX_NODES = 32
 IMPLS = ('segment', 'dense')
@@ -275,8 +277,9 @@ def space_stage(params: dict, graph: RSTGGraph, nodes: jax.Array,
     frames_per_chunk: frames (products of the leading axes) processed at once; more are
       processed chunk by chunk with `lax.map`, so the per-edge (or per-pair) tensors
       stay cache-sized and time stays linear in the number of frames. "auto": as many
-      frames as keep such a tensor under `EDGE_FLOATS_PER_CHUNK` floats
-      (`DENSE_FLOATS_PER_CHUNK` for "dense"), in chunks of equal size; None: all at once.
+      frames as keep such a tensor under `EDGE_FLOATS_PER_CHUNK` floats (under
+      `DENSE_PAIRS_PER_CHUNK` pairs for "dense"), in chunks of equal size; None: all
+      at once. The dense path recomputes a chunk's forward pass in its backward pass.
 
   Returns:
     Updated node features [..., N, D].
@@ -302,6 +305,10 @@ def space_stage(params: dict, graph: RSTGGraph, nodes: jax.Array,
     raise ValueError(f"frames_per_chunk must be 'auto', None or a positive int, got "
                      f'{frames_per_chunk!r}')
   stage = lambda x, p: _stage_frames(params, graph, x, p, impl)
+  if impl == 'dense' and frames_per_chunk and frames > frames_per_chunk:
+    # Each chunk's forward is recomputed in the backward pass rather than its pair
+    # tensors stacked for all chunks, so that they stay in cache: 1.4x faster on CPU.
+    stage = jax.checkpoint(stage)
   if not frames_per_chunk or frames <= frames_per_chunk:
     out = stage(flat, flat_past)
   else:
@@ -322,10 +329,10 @@ def _auto_chunk(graph: RSTGGraph, frames: int, d: int, with_past: bool,
   """Frames per chunk for "auto": under the tensor budget, chunks of equal size."""
   n = graph.num_nodes
   if impl == 'dense':
-    rows, budget = n * n + (n if with_past else 0), DENSE_FLOATS_PER_CHUNK
+    most = max(1, DENSE_PAIRS_PER_CHUNK // (n * n + (n if with_past else 0)))
   else:
-    rows, budget = graph.senders.shape[0] + (n if with_past else 0), EDGE_FLOATS_PER_CHUNK
-  most = max(1, budget // max(1, rows * d))
+    rows = graph.senders.shape[0] + (n if with_past else 0)
+    most = max(1, EDGE_FLOATS_PER_CHUNK // max(1, rows * d))
   chunks = -(-frames // most)
   return -(-frames // chunks)  # the fewest chunks; less than one padded frame per chunk
 
