@@ -1,5 +1,6 @@
-"""The space stage against a dense version written from the paper's equations, and its two
-implementations ("segment" and "dense") against each other, values and gradients."""
+"""The space stage against the numpy reference written from the paper's equations
+(tests/space_reference.py), and its two implementations ("segment" and "dense") against
+each other, values and gradients."""
 
 import jax
 import jax.extend.core
@@ -8,63 +9,11 @@ import numpy as np
 import pytest
 
 import jaxpr_flops
+from space_reference import space_stage as reference_space_stage
 
-from rstg_jax.graph import build_graph
 from rstg_jax import stages
+from rstg_jax.graph import build_graph
 from rstg_jax.stages import init_space_params, space_stage, space_stage_flops
-
-relu = lambda x: np.maximum(x, 0)
-
-
-def dense_space_stage(params, graph, nodes, mask):
-  """Paper Eq. 1-5 over all N x N pairs, masked by `mask[i, j]` (j sends to i).
-
-  Written independently of the sparse code: the f_send input is the literal
-  concatenation [p_j | v_j | v_i | p_i] and f_space's is [v_i | g_i]; float64 numpy.
-  """
-  p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
-  v = np.asarray(nodes, np.float64)                       # [B, N, D]
-  b, n, d = v.shape
-  send = p['send']
-  positional = 'w_pos_src' in send
-  w1 = np.concatenate(([send['w_pos_src']] if positional else []) + [send['w_src'], send['w_dst']]
-                      + ([send['w_pos_dst']] if positional else []), axis=0)
-  pos = np.asarray(graph.positions, np.float64)
-  vj = np.broadcast_to(v[:, None, :, :], (b, n, n, d))    # [B, i, j, D]: sender j
-  vi = np.broadcast_to(v[:, :, None, :], (b, n, n, d))    # receiver i
-  parts = [vj, vi]
-  if positional:
-    pj = np.broadcast_to(pos[None, None, :, :], (b, n, n, pos.shape[1]))
-    pi = np.broadcast_to(pos[None, :, None, :], (b, n, n, pos.shape[1]))
-    parts = [pj] + parts + [pi]
-  msg = relu(relu(np.concatenate(parts, -1) @ w1 + send['b1']) @ send['w2'] + send['b2'])
-  if 'attn' in p:
-    a = p['attn']
-    scores = np.einsum('bjk,bik->bij', v @ a['w_src'], v @ a['w_dst'])
-    scores = scores / np.sqrt(a['w_src'].shape[1])
-    scores = np.where(mask[None], scores, -np.inf)
-    alpha = np.exp(scores - scores.max(-1, keepdims=True))
-    alpha = np.where(mask[None], alpha, 0)
-    alpha = alpha / alpha.sum(-1, keepdims=True)
-    g = relu(np.einsum('bij,bijd->bid', alpha, msg) + a['bias'])
-  else:
-    g = np.einsum('ij,bijd->bid', mask.astype(np.float64), msg)
-  def ln(x, q):
-    mu = x.mean(-1, keepdims=True)
-    return (x - mu) / np.sqrt(((x - mu) ** 2).mean(-1, keepdims=True) + 1e-6) * q['scale'] + q['bias']
-  if 'ln_msg' in p:
-    g = ln(g, p['ln_msg'])
-  u = p['update']
-  out = np.zeros_like(v)
-  for i in range(n):
-    q = jax.tree.map(lambda w: w[graph.node_scale[i]], u) if u['w_node'].ndim == 3 else u
-    w = np.concatenate([q['w_node'], q['w_msg']], 0)
-    x = np.concatenate([v[:, i], g[:, i]], -1)
-    out[:, i] = relu(relu(x @ w + q['b1']) @ q['w2'] + q['b2'])
-  if 'ln_update' in p:
-    out = ln(out, p['ln_update'])
-  return out
-
 
 VARIANTS = [
     dict(),
@@ -90,8 +39,24 @@ def test_sparse_equals_dense(variant, adjacency, impl):
   if adjacency == 'sparse':
     mask = g.adjacency_matrix().astype(bool)
   got = jax.jit(lambda p, x: space_stage(p, g, x, impl=impl))(params, nodes)
-  want = dense_space_stage(params, g, nodes, mask)
+  want = reference_space_stage(params, g, nodes, mask)
   np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-4)
+
+
+@pytest.mark.parametrize('impl', stages.IMPLS)
+@pytest.mark.parametrize('variant', [dict(), dict(gather='sum', positional=True)],
+                         ids=lambda v: '-'.join(v) or 'default')
+def test_past_messages_equal_the_reference(variant, impl):
+  """The homogeneous schedule's time message (node i hears its own past state through
+  f_send and the attention softmax) against the numpy reference."""
+  g = build_graph((1, 2, 3), 6)
+  params = init_space_params(jax.random.key(0), 16, num_scales=3, layer_norm=True, **variant)
+  params = jax.tree.map(lambda a: a + 0.1 * jax.random.normal(jax.random.key(7), a.shape),
+                        params)
+  nodes, past = (jax.random.normal(jax.random.key(s), (3, 14, 16)) for s in (1, 2))
+  got = jax.jit(lambda p, x, q: space_stage(p, g, x, q, impl))(params, nodes, past)
+  np.testing.assert_allclose(got, reference_space_stage(params, g, nodes, past=past),
+                             rtol=2e-4, atol=2e-4)
 
 
 def test_sparse_and_full_differ():
