@@ -136,7 +136,7 @@ class RSTGGraph:
     return tuple(out)
 
   def adjacency_matrix(self) -> np.ndarray:
-    """Dense [N, N] 0/1 matrix A[receiver, sender]; for tests and plots only."""
+    """Dense [N, N] 0/1 matrix A[receiver, sender] (the dense space stage's mask)."""
     a = np.zeros((self.num_nodes, self.num_nodes), np.int32)
     a[self.receivers, self.senders] = 1
     return a

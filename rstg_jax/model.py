@@ -86,6 +86,8 @@ class SpaceStage(nn.Module):
     positional: positional maps in f_send.
     layer_norm: LayerNorm after messages and after the update.
     scalewise: one set of update parameters per scale.
+    impl: message passing, "auto", "segment" or "dense" (`stages.choose_impl`); the
+      parameters and the function do not depend on it, only the speed.
   """
   graph: RSTGGraph
   dim: int
@@ -94,6 +96,7 @@ class SpaceStage(nn.Module):
   positional: bool = False
   layer_norm: bool = False
   scalewise: bool = False
+  impl: str = 'auto'
 
   def setup(self):
     self.params_tree = self.param(
@@ -103,7 +106,7 @@ class SpaceStage(nn.Module):
             scalewise=self.scalewise, num_scales=len(self.graph.scales)))
 
   def __call__(self, nodes, past=None):
-    return stages.space_stage(self.params_tree, self.graph, nodes, past=past)
+    return stages.space_stage(self.params_tree, self.graph, nodes, past=past, impl=self.impl)
 
   def attention(self, nodes, past=None):
     """The weights this stage gathers with on `nodes` (`stages.space_attention`)."""
@@ -173,6 +176,7 @@ class RSTG(nn.Module):
     layer_norm: LayerNorm in the space stage.
     scalewise: per-scale update parameters.
     hidden: hidden width of the space-stage MLPs (default D).
+    impl: the space stage's message passing (`SpaceStage.impl`), for benchmarks.
 
   Records: applied with `mutable=['intermediates']`, every space stage sows two entries
   under this module's path in the 'intermediates' collection, one per iteration k in
@@ -191,6 +195,7 @@ class RSTG(nn.Module):
   layer_norm: bool = False
   scalewise: bool = False
   hidden: int | None = None
+  impl: str = 'auto'
 
   def setup(self):
     check_schedule(self.schedule)
@@ -202,7 +207,7 @@ class RSTG(nn.Module):
     self.embed = nn.Dense(self.dim, name='embed')
     self.space = SpaceStage(self.graph, self.dim, hidden=self.hidden, gather=self.gather,
                             positional=self.positional, layer_norm=self.layer_norm,
-                            scalewise=self.scalewise, name='space')
+                            scalewise=self.scalewise, impl=self.impl, name='space')
     self.lstm = LSTM(self.dim, name='lstm')          # the K internal time stages
     self.final_lstm = LSTM(self.dim, name='final_lstm')
 

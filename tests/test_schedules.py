@@ -1,11 +1,13 @@
-"""Schedules built by hand from an LSTM and `space_stage`, with the model's own parameters.
+"""Schedules built by hand from an LSTM and a space stage, with the model's own parameters.
 
 `RSTG` fuses and reorders its work (time-major layout, one input projection over all
 frames, unrolled or scanned recurrences); these references do none of that. They run
-the paper's recipe literally, frame by frame: a float64 numpy LSTM (the textbook
-equations) and the public `space_stage`, composed as each schedule says (Sec. 3.1.1).
-T = 16 and 32 exercise the `flax.linen.scan` branch (T > `model._MAX_UNROLL`), which
-the Something-Something models run; T = 5 the unrolled one.
+the paper's recipe literally, frame by frame, in float64 numpy with no code shared with
+the model: the textbook LSTM equations and the space stage of tests/space_reference.py
+(with the homogeneous schedule's time message as one more sender per node), composed
+as each schedule says (Sec. 3.1.1). T = 16 and 32 exercise the `flax.linen.scan` branch
+(T > `model._MAX_UNROLL`), which the Something-Something models run; T = 5 the unrolled
+one.
 """
 
 import jax
@@ -14,10 +16,11 @@ import numpy as np
 import pytest
 
 import jaxpr_flops
+from space_reference import space_stage as reference_space_stage
+
 from rstg_jax import model as model_lib
 from rstg_jax.graph import build_graph
 from rstg_jax.model import RSTG
-from rstg_jax.stages import space_stage
 
 GRAPH = build_graph(scales=(1, 2), feature_size=4)  # 5 nodes
 DIM = 8
@@ -47,8 +50,7 @@ def lstm_reference(p, xs):
 
 def space_reference(space_params, v):
   """One space stage, applied to every frame separately."""
-  frames = [np.asarray(space_stage(space_params, GRAPH, jnp.asarray(v[:, t], jnp.float32)),
-                       np.float64) for t in range(v.shape[1])]
+  frames = [reference_space_stage(space_params, GRAPH, v[:, t]) for t in range(v.shape[1])]
   return np.stack(frames, axis=1)
 
 
@@ -67,24 +69,28 @@ def rstg_reference(params, x, schedule, num_iters):
     for _ in range(num_iters):
       v = lstm_reference(params['lstm'], v)
     return lstm_reference(params['final_lstm'], v)
-  if schedule == 'one_temp':
+  if schedule in ('one_temp', 'space_only'):
     for _ in range(num_iters):
       v = space_reference(space, v)
-    return lstm_reference(params['final_lstm'], v)
+    return v if schedule == 'space_only' else lstm_reference(params['final_lstm'], v)
   assert schedule == 'homogeneous'
   for _ in range(num_iters):
-    prev = jnp.zeros(v[:, 0].shape, jnp.float32)
+    prev = np.zeros_like(v[:, 0])  # iteration k at t - 1; zeros before the first frame
     frames = []
     for t in range(v.shape[1]):
-      prev = space_stage(space, GRAPH, jnp.asarray(v[:, t], jnp.float32), past=prev)
-      frames.append(np.asarray(prev, np.float64))
+      prev = reference_space_stage(space, GRAPH, v[:, t], past=prev)
+      frames.append(prev)
     v = np.stack(frames, axis=1)
   return v
 
 
 @pytest.mark.parametrize('num_frames', [5, 16, 32])
-@pytest.mark.parametrize('schedule', ['all_temp', 'one_temp', 'homogeneous', 'time_only'])
+@pytest.mark.parametrize('schedule', model_lib.SCHEDULES)
 def test_schedule_equals_the_hand_built_reference(schedule, num_frames):
+  """Every schedule against the numpy reference. The homogeneous schedule's time
+  message is computed here by the reference's own space stage, not by the model's:
+  a model that dropped the past from the softmax, or sent node i its current state in
+  place of its past one, fails (checked by planting both)."""
   in_dim = DIM if num_frames != 16 else 6  # one case goes through the input projection
   x = jax.random.normal(jax.random.key(num_frames), (2, num_frames, GRAPH.num_nodes, in_dim))
   m = RSTG(GRAPH, dim=DIM, num_iters=2, schedule=schedule,

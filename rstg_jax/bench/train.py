@@ -11,10 +11,15 @@ Prints one JSON object with, measured in one run on the same machine:
   backbone's output), ``optimizer_ms`` (the optimizer's update and applying it) and
   ``step_ms`` (the jitted train step without data);
 - ``data_overlap``: ``step_ms / (videos_per_s-derived ms per step)``: 1.0 when data
-  generation hides entirely behind the step.
+  generation hides entirely behind the step;
+- ``space_impls``: ``videos_per_s``, ``step_ms`` and ``head_fwd_bwd_ms`` with the space
+  stages run by each implementation (``segment`` and ``dense``, see
+  `rstg_jax.stages.choose_impl`), timed in turn (A B A B ...) so that both see the same
+  machine load, and ``dense_over_segment``, their ratios. ``space_impl_auto`` is the one
+  the model runs by default, whose numbers the top-level fields repeat.
 
   python -m rstg_jax.bench train [--config=configs/syncmnist_quick.py] [--steps 40]
-      [--config.batch_size=64 ...]
+      [--rounds 2] [--config.batch_size=64 ...]
 
 The backbone is frozen (as in the quick recipe) or trained, as the config says; with a
 frozen backbone its backward pass is pruned, so the head's share is what the optimizer
@@ -32,7 +37,6 @@ import time
 from collections.abc import Callable, Sequence
 
 from absl import flags
-import numpy as np
 
 from rstg_jax import cli
 
@@ -50,117 +54,233 @@ def _median_ms(fn: Callable[[], object], repeats: int) -> float:
   return 1e3 * statistics.median(times)
 
 
-def measure(config, steps: int, repeats: int) -> dict:
-  """The benchmark's numbers for `config` (see the module docstring)."""
+def _interleaved_ms(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+  """Median wall ms of each of ``fns`` (blocking), timed in turn A B A B ... so that all
+  of them see the same machine load; one warm-up call each first."""
+  for fn in fns.values():
+    fn()
+  times = {name: [] for name in fns}
+  for _ in range(repeats):
+    for name, fn in fns.items():
+      start = time.perf_counter()
+      fn()
+      times[name].append(time.perf_counter() - start)
+  return {name: 1e3 * statistics.median(t) for name, t in times.items()}
+
+
+def _space_impl_interceptor(impl: str | None, chosen: list):
+  """A Flax interceptor that runs every space stage with `impl` (None: as the model
+  says) and appends the implementation it runs to `chosen`."""
+  from rstg_jax import stages  # pylint: disable=g-import-not-at-top
+  from rstg_jax.model import SpaceStage  # pylint: disable=g-import-not-at-top
+
+  def interceptor(next_fun, args, kwargs, context):
+    module = context.module
+    if not (isinstance(module, SpaceStage) and context.method_name == '__call__'):
+      return next_fun(*args, **kwargs)
+    use = impl or module.impl
+    chosen.append(stages.choose_impl(module.graph, use, args[0].shape[-1]))
+    return stages.space_stage(module.params_tree, module.graph, *args, impl=use, **kwargs)
+  return interceptor
+
+
+def _build(config):
+  """The trainer's setup and state for `config`, and one device batch."""
   import jax  # pylint: disable=g-import-not-at-top
-  import optax  # pylint: disable=g-import-not-at-top
-  from flax import linen as nn  # pylint: disable=g-import-not-at-top
 
   from rstg_jax import tasks  # pylint: disable=g-import-not-at-top
-  from rstg_jax.syncmnist.backbone import SmallCNN  # pylint: disable=g-import-not-at-top
-  from rstg_jax.train import input as input_lib  # pylint: disable=g-import-not-at-top
   from rstg_jax.train import setup as setup_lib  # pylint: disable=g-import-not-at-top
-  from rstg_jax.train import steps as steps_lib  # pylint: disable=g-import-not-at-top
   from rstg_jax.train import state as state_lib  # pylint: disable=g-import-not-at-top
 
-  task = tasks.for_config(config)
-  setup = setup_lib.make_setup(config, task)
+  setup = setup_lib.make_setup(config, tasks.for_config(config))
   data = setup.dataset
   variables = jax.jit(lambda k: state_lib.init_variables(setup.model, k, data.input_shape))(
       jax.random.key(0))
   state = jax.jit(lambda p, bs: state_lib.create_train_state(p, bs, setup.tx))(
       variables['params'], variables.get('batch_stats', {}))
-  host_batch = data.batch(0)
-  batch = setup.to_device(host_batch)
-  video = steps_lib.scale_pixels(batch['video'])
-  labels = batch['label']
+  return setup, state, setup.to_device(data.batch(0))
 
-  # Data: the numpy generation of one training batch (fresh step indices each call).
-  counter = iter(range(1, 10**9))
-  data_ms = _median_ms(lambda: data.batch(next(counter)), repeats)
 
-  # Backbone forward, per frame, as the model calls it.
+def _backbone_ms(config, state, video, repeats):
+  """The per-frame backbone's forward ms and its output frames [B*T, h, w, C]."""
+  import jax  # pylint: disable=g-import-not-at-top
+
+  from rstg_jax.syncmnist.backbone import SmallCNN  # pylint: disable=g-import-not-at-top
+
   cnn = SmallCNN(int(config.backbone.width), frames=int(config.backbone.frames))
 
   def backbone_frames(p, v):
-    """[B*T, h, w, C] frame maps, which the intercepted __call__ below hands back."""
+    """[B*T, h, w, C] frame maps, which the head's interceptor hands back."""
     fmap = cnn.apply({'params': p}, v, method=SmallCNN.video)
     return fmap.reshape((-1,) + fmap.shape[2:])
 
   backbone_fn = jax.jit(backbone_frames)
   bb_params = state['params']['backbone']
   fmap_frames = jax.block_until_ready(backbone_fn(bb_params, video))
-  backbone_ms = _median_ms(lambda: jax.block_until_ready(backbone_fn(bb_params, video)), repeats)
+  ms = _median_ms(lambda: jax.block_until_ready(backbone_fn(bb_params, video)), repeats)
+  return ms, fmap_frames
 
-  # Head forward + backward from the backbone's output: the backbone's __call__ is
-  # intercepted and returns the precomputed feature maps.
+
+def _head_grad(setup, state, video, labels, impl, chosen):
+  """Jitted gradient of the loss from the backbone's output (its __call__ intercepted and
+  answered with the precomputed maps), the space stages run with `impl`."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+  from flax import linen as nn  # pylint: disable=g-import-not-at-top
+
+  from rstg_jax.syncmnist.backbone import SmallCNN  # pylint: disable=g-import-not-at-top
+  from rstg_jax.train import state as state_lib  # pylint: disable=g-import-not-at-top
+
   def head_loss(params, fmap):
-    def interceptor(next_fun, args, kwargs, context):
+    def backbone(next_fun, args, kwargs, context):
       if isinstance(context.module, SmallCNN) and context.method_name == '__call__':
         return fmap
       return next_fun(*args, **kwargs)
 
-    with nn.intercept_methods(interceptor):
-      logits, _ = setup.model.apply(state_lib.model_variables(state, params), video, train=True,
-                                    mutable=['batch_stats'],
+    with nn.intercept_methods(backbone), \
+         nn.intercept_methods(_space_impl_interceptor(impl, chosen)):
+      logits, _ = setup.model.apply(state_lib.model_variables(state, params), video,
+                                    train=True, mutable=['batch_stats'],
                                     rngs={'dropout': jax.random.key(0)})
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
-  head_grad = jax.jit(jax.grad(head_loss))
-  grads = jax.block_until_ready(head_grad(state['params'], fmap_frames))
-  head_ms = _median_ms(lambda: jax.block_until_ready(head_grad(state['params'], fmap_frames)), repeats)
+  return jax.jit(jax.grad(head_loss))
 
-  # Optimizer update + apply (the trainer's transformation, frozen mask included).
+
+def _train_step(setup, impl, chosen):
+  """The trainer's jitted train step (same shardings, state donated), its space stages
+  run with `impl`."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from flax import linen as nn  # pylint: disable=g-import-not-at-top
+
+  step = setup.train_step.__wrapped__  # the trainer's step function, before jax.jit
+
+  def step_with_impl(state, batch):
+    with nn.intercept_methods(_space_impl_interceptor(impl, chosen)):
+      return step(state, batch)
+
+  return jax.jit(step_with_impl, in_shardings=(setup.replicated, setup.batch_sharding),
+                 out_shardings=(setup.replicated, setup.replicated), donate_argnums=0)
+
+
+def _loop_s(setup, train_step, st, start_step, steps):
+  """Seconds of `steps - 1` train steps fed by the trainer's prefetch thread (the first
+  batch, thread start-up, is not timed); returns (seconds, steps timed, new state)."""
+  import jax  # pylint: disable=g-import-not-at-top
+
+  from rstg_jax.train import input as input_lib  # pylint: disable=g-import-not-at-top
+
+  with input_lib.Prefetcher(setup.dataset, start_step, start_step + steps, setup.to_device,
+                            setup.options.prefetch) as batches:
+    it = iter(batches)
+    _, b = next(it)
+    st, m = train_step(st, b)
+    jax.block_until_ready(m)
+    t0 = time.perf_counter()
+    n = 0
+    for _, b in it:
+      st, m = train_step(st, b)
+      n += 1
+    jax.block_until_ready(st)
+    return time.perf_counter() - t0, n, st
+
+
+def _optimizer_ms(setup, state, grads, repeats):
+  """The optimizer's update and applying it (the trainer's transformation)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+
   def opt(params, opt_state, grads):
     updates, opt_state = setup.tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state
 
   opt_fn = jax.jit(opt)
-  opt_ms = _median_ms(lambda: jax.block_until_ready(opt_fn(state['params'], state['opt_state'], grads)),
-                      repeats)
+  return _median_ms(
+      lambda: jax.block_until_ready(opt_fn(state['params'], state['opt_state'], grads)),
+      repeats)
 
-  # The jitted train step on a device batch (no data), then the whole loop with data.
-  train_step = setup.train_step  # donates its state argument
-  st = jax.tree.map(lambda x: x.copy(), state)
-  st, _ = train_step(st, batch)
-  jax.block_until_ready(st)
 
-  def one_step():
-    nonlocal st
-    st, m = train_step(st, batch)
+def _per_impl(setup, state, batch, fmap_frames, impls, steps, repeats, rounds):
+  """Head fwd+bwd, train step and with-data rate of each space-stage implementation,
+  interleaved; also returns the head's gradients and the implementation "auto" picks."""
+  import jax  # pylint: disable=g-import-not-at-top
+
+  from rstg_jax.train import steps as steps_lib  # pylint: disable=g-import-not-at-top
+
+  video, labels = steps_lib.scale_pixels(batch['video']), batch['label']
+  chosen = {name: [] for name in impls + ('auto',)}
+  jax.eval_shape(_head_grad(setup, state, video, labels, None, chosen['auto']),
+                 state['params'], fmap_frames)
+  if not chosen['auto']:  # no space stage in this model: one implementation is enough
+    impls = impls[:1]
+  heads = {name: _head_grad(setup, state, video, labels, name, chosen[name])
+           for name in impls}
+  grads = jax.block_until_ready(heads[impls[0]](state['params'], fmap_frames))
+  head_ms = _interleaved_ms({name: (lambda h=h: jax.block_until_ready(
+      h(state['params'], fmap_frames))) for name, h in heads.items()}, repeats)
+  step_fns = {name: _train_step(setup, name, chosen[name]) for name in impls}
+  # Placed as the step's outputs are, so that the first call compiles the only version.
+  states = {name: jax.device_put(jax.tree.map(lambda x: x.copy(), state), setup.replicated)
+            for name in impls}
+
+  def one_step(name):
+    states[name], m = step_fns[name](states[name], batch)
     jax.block_until_ready(m)
 
-  step_ms = _median_ms(one_step, repeats)
+  step_ms = _interleaved_ms({name: (lambda n=name: one_step(n)) for name in impls}, repeats)
+  rates = {name: [] for name in impls}
+  for r in range(rounds):
+    for name in impls:
+      loop_s, n, states[name] = _loop_s(setup, step_fns[name], states[name],
+                                        1000 + r * steps, steps)
+      rates[name].append((n * int(setup.config.batch_size) / loop_s, n))
+  out = {}
+  for name in impls:
+    videos_per_s = statistics.median(v for v, _ in rates[name])
+    out[name] = {'videos_per_s': round(videos_per_s, 1),
+                 'ms_per_step_with_data': round(1e3 * int(setup.config.batch_size)
+                                                / videos_per_s, 2),
+                 'step_ms': round(step_ms[name], 2), 'head_fwd_bwd_ms': round(head_ms[name], 2),
+                 'space_impl_run': sorted(set(chosen[name]))}
+  return out, grads, sorted(set(chosen['auto'])), rates[impls[0]][0][1]
 
-  start_step = 1000
-  total = start_step + steps
-  with input_lib.Prefetcher(data, start_step, total, setup.to_device,
-                            setup.options.prefetch) as batches:
-    it = iter(batches)
-    s, b = next(it)  # the first batch: thread start-up, not throughput
-    st, m = train_step(st, b)
-    jax.block_until_ready(m)
-    t0 = time.perf_counter()
-    n = 0
-    for s, b in it:
-      st, m = train_step(st, b)
-      n += 1
-    jax.block_until_ready(st)
-    loop_s = time.perf_counter() - t0
-  ms_per_step = 1e3 * loop_s / max(n, 1)
-  bsz = int(config.batch_size)
-  return {
-      'videos_per_s': round(bsz * n / loop_s, 1),
-      'ms_per_step_with_data': round(ms_per_step, 2),
-      'step_ms': round(step_ms, 2),
+
+def measure(config, steps: int, repeats: int, rounds: int = 2,
+            impls: tuple[str, ...] = ('segment', 'dense')) -> dict:
+  """The benchmark's numbers for `config` (see the module docstring)."""
+  setup, state, batch = _build(config)
+  counter = iter(range(1, 10**9))  # fresh step indices: the numpy generation of a batch
+  data_ms = _median_ms(lambda: setup.dataset.batch(next(counter)), repeats)
+  from rstg_jax.train import steps as steps_lib  # pylint: disable=g-import-not-at-top
+  backbone_ms, fmap_frames = _backbone_ms(config, state, steps_lib.scale_pixels(batch['video']),
+                                          repeats)
+  per_impl, grads, auto, timed = _per_impl(setup, state, batch, fmap_frames, impls, steps,
+                                           repeats, rounds)
+  opt_ms = _optimizer_ms(setup, state, grads, repeats)
+  # The top-level numbers are those of the implementation the model runs by default.
+  main = per_impl[auto[0] if len(auto) == 1 and auto[0] in per_impl else impls[0]]
+  out = {
+      'videos_per_s': main['videos_per_s'],
+      'ms_per_step_with_data': main['ms_per_step_with_data'],
+      'step_ms': main['step_ms'],
       'data_ms': round(data_ms, 2),
       'backbone_fwd_ms': round(backbone_ms, 2),
-      'head_fwd_bwd_ms': round(head_ms, 2),
+      'head_fwd_bwd_ms': main['head_fwd_bwd_ms'],
       'optimizer_ms': round(opt_ms, 2),
-      'data_overlap': round(step_ms / ms_per_step, 3),
-      'timed_steps': n,
-      'batch_size': bsz,
+      'data_overlap': round(main['step_ms'] / main['ms_per_step_with_data'], 3),
+      'timed_steps': timed,
+      'batch_size': int(config.batch_size),
+      'space_impl_auto': auto,
+      'space_impls': per_impl,
+      'rounds': rounds,
   }
+  if len(per_impl) == 2:
+    a, b = per_impl[impls[0]], per_impl[impls[1]]
+    out[f'{impls[1]}_over_{impls[0]}'] = {
+        'videos_per_s': round(b['videos_per_s'] / a['videos_per_s'], 3),
+        'step_speedup': round(a['step_ms'] / b['step_ms'], 3),
+        'head_fwd_bwd_speedup': round(a['head_fwd_bwd_ms'] / b['head_fwd_bwd_ms'], 3)}
+  return out
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -173,17 +293,19 @@ def main(argv: Sequence[str] | None = None) -> None:
                                     flag_values=fv, lock_config=True)
     flags.DEFINE_integer('steps', 40, 'training steps timed with data', flag_values=fv)
     flags.DEFINE_integer('repeats', 10, 'timed calls per part (median)', flag_values=fv)
+    flags.DEFINE_integer('rounds', 2, 'timed loops with data per space-stage implementation, '
+                         'interleaved (median)', flag_values=fv)
 
   args, _ = cli.parse_command(define, list(argv or []), prog)
-  if args.steps <= 1 or args.repeats <= 0:
-    cli.usage_error(prog, '--steps must be > 1 and --repeats positive')
+  if args.steps <= 1 or args.repeats <= 0 or args.rounds <= 0:
+    cli.usage_error(prog, '--steps must be > 1, --repeats and --rounds positive')
   config = args.config
   with config.unlocked():
     config.backbone.pretrain.stages = ()  # random weights: same shapes, nothing cached
   import jax  # pylint: disable=g-import-not-at-top
   result = {'benchmark': 'train', 'model': config.model,
             'ablation': config.ablation if config.model == 'rstg' else None,
-            **measure(config, args.steps, args.repeats),
+            **measure(config, args.steps, args.repeats, args.rounds),
             'backbone_frozen': bool(config.backbone.freeze),
             'jax': jax.__version__, 'backend': jax.default_backend(),
             'devices': jax.device_count(), 'python': platform.python_version(),
