@@ -44,6 +44,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from rstg_jax import attention
 from rstg_jax import stages
 from rstg_jax.graph import RSTGGraph, pool_nodes, unpool_nodes
 
@@ -109,8 +110,8 @@ class SpaceStage(nn.Module):
     return stages.space_stage(self.params_tree, self.graph, nodes, past=past, impl=self.impl)
 
   def attention(self, nodes, past=None):
-    """The weights this stage gathers with on `nodes` (`stages.space_attention`)."""
-    return stages.space_attention(self.params_tree, self.graph, nodes, past=past)
+    """The weights this stage gathers with on `nodes` (`attention.space_attention`)."""
+    return attention.space_attention(self.params_tree, self.graph, nodes, past=past)
 
 
 class LSTM(nn.Module):
@@ -180,10 +181,10 @@ class RSTG(nn.Module):
 
   Records: applied with `mutable=['intermediates']`, every space stage sows two entries
   under this module's path in the 'intermediates' collection, one per iteration k in
-  order: 'attention', its weights (`stages.space_attention` of its input; absent with
+  order: 'attention', its weights (`attention.space_attention` of its input; absent with
   gather="sum") and 'nodes', its output. Offline they are [B, T, 2E] and [B, T, N, D];
   each `step` adds [B, 2E] and [B, N, D] (2E + N weights with the homogeneous
-  schedule's time messages, `stages.attention_edges`). The time_only schedule has no
+  schedule's time messages, `attention.attention_edges`). The time_only schedule has no
   space stage and records nothing.
   """
   graph: RSTGGraph

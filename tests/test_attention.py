@@ -14,8 +14,8 @@ import pytest
 from rstg_jax import model as model_lib
 from rstg_jax.graph import build_graph
 from rstg_jax.model import LSTM, RSTG
-from rstg_jax.stages import (attention_edges, init_space_params, space_attention,
-                             space_stage)
+from rstg_jax.attention import attention_edges, space_attention
+from rstg_jax.stages import init_space_params, space_stage
 from rstg_jax.syncmnist.rstg_classifier import RSTGClassifier
 
 relu = lambda x: np.maximum(x, 0)
