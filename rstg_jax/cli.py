@@ -1,25 +1,79 @@
-"""Command-line helpers shared by `rstg_jax.main`, `rstg_jax.evaluate` and the progress bars."""
+"""Command-line helpers shared by the entry points (flags, one-line errors) and the progress
+bars."""
 
+import os
+import re
 import sys
 
 from absl import flags
 from absl import logging
 
+HELP_FLAGS = ('-h', '-help', '--help', '-helpshort', '--helpshort', '-helpfull', '--helpfull',
+              '-?')
+
 
 def parse_flags(argv):
-  """absl flag parsing that reports a bad `--config.<field>` without a traceback.
+  """absl flag parsing for `app.run` that reports bad input in one line, without a traceback.
 
-  ml_collections raises a misspelt config field as an AttributeError (with "Did you mean")
-  from inside flag parsing, where absl's app.run would print a long traceback.
+  - `--help` (and -h, --helpshort, --helpfull) prints the usage and exits 0 (absl exits 1);
+  - a `--config` file that does not exist is named as missing;
+  - a misspelt config field, which ml_collections raises as an AttributeError or KeyError
+    with a Python repr inside: `Unknown field 'batchsize'; did you mean 'batch_size'?`;
+  - any other flag error: `ERROR: <absl's message>` and where to find the help.
   """
+  args = list(argv[1:])
+  if '--' in args:
+    args = args[:args.index('--')]
+  wanted = [a for a in args if a in HELP_FLAGS]
+  if wanted:
+    from absl import app  # pylint: disable=g-import-not-at-top
+    app.usage(shorthelp=wanted[0] not in ('-helpfull', '--helpfull'), writeto_stdout=True,
+              exitcode=0)
+  missing = missing_config_file(args)
+  if missing:
+    sys.exit(f'ERROR: {missing}')
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
-    sys.exit(f'FATAL Flags parsing error: {e}\n'
-             'Pass --helpshort or --helpfull to see help on flags.')
+    sys.exit(f'ERROR: {e} (see --help)')
   except (AttributeError, KeyError, TypeError, ValueError) as e:
-    msg = e.args[0] if len(e.args) == 1 and isinstance(e.args[0], str) else str(e)
-    sys.exit(f'ERROR: bad config override: {msg}')
+    sys.exit(f'ERROR: {bad_override_message(e, args)}')
+
+
+def missing_config_file(args) -> str:
+  """'config file ... does not exist' if the last `--config=PATH` names no file, else ''."""
+  paths = [a.split('=', 1)[1] for a in args if a.startswith('--config=')]
+  paths += [b for a, b in zip(args, args[1:]) if a == '--config']
+  if not paths:
+    return ''
+  path = paths[-1].split(':', 1)[0]  # `file.py:arg` passes `arg` to get_config
+  if os.path.isfile(path):
+    return ''
+  return (f'config file {path!r} does not exist (--config; e.g. '
+          '--config=configs/syncmnist_quick.py).')
+
+
+def bad_override_message(e: BaseException, args) -> str:
+  """One line for an error ml_collections raised while applying `--config.<field>=...`."""
+  while e.args and isinstance(e.args[0], BaseException):  # AttributeError(KeyError(...))
+    e = e.args[0]
+  text = e.args[0] if len(e.args) == 1 and isinstance(e.args[0], str) else str(e)
+  m = re.match(r"""\s*['"]([^'"\n]+)['"]""", text)
+  if not isinstance(e, (AttributeError, KeyError)) or not m:
+    return f'bad config override: {" ".join(text.split())}'
+  key = m.group(1)
+  field, arg = key, None
+  for a in args:  # the override that names the key: its full dotted path
+    path = a.split('=', 1)[0][len('--config.'):] if a.startswith('--config.') else ''
+    parts = path.split('.')
+    if key in parts:
+      field, arg = '.'.join(parts[:parts.index(key) + 1]), a
+      break
+  hint = re.search(r'Did you mean "([^"]+)" instead of', text)
+  if hint:
+    return f'Unknown field {field!r}; did you mean {field[:-len(key)] + hint.group(1)!r}?'
+  return (f'Unknown field {field!r}' + (f' ({arg})' if arg else '')
+          + '; see the config file for the fields.')
 
 
 def quiet_logging():
