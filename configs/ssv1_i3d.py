@@ -87,7 +87,9 @@ def get_config():
 
   # --- Data ---------------------------------------------------------------------------
   config.data.name = 'ssv1'
-  config.data.num_classes = 174
+  # 0: the number of classes in the labels file (174 in SSv1); a value given here is
+  # checked against it.
+  config.data.num_classes = 0
   # ROOT with 20bn-something-something-v1/ and the csv files (manual download).
   config.data.root = config_dict.placeholder(str)
   # Where the TFDS shards are written / read (None: $TFDS_DATA_DIR or ~/tensorflow_datasets).

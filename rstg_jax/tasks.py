@@ -8,6 +8,8 @@ from its own code (a test, a notebook) with `register('name', task)`; see the RE
 
 import importlib
 
+from rstg_jax import errors
+
 # name -> module with a `TASK` attribute (imported on first use).
 _BUILTIN = {
     'syncmnist': 'rstg_jax.syncmnist.task',
@@ -31,7 +33,7 @@ def get(name: str):
     return _REGISTERED[name]
   if name in _BUILTIN:
     return importlib.import_module(_BUILTIN[name]).TASK
-  raise ValueError(f'Unknown data.name {name!r}. Valid: {", ".join(names())}.')
+  raise errors.ConfigError(f'Unknown data.name {name!r}. Valid: {", ".join(names())}.')
 
 
 def for_config(config, check_data: bool = True):

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from rstg_jax import errors
 from rstg_jax import tasks
 from rstg_jax.train import config_checks
 from rstg_jax.train import setup
@@ -24,8 +25,9 @@ def value_errors(config) -> list[str]:
   """What `tasks.for_config` reports: the task's and the trainer's checks."""
   try:
     setup.validate(config, tasks.get(config.data.name))
-  except ValueError as e:
-    return str(e).splitlines()[1:]
+  except errors.ConfigError as e:
+    lines = str(e).splitlines()  # one problem: on the first line; several: one per line
+    return lines[1:] if len(lines) > 1 else [lines[0][len('Invalid config: '):]]
   return []
 
 

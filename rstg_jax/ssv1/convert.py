@@ -71,6 +71,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rstg_jax import errors
 from rstg_jax import safe_pickle
 from rstg_jax.ssv1.resnet3d import STEMS, ResNet3D, temporal_kernel
 from rstg_jax.train import init_from
@@ -94,7 +95,7 @@ ARCHS = {'i3d_r50': 'i3d', 'c2d_r50': 'c2d', 'i3d': 'i3d', 'c2d': 'c2d'}
 UnsafePickleError = safe_pickle.UnsafePickleError
 
 
-class ConversionError(ValueError):
+class ConversionError(errors.DataError):
   """A blob could not be mapped onto the model (unknown name, unexpected shape)."""
 
 # The stem each source format's weights were trained with: a Caffe2 pickle is the

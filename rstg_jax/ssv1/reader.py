@@ -45,6 +45,8 @@ from typing import Optional
 
 import numpy as np
 
+from rstg_jax import errors
+
 FRAMES_DIR = '20bn-something-something-v1'
 LABELS_FILE = 'something-something-v1-labels.csv'
 SPLIT_FILES = {
@@ -69,10 +71,10 @@ _FRAME_RE = re.compile(r'^(\d+)\.jpe?g$', re.IGNORECASE)
 _REENCODE_QUALITY = 95
 
 
-class SSv1DataError(ValueError):
+class SSv1DataError(errors.DataError):
   """The data on disk cannot be used as it is; the message says what to do.
 
-  A ValueError, so the command-line entry points print it as a one-line error.
+  A `rstg_jax.errors.DataError`, so the entry points print it as a one-line error.
   """
 
 

@@ -19,8 +19,10 @@ import os
 import jax
 import numpy as np
 
+from rstg_jax import errors
 from rstg_jax.ssv1 import models
 from rstg_jax.ssv1 import reader
+from rstg_jax.train import config_checks
 from rstg_jax.train import evaluators
 from rstg_jax.train import init_from
 from rstg_jax.train import task as task_lib
@@ -43,12 +45,12 @@ class SSv1Task(task_lib.Task):
   name = 'ssv1'
 
   def config_errors(self, config) -> list[str]:
-    errors = models.config_errors(config)
+    problems = models.config_errors(config) + data_config_errors(config)
     for field in ('periodic_views', 'views'):
       if config.eval[field] not in VIEWS:
-        errors.append(f'Unknown eval.{field} {config.eval[field]!r}. Valid: '
-                      f'{", ".join(VIEWS)}.')
-    return errors
+        problems.append(f'Unknown eval.{field} {config.eval[field]!r}. Valid: '
+                        f'{", ".join(VIEWS)}.')
+    return problems
 
   def check_data(self, config) -> None:
     """Raises `SSv1DataError` (a ValueError) at once if no usable SSv1 copy is reachable.
@@ -121,6 +123,31 @@ class SSv1Task(task_lib.Task):
         info={'eval_mode': views, 'split': split})
 
 
+def data_config_errors(config) -> list[str]:
+  """Every data field the input pipeline would reject: the clip's frames and crop sizes,
+  and the evaluated split (a split name, optionally with a TFDS slice)."""
+  d = config.data
+  problems = config_checks.positive_errors(
+      # pool2 halves the frames: one frame would leave none.
+      ('data.num_frames', d.num_frames, 'an integer >= 2 (frames per clip)',
+       dict(integer=True)),
+      ('data.crop_size', d.crop_size, 'a positive integer', dict(integer=True)),
+      ('data.short_side', d.short_side, 'a positive integer', dict(integer=True)))
+  if not problems:
+    if d.num_frames < 2:
+      problems.append(f'data.num_frames={d.num_frames} must be an integer >= 2 (frames '
+                      'per clip; the I3D pool halves them).')
+    if d.crop_size > d.short_side:
+      problems.append(f'data.crop_size={d.crop_size} must be at most data.short_side='
+                      f'{d.short_side} (crops are cut from frames of that short side).')
+  split = str(config.eval.split).split('[', 1)[0]
+  if split not in reader.SPLIT_FILES:
+    problems.append(f'Unknown eval.split {config.eval.split!r}. Valid: '
+                    f'{", ".join(reader.SPLIT_FILES)} (a TFDS slice such as '
+                    "'validation[:500]' too).")
+  return problems
+
+
 def load_converted(config, variables: dict, say) -> dict:
   """Variables filled from a converted Kinetics checkpoint (`rstg_jax.convert` .npz).
 
@@ -133,7 +160,7 @@ def load_converted(config, variables: dict, say) -> dict:
   from rstg_jax.ssv1 import convert  # pylint: disable=g-import-not-at-top
   path = config.init_from.path
   if not os.path.isfile(path):
-    raise ValueError(f'config.init_from.path={path!r}: no such file. Convert a Kinetics '
+    raise errors.CheckpointError(f'config.init_from.path={path!r}: no such file. Convert a Kinetics '
                      'checkpoint first: python -m rstg_jax.convert --src MODEL.pkl '
                      f'--dst {path} --arch i3d_r50|c2d_r50')
   dont_load = (convert.DEFAULT_DONT_LOAD + GRAPH_DONT_LOAD
@@ -141,12 +168,12 @@ def load_converted(config, variables: dict, say) -> dict:
   try:
     loaded = convert.load_converted(path)
   except OSError as e:
-    raise ValueError(f'config.init_from.path={path!r}: cannot read the converted '
+    raise errors.CheckpointError(f'config.init_from.path={path!r}: cannot read the converted '
                      f'checkpoint ({e}).') from None
   meta = loaded[2]
   arch, want = meta.get('arch'), config.backbone.arch
   if arch and arch != want:
-    raise ValueError(f'config.init_from.path={path!r} holds a {arch} network but '
+    raise errors.ConfigError(f'config.init_from.path={path!r} holds a {arch} network but '
                      f'config.backbone.arch={want!r}; convert the {want} checkpoint '
                      f'(--arch {want}_r50) or set --config.backbone.arch={arch}.')
   host = jax.tree.map(np.asarray, jax.device_get(variables))

@@ -46,6 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rstg_jax import errors
 from rstg_jax import safe_pickle
 
 logger = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ _IDX_IMAGES_MAGIC = 0x00000803
 _IDX_LABELS_MAGIC = 0x00000801
 
 
-class MNISTNotFoundError(FileNotFoundError):
+class MNISTNotFoundError(FileNotFoundError, errors.DataError):
   """Raised when no MNIST source is available; the message says how to get one."""
 
 

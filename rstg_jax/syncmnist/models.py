@@ -14,6 +14,8 @@ the submodule `backbone`, so pre-trained backbone parameters
 from flax import linen as nn
 
 from rstg_jax.syncmnist import baselines
+from rstg_jax.syncmnist.backbone import feature_size
+from rstg_jax.syncmnist.generator import FRAME
 from rstg_jax.train import config_checks
 from rstg_jax.syncmnist.rstg_classifier import ABLATIONS, RSTGClassifier
 
@@ -23,22 +25,26 @@ _BASELINES = {'mean_lstm': baselines.MeanLSTM, 'conv_lstm': baselines.ConvLSTM,
 
 
 def config_errors(config) -> list[str]:
-  """Unknown model or ablation names, with the valid ones; sizes that are not positive,
-  an empty `rstg.scales` (the fields `create_model` reads)."""
+  """Every value `create_model` reads that it or the model would reject: unknown model
+  or ablation names (with the valid ones), sizes that are not positive, and the `rstg.*`
+  block, whose scales must fit the backbone's feature map."""
   errors = []
   if config.model not in MODEL_NAMES:
     errors.append(f'Unknown model {config.model!r}. Valid names: {", ".join(MODEL_NAMES)}.')
   if config.ablation not in ABLATIONS:
     errors.append(f'Unknown ablation {config.ablation!r}. Valid names: '
                   f'{", ".join(ABLATIONS)}.')
-  r, b = config.rstg, config.backbone
+  b = config.backbone
   integer = dict(integer=True)
   errors += config_checks.positive_errors(
-      ('rstg.dim', r.dim, 'a positive integer', integer),
       ('baseline.lstm_dim', config.baseline.lstm_dim, 'a positive integer', integer),
-      ('backbone.width', b.width, 'a positive integer', integer),
-      ('rstg.num_iters', r.num_iters, 'an integer >= 0', dict(integer=True, allow_zero=True)))
-  errors += filter(None, [config_checks.scales_error('rstg.scales', r.scales)])
+      ('backbone.width', b.width, 'a positive integer', integer))
+  if config.model == 'rstg':  # the baselines read no rstg.* field
+    side = feature_size(FRAME)
+    errors += config_checks.rstg_errors(
+        config.rstg, {f"the backbone's {side}x{side} feature map": (side, side)},
+        time_only=config.ablation == 'time_only')
+  errors += filter(None, [config_checks.bool_error('backbone.freeze', b.freeze)])
   if b.get('frames', 1) not in (1, 2) or isinstance(b.get('frames', 1), bool):
     errors.append(f'backbone.frames must be 1 (the paper: one frame at a time) or 2 (each '
                   f'frame with the one before it), got {b.get("frames")!r}.')

@@ -41,6 +41,7 @@ from flax import traverse_util
 from tqdm.auto import tqdm
 
 from rstg_jax import cli
+from rstg_jax import errors
 from rstg_jax.train import metrics as metrics_lib
 from rstg_jax.train import state as state_lib
 from rstg_jax.train import steps as steps_lib
@@ -68,7 +69,7 @@ CACHE_KEY = '__key__'
 CACHE_FORMAT = 1
 
 
-class PretrainDivergedError(FloatingPointError):
+class PretrainDivergedError(errors.DivergedError):
   """The pre-training loss became NaN/inf; the message is one line saying what to do."""
 
 

@@ -30,6 +30,7 @@ import numpy as np
 import tqdm
 
 from rstg_jax import cli
+from rstg_jax import errors
 from rstg_jax.train import checkpoints
 from rstg_jax.train import input as input_lib
 from rstg_jax.train import metrics as metrics_lib
@@ -39,11 +40,12 @@ from rstg_jax.train import setup as setup_lib
 from rstg_jax.train.state import State
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(errors.DivergedError):
   """The loss or the gradients became NaN/inf; the last good checkpoint is kept."""
 
 
-def train_and_evaluate(config, workdir: str, task, *, dataset=None) -> State:
+def train_and_evaluate(config, workdir: str, task, *, dataset=None,
+                       setup: Optional[setup_lib.Setup] = None) -> State:
   """Trains (resuming from workdir's latest checkpoint if any); returns the final state.
 
   Args:
@@ -51,8 +53,10 @@ def train_and_evaluate(config, workdir: str, task, *, dataset=None) -> State:
     workdir: checkpoints/, metrics.jsonl and curves.png go here (and task caches).
     task: the task (`rstg_jax.train.task.Task`; `rstg_jax.tasks.get(config)`).
     dataset: a data set to use instead of `task.create_dataset(config)` (tests).
+    setup: `setup_lib.make_setup(config, task, dataset)` if the caller built it already
+      (the main command does, before it creates the workdir).
   """
-  setup = setup_lib.make_setup(config, task, dataset)
+  setup = setup or setup_lib.make_setup(config, task, dataset)
   is_main = jax.process_index() == 0
   say = (lambda msg: print(msg, flush=True)) if is_main else (lambda msg: None)
   os.makedirs(workdir, exist_ok=True)
