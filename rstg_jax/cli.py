@@ -4,6 +4,7 @@ bars."""
 import os
 import re
 import sys
+from typing import Optional
 
 from absl import flags
 from absl import logging
@@ -112,6 +113,49 @@ def parse_command(define, argv, prog: str):
   except flags.Error as e:
     usage_error(prog, str(e))
   return flag_values, rest[1:]
+
+
+def subcommand(prog: str, commands: dict[str, str], argv) -> str:
+  """The subcommand `argv[0]` of a command with several (`figures show`, `bench graph`).
+
+  `--help` (or -h) before any subcommand lists them and exits 0; a missing or unknown
+  subcommand is a usage error (status 2) that lists them too.
+  """
+  listing = '\n'.join(f'  {name:<12} {what}' for name, what in commands.items())
+  usage = (f'usage: {prog} {{{",".join(commands)}}} [flags]\n\nsubcommands:\n{listing}\n\n'
+           f'`{prog} SUBCOMMAND --help` lists its flags.')
+  if not argv or argv[0] in HELP_FLAGS:
+    if argv:
+      print(usage)
+      sys.exit(0)
+    usage_error(prog, f'give a subcommand: {", ".join(commands)} (see --help)')
+  if argv[0] not in commands:
+    usage_error(prog, f'unknown subcommand {argv[0]!r}; valid: {", ".join(commands)} '
+                '(see --help)')
+  return argv[0]
+
+
+def output_path_error(flag: str, path: str, *, folder: bool = False) -> Optional[str]:
+  """One line if an output path cannot be written (checked before any work), else None.
+
+  Args:
+    flag: the flag that names it, e.g. '--out'.
+    path: a file to write (its folder must exist and be writable, and it must not be a
+      folder), or with `folder` a folder to write into (it must exist and be writable).
+  """
+  if folder:
+    where = path
+    if not os.path.isdir(path):
+      return f'{flag}={path!r}: no such folder.'
+  else:
+    if os.path.isdir(path):
+      return f'{flag}={path!r} is a folder; give a file name.'
+    where = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(where):
+      return f'{flag}={path!r}: the folder {where!r} does not exist; create it first.'
+  if not os.access(where, os.W_OK | os.X_OK):
+    return f'{flag}={path!r}: the folder {where!r} is not writable.'
+  return None
 
 
 def usage_error(prog: str, message: str):

@@ -490,8 +490,9 @@ def main(argv):
     raise SystemExit('usage: python -m rstg_jax.report DIR   (writes DIR/report.md and '
                      'DIR/report.png from the runs under DIR)')
   root = argv[1]
-  if not os.path.isdir(root):
-    raise SystemExit(f'ERROR: no such folder: {root}')
+  problem = cli.output_path_error('DIR', root, folder=True)  # before reading any run
+  if problem:
+    raise SystemExit(f'ERROR: {problem}')
   md_path, png_path, runs = write_report(root)
   with open(md_path) as f:
     print(f.read())
@@ -500,4 +501,4 @@ def main(argv):
 
 if __name__ == '__main__':
   from absl import app  # pylint: disable=g-import-not-at-top
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)  # --help exits 0

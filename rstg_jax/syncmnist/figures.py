@@ -174,11 +174,15 @@ def _define(fv) -> None:
 def main(argv: Optional[Sequence[str]] = None) -> int:
   """`show`: writes the PNG (and the GIF); see the module docstring."""
   argv = list(sys.argv[1:] if argv is None else argv)
-  if not argv or argv[0] != 'show':
-    cli.usage_error(PROG, 'the command is `show` (see --help)')
-  fv, rest = cli.parse_command(_define, argv[1:], PROG)
+  cli.subcommand(PROG, {'show': 'a PNG grid (and an animated GIF) of generated videos'},
+                 argv)
+  fv, rest = cli.parse_command(_define, argv[1:], f'{PROG} show')
   if rest:
     cli.usage_error(PROG, f'unexpected arguments {rest}')
+  for flag, path in (('--out', fv.out), ('--gif', fv.gif)):
+    problem = path and cli.output_path_error(flag, path)
+    if problem:
+      cli.usage_error(PROG, problem)
   stop = fv.start + fv.num
   if stop > SPLIT_SIZES[fv.split]:
     cli.usage_error(PROG, f'--start + --num exceeds the {fv.split} size '
