@@ -77,6 +77,13 @@ def load_config(config_path: str, overrides: list[str], cwd: Optional[str] = Non
   Returns the flat config ({'data.name': ...}). Config files import `configs.default`,
   so `cwd` (the repository root the sweep ran from) goes on sys.path meanwhile.
   """
+  config = parse_config(config_path, overrides, cwd)
+  return cli.flatten(json.loads(config.to_json_best_effort()))
+
+
+def parse_config(config_path: str, overrides: list[str], cwd: Optional[str] = None):
+  """The ConfigDict of `load_config` (ml_collections' errors propagate: a misspelt field
+  raises AttributeError or KeyError, a bad value `absl.flags.Error`)."""
   from absl import flags  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
   cwd = cwd or os.getcwd()
@@ -91,7 +98,7 @@ def load_config(config_path: str, overrides: list[str], cwd: Optional[str] = Non
     values(argv)
   finally:
     sys.path.remove(cwd)
-  return cli.flatten(json.loads(values.config.to_json_best_effort()))
+  return values.config
 
 
 def sweep_overrides(sweep: dict) -> list[str]:

@@ -85,6 +85,9 @@ class Options:
   plateau: Optional[Any]  # the config.optim.plateau rule, None when disabled
   optimizer: str  # for the log: "adam, lr 0.002, cosine schedule"
   resume_changes_ok: bool = False  # resume although the data stream changed
+  # For the log, when the run's length comes from num_epochs (num_train_steps <= 0):
+  # "10 epochs of 600,000 videos at batch 32"; empty otherwise.
+  epochs: str = ''
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,7 +170,10 @@ def make_setup(config, task, dataset=None) -> Setup:
       keep_checkpoints=config.keep_checkpoints, progress_bar=config.progress_bar,
       prefetch=config.data.prefetch, plateau=o.plateau if o.plateau.enabled else None,
       optimizer=f'{o.optimizer}, lr {o.learning_rate}, {o.lr_schedule} schedule',
-      resume_changes_ok=config.resume_changes_ok)
+      resume_changes_ok=config.resume_changes_ok,
+      epochs='' if config.num_train_steps > 0 else (
+          f'{config.num_epochs:g} epochs of {config.data.train_size:,} videos at batch '
+          f'{config.batch_size}'))
   return Setup(
       config=config, config_json=checkpoints.config_json(config), task=task, model=model,
       dataset=dataset, options=options, mesh=mesh, replicated=replicated,
