@@ -11,7 +11,11 @@ Command (convert the Kinetics-400 I3D-R50 checkpoint first, see rstg_jax/convert
 PATH holds 20bn-something-something-v1/ and the something-something-v1-*.csv files (a
 manual download, see rstg_jax/ssv1/reader.py). The first run converts it into TFDS shards
 under `config.data.tfds_dir` (default: $TFDS_DATA_DIR or ~/tensorflow_datasets); later
-runs read only the shards (then data.root may be left unset).
+runs read only the shards (then data.root may be left unset). The shards record the copy
+they came from (its real path, a hash of its label files and its number of frame
+folders): a run whose data.root is another copy, or a copy changed since, stops in one
+line; give that copy its own data.tfds_dir, or set data.rebuild=True to replace the
+shards. data.num_classes is read from the labels file (a value given is checked).
 
 Paper (Table 2, Table 3: RSTG-to-map res3-4, I3D-R50 from Kinetics-400): 49.2 top-1,
 78.8 top-5 on the validation set, dense evaluation (11 crops of 256x256 x 2 temporal
@@ -94,6 +98,9 @@ def get_config():
   config.data.root = config_dict.placeholder(str)
   # Where the TFDS shards are written / read (None: $TFDS_DATA_DIR or ~/tensorflow_datasets).
   config.data.tfds_dir = config_dict.placeholder(str)
+  # Shards in tfds_dir that were converted from another copy than data.root (or from an
+  # older state of it) stop the run; True replaces them with a conversion of data.root.
+  config.data.rebuild = False
   config.data.num_frames = 32
   config.data.crop_size = 224
   config.data.short_side = 256

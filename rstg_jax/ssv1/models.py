@@ -138,7 +138,8 @@ def config_errors(config) -> list[str]:
     problems.append(f'Unknown rstg.placement {r.placement!r}. Valid: '
                     f"{', '.join(PLACEMENTS)}.")
   blocks = tuple(b.blocks)
-  if len(blocks) != 4 or not all(type(n) is int and n > 0 for n in blocks):  # pylint: disable=unidiomatic-typecheck
+  if len(blocks) != 4 or not all(
+      isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in blocks):
     problems.append(f'backbone.blocks needs 4 positive integers (res2..res5), got {blocks}.')
   if b.res5_stride not in (1, 2) or isinstance(b.res5_stride, bool):
     problems.append(f'backbone.res5_stride must be 1 or 2, got {b.res5_stride}.')

@@ -97,8 +97,8 @@ class SyncMNISTTask(task_lib.Task):
     if not config.backbone.freeze:
       return None
     if 'backbone' not in params:
-      raise errors.ConfigError('config.backbone.freeze is set but the model has no `backbone` '
-                       f'submodule (top-level params: {sorted(params)}).')
+      raise errors.ConfigError('config.backbone.freeze is set but the model has no '
+                               f'`backbone` submodule (top-level params: {sorted(params)}).')
     return {k: jax.tree.map(lambda _, k=k: k == 'backbone', v) for k, v in params.items()}
 
   def load_pretrained(self, config, workdir: str, variables: dict, say) -> dict:
@@ -189,8 +189,8 @@ def pretrained_backbone(config, workdir: str, params: dict, say) -> dict:
   from the cache: `backbone.cache_path`, by default WORKDIR/backbone.npz)."""
   from rstg_jax.syncmnist import pretrain  # pylint: disable=g-import-not-at-top
   if 'backbone' not in params:
-    raise errors.ConfigError('config.backbone.pretrain_steps > 0 but the model has no `backbone` '
-                     f'submodule (top-level params: {sorted(params)}).')
+    raise errors.ConfigError('config.backbone.pretrain_steps > 0 but the model has no '
+                             f'`backbone` submodule (top-level params: {sorted(params)}).')
   b = config.backbone
   # A shared cache (e.g. one for every run of a sweep) or the run's own.
   path = b.cache_path or os.path.join(workdir, 'backbone.npz')

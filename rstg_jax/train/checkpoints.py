@@ -246,7 +246,8 @@ _STEP0_FIELDS = ('backbone.pretrain_*', 'init_from.*')
 # the one that was started (`resume_changes_ok=True` accepts it on purpose). data.root
 # and data.tfds_dir are locations (the data may move), data.prefetch a buffer size.
 STREAM_FIELDS = ('batch_size', 'seed', 'data.*')
-_NOT_STREAM = ('data.num_classes', 'data.root', 'data.tfds_dir', 'data.prefetch')
+_NOT_STREAM = ('data.num_classes', 'data.root', 'data.tfds_dir', 'data.rebuild',
+               'data.prefetch')
 
 
 class ResumeError(errors.CheckpointError):
