@@ -131,7 +131,7 @@ def data_config_errors(config) -> list[str]:
   from rstg_jax.syncmnist import generator  # pylint: disable=g-import-not-at-top
   d, sizes = config.data, generator.SPLIT_SIZES
   errors = [e for e in (
-      _range_error('data.num_digits', d.num_digits, 2, 10,
+      _range_error('data.num_digits', d.num_digits, 2, generator.MAX_DIGITS,
                    'digits per video, of distinct classes; the paper: 3 or 5'),
       _range_error('data.seed', d.seed, 0, 2**63 - 1, 'the generator seed'),
   ) if e]

@@ -23,6 +23,7 @@ import json
 import logging as logging_std
 import os
 import shutil
+import sys
 import time
 from typing import Callable, Optional
 
@@ -326,8 +327,26 @@ def shape_mismatches(stored_tree, abstract_state) -> list[str]:
   return out
 
 
+def _drop_closed_loop_noise() -> None:
+  """Orbax's metadata read of a broken checkpoint leaves callbacks that fire after its
+  event loop has closed; Python prints each as a 'RuntimeError: Event loop is closed'
+  traceback (an unraisable exception). The read's own error is reported: drop those."""
+  previous = sys.unraisablehook
+  if getattr(previous, 'drops_closed_loop', False):
+    return
+
+  def hook(unraisable):
+    e = unraisable.exc_value
+    if not (isinstance(e, RuntimeError) and str(e) == 'Event loop is closed'):
+      previous(unraisable)
+
+  hook.drops_closed_loop = True
+  sys.unraisablehook = hook
+
+
 def stored_tree(mngr: ocp.CheckpointManager, step: int):
   """The stored state's tree of array metadata (shapes), read without any array."""
+  _drop_closed_loop_noise()
   path = os.path.join(str(mngr.directory), str(step), 'state')
   with ocp.StandardCheckpointer() as ckptr:
     md = ckptr.metadata(path)
