@@ -28,7 +28,7 @@ def names() -> tuple[str, ...]:
 
 
 def get(name: str):
-  """The task registered under `name`; ValueError listing the known names otherwise."""
+  """The task registered under `name`; ConfigError listing the known names otherwise."""
   if name in _REGISTERED:
     return _REGISTERED[name]
   if name in _BUILTIN:
@@ -38,7 +38,7 @@ def get(name: str):
 
 def for_config(config, check_data: bool = True):
   """The task of `config.data.name`, after checking the whole config (and, with
-  `check_data`, that the data is where the config says); raises ValueError with every
+  `check_data`, that the data is where the config says); raises ConfigError with every
   problem before anything heavy runs."""
   # pylint: disable=g-import-not-at-top
   from rstg_jax.train import setup

@@ -49,7 +49,9 @@ class Task:
     return []
 
   def check_data(self, config) -> None:
-    """Raises ValueError, with what to do, when the data is not where the config says.
+    """Raises `rstg_jax.errors.DataError` (or a subclass), with what to do, when the data
+    is not where the config says or is refused; a `ConfigError` when a config value
+    disagrees with the data (the entry points print either as one line).
     Cheap (file-system checks only): runs before anything is compiled."""
     del config
 
