@@ -5,7 +5,8 @@ The data set contract itself is in `rstg_jax.train.task`. Here:
 - `StreamOrder`: which example each row of each training step reads, a pure function of
   (seed, step), so that a resumed run reads the same batches as an uninterrupted one;
 - `local_slice` / `local_size`: this process's rows of a global batch;
-- `padded_eval_batches`: fixed-size test batches, the last one padded (mask 0);
+- `padded_eval_batches`: fixed-size test batches, the last one padded (mask 0), as a
+  `Sized` iterable (its length gives a progress bar its ETA);
 - `Prefetcher`: runs `batch(step)` in a thread (numpy generation releases the GIL for most
   of its time) and puts the result on the devices, so the next batch is ready when the
   jitted step returns.
