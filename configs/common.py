@@ -1,6 +1,6 @@
 """The trainer's fields, shared by every task's configs (no task fields here).
 
-A task's configs start from this one and add their own blocks: `configs/default.py`
+A task's configs start from this one and add their own blocks: `configs/syncmnist_base.py`
 (SyncMNIST) and `configs/ssv1_i3d.py` (Something-Something-v1). Namespaces:
 
   top level   seed, batch_size, num_train_steps, num_epochs, log_every, checkpoint_every,

@@ -9,45 +9,25 @@ Command (convert the Kinetics-400 I3D-R50 checkpoint first, see rstg_jax/convert
   python -m rstg_jax.evaluate --workdir=runs/ssv1_i3d --checkpoint=best   # dense, 22 views
 
 PATH holds 20bn-something-something-v1/ and the something-something-v1-*.csv files (a
-manual download, see rstg_jax/ssv1/reader.py). The first run converts it into TFDS shards
-under `config.data.tfds_dir` (default: $TFDS_DATA_DIR or ~/tensorflow_datasets); later
-runs read only the shards (then data.root may be left unset). The shards record the copy
-they came from (its real path, a hash of its label files and its number of frame
-folders): a run whose data.root is another copy, or a copy changed since, stops in one
-line; give that copy its own data.tfds_dir, or set data.rebuild=True to replace the
-shards. data.num_classes is read from the labels file (a value given is checked).
+manual download, see rstg_jax/ssv1/reader.py); the first run converts it into TFDS shards
+under `data.tfds_dir` (default $TFDS_DATA_DIR or ~/tensorflow_datasets), later runs read
+only the shards. Shards record their copy: another or a changed copy stops in one line
+(give it its own data.tfds_dir, or data.rebuild=True); num_classes comes from the labels.
 
-Paper (Table 2, Table 3: RSTG-to-map res3-4, I3D-R50 from Kinetics-400): 49.2 top-1,
-78.8 top-5 on the validation set, dense evaluation (11 crops of 256x256 x 2 temporal
-samplings, logits averaged).
+Recipe (paper Sec. 3.2 and App. B; where it is silent, the authors' config): 32 frames
+sampled uniformly, short side 256, random 224 crop, no flip, (x - 114.75) / 57.375;
+I3D-R50, res5 stride 1, frozen BatchNorm, dropout 0.3, 174 classes; the Caffe2 stem
+('caffe2': pool1 unpadded, as the Kinetics weights were trained; 'pyslowfast' for
+PySlowFast weights); graphs of 3 scales, D = 512, K = 3, all-temp, LayerNorm, per-scale
+updates, each block starting as identity (x + s * LN(graph(x)), s = 0); SGD Nesterov 0.9,
+batch 8 at lr 4e-4 (the authors: 2 clips at 1e-4, `--config.batch_size=2
+--config.optim.learning_rate=1e-4`), /10 when the centre-crop top-1 on 2,048 validation
+videos stops improving, 20 epochs. Each departure from the paper and the option that
+restores it: docs/departures.md.
 
-Recipe (paper Sec. 3.2 and App. B; where the paper is silent, the authors' public config
-for this model, see shared/notes/facts-from-the-field.md):
-  - 32 frames sampled uniformly over the video, short side 256, random 224x224 crop, no
-    flip (labels are directional); (x - 114.75) / 57.375;
-  - I3D-R50 with res5 spatial stride 1, backbone BatchNorm frozen (statistics and
-    affine), dropout 0.3 before the classifier, 174 classes;
-  - stem (`backbone.stem`): 'caffe2', the original Caffe2 network that the Kinetics
-    weights were trained in, whose pool1 has no padding (res2 55x55 at 224 px). The
-    paper's Table 4 lists res2 at 56x56, the padded pool1 of PySlowFast's PyTorch stem
-    ('pyslowfast'); the default differs because running the Caffe2 weights with padding
-    shifts every pool1 window by a pixel and changes their outputs by several percent.
-    res3, res4, res5 (28, 14, 14) and so the graphs are the same either way. Use
-    --config.backbone.stem=pyslowfast only for weights trained in PySlowFast;
-  - graphs: 3 scales (1x1, 2x2, 3x3; the authors' config; Table 4 draws 4 scales, use
-    --config.rstg.scales='(1,2,3,4)'), D = 512, K = 3, all-temp, dot-product attention,
-    LayerNorm in the space stage, per-scale update MLPs; each block starts as identity
-    (x + s * LN(graph(x)), s = 0);
-  - SGD with Nesterov momentum 0.9, no weight decay; the authors trained with 2 clips per
-    step at lr 1e-4 on one GPU. Our choice: global batch 8 at lr 4e-4 (linear scaling of
-    theirs), constant, divided by 10 when the centre-crop top-1 on the first 2,048
-    validation videos stops improving (patience 3 evaluations, every 5,000 steps),
-    20 epochs of 86,017 videos (215,043 steps; the paper gives no epoch count).
-    `--config.batch_size=2 --config.optim.learning_rate=1e-4` is the authors' exact setting.
-
-Expected runtime: not measured on a GPU yet. On 2 CPU cores a training step of this
-model at 32x224x224 is far too slow to be useful (see `python -m rstg_jax.bench ssv1`).
-Expected result: not measured yet; the paper reports 49.2 / 78.8.
+Paper (Tables 2, 3): 49.2 top-1, 78.8 top-5 on validation, dense (11 crops x 2 clips).
+Expected runtime and result: not measured yet (needs a GPU; `python -m rstg_jax.bench
+ssv1` shows a CPU step is far too slow to be useful).
 """
 
 from ml_collections import config_dict
@@ -60,7 +40,7 @@ def get_config():
 
   # --- Model (read by rstg_jax.ssv1.models.create_ssv1_model) ------------------------
   config.model = 'resnet3d'  # ResNet3D with RSTG blocks at `rstg.placement`.
-  # RSTG schedule (rstg_jax.syncmnist.rstg_classifier.ABLATIONS).
+  # RSTG schedule (rstg_jax.model.ABLATIONS).
   config.ablation = 'all_temp'
   config.head = config_dict.ConfigDict()
   config.head.dropout_rate = 0.3  # before the classifier (authors).

@@ -6,6 +6,7 @@ r"""launch/sweep.py: one `rstg_jax.main` run per point of a grid, then a report.
       [--executor=local|slurm] [--parallel=K] [--processes=N] [--dry_run] \
       [-- EXTRA_MAIN_FLAGS]
   python launch/sweep.py --preset=sync3_table1 --workdir=runs/table1   # the paper's rows
+  python launch/sweep.py --preset=sync3_table1_fair --seeds=2 --workdir=runs/table1_fair
   python launch/sweep.py --list_presets
   python -m rstg_jax.report runs/ablations        # report.md and report.png
 
@@ -15,10 +16,20 @@ each run resumes on its own. Several --grid flags multiply; values are split on 
 outside brackets ('rstg.scales=(1,2),(1,2,3)' is two values). Flags after `--` go to every
 run (e.g. `-- --config.num_train_steps=100 --config.data.root=/data/ssv1`).
 
+--seeds=N runs every point with `config.seed` = 0..N-1 (run names end in '_seed=S' or
+',seed=S'), all of seed 0 first, then seed 1, ...: a half-finished sweep is a whole table,
+and runs sharing a backbone cache (`backbone.pretrain.cache_path`, whose pre-training depends on
+the seed) pre-train once per seed. A preset may set its own default (sync3_table1_fair:
+2); `python -m rstg_jax.report` shows the rows that differ only in seed as one row, with
+their mean and each seed's value.
+
 Rerunning the same sweep skips finished runs (the trainer's DONE marker, or a test row at
-the last step), skips runs still running on this host (their RUNNING marker), and
-resumes the others from their latest checkpoint. DIR/<name>/sweep.json records the
-command, the grid values and the paper row, for `rstg_jax.report`.
+the last step), skips runs still running (a process holds the run folder's lock,
+`rstg_jax.train.workdir_lock`), and resumes the others from their latest checkpoint. The
+local executor takes a run's lock before it writes into the run's folder and hands it to
+the run it starts, so two sweeps over one folder never start the same run twice.
+DIR/<name>/sweep.json records the command, the grid values and the paper row, for
+`rstg_jax.report`.
 
 Executors:
 - local (default): K runs at a time (--parallel=K) on this machine, each with
@@ -39,7 +50,6 @@ import os
 import re
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -51,8 +61,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 
-from rstg_jax import paper as paper_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
-from rstg_jax import report as report_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from rstg_jax import paper as paper_lib
+from rstg_jax import report as report_lib
+from rstg_jax import run_status as status_lib
+from rstg_jax.train import workdir_lock
+# pylint: enable=g-import-not-at-top,wrong-import-position
 
 
 def split_values(text: str) -> list[str]:
@@ -108,19 +122,38 @@ def run_name(values: dict) -> str:
   return re.sub(r'[^A-Za-z0-9._=,+-]', '_', name) or 'run'
 
 
+def seed_values(args, preset: dict) -> list[str]:
+  """The seeds of --seeds=N, else of the preset's 'seeds' unless a --grid names seed."""
+  gridded = any(parse_grid([spec])[0].keys() == {'seed'} for spec in args.grid)
+  count = getattr(args, 'seeds', None)
+  if count is not None:
+    if count < 1:
+      raise ValueError(f'--seeds={count}: give 1 or more.')
+    if gridded:
+      raise ValueError('--seeds and a --grid over seed both set the seeds: give one.')
+  elif gridded:
+    return []
+  count = count or preset.get('seeds')
+  return [str(s) for s in range(count)] if count else []
+
+
 def plan_runs(args) -> list[dict]:
   """The runs of the sweep: name, workdir, config, overrides, grid values, paper row."""
   grid = parse_grid(args.grid)
+  preset = paper_lib.PRESETS[args.preset] if args.preset else {}
   if args.preset:
-    preset = paper_lib.PRESETS[args.preset]
     config = args.config or preset['config']
     bases = [(p['name'], dict(p['overrides']), p['paper'], {'row': p['name']})
              for p in preset['points']]
   else:
     config = args.config
     bases = [('', {}, None, {})]
+  pairs = list(itertools.product(bases, grid))
+  # Seed-major: every point of seed 0, then of seed 1, ...
+  pairs = [(base, {**point, 'seed': s}) for s in seed_values(args, preset)
+           for base, point in pairs] or pairs
   runs, names = [], set()
-  for (base_name, base_overrides, entry, base_grid), point in itertools.product(bases, grid):
+  for (base_name, base_overrides, entry, base_grid), point in pairs:
     name = '_'.join(n for n in (base_name, run_name(point) if point else '') if n) or 'run'
     if name in names:
       raise ValueError(f'Two grid points share the run name {name!r}.')
@@ -176,7 +209,7 @@ def write_json_atomic(path: str, obj):
 
 def write_sweep_json(run: dict, command: list[str], args):
   path = os.path.join(run['workdir'], 'sweep.json')
-  old = report_lib.read_json(path) or {}
+  old = status_lib.read_json(path) or {}
   write_json_atomic(path, {
       'name': run['name'], 'config': run['config'], 'overrides': run['overrides'],
       'grid': run['grid'], 'paper': run['paper'], 'extra_args': list(args.extra),
@@ -194,7 +227,7 @@ def status_of(run: dict) -> str:
     _, total, _ = report_lib.resolve_config(run['workdir'], sweep)
   else:
     return 'new'
-  return report_lib.run_status(run['workdir'], total=total)
+  return status_lib.run_status(run['workdir'], total=total)
 
 
 def run_local(todo: list[dict], args) -> int:
@@ -203,6 +236,11 @@ def run_local(todo: list[dict], args) -> int:
 
   def start(run):
     os.makedirs(run['workdir'], exist_ok=True)
+    try:  # held from here until the run ends; `main` inherits it (RSTG_WORKDIR_LOCK_FD)
+      fd = workdir_lock.acquire(run['workdir'], role='launch/sweep.py')
+    except workdir_lock.WorkdirBusy as e:
+      print(f'skip     {run["name"]}: running ({e})', flush=True)
+      return
     command = run_command(run, args.processes)
     write_sweep_json(run, command, args)
     log = open(os.path.join(run['workdir'], 'log.txt'), 'a')
@@ -212,11 +250,9 @@ def run_local(todo: list[dict], args) -> int:
     # The repository on the path: the sweep may be started from another folder.
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         p for p in (ROOT, os.environ.get('PYTHONPATH')) if p))
+    env[workdir_lock.ENV_FD] = str(fd)
     proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
-                            start_new_session=True)
-    write_json_atomic(os.path.join(run['workdir'], 'RUNNING'),
-                      {'host': socket.gethostname(), 'pid': proc.pid,
-                       'started': time.time()})
+                            start_new_session=True, pass_fds=(fd,))
     active[proc.pid] = (proc, run, log, time.time())
     print(f'started  {run["name"]} (pid {proc.pid}; log {run["workdir"]}/log.txt)', flush=True)
 
@@ -224,19 +260,16 @@ def run_local(todo: list[dict], args) -> int:
     nonlocal failed
     proc, run, log, t0 = active.pop(pid)
     log.close()
-    try:
-      os.remove(os.path.join(run['workdir'], 'RUNNING'))
-    except OSError:
-      pass
     minutes = (time.time() - t0) / 60
     path = os.path.join(run['workdir'], 'sweep.json')  # the report shows failed runs
-    write_json_atomic(path, dict(report_lib.read_json(path) or {}, exit_code=rc))
+    write_json_atomic(path, dict(status_lib.read_json(path) or {}, exit_code=rc))
     if rc == 0:
       print(f'finished {run["name"]} in {minutes:.1f} min', flush=True)
     else:
       failed += 1
       print(f'FAILED   {run["name"]} (exit {rc}) after {minutes:.1f} min; see '
             f'{run["workdir"]}/log.txt', flush=True)
+    workdir_lock.release(run['workdir'])  # after sweep.json has the exit code
 
   def stop_all(signum, frame):  # pylint: disable=unused-argument
     for proc, run, _, _ in list(active.values()):
@@ -296,7 +329,7 @@ def slurm_submit(todo: list[dict], args) -> int:
   # Rerunning the sweep asks squeue about these tasks instead of submitting them again.
   for i, run in enumerate(todo):
     path = os.path.join(run['workdir'], 'sweep.json')
-    write_json_atomic(path, dict(report_lib.read_json(path) or {}, slurm_job=f'{job}_{i}'))
+    write_json_atomic(path, dict(status_lib.read_json(path) or {}, slurm_job=f'{job}_{i}'))
   return 0
 
 
@@ -312,6 +345,9 @@ def _define_flags() -> flags.FlagValues:
                     "the paper's rows (multiplied by any --grid): " + '; '.join(
                         f'{k}: {v["doc"]}' for k, v in paper_lib.PRESETS.items()),
                     flag_values=fv)
+  flags.DEFINE_integer('seeds', None, 'run every point with seeds 0..N-1 (config.seed), '
+                       "all of seed 0 first (default: the preset's own, else one run)",
+                       flag_values=fv)
   flags.DEFINE_string('workdir', None, 'the sweep folder; run NAME goes to WORKDIR/NAME',
                       flag_values=fv)
   flags.DEFINE_enum('executor', 'local', ['local', 'slurm'], 'where the runs go',
@@ -366,7 +402,8 @@ def main(argv=None):
   args = parse_args(sys.argv[1:] if argv is None else argv)
   if args.list_presets:
     for name, preset in paper_lib.PRESETS.items():
-      print(f'{name}: {preset["doc"]}; config {preset["config"]}')
+      seeds = f'; {preset["seeds"]} seeds' if preset.get('seeds') else ''
+      print(f'{name}: {preset["doc"]}; config {preset["config"]}{seeds}')
       for p in preset['points']:
         top1 = p['paper']['top1']
         print(f'  {p["name"]:<20} {p["paper"]["row"]:<28} paper top-1 '

@@ -20,6 +20,8 @@ def parse_flags(argv):
   - a `--config` file that does not exist is named as missing;
   - a misspelt config field, which ml_collections raises as an AttributeError or KeyError
     with a Python repr inside: `Unknown field 'batchsize'; did you mean 'batch_size'?`;
+  - a ValueError of a config file's `get_config` (e.g. an unknown preset after `:`), which
+    absl wraps in a flag error holding the whole traceback: only its last line;
   - any other flag error: `ERROR: <absl's message>` and where to find the help.
   """
   args = list(argv[1:])
@@ -36,6 +38,9 @@ def parse_flags(argv):
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
+    last = str(e).rstrip().splitlines()[-1]
+    if 'Error whilst parsing config file' in str(e) and last.startswith('ValueError: '):
+      sys.exit(f'ERROR: {last.removeprefix("ValueError: ")}')
     sys.exit(f'ERROR: {e} (see --help)')
   except (AttributeError, KeyError, TypeError, ValueError) as e:
     sys.exit(f'ERROR: {bad_override_message(e, args)}')
@@ -172,4 +177,16 @@ def flatten(d: dict, prefix: str = '') -> dict:
       out.update(flatten(v, f'{prefix}{k}.'))
     else:
       out[f'{prefix}{k}'] = v
+  return out
+
+
+def unflatten(flat: dict) -> dict:
+  """The inverse of `flatten`: {dotted name: value} as a nested dict."""
+  out = {}
+  for name, value in flat.items():
+    *parents, leaf = name.split('.')
+    node = out
+    for part in parents:
+      node = node.setdefault(part, {})
+    node[leaf] = value
   return out

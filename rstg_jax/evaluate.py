@@ -47,6 +47,7 @@ from rstg_jax import tasks
 from rstg_jax.train import checkpoints
 from rstg_jax.train import evaluators
 from rstg_jax.train import setup as setup_lib
+from rstg_jax.train import workdir_lock
 
 
 def _tuples(x):
@@ -60,9 +61,11 @@ def _tuples(x):
 
 def config_from_checkpoint(workdir: str, checkpoint: str = 'latest', say=print
                           ) -> ml_collections.ConfigDict:
-  """The config a checkpoint was trained with (from its JSON metadata)."""
-  return ml_collections.ConfigDict(
-      _tuples(checkpoints.read_config(workdir, str(checkpoint), say)))
+  """The config a checkpoint was trained with (from its JSON metadata), with the fields
+  added since (its task's `upgrade_config`)."""
+  saved = checkpoints.read_config(workdir, str(checkpoint), say)
+  saved = tasks.get(saved.get('data', {}).get('name')).upgrade_config(saved)
+  return ml_collections.ConfigDict(_tuples(saved))
 
 
 def check_workdir(workdir: str) -> None:
@@ -101,7 +104,6 @@ def run(config: Optional[ml_collections.ConfigDict], workdir: str,
   is_main = jax.process_index() == 0
   say = (lambda msg: print(msg, flush=True)) if is_main else (lambda msg: None)
   check_workdir(workdir)
-  # (A shared lock on the workdir, if the trainer takes one, is taken here.)
   given = config is not None
   if not given:
     config = config_from_checkpoint(workdir, checkpoint, say)
@@ -112,10 +114,11 @@ def run(config: Optional[ml_collections.ConfigDict], workdir: str,
   if task is None:
     task = tasks.for_config(config)  # a missing data set fails before any compile
   setup = setup_lib.make_setup(config, task, dataset)
-  with checkpoints.manager(workdir, read_only=True) as mngr:
+  with (workdir_lock.reading(workdir, say),  # no run starts or prunes while we read
+        checkpoints.manager(workdir, read_only=True) as mngr):
     state, meta, step = checkpoints.restore_for_eval(
         mngr, str(checkpoint), setup.abstract_state, setup.config_json if given else None,
-        say)
+        say, upgrade=task.upgrade_config)
   class_names = list(setup.dataset.class_names)
   if meta.get('class_names') not in (None, class_names):
     raise errors.CheckpointError('The checkpoint was trained with another class order than '

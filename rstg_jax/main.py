@@ -75,6 +75,7 @@ def main(argv):
   from rstg_jax.train import config_checks
   from rstg_jax.train import loop
   from rstg_jax.train import setup as setup_lib
+  from rstg_jax.train import workdir_lock
 
   config = FLAGS.config
   # Errors a user can act on end in one line, not a traceback (`rstg_jax.errors`): a
@@ -95,6 +96,7 @@ def main(argv):
     problem = config_checks.workdir_error(FLAGS.workdir)
     if problem:
       raise SystemExit(f'ERROR: {problem}')
+    workdir_lock.hold_for_run(FLAGS.workdir)  # one run per workdir, before anything is written
     loop.train_and_evaluate(config, FLAGS.workdir, task, setup=setup)
   except (errors.RSTGError, OSError) as e:
     raise SystemExit(f'ERROR: {e}') from None

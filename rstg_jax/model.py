@@ -30,6 +30,10 @@ needs only iteration k-1 at time t and iteration k at time t-1.
 
 Readouts: `rstg_to_vec` (mean over time, sum over nodes) and `RSTGToMap` (nodes resized
 back to the feature map and added as x + s * LayerNorm(graph(x)), s initialised to 0).
+
+What the graph did: applied with `mutable=['intermediates']`, `RSTG` records every space
+stage, offline and in `step` (see `RSTG`); otherwise it records nothing and computes
+nothing more.
 """
 
 from __future__ import annotations
@@ -51,6 +55,24 @@ _MAX_UNROLL = 12
 def check_schedule(schedule: str) -> None:
   if schedule not in SCHEDULES:
     raise ValueError(f"unknown RSTG schedule {schedule!r}; valid: {', '.join(SCHEDULES)}")
+
+
+# The ablations of the paper's tables (both tasks' `config.ablation`): the schedules,
+# plus "positional" = all_temp with positional maps.
+ABLATIONS = ('all_temp', 'one_temp', 'homogeneous', 'space_only', 'time_only', 'positional')
+
+
+def ablation_to_core_args(ablation: str) -> dict:
+  """The (schedule, positional) pair of `RSTG` that an ablation name stands for.
+
+  "positional" is all_temp with positional maps in f_send (the paper's best 5SyncMNIST
+  model); every other ablation is the core schedule of the same name.
+  """
+  if ablation == 'positional':
+    return dict(schedule='all_temp', positional=True)
+  if ablation in ABLATIONS and ablation in SCHEDULES:
+    return dict(schedule=ablation, positional=False)
+  raise ValueError(f"unknown RSTG ablation {ablation!r}; valid: {', '.join(ABLATIONS)}")
 
 
 class SpaceStage(nn.Module):
@@ -82,6 +104,10 @@ class SpaceStage(nn.Module):
 
   def __call__(self, nodes, past=None):
     return stages.space_stage(self.params_tree, self.graph, nodes, past=past)
+
+  def attention(self, nodes, past=None):
+    """The weights this stage gathers with on `nodes` (`stages.space_attention`)."""
+    return stages.space_attention(self.params_tree, self.graph, nodes, past=past)
 
 
 class LSTM(nn.Module):
@@ -147,6 +173,14 @@ class RSTG(nn.Module):
     layer_norm: LayerNorm in the space stage.
     scalewise: per-scale update parameters.
     hidden: hidden width of the space-stage MLPs (default D).
+
+  Records: applied with `mutable=['intermediates']`, every space stage sows two entries
+  under this module's path in the 'intermediates' collection, one per iteration k in
+  order: 'attention', its weights (`stages.space_attention` of its input; absent with
+  gather="sum") and 'nodes', its output. Offline they are [B, T, 2E] and [B, T, N, D];
+  each `step` adds [B, 2E] and [B, N, D] (2E + N weights with the homogeneous
+  schedule's time messages, `stages.attention_edges`). The time_only schedule has no
+  space stage and records nothing.
   """
   graph: RSTGGraph
   dim: int = 512
@@ -198,6 +232,7 @@ class RSTG(nn.Module):
       for _ in range(k_iters):
         _, h = self.lstm(v, time_axis=0)
         v = self.space(h)
+        self._record(h, v, time_major=True)
       return self.final_lstm(v, time_axis=0)[1]
     if sched == 'time_only':
       for _ in range(k_iters):
@@ -205,13 +240,13 @@ class RSTG(nn.Module):
       return self.final_lstm(v, time_axis=0)[1]
     if sched == 'one_temp':
       for _ in range(k_iters):
-        v = self.space(v)
+        v = self._recorded_space(v)
       return self.final_lstm(v, time_axis=0)[1]
     if sched == 'space_only':
       # No time stage at all; a running mean here would, averaged again by the
       # readout, weigh frame t by (H_T - H_{t-1}) / T and leak the frame order.
       for _ in range(k_iters):
-        v = self.space(v)
+        v = self._recorded_space(v)
       return v
     # homogeneous: the time message needs iteration k at t-1, so each iteration is a
     # scan over frames of a space stage that also listens to the past.
@@ -219,8 +254,31 @@ class RSTG(nn.Module):
                    variable_broadcast='params', split_rngs={'params': False},
                    in_axes=0, out_axes=0)
     for _ in range(k_iters):
-      _, v = scan(self, jnp.zeros_like(v[0]), v)
+      _, out = scan(self, jnp.zeros_like(v[0]), v)
+      if self.is_mutable_collection('intermediates'):
+        self._record(v, out, past=jnp.concatenate([jnp.zeros_like(out[:1]), out[:-1]]),
+                     time_major=True)
+      v = out
     return v
+
+  def _recorded_space(self, v):
+    """A space stage on time-major v [T, B, N, D], recorded when asked."""
+    out = self.space(v)
+    self._record(v, out, time_major=True)
+    return out
+
+  def _record(self, inputs, out, past=None, *, time_major):
+    """Sows a space stage's attention and output nodes (see the class docstring).
+
+    Does nothing, and adds nothing to the traced program, unless 'intermediates' is
+    mutable. Time-major records [T, B, ...] are stored batch-major [B, T, ...].
+    """
+    if not self.is_mutable_collection('intermediates'):
+      return
+    major = (lambda a: a.swapaxes(0, 1)) if time_major else (lambda a: a)
+    if self.gather == 'attention':
+      self.sow('intermediates', 'attention', major(self.space.attention(inputs, past)))
+    self.sow('intermediates', 'nodes', major(out))
 
   def initial_state(self, batch_size: int, dtype=jnp.float32) -> dict[str, Any]:
     """State of the online mode before the first frame (all zeros; empty for space_only,
@@ -248,15 +306,21 @@ class RSTG(nn.Module):
         carry, v = self.lstm.step(state['lstm'][k], v)
         carries.append(carry)
         if sched == 'all_temp':
-          v = self.space(v)
+          out = self.space(v)
+          self._record(v, out, time_major=False)
+          v = out
       new['lstm'] = carries
     elif sched in ('one_temp', 'space_only'):
       for _ in range(self.num_iters):
-        v = self.space(v)
+        out = self.space(v)
+        self._record(v, out, time_major=False)
+        v = out
     else:  # homogeneous
       pasts = []
       for k in range(self.num_iters):
-        v = self.space(v, past=state['past'][k])
+        out = self.space(v, past=state['past'][k])
+        self._record(v, out, state['past'][k], time_major=False)
+        v = out
         pasts.append(v)
       new['past'] = pasts
     if sched in ('space_only', 'homogeneous'):

@@ -8,6 +8,13 @@ from its resolved config (`paper_entry`), whether or not a preset started it.
   RSTG variants and four baselines; '-' in the paper is None here.
 - Something-Something-v1 (paper Table 2, and Table 3 for where the graph sits): top-1 /
   top-5 % on the validation set, dense evaluation (11 crops x 2 clips).
+
+`sync3_table1_fair` is Table 1 at CPU scale with the models made comparable
+(docs/notes/table1.md): on configs/syncmnist_quick.py's sizes (backbone width 32,
+rstg.dim 64, K = 1, frozen backbone) every baseline gets the widths in `FAIR_WIDTHS`,
+which put its trainable head within `FAIR_CAPACITY`'s window of RSTG all-temp's
+(`python -m rstg_jax.capacity` prints the counts), every row the same input
+normalisation (`input_norm='batchnorm'`), and the sweep runs each row with `seeds` seeds.
 """
 
 from typing import Optional
@@ -51,15 +58,39 @@ SSV1_ROWS = (
 )
 
 
-def _sync_preset(digits: int) -> dict:
+# The baselines' widths that bring each trainable head within FAIR_CAPACITY's window of
+# RSTG all-temp's (104,558 parameters) at configs/syncmnist_quick.py's sizes; the counts
+# with input_norm='batchnorm': mean_lstm 103,430 (0.99x), conv_lstm 96,926 (0.93x), i3d
+# 98,084 (0.94x), nonlocal 108,776 (1.04x). tests/test_table1.py recomputes them.
+FAIR_WIDTHS = {
+    'mean_lstm': {'baseline.lstm_dim': 140},
+    'conv_lstm': {'baseline.conv_width': 8, 'baseline.conv_lstm_dim': 64},
+    'i3d': {'baseline.i3d_planes': (9, 18, 36)},
+    'nonlocal': {'baseline.i3d_planes': (9, 18, 36)},
+}
+# Every baseline row's head (all but the shared backbone: what trains when it is frozen)
+# over the reference row's must lie in [low, high].
+FAIR_CAPACITY = {'reference': 'sync3_all_temp', 'low': 0.5, 'high': 2.0}
+
+
+def _sync_preset(digits: int, fair: bool = False) -> dict:
   points = []
   for name, row, overrides, top1_3, top1_5 in SYNCMNIST_ROWS:
+    if fair:  # the same input normalisation for all, the baselines' matched widths
+      overrides = {**overrides, 'input_norm': 'batchnorm',
+                   **FAIR_WIDTHS.get(overrides['model'], {})}
     points.append({
         'name': f'sync{digits}_{name}',
         'overrides': {'data.num_digits': digits, **overrides},
         'paper': {'table': f'SyncMNIST Table 1, {digits}SyncMNIST', 'row': row,
                   'top1': top1_3 if digits == 3 else top1_5, 'top5': None},
     })
+  if fair:
+    return {'config': 'configs/syncmnist_quick.py', 'points': points, 'seeds': 2,
+            'capacity': dict(FAIR_CAPACITY),
+            'doc': f'Table 1, {digits}SyncMNIST, at CPU scale with matched capacity: '
+                   'baseline heads 0.5x-2x of RSTG all-temp, BatchNorm on every '
+                   "model's input, 2 seeds per row"}
   return {'config': 'configs/syncmnist.py', 'points': points,
           'doc': f'paper Table 1, {digits}SyncMNIST column: 6 RSTG variants, 4 baselines'}
 
@@ -77,6 +108,7 @@ def _ssv1_preset(table: str) -> dict:
 
 PRESETS = {
     'sync3_table1': _sync_preset(3),
+    'sync3_table1_fair': _sync_preset(3, fair=True),
     'sync5_table1': _sync_preset(5),
     'ssv1_table2': _ssv1_preset('Table 2'),
     'ssv1_table3': _ssv1_preset('Table 3'),

@@ -7,9 +7,13 @@ depth) becomes one row of report.md: its grid values (from sweep.json), status, 
 videos seen, wall time, the val top-1 of the chosen checkpoint (the best by val top-1,
 which the trainer keeps), the test top-1 / top-5, the paper's number where the run
 reproduces a paper row (`rstg_jax.paper`), and the rank of the run among the runs of the
-same paper table, beside the paper's rank. report.png plots val top-1 against videos seen,
-one curve per run. It reads files only, never a checkpoint, so it runs while the runs go
-on (a line cut short by a kill is skipped) and takes a second.
+same paper table, beside the paper's rank. Runs that differ only in their seed make one
+row of a second table (`rstg_jax.report_groups`: their mean and each seed's value), and
+the ranks and Kendall tau are computed on those means; a paper table whose rows had
+different budgets (training videos, val every, val and test videos) is flagged.
+report.png plots val top-1 against videos seen, one curve per run. It reads files only,
+never a checkpoint, so it runs while the runs go on (a line cut short by a kill is
+skipped) and takes a second.
 
 What it reads in a run folder:
 - metrics.jsonl: rows with 'split' 'train' (loss, accuracy, lr, videos_per_sec), 'val'
@@ -19,21 +23,25 @@ What it reads in a run folder:
 - config.json (written by the trainer at start): {'config': ..., 'total_steps': ...}.
   Without it, the config is rebuilt from sweep.json (config file + overrides).
 - sweep.json (written by launch/sweep.py): name, grid values, command, paper row.
-- DONE (written by the trainer at the end), RUNNING (by the local sweep executor) and
-  sweep.json's 'slurm_job' (the SLURM executor; looked up in squeue).
+- DONE (written by the trainer at the end), the run's lock (.lock: held by a live run,
+  `rstg_jax.train.workdir_lock`) and sweep.json's 'slurm_job' (the SLURM executor;
+  looked up in squeue): the run's status, read by `rstg_jax.run_status`.
+
+The figure is drawn by `rstg_jax.report_figure`.
 """
 
 import json
 import math
 import os
-import shutil
-import socket
-import subprocess
 import sys
-from typing import Any, Optional
+from typing import Optional
 
 from rstg_jax import cli
 from rstg_jax import paper as paper_lib
+from rstg_jax import report_figure
+from rstg_jax import report_groups
+from rstg_jax import tasks
+from rstg_jax.run_status import read_json, read_jsonl, run_status
 
 RUN_MARKERS = ('metrics.jsonl', 'config.json', 'sweep.json')
 SKIP_DIRS = ('checkpoints', '__pycache__', 'tensorboard')
@@ -44,37 +52,10 @@ SKIP_DIRS = ('checkpoints', '__pycache__', 'tensorboard')
 # ------------------------------------------------------------------------------------
 
 
-def read_json(path: str) -> Optional[Any]:
-  try:
-    with open(path) as f:
-      return json.load(f)
-  except (OSError, ValueError):
-    return None
-
-
-def read_jsonl(path: str) -> list[dict]:
-  rows = []
-  try:
-    with open(path) as f:
-      for line in f:
-        line = line.strip()
-        if not line:
-          continue
-        try:
-          row = json.loads(line)
-        except ValueError:
-          continue  # a line cut short by a kill, or being written right now
-        if isinstance(row, dict):
-          rows.append(row)
-  except OSError:
-    pass
-  return rows
-
-
 def load_config(config_path: str, overrides: list[str], cwd: Optional[str] = None) -> dict:
   """A config file with --config.* overrides, parsed as `rstg_jax.main` parses them.
 
-  Returns the flat config ({'data.name': ...}). Config files import `configs.default`,
+  Returns the flat config ({'data.name': ...}). Config files import `configs.syncmnist_base`,
   so `cwd` (the repository root the sweep ran from) goes on sys.path meanwhile.
   """
   config = parse_config(config_path, overrides, cwd)
@@ -130,73 +111,6 @@ def batch_size_of(flat: dict) -> Optional[int]:
   value = _first(flat, 'batch_size', 'data.batch_size', 'optim.batch_size',
                  'train.batch_size')
   return int(value) if value else None
-
-
-def _pid_alive(pid: int) -> bool:
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except PermissionError:
-    return True
-  return True
-
-
-def running_marker(rundir: str) -> Optional[dict]:
-  """The RUNNING marker of a run started by a local sweep, if its process is alive.
-
-  A marker from another host cannot be checked and is taken as stale.
-  """
-  marker = read_json(os.path.join(rundir, 'RUNNING'))
-  if not isinstance(marker, dict):
-    return None
-  if marker.get('host') != socket.gethostname() or not _pid_alive(int(marker.get('pid', 0))):
-    return None
-  return marker
-
-
-def slurm_state(rundir: str) -> Optional[str]:
-  """'running' or 'queued' while the SLURM array task a sweep submitted for the run
-  is in `squeue`; None otherwise (or without squeue)."""
-  job = (read_json(os.path.join(rundir, 'sweep.json')) or {}).get('slurm_job')
-  if not job or not shutil.which('squeue'):
-    return None
-  try:
-    out = subprocess.run(['squeue', '-h', '-j', str(job), '-o', '%T'], capture_output=True,
-                         text=True, timeout=30).stdout.split()
-  except (OSError, subprocess.SubprocessError):
-    return None
-  if not out:
-    return None
-  return 'queued' if out[0] in ('PENDING', 'CONFIGURING', 'REQUEUED') else 'running'
-
-
-def run_status(rundir: str, rows: Optional[list] = None,
-               total: Optional[int] = None) -> str:
-  """'done', 'running', 'queued', 'failed (EXIT CODE)', 'partial' (started, unfinished,
-  idle) or 'new'.
-
-  Finished: the trainer wrote DONE at the end, or metrics.jsonl has a test row at the
-  last training step (runs from before DONE existed).
-  """
-  if os.path.exists(os.path.join(rundir, 'DONE')):
-    return 'done'
-  if rows is None:
-    rows = read_jsonl(os.path.join(rundir, 'metrics.jsonl'))
-  if total is not None and any(r.get('split') == 'test' and r.get('step', -1) >= total
-                               for r in rows):
-    return 'done'
-  if running_marker(rundir):
-    return 'running'
-  state = slurm_state(rundir)
-  if state:
-    return state
-  exit_code = (read_json(os.path.join(rundir, 'sweep.json')) or {}).get('exit_code')
-  if exit_code:  # the local sweep's last attempt failed (see its log.txt)
-    return f'failed ({exit_code})'
-  if rows or os.path.isdir(os.path.join(rundir, 'checkpoints')):
-    return 'partial'
-  return 'new'
 
 
 def resolve_config(rundir: str, sweep: Optional[dict]) -> tuple[dict, Optional[int], str]:
@@ -267,6 +181,9 @@ def summarize(rundir: str, root: str) -> dict:
       'selected_on': None, 'chosen_step': None, 'val_top1': None,
       'test_top1': None, 'test_top5': None, 'test_step': None,
       'train_loss': train[-1].get('loss') if train else None,
+      # Runs of one row over seeds share a group key; a table's rows share a budget.
+      'seed': flat.get('seed'), 'group_key': report_groups.group_key(flat),
+      'budget': report_groups.budget_of(flat, total, batch),
   }
   info['wall_seconds'], info['wall_estimated'] = wall_seconds(rows, batch)
   if val:
@@ -298,11 +215,26 @@ def summarize(rundir: str, root: str) -> dict:
   info['curve_minutes'] = [(r['elapsed'] / 60, r['top1']) for r in curve_rows
                            if isinstance(r.get('top1'), (int, float))
                            and isinstance(r.get('elapsed'), (int, float))]
+  info['protocol'] = protocol_of(flat)
   entry = (sweep or {}).get('paper')
   if entry is None and flat:
     entry = paper_lib.paper_entry(flat)
   info['paper'] = entry
   return info
+
+
+def protocol_of(flat: dict) -> str:
+  """The protocol of a run's (flat) config, computed by its task, so runs from before
+  the trainer stored it get one too: '-' where the task defines none (SSv1), '?' where
+  the config cannot say (a removed option), '' without a config."""
+  if not flat:
+    return ''
+  try:
+    task = tasks.get(flat.get('data.name'))
+    found = task.protocol(task.upgrade_config(cli.unflatten(flat)))
+  except (ValueError, KeyError):
+    return '?'
+  return found[0] if found else '-'
 
 
 def find_runs(root: str) -> list[str]:
@@ -350,25 +282,39 @@ def _sign(x: float) -> int:
   return (x > 0) - (x < 0)
 
 
-def rank_against_paper(runs: list[dict]) -> list[dict]:
-  """Sets info['rank'] = (ours, paper) per run; returns one summary per paper table."""
-  groups = {}
-  for info in runs:
-    entry = info.get('paper')
-    if entry and entry.get('top1') is not None and our_score(info) is not None:
-      groups.setdefault(entry['table'], []).append(info)
+def rank_against_paper(runs: list[dict], groups: Optional[list[dict]] = None) -> list[dict]:
+  """Ranks the rows of each paper table on their mean score against the paper's numbers.
+
+  A row is the runs that differ only in seed (`groups`, by default
+  `report_groups.group_runs(runs, our_score)`). Sets group['rank'] and each member's
+  info['rank'] = (ours, paper); returns one summary per paper table, whose 'budgets' is
+  a line naming the budgets when its rows (ranked or not) had different ones.
+  """
+  if groups is None:
+    groups = report_groups.group_runs(runs, our_score)
+  tables, ranked = {}, {}
+  for g in groups:
+    entry = g.get('paper')
+    if entry:
+      tables.setdefault(entry['table'], []).append(g)
+      if entry.get('top1') is not None and g['score'] is not None:
+        ranked.setdefault(entry['table'], []).append(g)
   summaries = []
-  for table, members in sorted(groups.items()):
-    ours = [our_score(m) for m in members]
-    theirs = [m['paper']['top1'] for m in members]
-    for m, r_ours, r_paper in zip(members, _ranks(ours), _ranks(theirs)):
-      m['rank'] = (r_ours, r_paper)
+  for table, rows in sorted(ranked.items()):
+    ours = [g['score'] for g in rows]
+    theirs = [g['paper']['top1'] for g in rows]
+    for g, r_ours, r_paper in zip(rows, _ranks(ours), _ranks(theirs)):
+      g['rank'] = (r_ours, r_paper)
+      for m in g['members']:
+        m['rank'] = g['rank']
     order = lambda scores: ' > '.join(  # pylint: disable=g-long-lambda
-        m['name'] for _, m in sorted(zip(scores, members), key=lambda t: -t[0]))
+        g['name'] for _, g in sorted(zip(scores, rows), key=lambda t: -t[0]))
     tau = kendall_tau(ours, theirs)
-    summaries.append({'table': table, 'n': len(members), 'tau': tau,
+    summaries.append({'table': table, 'n': len(rows),
+                      'runs': sum(len(g['members']) for g in rows), 'tau': tau,
                       'same_order': _ranks(ours) == _ranks(theirs),
-                      'ours': order(ours), 'paper': order(theirs)})
+                      'ours': order(ours), 'paper': order(theirs),
+                      'budgets': report_groups.budget_problem(tables[table])})
   return summaries
 
 
@@ -393,19 +339,21 @@ def _md(value) -> str:
   return str(value).replace('|', '\\|')
 
 
-def markdown(root: str, runs: list[dict], summaries: list[dict]) -> str:
+def markdown(root: str, runs: list[dict], summaries: list[dict],
+             groups: Optional[list[dict]] = None) -> str:
   grid_keys = []
   for info in runs:
     for k in info['grid']:
       if k not in grid_keys:
         grid_keys.append(k)
-  header = (['run'] + grid_keys + ['status', 'steps', 'videos seen', 'wall time',
+  header = (['run'] + grid_keys + ['protocol', 'status', 'steps', 'videos seen', 'wall time',
                                    'val top-1 (step)', 'test top-1', 'test top-5',
                                    'paper top-1', 'paper row', 'rank ours / paper'])
   lines = [f'# Report: {os.path.abspath(root)}', '',
            f'{len(runs)} run(s); accuracies in %. "val top-1 (step)": the checkpoint chosen '
            'by val top-1. Ranks are within each paper table, 1 = best; the paper column is '
-           'the paper\'s number for the row the run reproduces.', '',
+           'the paper\'s number for the row the run reproduces. Protocol: SyncMNIST\'s '
+           '(rstg_jax.syncmnist.protocols), from the run\'s config.', '',
            '| ' + ' | '.join(header) + ' |', '|' + ' --- |' * len(header)]
   for info in runs:
     steps = f'{info["step"]:,}' + (f' / {info["total_steps"]:,}' if info['total_steps'] else '')
@@ -421,7 +369,8 @@ def markdown(root: str, runs: list[dict], summaries: list[dict]) -> str:
       paper_top1 += f' / {entry["top5"]:.1f} (top-5)'
     rank = info.get('rank')
     cells = ([info['name']] + [info['grid'].get(k, '') for k in grid_keys] + [
-        info['status'], steps, f'{info["videos"]:,}' if info['videos'] else '',
+        info['protocol'], info['status'], steps,
+        f'{info["videos"]:,}' if info['videos'] else '',
         _duration(info['wall_seconds'], info['wall_estimated']), val,
         _pct(info['test_top1']), _pct(info['test_top5']), paper_top1,
         entry.get('row', ''), f'{rank[0]} / {rank[1]}' if rank else ''])
@@ -431,64 +380,35 @@ def markdown(root: str, runs: list[dict], summaries: list[dict]) -> str:
   if any(info['wall_estimated'] and info['wall_seconds'] for info in runs):
     lines += ['', '~ wall time estimated from the logged throughput and evaluation seconds '
               '(training and evaluation only).']
+  lines += [''] + report_groups.seeds_markdown(groups or [])
   if summaries:
-    lines += ['', '## Rank order against the paper', '']
+    lines += ['## Rank order against the paper', '']
     for s in summaries:
       tau = 'n/a' if s['tau'] is None else f'{s["tau"]:.2f}'
-      lines.append(f'- {s["table"]} ({s["n"]} runs): '
+      size = (f'{s["n"]} runs' if s['n'] == s['runs'] else
+              f'{s["n"]} rows, mean over {s["runs"]} runs')
+      lines.append(f'- {s["table"]} ({size}): '
                    f'{"same order as the paper" if s["same_order"] else "order differs"}'
                    f' (Kendall tau {tau}). Ours: {s["ours"]}. Paper: {s["paper"]}.')
-  lines += ['', 'Curves: report.png (val top-1 against videos seen and against minutes).', '']
+      if s['budgets']:
+        lines.append(f'  - **Budgets differ** between this table\'s rows, so its ranks '
+                     f'compare unequal training: {s["budgets"]}.')
+    lines.append('')
+  lines += ['Curves: report.png (val top-1 against videos seen and against minutes).', '']
   return '\n'.join(lines)
-
-
-def plot(runs: list[dict], path: str):
-  """Val top-1 (old runs: test top-1) against videos seen (left) and against minutes of
-  training (right: wall time since training started, evaluations included, backbone
-  pre-training excluded), one curve per run."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  by_videos = all(info['batch_size'] for info in runs if info['curve'])
-  fig, (ax, ax_min) = plt.subplots(1, 2, figsize=(13, 5), sharey=True)
-  for info in runs:
-    if not info['curve']:
-      continue
-    scale = info['batch_size'] if by_videos else 1
-    xs = [s * scale for s, _ in info['curve']]
-    ys = [100 * v for _, v in info['curve']]
-    label = info['name'] + (' (test)' if info['selected_on'] == 'test' else '')
-    line, = ax.plot(xs, ys, 'o-', ms=3, label=label)
-    if info.get('curve_minutes'):
-      ax_min.plot([m for m, _ in info['curve_minutes']],
-                  [100 * v for _, v in info['curve_minutes']], 'o-', ms=3,
-                  color=line.get_color())
-  ax.set(xlabel='videos seen' if by_videos else 'step', ylabel='val top-1 (%)',
-         title='val top-1 against ' + ('videos seen' if by_videos else 'steps'))
-  ax_min.set(xlabel='minutes since training started (backbone pre-training excluded)',
-             title='val top-1 against minutes')
-  for a in (ax, ax_min):
-    a.grid(alpha=0.3)
-  if any(info['curve'] for info in runs):
-    ax_min.legend(*ax.get_legend_handles_labels(), fontsize=8, loc='center left',
-                  bbox_to_anchor=(1.01, 0.5))
-  fig.tight_layout()
-  tmp = path + '.tmp.png'
-  fig.savefig(tmp, dpi=100)
-  plt.close(fig)
-  os.replace(tmp, path)
 
 
 def write_report(root: str) -> tuple[str, str, list[dict]]:
   """Writes root/report.md and root/report.png; returns their paths and the runs."""
   runs = [summarize(d, root) for d in find_runs(root)]
-  summaries = rank_against_paper(runs)
+  groups = report_groups.group_runs(runs, our_score)
+  summaries = rank_against_paper(runs, groups)
   md_path, png_path = os.path.join(root, 'report.md'), os.path.join(root, 'report.png')
-  text = markdown(root, runs, summaries)
+  text = markdown(root, runs, summaries, groups)
   with open(md_path + '.tmp', 'w') as f:
     f.write(text)
   os.replace(md_path + '.tmp', md_path)
-  plot(runs, png_path)
+  report_figure.plot(runs, png_path)
   return md_path, png_path, runs
 
 

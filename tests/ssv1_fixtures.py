@@ -22,9 +22,21 @@ the converter must handle (their ids are in the returned `FakeSSv1.bad`):
 With `more_bad=True`, also:
   'cmyk_frame'          train video whose frame 00003.jpg is a CMYK JPEG -> made RGB
   'wrong_size_frame'    train video whose frame 00004.jpg is twice the size -> resized
+With `hostile=True`, train videos whose frames attack the reader (each frame is replaced
+by its neighbour and reported; the folder is skipped and reported):
+  'fifo_frame'          00003.jpg is a FIFO (an open() for reading waits for a writer)
+  'dev_zero_frame'      00004.jpg is a symlink to /dev/zero (a read() never ends)
+  'huge_frame'          00002.jpg is a sparse 64 MiB file (over reader.MAX_FRAME_BYTES)
+  'unreadable_frame'    00005.jpg is chmod 000
+  'unreadable_folder'   the video's folder is chmod 000
+`FakeSSv1.unreadable` lists the two chmod-000 paths and `FakeSSv1.chmod_denies` says
+whether this process is really refused them (root is not: see `deny_unreadable`).
 """
 
+import builtins
+import contextlib
 import dataclasses
+import errno
 import io
 import os
 
@@ -62,12 +74,42 @@ class FakeSSv1:
   num_frames: dict
   bad: dict
   frame_size: tuple
+  unreadable: tuple = ()
+  chmod_denies: bool = True
 
   def usable(self, split):
     """Ids of the split that the converter should keep, in csv order."""
-    skipped = {self.bad['missing_folder'], self.bad['empty_folder'],
-               self.bad['no_decodable_frame']}
+    skipped = {self.bad[k] for k in ('missing_folder', 'empty_folder', 'no_decodable_frame',
+                                     'unreadable_folder') if k in self.bad}
     return [v for v, _ in self.splits[split] if v not in skipped]
+
+
+@contextlib.contextmanager
+def deny_unreadable(fake: FakeSSv1):
+  """Makes the chmod-000 paths of `fake` unreadable for this process for the block.
+
+  As root, chmod 000 does not stop a read; then `open`, `os.open` and `os.listdir`
+  raise PermissionError for exactly those paths, as they would for another user.
+  Elsewhere the files' own permissions do it and nothing is patched.
+  """
+  if fake.chmod_denies:
+    yield
+    return
+  denied = {os.path.realpath(p) for p in fake.unreadable}
+
+  def guard(real):
+    def wrapper(path, *args, **kwargs):
+      if isinstance(path, (str, bytes, os.PathLike)) and os.path.realpath(path) in denied:
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fspath(path))
+      return real(path, *args, **kwargs)
+    return wrapper
+
+  saved = builtins.open, os.open, os.listdir
+  builtins.open, os.open, os.listdir = (guard(f) for f in saved)
+  try:
+    yield
+  finally:
+    builtins.open, os.open, os.listdir = saved
 
 
 def frame_code(t: int) -> int:
@@ -100,7 +142,7 @@ def _jpeg(array) -> bytes:
 
 def make_fake_ssv1(root, num_classes: int = 3, videos_per_split=None,
                    frame_size=(32, 48), num_frames: int = 8,
-                   more_bad: bool = False) -> FakeSSv1:
+                   more_bad: bool = False, hostile: bool = False) -> FakeSSv1:
   """Writes a fake SSv1 tree under `root` (created if needed).
 
   Args:
@@ -110,6 +152,7 @@ def make_fake_ssv1(root, num_classes: int = 3, videos_per_split=None,
     frame_size: (height, width) of every frame.
     num_frames: frames per good video (at most 16: the red frame code saturates after).
     more_bad: add the 'cmyk_frame' and 'wrong_size_frame' train videos.
+    hostile: add the FIFO, /dev/zero, huge and chmod-000 cases (module docstring).
 
   Returns:
     A `FakeSSv1` describing the tree.
@@ -174,10 +217,36 @@ def make_fake_ssv1(root, num_classes: int = 3, videos_per_split=None,
     with open(os.path.join(frames_root, v, '00004.jpg'), 'wb') as f:
       f.write(_jpeg(_frame(3, 1 % num_classes, num_classes, big)))
 
+  unreadable, chmod_denies = (), True
+  if hostile:
+    unreadable, chmod_denies = _add_hostile(bad, add_video, frames_root)
+
   for split, rows in splits.items():
     with open(os.path.join(root, f'something-something-v1-{split}.csv'), 'w') as f:
       for video_id, label in rows:
         f.write(f'{video_id}\n' if split == 'test' else
                 f'{video_id};{class_names[label]}\n')
   return FakeSSv1(root=root, class_names=class_names, splits=splits, num_frames=counts,
-                  bad=bad, frame_size=tuple(frame_size))
+                  bad=bad, frame_size=tuple(frame_size), unreadable=unreadable,
+                  chmod_denies=chmod_denies)
+
+
+def _add_hostile(bad, add_video, frames_root):
+  """The `hostile=True` videos; returns (chmod-000 paths, whether chmod denies us)."""
+  def frame(case, name):
+    bad[case] = v = add_video('train', 0, 6)
+    path = os.path.join(frames_root, v, name)
+    os.remove(path)
+    return path
+
+  os.mkfifo(frame('fifo_frame', '00003.jpg'))
+  os.symlink('/dev/zero', frame('dev_zero_frame', '00004.jpg'))
+  with open(frame('huge_frame', '00002.jpg'), 'wb') as f:
+    f.truncate(64 << 20)  # sparse: no disk space
+  unreadable_file = os.path.join(frames_root, add_video('train', 0, 6), '00005.jpg')
+  bad['unreadable_frame'] = os.path.basename(os.path.dirname(unreadable_file))
+  bad['unreadable_folder'] = v = add_video('train', 0, 6)
+  unreadable_dir = os.path.join(frames_root, v)
+  os.chmod(unreadable_file, 0)
+  os.chmod(unreadable_dir, 0)
+  return (unreadable_file, unreadable_dir), not os.access(unreadable_file, os.R_OK)

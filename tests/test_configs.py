@@ -18,12 +18,13 @@ from rstg_jax import tasks
 from rstg_jax.train import setup as setup_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = ('default', 'syncmnist', 'syncmnist5', 'syncmnist_quick', 'syncmnist_cpu')
+CONFIGS = ('syncmnist_base', 'syncmnist', 'syncmnist5', 'syncmnist_quick', 'syncmnist_cpu')
 # The fields rstg_jax.syncmnist.models.create_model reads (its contract with the trainer).
 MODEL_FIELDS = ('model', 'ablation', 'data.num_classes', 'backbone.width',
                 'backbone.freeze', 'rstg.dim', 'rstg.num_iters', 'rstg.scales',
                 'rstg.gather', 'rstg.adjacency', 'rstg.layer_norm', 'rstg.scalewise',
-                'baseline.lstm_dim')
+                'baseline.lstm_dim', 'baseline.conv_lstm_dim', 'baseline.conv_width',
+                'baseline.i3d_planes', 'input_norm')
 
 
 def _load(name):
@@ -99,26 +100,59 @@ def test_syncmnist_data_fields_are_checked(field, value, message):
     tasks.for_config(config, check_data=False)
 
 
-@pytest.mark.parametrize('changes,message', [
-    (dict(frames=3), 'backbone.frames must be 1 .* or 2'),
-    (dict(frames=1, pretrain_target='digit_motion'),
-     "'digit_motion' needs a backbone that sees two"),
-    (dict(pretrain_target='motion'), "Unknown backbone.pretrain_target 'motion'"),
-    (dict(frames=2, pretrain_target='digit_motion', pretrain_motion_steps=0),
-     'backbone.pretrain_motion_steps=0 must be a positive integer'),
-    (dict(frames=2, pretrain_target='digit_motion', pretrain_scene_steps=-1),
-     'backbone.pretrain_scene_steps=-1 must be an integer >= 0'),
-    (dict(frames=1, pretrain_target='digit', pretrain_scene_steps=5),
-     "pretrain_scene_steps > 0 needs backbone.pretrain_target 'digit_motion'"),
+@pytest.mark.parametrize('frames,stages,message', [
+    (3, ('digit',), r'backbone.frames must be 1 .* or 2'),
+    (1, ('digit', 'motion'), r"backbone.pretrain.stages \['motion'\] need a backbone that "
+     'sees two frames: set backbone.frames = 2'),
+    (2, ('motion', 'digit'), "the one-frame 'digit' stage cannot follow the two-frame "
+     "'motion' stage"),
+    (2, ('digit', 'digit'), "names 'digit' twice"),
+    (2, ('digit', 'moton'), "Unknown stage 'moton' in backbone.pretrain.stages. Valid: "
+     'digit, motion, scene'),
 ])
-def test_backbone_frames_and_target_are_checked(changes, message):
+def test_backbone_frames_and_stages_are_checked(frames, stages, message):
   config = _load('syncmnist_quick')
-  config.backbone.update(changes)
+  config.backbone.frames = frames
+  config.backbone.pretrain.stages = stages
   with pytest.raises(ValueError, match=message):
     tasks.for_config(config, check_data=False)
-  config.backbone.update(frames=2, pretrain_target='digit_motion', pretrain_motion_steps=5,
-                         pretrain_scene_steps=3)
+  config.backbone.update(frames=2)
+  config.backbone.pretrain.stages = ('digit', 'motion', 'scene')
   tasks.for_config(config, check_data=False)
+
+
+@pytest.mark.parametrize('field,value,message', [
+    ('steps.motion', 0, 'backbone.pretrain.steps.motion=0 must be a positive integer'),
+    ('steps.scene', -3, 'backbone.pretrain.steps.scene=-3 must be a positive integer'),
+    ('lr', 0.0, 'backbone.pretrain.lr=0.0 must be a positive finite number'),
+    ('batch_size', 0, 'backbone.pretrain.batch_size=0 must be a positive integer'),
+])
+def test_pretrain_numbers_are_checked_only_for_the_stages_that_run(field, value, message):
+  config = _load('syncmnist_quick')
+  config.backbone.pretrain.stages = ('digit', 'motion', 'scene')
+  block, leaf = config.backbone.pretrain, field.split('.')[-1]
+  if field.startswith('steps.'):
+    block = block.steps
+  block[leaf] = value
+  with pytest.raises(ValueError, match=message):
+    tasks.for_config(config, check_data=False)
+  config.backbone.pretrain.stages = ('digit',) if field.startswith('steps.') else ()
+  tasks.for_config(config, check_data=False)  # a stage that does not run: not checked
+
+
+def test_stages_read_from_the_command_line():
+  """`stages=digit,motion` (ml_collections reads ('digit,motion',)) and the tuple form
+  give the same stages; an empty value is no pre-training."""
+  from rstg_jax.syncmnist import protocols  # pylint: disable=g-import-not-at-top
+  for value in ('digit,motion', "('digit','motion')", '(digit,motion)'):
+    config = _parse([f'--config.backbone.pretrain.stages={value}'])
+    assert protocols.stage_names(config.backbone.pretrain.stages) == ('digit', 'motion')
+    tasks.for_config(config, check_data=False)
+  for value in ('', '()'):
+    config = _parse([f'--config.backbone.pretrain.stages={value}',
+                     '--config.backbone.pretrain.steps.motion=7'])
+    assert protocols.stage_names(config.backbone.pretrain.stages) == ()
+    assert config.backbone.pretrain.steps.motion == 7
 
 
 def test_misspelt_field_suggests_the_right_one():
@@ -139,6 +173,12 @@ def test_every_field_and_optional_path_is_overridable():
   assert (config.ablation, config.rstg.num_iters, config.data.mnist_path,
           config.init_from.path, tuple(config.rstg.scales), config.backbone.freeze) == (
               'space_only', 2, '/data/mnist', 'runs/a', (1, 2), False)
+  # The Table 1 preset's fields, as launch/sweep.py writes them (None and () defaults).
+  config = _parse(['--config.input_norm=batchnorm', '--config.baseline.conv_width=8',
+                   '--config.baseline.conv_lstm_dim=64',
+                   '--config.baseline.i3d_planes=(9, 18, 36)'])
+  assert (config.input_norm, config.baseline.conv_width, config.baseline.conv_lstm_dim,
+          tuple(config.baseline.i3d_planes)) == ('batchnorm', 8, 64, (9, 18, 36))
 
 
 def test_main_rejects_bad_names_and_fields_cleanly_before_any_work(tmp_path):

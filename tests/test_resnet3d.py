@@ -13,7 +13,7 @@ import pytest
 from flax import linen as nn
 from flax import traverse_util
 
-from rstg_jax.ssv1.nonlocal_block import FrozenBatchNorm, NonLocalBlock
+from rstg_jax.layers import FrozenBatchNorm, NonLocalBlock
 from rstg_jax.ssv1.resnet3d import (NL_I3D_STAGES, ResNet3D, count_params,
                                       frozen_bn_mask)
 
@@ -93,7 +93,7 @@ def test_c2d_kernels_are_temporal_size_one_and_i3d_follow_the_nl_repo():
     p = v['params']
     return p['conv1']['kernel'].shape[0], [
         p[f'res{s}_{i}']['branch2a']['kernel'].shape[0]
-        for s, n in zip(range(2, 6), (3, 4, 6, 3)) for i in range(n)]
+        for s, n in zip(range(2, 6), (3, 4, 6, 3), strict=True) for i in range(n)]
 
   assert kts('c2d') == (1, [1] * 16)
   assert kts('i3d') == (5, [3, 3, 3, 3, 1, 3, 1, 3, 1, 3, 1, 3, 1, 1, 3, 1])

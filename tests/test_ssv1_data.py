@@ -8,10 +8,13 @@ everywhere.
 """
 
 import io
+import json
 import os
 import shutil
+import struct
 import subprocess
 import sys
+import zlib
 
 import numpy as np
 import pytest
@@ -135,6 +138,75 @@ def test_cmyk_and_wrong_size_frames_are_repaired(tmp_path):
                                      f'{other + 1:05d}.jpg').read_bytes()
 
 
+_LOAD_HOSTILE = r'''
+import json, resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))  # /dev/zero: MemoryError, not OOM
+import ssv1_fixtures as fx
+from rstg_jax.ssv1 import reader
+spec = json.loads(sys.argv[1])
+fake = fx.FakeSSv1(root=spec['root'], class_names=(), splits={}, num_frames={},
+                   bad=spec['bad'], frame_size=(0, 0), unreadable=tuple(spec['unreadable']),
+                   chmod_denies=spec['chmod_denies'])
+out = {}
+with fx.deny_unreadable(fake):
+  for case in spec['cases']:
+    video = reader.load_video(fake.root, fake.bad[case], 0)
+    out[case] = {'skip': video.skip_reason, 'repairs': video.repairs,
+                 'frames': len(video.frames)}
+print(json.dumps(out))
+'''
+HOSTILE_FRAMES = ('fifo_frame', 'dev_zero_frame', 'huge_frame', 'unreadable_frame',
+                  'unreadable_folder')
+
+
+def test_frames_that_attack_the_reader_are_replaced_and_reported(tmp_path):
+  """A FIFO, a symlink to /dev/zero, a 64 MiB file and a chmod-000 frame, and a chmod-000
+  folder, read by `load_video` in a subprocess (memory capped at 4 GiB, 60 s). Planted
+  bug caught: frames read with a plain open().read() (the old reader): the FIFO blocks
+  forever (timeout), /dev/zero exhausts memory, the chmod-000 frame raises
+  PermissionError; each ends the subprocess without its JSON line. As root, chmod 000
+  does not stop reads, so `ssv1_fixtures.deny_unreadable` refuses those two paths
+  in open / os.open / os.listdir as the kernel would for another user."""
+  fake = fx.make_fake_ssv1(tmp_path / 'raw', videos_per_split={'train': 0}, hostile=True)
+  spec = {'root': fake.root, 'bad': fake.bad, 'unreadable': list(fake.unreadable),
+          'chmod_denies': fake.chmod_denies, 'cases': HOSTILE_FRAMES}
+  tests_dir = os.path.dirname(os.path.abspath(__file__))
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(tests_dir), tests_dir]),
+             OPENBLAS_NUM_THREADS='1')
+  proc = subprocess.run([sys.executable, '-c', _LOAD_HOSTILE, json.dumps(spec)], env=env,
+                        capture_output=True, text=True, timeout=60)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  out = json.loads(proc.stdout)
+  big = f'larger than {ssv1.MAX_FRAME_BYTES:,} bytes ({64 << 20:,})'
+  for case, frame, problem, neighbour in (
+      ('fifo_frame', '00003.jpg', 'not a regular file (a FIFO)', '00002.jpg'),
+      ('dev_zero_frame', '00004.jpg', 'not a regular file (a character device)',
+       '00003.jpg'),
+      ('huge_frame', '00002.jpg', big, '00001.jpg'),
+      ('unreadable_frame', '00005.jpg', 'unreadable (Permission denied)', '00004.jpg')):
+    assert out[case] == {'skip': None, 'frames': 6, 'repairs': [
+        {'frame': frame, 'problem': problem, 'action': f'replaced by {neighbour}'}]}, case
+  assert out['unreadable_folder'] == {'skip': 'unreadable_folder', 'repairs': [],
+                                      'frames': 0}
+
+
+def test_a_frame_that_declares_too_many_pixels_is_not_decoded(raw):
+  """A 45-byte PNG declaring 8,000 x 8,000 RGB pixels: under Pillow's own bomb limit
+  (89M pixels), so Pillow would allocate 192 MB to decode it, per frame. Planted bug
+  caught: no pixel limit before `img.load()` ('does not decode', after the allocation)."""
+  ihdr = struct.pack('>IIBBBBB', 8000, 8000, 8, 2, 0, 0, 0)
+  chunk = lambda kind, body: (struct.pack('>I', len(body)) + kind + body
+                              + struct.pack('>I', zlib.crc32(kind + body)))
+  video_id = raw.bad['corrupt_frame']
+  path = os.path.join(raw.root, fx.FRAMES_DIR, video_id, '00003.jpg')
+  with open(path, 'wb') as f:
+    f.write(b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', ihdr) + chunk(b'IEND', b''))
+  video = ssv1.load_video(raw.root, video_id, 0)
+  assert video.repairs == [{'frame': '00003.jpg', 'problem': (
+      f'declares 8000x8000 pixels, over the limit of {ssv1.MAX_FRAME_PIXELS:,}'),
+                            'action': 'replaced by 00002.jpg'}]
+
+
 def test_import_rstg_jax_does_not_import_tensorflow():
   code = ('import sys, rstg_jax, rstg_jax.syncmnist, rstg_jax.ssv1.reader, rstg_jax.train.input\n'
           'bad = [m for m in sys.modules if m.split(".")[0] in '
@@ -223,7 +295,7 @@ def test_train_pipeline_shapes_normalisation_and_shared_crop(tfds_mod, prepared)
     assert batch['video'].dtype == np.float32 and batch['label'].dtype == np.int32
     pixels = _unnormalise(batch['video'])
     assert pixels.min() > -4 and pixels.max() < 259  # JPEG noise around [0, 255].
-    for clip, label in zip(pixels, batch['label']):
+    for clip, label in zip(pixels, batch['label'], strict=True):
       # Leave out the fixture's grayscale frame (flat, no colour pattern).
       clip = clip[clip[..., 2].std(axis=(1, 2)) > 20]
       assert len(clip) >= T - 1
@@ -322,6 +394,26 @@ def test_split_with_no_usable_video_is_a_clear_error(tfds_mod, tmp_path):
   assert 'missing_folder' in str(e.value)
   assert not list((tmp_path / 'tfds').glob('*/*/dataset_info.json'))  # nothing prepared
   assert tfds_mod.main(['--root', fake.root, '--data_dir', str(tmp_path / 'tfds')]) == 1
+
+
+def test_tfds_build_reports_frames_that_attack_the_reader(tfds_mod, tmp_path):
+  """The TFDS conversion of a tree with the FIFO, /dev/zero, huge and chmod-000 frames and
+  a chmod-000 folder finishes and lists each in ssv1_report.json. Planted bug caught: a
+  PermissionError from the chmod-000 frame or folder escaping `load_video` ends the build
+  in a traceback (as root, `deny_unreadable` refuses those paths as the kernel would)."""
+  fake = fx.make_fake_ssv1(tmp_path / 'raw', videos_per_split={'train': 1, 'validation': 1},
+                           hostile=True)
+  with fx.deny_unreadable(fake):
+    builder = tfds_mod.prepare(fake.root, tmp_path / 'tfds', num_workers=2)
+  assert builder.info.splits['train'].num_examples == len(fake.usable('train'))
+  report = tfds_mod.read_report(builder)
+  assert ('train', fake.bad['unreadable_folder'], 'unreadable_folder') in {
+      (r['split'], r['id'], r['reason']) for r in report['skipped']}
+  problems = {r['id']: r['problem'] for r in report['repaired_frames']}
+  assert problems[fake.bad['fifo_frame']] == 'not a regular file (a FIFO)'
+  assert problems[fake.bad['dev_zero_frame']] == 'not a regular file (a character device)'
+  assert problems[fake.bad['huge_frame']].startswith('larger than ')
+  assert problems[fake.bad['unreadable_frame']] == 'unreadable (Permission denied)'
 
 
 def test_prepare_errors_and_command_line(tfds_mod, prepared, tmp_path, capsys):

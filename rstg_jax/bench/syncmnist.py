@@ -1,7 +1,8 @@
 """Throughput of the SyncMNIST generator (videos/s), to check it never limits training.
 
 Prints one JSON object: median videos/s of `rstg_jax.syncmnist.generator.generate` for 3 and
-5 digits at a given batch size, and single-digit images/s of `generate_single_digit`.
+5 digits at a given batch size, and single-digit images/s of
+`rstg_jax.syncmnist.pretrain_data.generate_single_digit`.
 The one-off MNIST load is timed separately and excluded from the rates.
 
   python -m rstg_jax.bench syncmnist [--batch 64 --repeats 5 --split train]
@@ -62,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     cli.usage_error('python -m rstg_jax.bench syncmnist',
                     '(--repeats + 1) * --batch must be at most 10000 (the test split size)')
 
-  from rstg_jax.syncmnist import mnist, generator as syncmnist
+  from rstg_jax.syncmnist import mnist, generator as syncmnist, pretrain_data
 
   start = time.perf_counter()
   mnist.load_mnist(args.split, args.mnist_path)
@@ -80,7 +81,8 @@ def main(argv: Sequence[str] | None = None) -> None:
       'videos_per_s_5_digits': round(_median_rate(video_fn(5), args.batch, args.repeats, 0), 1),
       'single_digit_images_per_s': round(
           _median_rate(
-              lambda idx: syncmnist.generate_single_digit(args.split, idx, args.seed, args.mnist_path),
+              lambda idx: pretrain_data.generate_single_digit(args.split, idx, args.seed,
+                                                              args.mnist_path),
               args.batch,
               args.repeats,
               0,

@@ -80,8 +80,7 @@ def measure(config, steps: int, repeats: int) -> dict:
   data_ms = _median_ms(lambda: data.batch(next(counter)), repeats)
 
   # Backbone forward, per frame, as the model calls it.
-  cnn = SmallCNN(int(config.backbone.width), coords=bool(config.backbone.coords),
-                 frames=int(config.backbone.get('frames', 1)))
+  cnn = SmallCNN(int(config.backbone.width), frames=int(config.backbone.frames))
 
   def backbone_frames(p, v):
     """[B*T, h, w, C] frame maps, which the intercepted __call__ below hands back."""
@@ -180,7 +179,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     cli.usage_error(prog, '--steps must be > 1 and --repeats positive')
   config = args.config
   with config.unlocked():
-    config.backbone.pretrain_steps = 0  # random weights: same shapes, nothing cached
+    config.backbone.pretrain.stages = ()  # random weights: same shapes, nothing cached
   import jax  # pylint: disable=g-import-not-at-top
   result = {'benchmark': 'train', 'model': config.model,
             'ablation': config.ablation if config.model == 'rstg' else None,

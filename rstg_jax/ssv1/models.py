@@ -33,8 +33,7 @@ from flax import linen as nn
 from flax import traverse_util
 
 from rstg_jax.graph import RSTGGraph, build_graph, pool_nodes
-from rstg_jax.model import RSTG, RSTGToMap, rstg_to_vec
-from rstg_jax.syncmnist.rstg_classifier import ABLATIONS, ablation_to_core_args
+from rstg_jax.model import ABLATIONS, RSTG, RSTGToMap, ablation_to_core_args, rstg_to_vec
 from rstg_jax.train import config_checks
 from rstg_jax.ssv1.resnet3d import (NL_I3D_STAGES, STAGES, STEMS, TEMPORAL_KERNELS,
                                     ResNet3D, count_params, stage_sizes)

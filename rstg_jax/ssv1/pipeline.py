@@ -148,35 +148,53 @@ def make_dataset(split: str, *, data_dir=None, batch_size: int, num_frames: int 
   _hide_gpus_from_tf()
   if builder is None:
     builder = tfds_builder.load_builder(data_dir, root)
+  common = dict(num_frames=num_frames, crop_size=crop_size, short_side=short_side,
+                normalize=normalize, batch_size=batch_size, process_index=process_index,
+                process_count=process_count, num_parallel_calls=num_parallel_calls,
+                prefetch=prefetch)
+  if train:
+    return _train_dataset(builder, split, shuffle_seed, shuffle_buffer, **common)
+  return _eval_dataset(builder, split, eval_mode, num_spatial_crops, **common)
+
+
+def _train_dataset(builder, split, shuffle_seed, shuffle_buffer, *, num_frames, crop_size,
+                   short_side, normalize, batch_size, process_index, process_count,
+                   num_parallel_calls, prefetch) -> tf.data.Dataset:
+  """`make_dataset`'s training stream: random offsets and crops, shuffled, endless."""
   decoders = {'frames': tfds.decode.SkipDecoding()}  # Decode only the sampled frames.
   T = num_frames
+  ds = builder.as_dataset(
+      split=tfds.split_for_jax_process(split, process_index=process_index,
+                                       process_count=process_count),
+      shuffle_files=True, decoders=decoders,
+      read_config=tfds.ReadConfig(shuffle_seed=shuffle_seed))
+  ds = ds.shuffle(shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=True)
+  ds = ds.repeat().enumerate()
+  base = tf.constant([shuffle_seed, process_index], tf.int64)
 
-  if train:
-    ds = builder.as_dataset(
-        split=tfds.split_for_jax_process(split, process_index=process_index,
-                                         process_count=process_count),
-        shuffle_files=True, decoders=decoders,
-        read_config=tfds.ReadConfig(shuffle_seed=shuffle_seed))
-    ds = ds.shuffle(shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=True)
-    ds = ds.repeat().enumerate()
-    base = tf.constant([shuffle_seed, process_index], tf.int64)
+  def train_fn(i, ex):
+    seeds = tf.random.experimental.stateless_split(
+        tf.random.experimental.stateless_fold_in(base, i), 3)
+    offsets = tf.random.stateless_uniform([T], seed=seeds[0])
+    idx = segment_indices(tf.shape(ex['frames'])[0], T, offsets)
+    video = _resize_short_side(_decode(ex['frames'], idx), short_side)
+    shape = tf.shape(video)
+    oy = tf.random.stateless_uniform([], seeds[1], 0, shape[1] - crop_size + 1, tf.int32)
+    ox = tf.random.stateless_uniform([], seeds[2], 0, shape[2] - crop_size + 1, tf.int32)
+    video = video[:, oy:oy + crop_size, ox:ox + crop_size, :]
+    video = tf.ensure_shape(_finish(video, normalize), [T, crop_size, crop_size, 3])
+    return {'video': video, 'label': tf.cast(ex['label'], tf.int32)}
 
-    def train_fn(i, ex):
-      seeds = tf.random.experimental.stateless_split(
-          tf.random.experimental.stateless_fold_in(base, i), 3)
-      offsets = tf.random.stateless_uniform([T], seed=seeds[0])
-      idx = segment_indices(tf.shape(ex['frames'])[0], T, offsets)
-      video = _resize_short_side(_decode(ex['frames'], idx), short_side)
-      shape = tf.shape(video)
-      oy = tf.random.stateless_uniform([], seeds[1], 0, shape[1] - crop_size + 1, tf.int32)
-      ox = tf.random.stateless_uniform([], seeds[2], 0, shape[2] - crop_size + 1, tf.int32)
-      video = video[:, oy:oy + crop_size, ox:ox + crop_size, :]
-      video = tf.ensure_shape(_finish(video, normalize), [T, crop_size, crop_size, 3])
-      return {'video': video, 'label': tf.cast(ex['label'], tf.int32)}
+  ds = ds.map(train_fn, num_parallel_calls=num_parallel_calls)
+  return ds.batch(batch_size, drop_remainder=True).prefetch(prefetch)
 
-    ds = ds.map(train_fn, num_parallel_calls=num_parallel_calls)
-    return ds.batch(batch_size, drop_remainder=True).prefetch(prefetch)
 
+def _eval_dataset(builder, split, eval_mode, num_spatial_crops, *, num_frames, crop_size,
+                  short_side, normalize, batch_size, process_index, process_count,
+                  num_parallel_calls, prefetch) -> tf.data.Dataset:
+  """`make_dataset`'s evaluation views, in a fixed order, padded to full batches."""
+  decoders = {'frames': tfds.decode.SkipDecoding()}  # Decode only the sampled frames.
+  T = num_frames
   n_videos = builder.info.splits[split].num_examples
   ds = builder.as_dataset(split=split, shuffle_files=False, decoders=decoders)
   ds = ds.enumerate().shard(process_count, process_index)
@@ -200,43 +218,9 @@ def make_dataset(split: str, *, data_dir=None, batch_size: int, num_frames: int 
     ds = ds.map(center_fn, num_parallel_calls=num_parallel_calls)
   else:
     views, size = 2 * num_spatial_crops, short_side
-
-    def dense_fn(i, ex):
-      n = tf.shape(ex['frames'])[0]
-      idx = tf.concat([segment_indices(n, T, tf.zeros([T])),
-                       segment_indices(n, T, tf.fill([T], 0.5))], 0)
-      video = _resize_short_side(_decode(ex['frames'], idx), short_side)
-      # uint8 between the parallel decode and the view split: 22 float views of a video
-      # would hold ~0.5 GB per video in flight.
-      video = tf.cast(tf.clip_by_value(tf.round(video), 0, 255), tf.uint8)
-      shape = tf.shape(video)
-      offsets = dense_crop_offsets(tf.maximum(shape[1], shape[2]), short_side,
-                                   num_spatial_crops)
-      return {'clips': tf.reshape(video, [2, T, shape[1], shape[2], 3]),
-              'offsets': offsets, 'label': tf.cast(ex['label'], tf.int32),
-              'video_index': tf.cast(i, tf.int32)}
-
-    def split_views(ex):
-      clips = ex['clips']
-      wide = tf.shape(clips)[3] >= tf.shape(clips)[2]
-
-      def view(j):
-        j = tf.cast(j, tf.int32)
-        clip, o = clips[j // num_spatial_crops], ex['offsets'][j % num_spatial_crops]
-        crop = tf.cond(wide, lambda: clip[:, :short_side, o:o + short_side],
-                       lambda: clip[:, o:o + short_side, :short_side])
-        crop = tf.ensure_shape(crop, [T, short_side, short_side, 3])
-        return {'video': crop, 'label': ex['label'], 'video_index': ex['video_index'],
-                'view_index': j, 'mask': tf.constant(1, tf.float32)}
-
-      return tf.data.Dataset.range(views).map(view)
-
-    def finish_view(ex):
-      return {**ex, 'video': _finish(tf.cast(ex['video'], tf.float32), normalize)}
-
-    # flat_map runs serially: it only slices uint8 views; normalising is mapped in parallel.
-    ds = ds.map(dense_fn, num_parallel_calls=num_parallel_calls).flat_map(split_views)
-    ds = ds.map(finish_view, num_parallel_calls=num_parallel_calls)
+    ds = _dense_views(ds, num_frames=T, short_side=short_side, normalize=normalize,
+                      num_spatial_crops=num_spatial_crops,
+                      num_parallel_calls=num_parallel_calls)
 
   # Pad to the same number of full batches on every process (one compiled eval step, and
   # no process waiting in a collective for a batch another one never makes).
@@ -248,6 +232,50 @@ def make_dataset(split: str, *, data_dir=None, batch_size: int, num_frames: int 
   ds = ds.concatenate(tf.data.Dataset.from_tensors(pad).repeat(
       num_batches * batch_size - local_videos * views))
   return ds.batch(batch_size, drop_remainder=True).prefetch(prefetch)
+
+
+def _dense_views(ds, *, num_frames, short_side, normalize, num_spatial_crops,
+                 num_parallel_calls) -> tf.data.Dataset:
+  """The (index, video) stream as a flat stream of dense views: 2 temporal samplings x
+  `num_spatial_crops` crops per video, consecutive (see `make_dataset`)."""
+  T, views = num_frames, 2 * num_spatial_crops
+
+  def dense_fn(i, ex):
+    n = tf.shape(ex['frames'])[0]
+    idx = tf.concat([segment_indices(n, T, tf.zeros([T])),
+                     segment_indices(n, T, tf.fill([T], 0.5))], 0)
+    video = _resize_short_side(_decode(ex['frames'], idx), short_side)
+    # uint8 between the parallel decode and the view split: 22 float views of a video
+    # would hold ~0.5 GB per video in flight.
+    video = tf.cast(tf.clip_by_value(tf.round(video), 0, 255), tf.uint8)
+    shape = tf.shape(video)
+    offsets = dense_crop_offsets(tf.maximum(shape[1], shape[2]), short_side,
+                                 num_spatial_crops)
+    return {'clips': tf.reshape(video, [2, T, shape[1], shape[2], 3]),
+            'offsets': offsets, 'label': tf.cast(ex['label'], tf.int32),
+            'video_index': tf.cast(i, tf.int32)}
+
+  def split_views(ex):
+    clips = ex['clips']
+    wide = tf.shape(clips)[3] >= tf.shape(clips)[2]
+
+    def view(j):
+      j = tf.cast(j, tf.int32)
+      clip, o = clips[j // num_spatial_crops], ex['offsets'][j % num_spatial_crops]
+      crop = tf.cond(wide, lambda: clip[:, :short_side, o:o + short_side],
+                     lambda: clip[:, o:o + short_side, :short_side])
+      crop = tf.ensure_shape(crop, [T, short_side, short_side, 3])
+      return {'video': crop, 'label': ex['label'], 'video_index': ex['video_index'],
+              'view_index': j, 'mask': tf.constant(1, tf.float32)}
+
+    return tf.data.Dataset.range(views).map(view)
+
+  def finish_view(ex):
+    return {**ex, 'video': _finish(tf.cast(ex['video'], tf.float32), normalize)}
+
+  # flat_map runs serially: it only slices uint8 views; normalising is mapped in parallel.
+  ds = ds.map(dense_fn, num_parallel_calls=num_parallel_calls).flat_map(split_views)
+  return ds.map(finish_view, num_parallel_calls=num_parallel_calls)
 
 
 def _hide_gpus_from_tf():

@@ -1,10 +1,9 @@
 """Something-Something-v1 on disk: the official layout, its label files, and frame checks.
 
-This module reads the data set as 20BN distributed it and decides what is usable; it needs
-only numpy and Pillow (which matplotlib brings), not TensorFlow, so the trainer can read the
-class list (for checkpoint metadata) without importing TF. The TFDS builder
-(`rstg_jax.ssv1.tfds_builder`) calls the functions here once, at
-conversion time, so that training never sees a bad video.
+This module reads the data set as 20BN distributed it and decides what is usable; it needs only
+numpy and Pillow (which matplotlib brings), not TensorFlow, so the trainer can read the class list
+(for checkpoint metadata) without importing TF. The TFDS builder (`rstg_jax.ssv1.tfds_builder`)
+calls the functions here once, at conversion time, so that training never sees a bad video.
 
 Layout under ROOT (`config.data.root`):
 
@@ -27,10 +26,13 @@ What happens to bad input (all decided here, at conversion time):
   - a label file that is not UTF-8: `SSv1DataError` naming the file, line and byte;
   - a train or validation split left with no video after the skips: `SSv1DataError`
     at conversion (`ssv1_tfds`), listing the skip reasons;
-  - an id without a frame folder, or with a folder holding no frame: video skipped and
-    reported;
-  - a frame that does not decode: replaced by its nearest decodable neighbour (the earlier
-    one on a tie), reported; a video with no decodable frame is skipped and reported;
+  - an id without a frame folder, with a folder holding no frame, or with a folder that
+    cannot be listed (permissions): video skipped and reported;
+  - a frame that does not decode, is not a regular file (a FIFO would block the reader
+    forever, a link to /dev/zero never ends), is larger than `MAX_FRAME_BYTES`, declares
+    more than `MAX_FRAME_PIXELS` pixels, or cannot be read (permissions): replaced by its
+    nearest usable neighbour (the earlier one on a tie), reported with the problem; a
+    video with no usable frame is skipped and reported;
   - a grayscale (or CMYK, palette, PNG-in-disguise) frame: re-encoded as an RGB JPEG,
     reported; a frame of another size than the video's first frame: resized to it, reported;
   - a video shorter than the number of frames a clip samples is kept: the samplers in
@@ -43,6 +45,7 @@ import io
 import json
 import os
 import re
+import stat
 from typing import Optional
 
 import numpy as np
@@ -70,6 +73,11 @@ DOWNLOAD_HINT = (
     'config.data.root to the directory that holds both (e.g. '
     '--config.data.root=/data/ssv1).')
 
+#: Largest frame file read, bytes (SSv1's frames are JPEGs of a few kB).
+MAX_FRAME_BYTES = 16 << 20
+#: Most pixels a frame may declare (Pillow allocates them before it decodes).
+MAX_FRAME_PIXELS = 4096 * 4096
+
 _FRAME_RE = re.compile(r'^(\d+)\.jpe?g$', re.IGNORECASE)
 # Re-encoded frames: high quality, so that a repaired frame looks like its neighbours.
 _REENCODE_QUALITY = 95
@@ -92,8 +100,8 @@ class Video:
     frames: JPEG bytes of each frame, in time order, all RGB and of one size; empty if
       the video is skipped.
     height, width: frame size in pixels.
-    skip_reason: None if the video is usable, else 'missing_folder', 'empty_folder' or
-      'no_decodable_frame'.
+    skip_reason: None if the video is usable, else 'missing_folder', 'empty_folder',
+      'unreadable_folder' or 'no_decodable_frame'.
     repairs: one dict per repaired frame: {'frame': file name, 'problem': ..., 'action': ...}.
   """
   video_id: str
@@ -320,15 +328,46 @@ def list_frames(video_dir: str) -> list[str]:
   return [name for _, name in sorted(numbered)]
 
 
+_FILE_KINDS = ((stat.S_ISFIFO, 'a FIFO'), (stat.S_ISCHR, 'a character device'),
+               (stat.S_ISBLK, 'a block device'), (stat.S_ISSOCK, 'a socket'),
+               (stat.S_ISDIR, 'a directory'))
+
+
+def _read_frame(path: str) -> tuple[Optional[bytes], str]:
+  """The bytes of a frame file, or None and the problem: not a regular file, larger than
+  `MAX_FRAME_BYTES`, or unreadable. Never blocks on a FIFO, never reads a device."""
+  try:
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO: no wait for a writer
+  except OSError as e:
+    return None, f'unreadable ({e.strerror or type(e).__name__})'
+  with open(fd, 'rb', closefd=True) as f:
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+      kind = next((name for test, name in _FILE_KINDS if test(st.st_mode)), 'special')
+      return None, f'not a regular file ({kind})'
+    if st.st_size > MAX_FRAME_BYTES:
+      return None, f'larger than {MAX_FRAME_BYTES:,} bytes ({st.st_size:,})'
+    try:
+      data = f.read(MAX_FRAME_BYTES + 1)
+    except OSError as e:
+      return None, f'unreadable ({e.strerror or type(e).__name__})'
+  if len(data) > MAX_FRAME_BYTES:  # it grew after the check
+    return None, f'larger than {MAX_FRAME_BYTES:,} bytes'
+  return data, ''
+
+
 def _open_frame(data: bytes):
-  """The decoded PIL image, or None if the bytes do not decode completely."""
+  """(the decoded PIL image, '') or (None, the problem)."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
   try:
     img = Image.open(io.BytesIO(data))
+    if img.width * img.height > MAX_FRAME_PIXELS:  # before anything is decoded
+      return None, (f'declares {img.width}x{img.height} pixels, over the limit of '
+                    f'{MAX_FRAME_PIXELS:,}')
     img.load()  # Image.open only reads the header; truncation shows up here.
-    return img
+    return img, ''
   except Exception:  # pylint: disable=broad-except  # PIL raises many types for bad data.
-    return None
+    return None, 'does not decode'
 
 
 def _encode_jpeg(img) -> bytes:
@@ -348,7 +387,11 @@ def load_video(root, video_id: str, label: int) -> Video:
   if not os.path.isdir(video_dir):
     video.skip_reason = 'missing_folder'
     return video
-  names = list_frames(video_dir)
+  try:
+    names = list_frames(video_dir)
+  except OSError:
+    video.skip_reason = 'unreadable_folder'
+    return video
   if not names:
     video.skip_reason = 'empty_folder'
     return video
@@ -356,12 +399,11 @@ def load_video(root, video_id: str, label: int) -> Video:
   frames: list[Optional[bytes]] = []
   size = None  # (width, height) of the first decodable frame: the video's size.
   for name in names:
-    with open(os.path.join(video_dir, name), 'rb') as f:
-      data = f.read()
-    img = _open_frame(data)
+    data, problem = _read_frame(os.path.join(video_dir, name))
+    img, problem = (None, problem) if data is None else _open_frame(data)
     if img is None:
       frames.append(None)
-      video.repairs.append({'frame': name, 'problem': 'does not decode'})
+      video.repairs.append({'frame': name, 'problem': problem})
       continue
     fixes = []
     if img.format != 'JPEG':

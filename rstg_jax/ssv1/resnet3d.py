@@ -50,7 +50,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 from flax import traverse_util
 
-from rstg_jax.ssv1.nonlocal_block import NonLocalBlock, batch_norm
+from rstg_jax.layers import NonLocalBlock, batch_norm
 from rstg_jax.train.state import param_count as count_params  # pylint: disable=unused-import
 
 STAGES = ('res2', 'res3', 'res4', 'res5')

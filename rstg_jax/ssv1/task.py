@@ -130,6 +130,10 @@ class SSv1Task(task_lib.Task):
   def describe_model(self, config, params) -> str:
     return models.describe(config, params)
 
+  def explainer(self, config, dataset):
+    from rstg_jax.ssv1 import explain_figures  # pylint: disable=g-import-not-at-top
+    return explain_figures.SSv1Explainer(config, dataset)
+
   def evaluator(self, config, dataset, final: bool = False):
     if not final:
       return evaluators.SingleView()

@@ -77,7 +77,7 @@ def _new_report(root: str) -> dict:
       'skipped': videos dropped, 'repaired_frames': frames fixed,
       'frames_per_video': {'min', 'max', 'mean'} over the stored videos}.
     skipped: [{'split', 'id', 'reason'}], reason in 'missing_folder', 'empty_folder',
-      'no_decodable_frame'.
+      'unreadable_folder', 'no_decodable_frame'.
     repaired_frames: [{'split', 'id', 'frame', 'problem', 'action'}].
   """
   return {'root': root, 'source': ssv1.source_record(root),

@@ -13,7 +13,7 @@ sees time, so all temporal reasoning happens in the model on top of it. With `fr
 it sees each frame together with the one before it (stacked as input channels; the first
 frame with itself), a temporal kernel of 2 in its first layer as in I3D's inflated
 kernels: its features can then say how the digit under them moved in the last step
-(pre-training target 'digit_motion'), and the graph above still does all the reasoning
+(the 'motion' pre-training stage), and the graph above still does all the reasoning
 over more than one step.
 """
 
@@ -73,15 +73,6 @@ def _max_pool_bwd(res, g):
 max_pool_2x2.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
-def with_coordinates(frames: jax.Array) -> jax.Array:
-  """frames [B, H, W, C] -> [B, H, W, C + 2] with each pixel centre's x and y in [-1, 1]."""
-  b, h, w, _ = frames.shape
-  ys = (jnp.arange(h, dtype=frames.dtype) + 0.5) * (2.0 / h) - 1.0
-  xs = (jnp.arange(w, dtype=frames.dtype) + 0.5) * (2.0 / w) - 1.0
-  grid = jnp.stack(jnp.meshgrid(xs, ys, indexing='xy'), axis=-1)  # [H, W, 2]: (x, y)
-  return jnp.concatenate([frames, jnp.broadcast_to(grid, (b, h, w, 2))], axis=-1)
-
-
 def with_previous_frame(video: jax.Array) -> jax.Array:
   """video [B, T, H, W, C] -> [B, T, H, W, 2C]: frame t-1's channels, then frame t's
   (frame 0 is paired with itself: no motion before the first frame)."""
@@ -112,9 +103,6 @@ class SmallCNN(nn.Module):
     num_layers: conv+ReLU+max-pool layers (3 in the paper).
     padding: "VALID" (default; 64x64 -> 6x6 as in the authors' code) or "SAME"
       (64x64 -> 8x8).
-    coords: append two coordinate channels (x and y of each pixel, in [-1, 1]) to the
-      input ("CoordConv"), so features can say where in the frame they are, not only
-      what they see; area-pooled graph nodes then keep their digits' positions.
     frames: 1 (the paper: one frame at a time) or 2 (`video` gives every frame with
       its predecessor, `with_previous_frame`; `__call__` then takes 2C input channels).
   """
@@ -122,15 +110,12 @@ class SmallCNN(nn.Module):
   width: int = 512
   num_layers: int = 3
   padding: str = 'VALID'
-  coords: bool = False
   frames: int = 1
 
   @nn.compact
   def __call__(self, frames: jax.Array) -> jax.Array:
     """Maps frames [B, H, W, C] (float in [0, 1]) to a feature map [B, h, w, width]."""
     x = jnp.asarray(frames, jnp.float32)
-    if self.coords:
-      x = with_coordinates(x)
     for i in range(self.num_layers):
       x = nn.Conv(self.width, (3, 3), padding=self.padding, name=f'conv{i}')(x)
       x = nn.relu(x)

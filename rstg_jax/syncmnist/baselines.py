@@ -15,10 +15,17 @@ feature maps [B, T, h, w, C] (6x6x512 for 64x64 frames):
   included, has about 10M parameters as in Appendix D.
 - `NonLocalI3D`: the same with one non-local block in the second residual stage.
 
-The non-local block is `rstg_jax.ssv1.nonlocal_block.NonLocalBlock`, the one the
-ResNet-50 models use (re-exported here). Every BatchNorm is that module's `batch_norm`
-(momentum 0.9, epsilon 1e-5, as in Caffe2): a running average over ~10 steps rather than
-the ~100 of Flax's default 0.99 suits short SyncMNIST runs too.
+With `node_bn`, a model normalises the backbone's features per channel with one
+BatchNorm (`node_batch_norm`, parameters `node_bn`) where its head first reads them:
+Mean+LSTM on each frame's pooled vector (its one node), Conv+LSTM and I3D on the map's
+cells, as `RSTGClassifier` does on its pooled graph nodes. The paper's baselines have
+none (the default); `config.input_norm` switches it for every model alike
+(`rstg_jax.syncmnist.models`).
+
+The non-local block is `rstg_jax.layers.NonLocalBlock`, the one the ResNet-50 models
+of Something-Something use. Every BatchNorm is that module's `batch_norm` (momentum 0.9,
+epsilon 1e-5, as in Caffe2): a running average over ~10 steps rather than the ~100 of
+Flax's default 0.99 suits short SyncMNIST runs too.
 """
 
 from __future__ import annotations
@@ -29,12 +36,10 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from rstg_jax.layers import NonLocalBlock, batch_norm
 from rstg_jax.syncmnist.backbone import SmallCNN
-# The non-local block is shared with the ResNet-50 models; re-exported here because the
-# SyncMNIST Non-local baseline is built from it.
-from rstg_jax.ssv1.nonlocal_block import NonLocalBlock, batch_norm
 
-__all__ = ['backbone_features', 'LSTMHead', 'MeanLSTM', 'ConvLSTM', 'NonLocalBlock',
+__all__ = ['backbone_features', 'node_batch_norm', 'LSTMHead', 'MeanLSTM', 'ConvLSTM',
            'Bottleneck3D', 'I3DSmall', 'NonLocalI3D']
 
 
@@ -52,6 +57,15 @@ def backbone_features(backbone: SmallCNN, video: jax.Array, freeze: bool) -> jax
 def _bn(train: bool, name: str) -> nn.Module:
   """A trainable BatchNorm (statistics in `batch_stats`), as the ResNet-50 models use."""
   return batch_norm(False, train, name=name)
+
+
+def node_batch_norm(features: jax.Array, train: bool) -> jax.Array:
+  """The input normalisation every SyncMNIST model can have: one BatchNorm per channel
+  (the last axis) of the backbone features its head reads, named `node_bn`.
+
+  Must be called inside a compact method, which it adds the submodule to.
+  """
+  return _bn(train, 'node_bn')(features)
 
 
 class LSTMHead(nn.Module):
@@ -80,23 +94,25 @@ class MeanLSTM(nn.Module):
     width: backbone filters.
     lstm_dim: LSTM hidden size.
     freeze_backbone: stop gradients at the backbone output.
+    node_bn: BatchNorm on each frame's pooled features (`node_batch_norm`).
   """
 
   num_classes: int
   width: int = 512
-  coords: bool = False  # coordinate channels in the backbone input (SmallCNN.coords)
   frames: int = 1  # frames the backbone sees at once (SmallCNN.frames)
   lstm_dim: int = 512
   freeze_backbone: bool = False
+  node_bn: bool = False
 
   @nn.compact
   def __call__(self, video: jax.Array, train: bool = False) -> jax.Array:
-    del train  # no BatchNorm or dropout in this model; kept for the common contract
-    fmap = backbone_features(SmallCNN(self.width, coords=self.coords, frames=self.frames,
-                             name='backbone'), video,
+    fmap = backbone_features(SmallCNN(self.width, frames=self.frames, name='backbone'), video,
                              self.freeze_backbone)
     # Global average pool throws away where things are: this baseline's weakness.
-    return LSTMHead(self.lstm_dim, self.num_classes, name='head')(fmap.mean(axis=(2, 3)))
+    pooled = fmap.mean(axis=(2, 3))
+    if self.node_bn:
+      pooled = node_batch_norm(pooled, train)
+    return LSTMHead(self.lstm_dim, self.num_classes, name='head')(pooled)
 
 
 class ConvLSTM(nn.Module):
@@ -113,21 +129,23 @@ class ConvLSTM(nn.Module):
     lstm_dim: LSTM hidden size.
     conv_width: filters of the three extra convolutions (None: same as `width`).
     freeze_backbone: stop gradients at the backbone output.
+    node_bn: BatchNorm on the backbone's map before the convolutions (`node_batch_norm`).
   """
 
   num_classes: int
   width: int = 512
-  coords: bool = False  # coordinate channels in the backbone input (SmallCNN.coords)
   frames: int = 1  # frames the backbone sees at once (SmallCNN.frames)
   lstm_dim: int = 512
   conv_width: Optional[int] = None
   freeze_backbone: bool = False
+  node_bn: bool = False
 
   @nn.compact
   def __call__(self, video: jax.Array, train: bool = False) -> jax.Array:
-    x = backbone_features(SmallCNN(self.width, coords=self.coords, frames=self.frames,
-                             name='backbone'), video,
+    x = backbone_features(SmallCNN(self.width, frames=self.frames, name='backbone'), video,
                           self.freeze_backbone)
+    if self.node_bn:
+      x = node_batch_norm(x, train)
     conv_width = self.conv_width or self.width
     for i in range(3):
       x = nn.Conv(conv_width, (3, 3), padding='SAME', use_bias=False,
@@ -192,23 +210,25 @@ class I3DSmall(nn.Module):
     nonlocal_stage: index of the stage that gets one non-local block before its last
       residual block (Wang et al.'s placement), or None for plain I3D.
     freeze_backbone: stop gradients at the backbone output.
+    node_bn: BatchNorm on the backbone's map before the first stage (`node_batch_norm`).
   """
 
   num_classes: int
   width: int = 512
-  coords: bool = False  # coordinate channels in the backbone input (SmallCNN.coords)
   frames: int = 1  # frames the backbone sees at once (SmallCNN.frames)
   planes: Optional[Sequence[int]] = None
   strides: Sequence[int] = (1, 2, 2)
   blocks_per_stage: int = 2
   nonlocal_stage: Optional[int] = None
   freeze_backbone: bool = False
+  node_bn: bool = False
 
   @nn.compact
   def __call__(self, video: jax.Array, train: bool = False) -> jax.Array:
-    x = backbone_features(SmallCNN(self.width, coords=self.coords, frames=self.frames,
-                             name='backbone'), video,
+    x = backbone_features(SmallCNN(self.width, frames=self.frames, name='backbone'), video,
                           self.freeze_backbone)
+    if self.node_bn:
+      x = node_batch_norm(x, train)
     all_planes = self.planes or tuple(max(self.width // d, 1) for d in (8, 4, 2))
     if len(all_planes) != len(self.strides):
       raise ValueError(f'planes {all_planes} and strides {self.strides} must have the same '

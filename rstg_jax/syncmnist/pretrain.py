@@ -1,39 +1,48 @@
-"""Backbone pre-training on single digits, and the backbone's on-disk cache.
+"""Backbone pre-training as a list of stages, and the backbone's on-disk cache.
 
 The paper (Sec. 3.1): the SyncMNIST backbone is "a small CNN with 3 layers, pre-trained to
-classify a digit randomly placed in a frame of the video". `pretrain_backbone` trains
-`SmallCNN` + global average pooling + a 10-way linear classifier with Adam on 64x64 frames
-holding one MNIST digit at a random place (`rstg_jax.syncmnist.generator.generate_single_digit`),
-and returns only the `SmallCNN` parameters: the dict a video model expects at
-`params['backbone']`. The classifier is thrown away.
+classify a digit randomly placed in a frame of the video". Here pre-training is a list of
+stages (`config.backbone.pretrain.stages`), run in order by one loop (`pretrain_backbone`),
+each training `SmallCNN` plus its own heads with Adam, from the backbone the stage before
+left (the heads start afresh and are thrown away):
 
-With `pretrain_target='digit_motion'` the backbone sees two frames and is trained in
-stages: the digit on one frame, then the digit and its step between two frames, then
-optionally (`scene_steps`) every digit and its step at the cell under it in two frames of
-the task's own videos.
+  'digit'   the paper's: one frame holding one digit; its class from globally pooled
+            features (`DigitClassifier`), so the features name the digit wherever it is;
+  'motion'  two frames of one digit, one step of the videos' motion apart; its class and
+            its step (`NUM_STEPS` classes per axis) from globally pooled features
+            (`MotionClassifier`), so every feature under the digit says how it moved;
+  'scene'   two consecutive frames of the task's own videos; every digit's class and step
+            at the feature-map cell under its centre (`SceneClassifier`). Labels of the
+            task's videos other than their class: the 'privileged' protocol
+            (`rstg_jax.syncmnist.protocols`).
 
-`save_backbone` / `load_backbone` store those parameters as a plain `.npz` whose keys are
-the '/'-joined parameter paths (e.g. `conv0/kernel`), so the trainer can cache the
-pre-trained backbone in its workdir and anyone can inspect it with numpy alone.
+A two-frame stage after a one-frame one widens the backbone's first layer
+(`widen_to_two_frames`: the same features until the earlier frame's weights move); a
+one-frame result for a two-frame model is widened at the end. Only the `SmallCNN`
+parameters come back: the dict a video model expects at `params['backbone']`.
 
-The cache is keyed by everything that determines the result (`backbone_cache_key`: width,
-steps, learning rate, batch size, seed and a fingerprint of the MNIST training digits),
-stored in the file as the JSON string `__key__`; `load_cached_backbone` returns None and
-a one-line reason when the key differs (or is absent), so the trainer pretrains again
-instead of reusing a backbone made with other settings.
+`save_backbone` / `load_backbone` store them as a plain `.npz` keyed by '/'-joined
+parameter paths (e.g. `conv0/kernel`), readable with numpy alone. The cache is keyed by
+everything that determines the result (`Plan.cache_key`: the stages and their steps,
+width, frames, batch size, learning rate, seed, the scene's videos, and a fingerprint of
+the MNIST training digits), stored in the file as the JSON string `__key__`;
+`load_cached_backbone` returns None and a one-line reason when the key differs.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-import hashlib
 import json
 import os
+import secrets
+import socket
 import sys
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import linen as nn
@@ -42,31 +51,20 @@ from tqdm.auto import tqdm
 
 from rstg_jax import cli
 from rstg_jax import errors
+from rstg_jax.syncmnist import pretrain_data
+from rstg_jax.syncmnist import protocols
+from rstg_jax.syncmnist.backbone import SmallCNN, feature_size
+from rstg_jax.syncmnist.render import FRAME
 from rstg_jax.train import metrics as metrics_lib
 from rstg_jax.train import state as state_lib
 from rstg_jax.train import steps as steps_lib
-from rstg_jax.syncmnist.backbone import SmallCNN, feature_size
-from rstg_jax.syncmnist.motion import OFFSET_HIGH, OFFSET_LOW
 
 NUM_DIGIT_CLASSES = 10
-#: Pre-training targets: 'digit' (the paper: the digit's class from globally pooled
-#: features), 'digit_position' (also the digit's top-left corner in the frame, one
-#: class per pixel row and per pixel column, read from the whole unpooled feature map)
-#: and 'digit_motion' (a backbone that sees two frames, `SmallCNN.frames = 2`: also the
-#: digit's step between them, one class per canvas-pixel offset per axis, read from the
-#: globally pooled features, so every feature under the digit must say how it moved).
-TARGETS = ('digit', 'digit_position', 'digit_motion')
-#: The optional third stage of 'digit_motion' (`scene_steps` > 0) is 'scene_motion':
-#: two frames of the task's own videos (several digits, often overlapping), the digit
-#: and its step classified at the feature-map cell under each digit's centre
-#: (`SceneMotionClassifier`), so that every cell's features name its own digit and step
-#: in clutter, not only the globally pooled features of a frame with one digit.
-NUM_POSITIONS = 47  # top-left corners in the 64x64 frame lie in 0..46 per axis
-NUM_STEPS = OFFSET_HIGH - OFFSET_LOW  # 20 per-axis offsets of one step of motion
+NUM_STEPS = pretrain_data.NUM_STEPS  # 20 per-axis offsets of one step of motion
 
 #: Key entry of the cache file; bump CACHE_FORMAT when pre-training changes what it makes.
 CACHE_KEY = '__key__'
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: the stages
 
 
 class PretrainDivergedError(errors.DivergedError):
@@ -74,338 +72,237 @@ class PretrainDivergedError(errors.DivergedError):
 
 
 class DigitClassifier(nn.Module):
-  """The pre-training network: backbone, global average pool, linear 10-way classifier.
+  """The 'digit' stage's network: backbone, global average pool, 10-way linear classifier.
 
-  Global average pooling (rather than flattening) makes the classifier blind to where the
-  digit is, so the backbone has to produce digit features at every position: what the
-  video models need, since digits move.
-
-  Attributes:
-    width: backbone filters.
+  Global average pooling makes the classifier blind to where the digit is, so the backbone
+  has to produce digit features at every position: what the video models need.
   """
 
   width: int = 512
-  coords: bool = False
   frames: int = 1  # SmallCNN.frames: the input then has `frames` channels
 
   @nn.compact
   def __call__(self, frames: jax.Array, train: bool = False) -> jax.Array:
     del train  # the trainer's model contract; no dropout or BatchNorm here
-    fmap = SmallCNN(self.width, coords=self.coords, frames=self.frames, name='backbone')(frames)
+    fmap = SmallCNN(self.width, frames=self.frames, name='backbone')(frames)
     return nn.Dense(NUM_DIGIT_CLASSES, name='classifier')(fmap.mean(axis=(1, 2)))
 
 
-class DigitPositionClassifier(nn.Module):
-  """`DigitClassifier` plus where the digit is: two linear heads on the flattened feature
-  map classify the top-left corner's row and column (`NUM_POSITIONS` classes each).
-
-  The position heads see every feature-map cell, so the backbone's features must say
-  where in its cell a digit lies: the sub-cell position that area-pooled graph nodes
-  otherwise lose, and from which motion is read. Returns logits [B, 10 + 2 * 47]
-  (digit, row, column); `_position_train_step` splits them.
-
-  With a coordinate backbone (`coords`), the position heads read the globally pooled
-  features instead, so the features themselves must encode the digit's absolute
-  position (which the coordinate channels make possible): what an area-pooled node of
-  any size then carries.
-  """
+class MotionClassifier(nn.Module):
+  """A two-frame backbone and linear heads for the digit (10 classes) and its step
+  between the frames (`NUM_STEPS` classes per axis): logits [B, 10 + 2 * NUM_STEPS]
+  from globally pooled features, or with `per_cell` [B, h, w, 10 + 2 * NUM_STEPS] at
+  every feature-map cell after a LayerNorm of its features (`SceneClassifier`)."""
 
   width: int = 512
-  coords: bool = False
-  frames: int = 1
-
-  @nn.compact
-  def __call__(self, frames: jax.Array, train: bool = False) -> jax.Array:
-    del train
-    fmap = SmallCNN(self.width, coords=self.coords, frames=self.frames, name='backbone')(frames)
-    pooled = fmap.mean(axis=(1, 2))
-    digit = nn.Dense(NUM_DIGIT_CLASSES, name='classifier')(pooled)
-    where_in = pooled if self.coords else fmap.reshape(fmap.shape[0], -1)
-    where = nn.Dense(2 * NUM_POSITIONS, name='position')(where_in)
-    return jax.numpy.concatenate([digit, where], axis=-1)
-
-
-class DigitMotionClassifier(nn.Module):
-  """A two-frame backbone (`SmallCNN.frames = 2`), global average pool, and linear heads
-  for the digit (10 classes) and its step between the frames (`NUM_STEPS` classes per
-  axis, the row and column offsets). Returns logits [B, 10 + 2 * NUM_STEPS].
-
-  Like the digit head, the motion heads see only globally pooled features, so the
-  backbone must say how the digit moved wherever the digit is: what an area-pooled graph
-  node then carries from frame to frame, so that the graph compares steps rather than
-  inferring them from positions its pooling blurs. With `per_cell` the heads read every
-  feature-map cell instead (`SceneMotionClassifier`).
-  """
-
-  width: int = 512
-  coords: bool = False
   frames: int = 2
   per_cell: bool = False
 
   @nn.compact
   def __call__(self, frames: jax.Array, train: bool = False) -> jax.Array:
     del train
-    features = SmallCNN(self.width, coords=self.coords, frames=self.frames,
-                        name='backbone')(frames)
+    features = SmallCNN(self.width, frames=self.frames, name='backbone')(frames)
     if self.per_cell:
       # One cell's features are far larger than their frame mean: without the norm the
       # first steps' gradients drove the backbone's ReLUs dead (loss at chance for good).
       features = nn.LayerNorm(name='cell_norm')(features)
     else:
       features = features.mean(axis=(1, 2))
-    return jax.numpy.concatenate([nn.Dense(NUM_DIGIT_CLASSES, name='classifier')(features),
-                                  nn.Dense(2 * NUM_STEPS, name='motion')(features)], axis=-1)
+    return jnp.concatenate([nn.Dense(NUM_DIGIT_CLASSES, name='classifier')(features),
+                            nn.Dense(2 * NUM_STEPS, name='motion')(features)], axis=-1)
 
 
-class SceneMotionClassifier(DigitMotionClassifier):
-  """`DigitMotionClassifier`'s heads at every feature-map cell, after a LayerNorm of the
-  cell's features: logits [B, h, w, 10 + 2 * NUM_STEPS]; `_scene_losses` reads them at
-  the cells under the digits' centres (`scene_cells`)."""
+class SceneClassifier(MotionClassifier):
+  """`MotionClassifier`'s heads at every cell; `at_cells` reads them under the digits."""
 
   per_cell: bool = True
 
 
-#: Where cell i of the 3-layer VALID backbone's 6x6 map looks: input rows (columns)
-#: 8i .. 8i + 21 (3x3 convs and 2x2 pools: stride 8, receptive field 22), centre 8i + 10.5.
-SCENE_CELL_STRIDE = 8.0
-SCENE_CELL_CENTRE = 10.5
+def pooled(logits, batch):
+  """The 'digit' and 'motion' stages' logits as they are, every example a target."""
+  return logits, jnp.ones(batch['label'].shape, jnp.float32)
 
 
-def scene_cells(center: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-  """(cell, valid) for digits centred at `center` [B, K, 2] (frame pixels) on a
-  `size` x `size` feature map: the flat index of the cell whose receptive field is
-  centred nearest, int32 [B, K], and float32 [B, K] that is 0 where two digits of a
-  frame fall into one cell (neither is a target there)."""
-  rc = np.clip(np.rint((center - SCENE_CELL_CENTRE) / SCENE_CELL_STRIDE), 0, size - 1)
-  cell = (rc[..., 0] * size + rc[..., 1]).astype(np.int32)
-  same = (cell[:, :, None] == cell[:, None, :]).sum(-1)  # each digit counts itself once
-  return cell, (same == 1).astype(np.float32)
-
-
-def _scene_losses(logits, batch):
-  """Per-digit (digit CE, row-step CE, column-step CE) [B, K] of `SceneMotionClassifier`
-  logits at the digits' cells, and the logits read there [B, K, 10 + 2 * NUM_STEPS]."""
+def at_cells(logits, batch):
+  """The 'scene' stage's logits [B, h, w, C] read at each digit's cell ([B, K, C]), and
+  which digits are targets (`batch['valid']`: not sharing a cell)."""
   b, h, w, c = logits.shape
-  at = jax.numpy.take_along_axis(logits.reshape(b, h * w, c), batch['cell'][..., None], axis=1)
+  at = jnp.take_along_axis(logits.reshape(b, h * w, c), batch['cell'][..., None], axis=1)
+  return at, batch['valid']
+
+
+def _losses(at, batch):
+  """Cross-entropies per target: the digit's, plus the step's two axes' when the logits
+  have a step head (`MotionClassifier`)."""
   ce = optax.softmax_cross_entropy_with_integer_labels
   d, p = NUM_DIGIT_CLASSES, NUM_STEPS
-  return (ce(at[..., :d], batch['label']), ce(at[..., d:d + p], batch['position'][..., 0]),
-          ce(at[..., d + p:], batch['position'][..., 1])), at
+  losses = [ce(at[..., :d], batch['label'])]
+  if at.shape[-1] > d:
+    losses += [ce(at[..., d:d + p], batch['step'][..., 0]),
+               ce(at[..., d + p:], batch['step'][..., 1])]
+  return losses
 
 
-def _scene_train_step(state, batch, *, model, tx):
-  """One Adam step on the three cross-entropies averaged over the digits that are
-  targets (`batch['valid']`)."""
+def train_step(state, batch, *, model, tx, read: Callable = pooled):
+  """One Adam step on the summed cross-entropies, averaged over the targets."""
   video = steps_lib.scale_pixels(batch['video'])
-  valid = batch['valid']
-  n = jax.numpy.maximum(valid.sum(), 1.0)
 
   def loss_fn(params):
-    losses, _ = _scene_losses(model.apply({'params': params}, video), batch)
-    return (sum(losses) * valid).sum() / n
+    at, weight = read(model.apply({'params': params}, video), batch)
+    n = jnp.maximum(weight.sum(), 1.0)
+    return (sum(_losses(at, batch)) * weight).sum() / n, n
 
-  loss, grads = jax.value_and_grad(loss_fn)(state['params'])
+  (loss, n), grads = jax.value_and_grad(loss_fn, has_aux=True)(state['params'])
   updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
   params = optax.apply_updates(state['params'], updates)
   return dict(state, step=state['step'] + 1, params=params, opt_state=opt_state), {
       'loss': (loss * n, n)}
 
 
-def _scene_eval_step(state, batch, *, model):
-  """Digit top-1 over the target digits (as 'top1') and their mean step error in canvas
-  pixels ('motion_error_px'), masked sums."""
+def eval_step(state, batch, *, model, read: Callable = pooled):
+  """Masked sums: 'loss', digit top-1 ('top1') and, with a step head, the mean step
+  error in canvas pixels ('step_error_px')."""
   logits = model.apply({'params': state['params']}, steps_lib.scale_pixels(batch['video']))
-  losses, at = _scene_losses(logits, batch)
-  d, p = NUM_DIGIT_CLASSES, NUM_STEPS
-  valid = batch['valid'] * batch['mask'][:, None]
-  where = jax.numpy.stack([jax.numpy.argmax(at[..., d:d + p], -1),
-                           jax.numpy.argmax(at[..., d + p:], -1)], -1)
-  err = jax.numpy.abs(where - batch['position']).astype(jax.numpy.float32).mean(-1)
-  n = valid.sum()
-  right = jax.numpy.argmax(at[..., :d], -1) == batch['label']
-  return {'loss': ((sum(losses) * valid).sum(), n), 'top1': ((right * valid).sum(), n),
-          'motion_error_px': ((err * valid).sum(), n)}, None
+  at, weight = read(logits, batch)
+  weight = weight * batch['mask'].reshape(batch['mask'].shape + (1,) * (weight.ndim - 1))
+  d, p, n = NUM_DIGIT_CLASSES, NUM_STEPS, weight.sum()
+  right = jnp.argmax(at[..., :d], -1) == batch['label']
+  out = {'loss': ((sum(_losses(at, batch)) * weight).sum(), n),
+         'top1': ((right * weight).sum(), n)}
+  if at.shape[-1] > d:
+    guess = jnp.stack([jnp.argmax(at[..., d:d + p], -1), jnp.argmax(at[..., d + p:], -1)], -1)
+    err = jnp.abs(guess - batch['step']).astype(jnp.float32).mean(-1)
+    out['step_error_px'] = ((err * weight).sum(), n)
+  return out, None
 
 
-def _position_losses(logits, labels, position, bins=NUM_POSITIONS):
-  """(digit CE, row CE, column CE) per example of `DigitPositionClassifier` logits
-  (`bins` = NUM_POSITIONS) or `DigitMotionClassifier` logits (`bins` = NUM_STEPS, with
-  `position` the step's class indices)."""
-  ce = optax.softmax_cross_entropy_with_integer_labels
-  d = NUM_DIGIT_CLASSES
-  return (ce(logits[:, :d], labels), ce(logits[:, d:d + bins], position[:, 0]),
-          ce(logits[:, d + bins:], position[:, 1]))
+@dataclasses.dataclass(frozen=True)
+class Stage:
+  """A pre-training stage: its description (`protocols.StageInfo`: name, frames, what it
+  trains on), its network (`classifier(width)`), its samples (`samples(split, indices,
+  seed, source)`, `rstg_jax.syncmnist.pretrain_data`) and how its logits are read
+  (`read`, for `train_step` and `eval_step`)."""
+  info: protocols.StageInfo
+  classifier: Callable[[int], nn.Module]
+  samples: Callable[..., dict]
+  read: Callable = pooled
 
 
-def _position_train_step(state, batch, *, model, tx, bins=NUM_POSITIONS):
-  """One Adam step on the sum of the three cross-entropies; metrics as the trainer's."""
-  video = steps_lib.scale_pixels(batch['video'])
-
-  def loss_fn(params):
-    logits = model.apply({'params': params}, video)
-    return sum(x.mean() for x in _position_losses(logits, batch['label'], batch['position'],
-                                                  bins))
-
-  loss, grads = jax.value_and_grad(loss_fn)(state['params'])
-  updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
-  params = optax.apply_updates(state['params'], updates)
-  n = jax.numpy.asarray(batch['label'].shape[0], jax.numpy.float32)
-  return dict(state, step=state['step'] + 1, params=params, opt_state=opt_state), {
-      'loss': (loss * n, n)}
+STAGES = {
+    'digit': Stage(protocols.STAGES['digit'], DigitClassifier, pretrain_data.digit_batch),
+    'motion': Stage(protocols.STAGES['motion'], MotionClassifier, pretrain_data.step_batch),
+    'scene': Stage(protocols.STAGES['scene'], SceneClassifier,
+                   functools.partial(pretrain_data.scene_batch, map_size=feature_size(FRAME)),
+                   at_cells),
+}
+assert set(STAGES) == set(protocols.STAGES)
 
 
-def _position_eval_step(state, batch, *, model, bins=NUM_POSITIONS, error='position_error_px'):
-  """Digit top-1 (as 'top1') and the mean position (or step) error in pixels (frame
-  pixels for positions, canvas pixels for steps) as `error`, masked sums."""
-  logits = model.apply({'params': state['params']}, steps_lib.scale_pixels(batch['video']))
-  d, p, mask = NUM_DIGIT_CLASSES, bins, batch['mask']
-  losses = _position_losses(logits, batch['label'], batch['position'], bins)
-  where = jax.numpy.stack([jax.numpy.argmax(logits[:, d:d + p], -1),
-                           jax.numpy.argmax(logits[:, d + p:], -1)], -1)
-  err = jax.numpy.abs(where - batch['position']).astype(jax.numpy.float32).mean(-1)
-  n = mask.sum()
-  return {'loss': ((sum(losses) * mask).sum(), n),
-          'top1': (((jax.numpy.argmax(logits[:, :d], -1) == batch['label']) * mask).sum(), n),
-          error: ((err * mask).sum(), n)}, None
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  """Everything that determines a pre-trained backbone.
+
+  Attributes:
+    stages: (name, steps) of each stage, in order (`STAGES`).
+    width: backbone filters.
+    frames: frames the model's backbone sees (1 or 2): a one-frame result is widened.
+    batch_size: samples per Adam step.
+    learning_rate: Adam's (constant).
+    seed: seeds the initialisation, the sample order and the samples.
+    source: the MNIST copy and the scene stage's videos (`pretrain_data.Source`).
+  """
+  stages: tuple[tuple[str, int], ...]
+  width: int = 512
+  frames: int = 1
+  batch_size: int = 64
+  learning_rate: float = 1e-3
+  seed: int = 0
+  source: pretrain_data.Source = pretrain_data.Source()
+
+  def errors(self) -> list[str]:
+    """What makes the plan impossible (the task's config checks say the same)."""
+    out, frames = [], 1
+    if self.frames not in (1, 2):
+      out.append(f'frames must be 1 or 2, got {self.frames!r}')
+    for name, steps in self.stages:
+      if name not in STAGES:
+        out.append(f'unknown stage {name!r}; valid: {", ".join(STAGES)}')
+        continue
+      info = STAGES[name].info
+      if info.frames > self.frames:
+        out.append(f"the '{name}' stage needs a backbone that sees two frames")
+      if info.frames < frames:
+        out.append(f"the one-frame '{name}' stage cannot follow a two-frame stage")
+      frames = max(frames, info.frames)
+      if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        out.append(f"the '{name}' stage needs steps >= 1, got {steps!r}")
+    if len({n for n, _ in self.stages}) < len(self.stages):
+      out.append('each stage runs at most once')
+    return out
+
+  def cache_key(self) -> dict[str, Any]:
+    """The plan as a JSON-able dict; `source.mnist_path` enters as the fingerprint of the
+    digits it resolves to (`pretrain_data.mnist_fingerprint`), and the scene's videos only
+    with it."""
+    names = [n for n, _ in self.stages]
+    return {'format': CACHE_FORMAT, 'stages': names, 'steps': [s for _, s in self.stages],
+            'width': int(self.width), 'frames': int(self.frames),
+            'batch_size': int(self.batch_size), 'learning_rate': float(self.learning_rate),
+            'seed': int(self.seed), 'mnist_train_sha256': pretrain_data.mnist_fingerprint(
+                self.source.mnist_path),
+            **({'scene_digits': int(self.source.num_digits),
+                'scene_motion': str(self.source.motion)} if 'scene' in names else {})}
 
 
-def _frames(split: str, indices: np.ndarray, seed: int, mnist_path: Optional[str],
-            target: str = 'digit', frames: int = 1, scene_digits: int = 3,
-            scene_motion: str = 'clean') -> dict[str, np.ndarray]:
-  """A batch of single-digit frames: 'video' uint8 [B, 64, 64, frames], 'label' int32
-  [B], and for the position targets 'position' int32 [B, 2]: the top-left corner in the
-  frame ('digit_position') or the step's class indices, offset - OFFSET_LOW
-  ('digit_motion', two frames of a moving digit). With `frames` = 2 and a still target,
-  the frame is paired with itself, as the first frame of a video."""
-  # Imported here so that importing this module (and the models) does not need the data
-  # package's generator.
-  from rstg_jax.syncmnist import generator as syncmnist  # pylint: disable=g-import-not-at-top
-  if target == 'scene_motion':  # video frames: 'label' [B, K], 'cell', 'valid' [B, K]
-    out = syncmnist.generate_scene_step(split, indices, scene_digits, seed, mnist_path,
-                                        scene_motion)
-    cell, valid = scene_cells(out['center'], feature_size(syncmnist.FRAME))
-    return {'video': np.asarray(out['image'], np.uint8),
-            'label': np.asarray(out['digits'], np.int32), 'cell': cell, 'valid': valid,
-            'position': np.asarray(out['offset'], np.int32) - OFFSET_LOW}
-  if target == 'digit_motion':
-    out = syncmnist.generate_digit_step(split, indices, seed=seed, mnist_path=mnist_path)
-    return {'video': np.asarray(out['image'], np.uint8),
-            'label': np.asarray(out['label'], np.int32),
-            'position': np.asarray(out['offset'], np.int32) - OFFSET_LOW}
-  out = syncmnist.generate_single_digit(split, indices, seed=seed, mnist_path=mnist_path)
-  image = np.asarray(out['image'], np.uint8)
-  batch = {'video': np.concatenate([image] * frames, axis=-1) if frames > 1 else image,
-           'label': np.asarray(out['label'], np.int32)}
-  if target == 'digit_position':
-    batch['position'] = np.clip(np.asarray(out['position'], np.int32), 0, NUM_POSITIONS - 1)
-  return batch
+def pretrain_backbone(plan: Plan, *, log_every: int = 50, eval_frames: int = 2000,
+                      eval_batch_size: int = 250, progress_bar: bool = True
+                      ) -> tuple[dict[str, Any], dict[str, Any]]:
+  """Runs the plan's stages in order, each from the backbone the one before left.
 
-
-def _num_frames(split: str) -> int:
-  """How many distinct single-digit frames the generator defines for a split."""
-  from rstg_jax.syncmnist import generator as syncmnist  # pylint: disable=g-import-not-at-top
-  return int(syncmnist.SPLIT_SIZES[split])
-
-
-def pretrain_backbone(width: int = 512,
-                      steps: int = 300,
-                      batch_size: int = 64,
-                      seed: int = 0,
-                      learning_rate: float = 1e-3,
-                      mnist_path: Optional[str] = None,
-                      log_every: int = 50,
-                      eval_frames: int = 2000,
-                      eval_batch_size: int = 250,
-                      progress_bar: bool = True,
-                      target: str = 'digit',
-                      coords: bool = False,
-                      frames: int = 1,
-                      motion_steps: int = 0,
-                      scene_steps: int = 0,
-                      scene_digits: int = 3,
-                      scene_motion: str = 'clean') -> tuple[dict[str, Any], dict[str, Any]]:
-  """Trains the frame backbone to classify one randomly placed MNIST digit.
-
-  Frame i of a split is fixed by (generator seed, split, i): a random MNIST digit of the
-  split at a random place. Each step draws `batch_size` train frame indices at random
-  (numpy generator seeded with `seed`), so a run is reproducible; train frames never
-  show the val digits (the last 10,000 MNIST training digits). Evaluation uses val
-  frames 0..eval_frames-1 with generator seed 0 whatever `seed` is, so all runs are
-  compared on the same frames and no number printed during training touches test.
+  Sample i of a split is fixed by (seed, split, i). Each step draws `batch_size` train
+  indices at random (numpy generator seeded with `plan.seed`), so a run is reproducible;
+  train samples never show the val digits (the last 10,000 MNIST training digits). Each
+  stage is evaluated at its end on val samples 0..eval_frames-1 with generator seed 0
+  whatever the plan's seed, so runs are compared on the same samples and no number
+  printed touches test.
 
   Args:
-    width: backbone filters (config.backbone.width).
-    steps: Adam steps.
-    batch_size: frames per step.
-    seed: seeds the initialisation, the digit order and the placements.
-    learning_rate: Adam learning rate (constant).
-    mnist_path: local MNIST copy, passed on to the data module (None: its default).
+    plan: what to train (`Plan`); ValueError if `plan.errors()` names a problem.
     log_every: steps between loss records (and progress-bar updates).
-    eval_frames: val frames for the final accuracy (0: no evaluation).
-    eval_batch_size: frames per evaluation batch.
-    progress_bar: show a tqdm bar.
-    target: one of `TARGETS`: 'digit' (the paper), 'digit_position' (also the
-      digit's position, `DigitPositionClassifier`; the metrics then add
-      `val_position_error_px`) or 'digit_motion' (needs `frames` = 2), in two stages:
-      `steps` of the paper's 'digit' pre-training of a one-frame backbone, then
-      `motion_steps` of `DigitMotionClassifier` (the digit and its step between two
-      frames) starting from it, its first layer widened to two frames
-      (`widen_to_two_frames`: the same features as before until the earlier frame's
-      weights move). Starting from scratch instead learned the steps as well but kept
-      the digits worse (84% against 95%), and the pair task started slower. The
-      metrics are the motion stage's plus `val_motion_error_px` (canvas pixels) and
-      `digit_stage` (the first stage's metrics); `seconds` covers both.
-    coords: a coordinate backbone (`SmallCNN.coords`).
-    frames: frames the backbone sees at once (`SmallCNN.frames`, 1 or 2).
-    motion_steps: Adam steps of the motion stage ('digit_motion' only; >= 1 there).
-    scene_steps: 'digit_motion' only: Adam steps of a third stage, 'scene_motion'
-      (`SceneMotionClassifier` on consecutive frames of the task's videos: each digit
-      and its step classified at the cell under its centre), starting from the motion
-      stage's backbone (0: no third stage). Its metrics go to `scene_stage` (digit
-      accuracy and step error over the val videos' digits); the top-level metrics stay
-      the motion stage's, on single digits.
-    scene_digits: digits per video in the scene stage (config.data.num_digits).
-    scene_motion: the videos' motion rule in the scene stage (config.data.motion).
+    eval_frames: val samples of each stage's final evaluation (0: none).
+    eval_batch_size: samples per evaluation batch.
+    progress_bar: show a tqdm bar per stage.
 
   Returns:
-    (backbone_params, metrics): the `SmallCNN` parameters (a nested dict of numpy
-    arrays, to be put at `params['backbone']`), and a dict with `train_loss` (list of
-    (step, mean loss since the previous record)), `final_train_loss`, `val_accuracy`,
-    `val_loss`, `eval_frames`, `seconds` (wall time, evaluation included) and
-    `steps_per_second`.
+    (backbone_params, metrics): the `SmallCNN` parameters (nested dict of numpy arrays,
+    for `params['backbone']`), and {'stages': {name: that stage's metrics}, 'seconds':
+    wall time of all}. A stage's metrics: `train_loss` (list of (step, mean loss since
+    the previous record)), `final_train_loss`, `seconds`, `steps_per_second` and, when
+    evaluated, `val_accuracy` (digit top-1), `val_loss`, `eval_frames` and, for the
+    stages with a step head, `val_step_error_px` (canvas pixels).
   """
-  if steps < 1:
-    raise ValueError(f'steps must be >= 1, got {steps}')
-  if target not in TARGETS:
-    raise ValueError(f'unknown pre-training target {target!r}; valid: {", ".join(TARGETS)}')
-  if frames not in (1, 2):
-    raise ValueError(f'frames must be 1 or 2, got {frames!r}')
-  if scene_steps and (target != 'digit_motion' or not isinstance(scene_steps, int)
-                      or scene_steps < 0):
-    raise ValueError('scene_steps (config.backbone.pretrain_scene_steps) must be an '
-                     "integer >= 0, and > 0 only with the 'digit_motion' target; got "
-                     f'{scene_steps!r} with {target!r}')
-  if target == 'digit_motion' and frames != 2:
-    raise ValueError("the 'digit_motion' target needs a backbone that sees two frames "
-                     '(frames=2, config.backbone.frames = 2)')
-  common = dict(width=width, batch_size=batch_size, seed=seed, learning_rate=learning_rate,
-                mnist_path=mnist_path, log_every=log_every, eval_frames=eval_frames,
-                eval_batch_size=eval_batch_size, progress_bar=progress_bar, coords=coords)
-  if target == 'digit_motion':
-    if not isinstance(motion_steps, int) or motion_steps < 1:
-      raise ValueError(f"the 'digit_motion' target needs motion_steps >= 1 (config."
-                       f'backbone.pretrain_motion_steps), got {motion_steps!r}')
-    digits, first = _pretrain(steps=steps, target='digit', frames=1, **common)
-    params, metrics = _pretrain(steps=motion_steps, target='digit_motion', frames=2,
-                                init_backbone=widen_to_two_frames(digits), **common)
-    metrics.update(digit_stage=first, seconds=first['seconds'] + metrics['seconds'])
-    if scene_steps:
-      params, scene = _pretrain(steps=scene_steps, target='scene_motion', frames=2,
-                                init_backbone=params, scene_digits=scene_digits,
-                                scene_motion=scene_motion, **common)
-      metrics.update(scene_stage=scene, seconds=metrics['seconds'] + scene['seconds'])
-    return params, metrics
-  return _pretrain(steps=steps, target=target, frames=frames, **common)
+  problems = plan.errors()
+  if not plan.stages or problems:
+    raise ValueError('cannot pre-train: ' + ('; '.join(problems) or 'no stage'))
+  backbone, frames, per_stage = None, 1, {}
+  for name, steps in plan.stages:
+    stage, start = STAGES[name], time.time()
+    if backbone is not None and stage.info.frames > frames:
+      backbone = widen_to_two_frames(backbone)
+    frames = stage.info.frames
+    model, state, history = _train_stage(stage, steps, plan, backbone, log_every,
+                                         progress_bar)
+    metrics = {'train_loss': history, 'final_train_loss': history[-1][1]}
+    if eval_frames > 0:
+      metrics.update(_evaluate(stage, model, state, plan.source, eval_frames,
+                               eval_batch_size))
+    seconds = time.time() - start
+    per_stage[name] = dict(metrics, seconds=seconds, steps_per_second=steps / seconds)
+    backbone = jax.device_get(state['params']['backbone'])
+  if frames < plan.frames:
+    backbone = widen_to_two_frames(backbone)
+  return backbone, {'stages': per_stage,
+                    'seconds': sum(m['seconds'] for m in per_stage.values())}
 
 
 def widen_to_two_frames(params: dict[str, Any]) -> dict[str, Any]:
@@ -418,107 +315,96 @@ def widen_to_two_frames(params: dict[str, Any]) -> dict[str, Any]:
   return dict(params, conv0=dict(params['conv0'], kernel=widened))
 
 
-def _pretrain(*, width, steps, batch_size, seed, learning_rate, mnist_path, log_every,
-              eval_frames, eval_batch_size, progress_bar, target, coords, frames,
-              init_backbone=None, scene_digits=3, scene_motion='clean'):
-  """One pre-training stage (`pretrain_backbone`'s arguments), optionally starting from
-  `init_backbone` (backbone parameters of the right shapes; the heads start afresh)."""
-  start = time.time()
-  model = {'digit': DigitClassifier, 'digit_position': DigitPositionClassifier,
-           'digit_motion': DigitMotionClassifier,
-           'scene_motion': SceneMotionClassifier}[target](width, coords, frames)
-  from rstg_jax.syncmnist import generator as syncmnist  # pylint: disable=g-import-not-at-top
-  frame_shape = (syncmnist.FRAME, syncmnist.FRAME, frames)
-  params = state_lib.init_variables(model, jax.random.PRNGKey(seed), frame_shape)['params']
-  if init_backbone is not None:
-    params = dict(params, backbone=jax.tree.map(jax.numpy.asarray, init_backbone))
-  tx = optax.adam(learning_rate)
-  state = state_lib.create_train_state(params, {}, tx)
-  # The trainer's steps (uint8 frames scaled on the device); donating the state lets
-  # XLA update it in place.
-  if target == 'digit':
-    train_fn = functools.partial(steps_lib.train_step, model=model, tx=tx,
-                                 base_key=jax.random.PRNGKey(seed))
-    eval_fn = functools.partial(steps_lib.eval_step, model=model)
-  elif target == 'scene_motion':
-    train_fn = functools.partial(_scene_train_step, model=model, tx=tx)
-    eval_fn = functools.partial(_scene_eval_step, model=model)
-  else:
-    motion = target == 'digit_motion'
-    bins = NUM_STEPS if motion else NUM_POSITIONS
-    train_fn = functools.partial(_position_train_step, model=model, tx=tx, bins=bins)
-    eval_fn = functools.partial(_position_eval_step, model=model, bins=bins,
-                                error='motion_error_px' if motion else 'position_error_px')
-  train_step = jax.jit(train_fn, donate_argnums=0)
-  eval_step = jax.jit(eval_fn)
+def _model_and_params(stage: Stage, plan: Plan, backbone):
+  """The stage's network and its initial parameters (the heads fresh, the backbone
+  `backbone` when given)."""
+  model = stage.classifier(plan.width)
+  shape = (FRAME, FRAME, stage.info.frames)
+  params = state_lib.init_variables(model, jax.random.PRNGKey(plan.seed), shape)['params']
+  if backbone is not None:
+    params = dict(params, backbone=jax.tree.map(jnp.asarray, backbone))
+  return model, params
 
-  num_train = _num_frames('train')
-  rng = np.random.default_rng(seed)
+
+def _train_stage(stage: Stage, steps: int, plan: Plan, backbone, log_every: int,
+                 progress_bar: bool):
+  """Trains one stage for `steps` steps: (its model, its final state, the loss records)."""
+  model, params = _model_and_params(stage, plan, backbone)
+  tx = optax.adam(plan.learning_rate)
+  state = state_lib.create_train_state(params, {}, tx)
+  # uint8 samples are scaled on the device; donating the state updates it in place.
+  step_fn = jax.jit(functools.partial(train_step, model=model, tx=tx, read=stage.read),
+                    donate_argnums=0)
+  rng = np.random.default_rng(plan.seed)
+  num_train = pretrain_data.num_samples('train')
   history, window = [], None
-  bar = tqdm(range(steps), desc=f'pretrain backbone (width {width}, {target})',
+  bar = tqdm(range(steps), desc=f'pretrain backbone, {stage.info.name} (width {plan.width})',
              disable=not progress_bar, file=sys.stderr, mininterval=cli.progress_interval())
   for step in bar:
-    indices = rng.integers(0, num_train, size=batch_size)
-    batch = _frames('train', indices, seed, mnist_path, target, frames, scene_digits,
-                    scene_motion)
-    state, m = train_step(state, batch)
-    window = metrics_lib.add(window, {'loss': m['loss']})
+    indices = rng.integers(0, num_train, size=plan.batch_size)
+    state, m = step_fn(state, stage.samples('train', indices, plan.seed, plan.source))
+    window = metrics_lib.add(window, m)
     if (step + 1) % log_every == 0 or step + 1 == steps:
       mean_loss = metrics_lib.compute(jax.device_get(window))['loss']
       if not np.isfinite(mean_loss):
         bar.close()
         raise PretrainDivergedError(
             f'backbone pre-training diverged: loss {mean_loss} at step {step + 1} of '
-            f'{steps} (learning rate {learning_rate}); nothing was cached. Lower '
-            'config.backbone.pretrain_lr and rerun.')
+            f"{steps} of the '{stage.info.name}' stage (learning rate "
+            f'{plan.learning_rate}); nothing was cached. Lower config.backbone.pretrain.lr '
+            'and rerun.')
       history.append((step + 1, mean_loss))
       window = None
       bar.set_postfix(loss=f'{mean_loss:.4f}', refresh=False)
   bar.close()
+  return model, state, history
 
-  metrics: dict[str, Any] = {'train_loss': history, 'final_train_loss': history[-1][1]}
-  if eval_frames > 0:
-    eval_frames = min(eval_frames, _num_frames('val'))
-    totals = None
-    for lo in range(0, eval_frames, eval_batch_size):
-      idx = np.arange(lo, min(lo + eval_batch_size, eval_frames))
-      # Generator seed 0 for the val frames, independent of the training seed.
-      batch = dict(_frames('val', idx, 0, mnist_path, target, frames, scene_digits,
-                           scene_motion),
-                   mask=np.ones(len(idx), np.float32))
-      totals = metrics_lib.add(totals, eval_step(state, batch)[0])
-    result = metrics_lib.compute(jax.device_get(totals))
-    metrics.update(val_accuracy=result['top1'], val_loss=result['loss'],
-                   eval_frames=eval_frames)
-    for name in ('position_error_px', 'motion_error_px'):
-      if name in result:
-        metrics['val_' + name] = result[name]
-  seconds = time.time() - start
-  metrics.update(seconds=seconds, steps_per_second=steps / seconds)
-  return jax.device_get(state['params']['backbone']), metrics
+
+def _evaluate(stage: Stage, model, state, source: pretrain_data.Source, eval_frames: int,
+              eval_batch_size: int) -> dict[str, Any]:
+  """The stage's metrics on val samples 0..eval_frames-1 (generator seed 0, whatever
+  the plan's seed): `val_accuracy`, `val_loss`, `eval_frames`, `val_step_error_px`."""
+  eval_fn = jax.jit(functools.partial(eval_step, model=model, read=stage.read))
+  eval_frames = min(eval_frames, pretrain_data.num_samples('val'))
+  totals = None
+  for lo in range(0, eval_frames, eval_batch_size):
+    idx = np.arange(lo, min(lo + eval_batch_size, eval_frames))
+    batch = dict(stage.samples('val', idx, 0, source), mask=np.ones(len(idx), np.float32))
+    totals = metrics_lib.add(totals, eval_fn(state, batch)[0])
+  result = metrics_lib.compute(jax.device_get(totals))
+  return {'val_accuracy': result['top1'], 'val_loss': result['loss'],
+          'eval_frames': eval_frames,
+          **({'val_step_error_px': result['step_error_px']}
+             if 'step_error_px' in result else {})}
 
 
 def save_backbone(path: str | os.PathLike, params: dict[str, Any],
                   key: Optional[dict[str, Any]] = None) -> None:
   """Writes backbone parameters to `path` as an .npz keyed by '/'-joined param paths.
 
-  Written to a temporary file first and renamed, so a crash never leaves a truncated
-  cache that a later run would load.
+  Written to a temporary file of a name no other writer uses and renamed, so a crash
+  never leaves a truncated cache that a later run would load, and runs that share the
+  cache never write into one another's temporary file.
 
   Args:
     path: the .npz to write.
     params: the backbone parameters.
-    key: `backbone_cache_key(...)`, stored as the JSON string `__key__` (None: no key; such
-      a file is never reused by `load_cached_backbone`).
+    key: `Plan.cache_key()`, stored as the JSON string `__key__` (None: no key; such a
+      file is never reused by `load_cached_backbone`).
   """
   flat = {k: np.asarray(v) for k, v in
           traverse_util.flatten_dict(jax.device_get(params), sep='/').items()}
   if key is not None:
     flat[CACHE_KEY] = np.asarray(json.dumps(key, sort_keys=True))
   path = os.fspath(path)
-  tmp = path + '.tmp.npz'  # np.savez appends .npz to names without it
-  np.savez(tmp, **flat)
-  os.replace(tmp, path)
+  # np.savez appends .npz to names without it.
+  tmp = f'{path}.{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(4)}.tmp.npz'
+  try:
+    np.savez(tmp, **flat)
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):  # the save failed
+      os.remove(tmp)
 
 
 def load_backbone(path: str | os.PathLike) -> dict[str, Any]:
@@ -526,43 +412,6 @@ def load_backbone(path: str | os.PathLike) -> dict[str, Any]:
   with np.load(os.fspath(path), allow_pickle=False) as data:
     flat = {k: np.asarray(data[k]) for k in data.files if k != CACHE_KEY}
   return traverse_util.unflatten_dict(flat, sep='/')
-
-
-def mnist_fingerprint(mnist_path: Optional[str] = None) -> str:
-  """sha256 (16 hex digits) of the MNIST training digits and labels that pre-training
-  reads: the same for the same digits wherever they come from, different otherwise."""
-  from rstg_jax.syncmnist import mnist  # pylint: disable=g-import-not-at-top
-  images, labels = mnist.load_mnist('train', mnist_path)
-  h = hashlib.sha256()
-  for a in (images, labels):
-    h.update(f'{a.dtype.str}{a.shape}'.encode())
-    h.update(np.ascontiguousarray(a).data)
-  return h.hexdigest()[:16]
-
-
-def backbone_cache_key(width: int, steps: int, batch_size: int, seed: int,
-                       learning_rate: float, mnist_path: Optional[str] = None,
-                       target: str = 'digit', coords: bool = False,
-                       frames: int = 1, motion_steps: int = 0, scene_steps: int = 0,
-                       scene_digits: int = 3, scene_motion: str = 'clean'
-                       ) -> dict[str, Any]:
-  """Everything that determines `pretrain_backbone`'s result, as a JSON-able dict.
-
-  The arguments are those of `pretrain_backbone`; `mnist_path` enters as the fingerprint
-  of the digits it resolves to (`mnist_fingerprint`), not as a path.
-  """
-  return {'format': CACHE_FORMAT, 'width': int(width), 'steps': int(steps),
-          'batch_size': int(batch_size), 'seed': int(seed),
-          'learning_rate': float(learning_rate),
-          'mnist_train_sha256': mnist_fingerprint(mnist_path),
-          # Absent from keys written before targets existed, which were all 'digit'.
-          **({'target': target} if target != 'digit' else {}),
-          **({'coords': True} if coords else {}),
-          **({'frames': int(frames)} if frames != 1 else {}),
-          **({'motion_steps': int(motion_steps)} if target == 'digit_motion' else {}),
-          # Absent when there is no scene stage, so earlier caches stay valid.
-          **({'scene_steps': int(scene_steps), 'scene_digits': int(scene_digits),
-              'scene_motion': str(scene_motion)} if scene_steps else {})}
 
 
 def load_cached_backbone(path: str | os.PathLike, key: dict[str, Any]
@@ -577,9 +426,11 @@ def load_cached_backbone(path: str | os.PathLike, key: dict[str, Any]
   path = os.fspath(path)
   if not os.path.exists(path):
     return None, f'no cached backbone at {path}'
-  try:
+  try:  # the key and the parameters from one open file: another run may replace it
     with np.load(path, allow_pickle=False) as data:
       stored = json.loads(str(data[CACHE_KEY])) if CACHE_KEY in data.files else None
+      flat = ({k: np.asarray(data[k]) for k in data.files if k != CACHE_KEY}
+              if stored == key else None)
   except Exception as e:  # pylint: disable=broad-except  # any damage: recompute
     return None, f'the cached backbone {path} is unreadable ({type(e).__name__}: {e})'
   if stored is None:
@@ -590,4 +441,4 @@ def load_cached_backbone(path: str | os.PathLike, key: dict[str, Any]
   if changed:
     return None, f'the cached backbone {path} was made with other settings: ' + ', '.join(
         changed)
-  return load_backbone(path), ''
+  return traverse_util.unflatten_dict(flat, sep='/'), ''

@@ -2,13 +2,15 @@
 
 Model: `rstg_jax.syncmnist.models.create_model` (RSTG or a baseline). Data: videos
 generated on the fly (`rstg_jax.syncmnist.dataset`). Pre-trained weights: the backbone
-pre-trained on single digits when `backbone.pretrain_steps > 0` (cached in
-`WORKDIR/backbone.npz`), then `init_from.path` (another run). Frozen: the backbone when
-`backbone.freeze`. Splits: training evaluates and selects on the first `data.val_size`
-videos of 'val' (videos of the last 10,000 MNIST training digits, which neither the
-training stream nor the backbone pre-training reads); the first `eval.size` videos of
-'test' are evaluated once at the end of training, and by the evaluate command together
-with the digit-oracle diagnostic (`DigitOracleView`). No TensorFlow anywhere on this path.
+pre-trained by the stages of `backbone.pretrain.stages` (`rstg_jax.syncmnist.pretrain`;
+cached in `WORKDIR/backbone.npz`), then `init_from.path` (another run). Protocol: which
+of the paper's protocols the config follows (`rstg_jax.syncmnist.protocols`). Frozen:
+the backbone when `backbone.freeze`. Splits: training evaluates and selects on the first
+`data.val_size` videos of 'val' (videos of the last 10,000 MNIST training digits, which
+neither the training stream nor the backbone pre-training reads); the first `eval.size`
+videos of 'test' are evaluated once at the end of training, and by the evaluate command
+together with the digit-oracle diagnostic (`DigitOracleView`). No TensorFlow anywhere on
+this path.
 """
 
 import os
@@ -17,10 +19,12 @@ import jax
 
 from rstg_jax import errors
 from rstg_jax.syncmnist import models
+from rstg_jax.syncmnist import protocols
 from rstg_jax.train import config_checks
 from rstg_jax.train import evaluators
 from rstg_jax.train import init_from
 from rstg_jax.train import task as task_lib
+from rstg_jax.train import workdir_lock
 from rstg_jax.train.state import param_count
 
 
@@ -32,37 +36,21 @@ class SyncMNISTTask(task_lib.Task):
   test_split = 'test'
 
   def config_errors(self, config) -> list[str]:
-    b = config.backbone
     errors = models.config_errors(config) + data_config_errors(config)
-    from rstg_jax.syncmnist import pretrain  # pylint: disable=g-import-not-at-top
-    if b.pretrain_target not in pretrain.TARGETS:
-      errors.append(f'Unknown backbone.pretrain_target {b.pretrain_target!r}. Valid: '
-                    f'{", ".join(pretrain.TARGETS)}.')
-    elif b.pretrain_target == 'digit_motion':
-      if b.get('frames', 1) != 2:
-        errors.append("backbone.pretrain_target 'digit_motion' needs a backbone that sees "
-                      'two frames: set backbone.frames = 2.')
-      errors += config_checks.positive_errors(
-          ('backbone.pretrain_motion_steps', b.get('pretrain_motion_steps'),
-           "a positive integer (the 'digit_motion' stage)", dict(integer=True)),
-          ('backbone.pretrain_scene_steps', b.get('pretrain_scene_steps', 0),
-           "an integer >= 0 (the 'digit_motion' target's scene stage)",
-           dict(integer=True, allow_zero=True)))
-    elif b.get('pretrain_scene_steps', 0):
-      errors.append('backbone.pretrain_scene_steps > 0 needs backbone.pretrain_target '
-                    "'digit_motion' (the scene stage starts from its backbone).")
+    errors += pretrain_config_errors(config)
+    # The training stream is drawn from the first data.train_size videos.
     errors += config_checks.positive_errors(
-        ('backbone.pretrain_steps', b.pretrain_steps, 'an integer >= 0',
-         dict(integer=True, allow_zero=True)),
-        # The training stream is drawn from the first data.train_size videos.
         ('data.train_size', config.data.train_size, 'a positive integer (the training videos)',
          dict(integer=True)))
-    if isinstance(b.pretrain_steps, int) and b.pretrain_steps > 0:
-      errors += config_checks.positive_errors(
-          ('backbone.pretrain_lr', b.pretrain_lr, 'a positive finite number'),
-          ('backbone.pretrain_batch_size', b.pretrain_batch_size, 'a positive integer',
-           dict(integer=True)))
     return errors
+
+  def upgrade_config(self, saved: dict) -> dict:
+    """A saved config with today's fields (`protocols.upgrade_config`)."""
+    return protocols.upgrade_config(saved)
+
+  def protocol(self, config) -> tuple[str, str]:
+    """(protocol, why): 'paper', 'motion_backbone' or 'privileged' (`protocols`)."""
+    return protocols.explain(config)
 
   def check_data(self, config) -> None:
     """Loads the MNIST digits (cached for the run): a missing copy (`MNISTNotFoundError`),
@@ -82,15 +70,12 @@ class SyncMNISTTask(task_lib.Task):
 
   def create_dataset(self, config, process_index: int = 0, process_count: int = 1):
     from rstg_jax.syncmnist.dataset import SyncMNISTDataset  # pylint: disable=g-import-not-at-top
-    from rstg_jax.syncmnist.generator import NO_PAIR_PROB  # pylint: disable=g-import-not-at-top
     d = config.data
     return SyncMNISTDataset(
         num_digits=d.num_digits, data_seed=d.seed, mnist_path=d.mnist_path,
         train_size=d.train_size, batch_size=config.batch_size, seed=config.seed,
         eval_size=config.eval.size, eval_batch_size=config.eval.batch_size,
-        val_size=d.val_size, motion=d.motion,
-        # Runs saved before the field existed used the paper's probability.
-        no_pair_prob=d.get('no_pair_prob', NO_PAIR_PROB),
+        val_size=d.val_size, motion=d.motion, no_pair_prob=d.no_pair_prob,
         process_index=process_index, process_count=process_count)
 
   def frozen_mask(self, config, params):
@@ -102,15 +87,22 @@ class SyncMNISTTask(task_lib.Task):
     return {k: jax.tree.map(lambda _, k=k: k == 'backbone', v) for k, v in params.items()}
 
   def load_pretrained(self, config, workdir: str, variables: dict, say) -> dict:
-    if config.backbone.pretrain_steps > 0:
-      variables = dict(variables, params=pretrained_backbone(
-          config, workdir, variables['params'], say))
+    if protocols.stage_names(config.backbone.pretrain.stages):
+      cache = backbone_cache_path(config, workdir)  # runs sharing it pre-train once
+      with workdir_lock.exclusive(cache + '.lock', 'Backbone: waiting for the process '
+                                  f'that is pre-training {cache}', 'backbone pre-training'):
+        variables = dict(variables, params=pretrained_backbone(
+            config, workdir, variables['params'], say))
     return super().load_pretrained(config, workdir, variables, say)
 
   def describe_model(self, config, params) -> str:
     ablation = f', ablation {config.ablation}' if config.model == 'rstg' else ''
     return (f'{type(models.create_model(config)).__name__} ({config.model}{ablation}): '
             f'{param_count(params):,} parameters')
+
+  def explainer(self, config, dataset):
+    from rstg_jax.syncmnist import explain_figures  # pylint: disable=g-import-not-at-top
+    return explain_figures.SyncMNISTExplainer(config, dataset)
 
   def evaluator(self, config, dataset, final: bool = False):
     if final:
@@ -152,7 +144,7 @@ def data_config_errors(config) -> list[str]:
     errors.append(f'data.val_size must be in 1..{generator.SPLIT_SIZES["val"]}, got '
                   f'{val_size}.')
   try:  # the generator's own check, so the two can never disagree
-    generator.check_no_pair_prob(config.data.get('no_pair_prob', generator.NO_PAIR_PROB))
+    generator.check_no_pair_prob(config.data.no_pair_prob)
   except ValueError as e:
     errors.append(f'data.{e}.')
   return errors
@@ -184,48 +176,85 @@ class DigitOracleView(evaluators.SingleView):
     return result
 
 
+def backbone_cache_path(config, workdir: str) -> str:
+  """A shared cache (e.g. one for every run of a sweep) or the run's own."""
+  return config.backbone.pretrain.cache_path or os.path.join(workdir, 'backbone.npz')
+
+
+def pretrain_config_errors(config) -> list[str]:
+  """The `backbone.pretrain` block: known stage names, each at most once, one-frame
+  stages first, two-frame stages only with `backbone.frames = 2`; positive steps per
+  stage, and a positive learning rate and batch size when there is a stage."""
+  p, errors = config.backbone.pretrain, []
+  names = protocols.stage_names(p.stages)
+  for name in names:
+    if name not in protocols.STAGES:
+      errors.append(f'Unknown stage {name!r} in backbone.pretrain.stages. Valid: '
+                    f'{", ".join(protocols.STAGES)} (e.g. '
+                    '--config.backbone.pretrain.stages=digit,motion).')
+    elif names.count(name) > 1:
+      errors.append(f'backbone.pretrain.stages names {name!r} twice; a stage runs once, '
+                    f'for backbone.pretrain.steps.{name} steps.')
+  stages = [protocols.STAGES[n] for n in dict.fromkeys(names) if n in protocols.STAGES]
+  for before, after in zip(stages, stages[1:]):
+    if after.frames < before.frames:
+      errors.append(f"backbone.pretrain.stages: the one-frame '{after.name}' stage cannot "
+                    f"follow the two-frame '{before.name}' stage; put one-frame stages first.")
+  two = [s.name for s in stages if s.frames == 2]
+  if two and config.backbone.frames != 2:
+    errors.append(f'backbone.pretrain.stages {two} need a backbone that sees two frames: '
+                  'set backbone.frames = 2.')
+  errors += config_checks.positive_errors(*[
+      (f'backbone.pretrain.steps.{s.name}', p.steps[s.name], 'a positive integer (the '
+       f"'{s.name}' stage's steps)", dict(integer=True)) for s in stages])
+  if names:
+    errors += config_checks.positive_errors(
+        ('backbone.pretrain.lr', p.lr, 'a positive finite number'),
+        ('backbone.pretrain.batch_size', p.batch_size, 'a positive integer',
+         dict(integer=True)))
+  return errors
+
+
+def pretrain_plan(config):
+  """The `pretrain.Plan` of a config's `backbone.pretrain` block."""
+  from rstg_jax.syncmnist import pretrain  # pylint: disable=g-import-not-at-top
+  from rstg_jax.syncmnist import pretrain_data  # pylint: disable=g-import-not-at-top
+  b = config.backbone
+  return pretrain.Plan(
+      stages=tuple((n, int(b.pretrain.steps[n]))
+                   for n in protocols.stage_names(b.pretrain.stages)),
+      width=int(b.width), frames=int(b.frames), batch_size=int(b.pretrain.batch_size),
+      learning_rate=float(b.pretrain.lr), seed=int(config.seed),
+      source=pretrain_data.Source(config.data.mnist_path, int(config.data.num_digits),
+                                  config.data.motion))
+
+
 def pretrained_backbone(config, workdir: str, params: dict, say) -> dict:
-  """`params` with the backbone pre-trained on single digits (computed once, then read
-  from the cache: `backbone.cache_path`, by default WORKDIR/backbone.npz)."""
+  """`params` with the backbone pre-trained by the config's stages (computed once, then
+  read from the cache: `backbone.pretrain.cache_path`, by default WORKDIR/backbone.npz)."""
   from rstg_jax.syncmnist import pretrain  # pylint: disable=g-import-not-at-top
   if 'backbone' not in params:
-    raise errors.ConfigError('config.backbone.pretrain_steps > 0 but the model has no '
-                             f'`backbone` submodule (top-level params: {sorted(params)}).')
-  b = config.backbone
-  # A shared cache (e.g. one for every run of a sweep) or the run's own.
-  path = b.cache_path or os.path.join(workdir, 'backbone.npz')
-  settings = dict(width=b.width, steps=b.pretrain_steps, batch_size=b.pretrain_batch_size,
-                  seed=config.seed, learning_rate=b.pretrain_lr,
-                  mnist_path=config.data.mnist_path, target=b.pretrain_target,
-                  coords=bool(b.coords), frames=int(b.get('frames', 1)),
-                  motion_steps=int(b.get('pretrain_motion_steps', 0)),
-                  scene_steps=int(b.get('pretrain_scene_steps', 0)),
-                  scene_digits=int(config.data.num_digits), scene_motion=config.data.motion)
-  key = pretrain.backbone_cache_key(**settings)  # the cache is reused only for these
+    raise errors.ConfigError(
+        'config.backbone.pretrain.stages names stages but the model has no `backbone` '
+        f'submodule (top-level params: {sorted(params)}).')
+  path = backbone_cache_path(config, workdir)
+  plan = pretrain_plan(config)
+  key = plan.cache_key()  # the cache is reused only for this plan
   backbone, why_not = pretrain.load_cached_backbone(path, key)
   if backbone is not None:
     say(f'Backbone: loading the pretrained backbone cached at {path}')
   else:
-    motion = (f' then {settings["motion_steps"]} on their motion between two frames'
-              if b.pretrain_target == 'digit_motion' else '')
-    if settings['scene_steps']:
-      motion += (f', then {settings["scene_steps"]} on every digit and its step in two '
-                 'frames of the videos')
-    say(f'Backbone: {why_not}; pretraining for {b.pretrain_steps} steps on single digits'
-        f'{motion} (cached in workdir/backbone.npz for later runs)')
+    say(f'Backbone: {why_not}; pretraining in stages: ' + ', then '.join(
+        f'{steps} steps on {protocols.STAGES[name].trains_on} ({name!r})'
+        for name, steps in plan.stages) + f' (cached in {path} for later runs)')
     backbone, pre = pretrain.pretrain_backbone(
-        **settings, log_every=max(1, b.pretrain_steps // 10),
+        plan, log_every=max(1, min(steps for _, steps in plan.stages) // 10),
         progress_bar=config.progress_bar and jax.process_index() == 0)
-    say(f'Backbone pretraining done in {pre.get("seconds", 0):.0f} s: final train loss '
-        f'{pre.get("final_train_loss", float("nan")):.4f}, single-digit val accuracy '
-        f'{pre.get("val_accuracy", float("nan")):.4f}'
-        + (f', position error {pre["val_position_error_px"]:.2f} px'
-           if 'val_position_error_px' in pre else '')
-        + (f', step error {pre["val_motion_error_px"]:.2f} canvas px'
-           if 'val_motion_error_px' in pre else '')
-        + (f'; in the videos: digit accuracy {pre["scene_stage"]["val_accuracy"]:.4f}, step '
-           f'error {pre["scene_stage"]["val_motion_error_px"]:.2f} canvas px'
-           if 'scene_stage' in pre else ''))
+    say(f'Backbone pretraining done in {pre["seconds"]:.0f} s: ' + '; '.join(
+        f'{name}: final train loss {m["final_train_loss"]:.4f}, val digit accuracy '
+        f'{m.get("val_accuracy", float("nan")):.4f}'
+        + (f', step error {m["val_step_error_px"]:.2f} canvas px'
+           if 'val_step_error_px' in m else '') for name, m in pre['stages'].items()))
     if jax.process_index() == 0:
       os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)  # a new cache_path
       pretrain.save_backbone(path, backbone, key)  # atomic (temporary file + rename)

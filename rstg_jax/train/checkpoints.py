@@ -184,13 +184,13 @@ def read_config(workdir: str, which: str = 'latest', say: Callable[[str], None] 
 
 
 def restore_for_eval(mngr: ocp.CheckpointManager, which: str, abstract_state,
-                     config_json: Optional[dict], say: Callable[[str], None]
-                     ) -> tuple[State, dict, int]:
+                     config_json: Optional[dict], say: Callable[[str], None],
+                     upgrade: Callable[[dict], dict] = dict) -> tuple[State, dict, int]:
   """(state, meta, step) of checkpoint `which` for the evaluate command.
 
   `config_json` (the config given on the command line; None: the checkpoint's own) must
-  define the same model as the checkpoint's: CheckpointError naming each field that
-  differs (old -> new). For 'latest' and 'best', a checkpoint that cannot be read or
+  define the same model as the checkpoint's with today's fields (`upgrade`: the task's
+  `upgrade_config`): CheckpointError naming each field that differs (old -> new). For 'latest' and 'best', a checkpoint that cannot be read or
   restored is skipped with a line saying why, for the newest one that restores; a step
   number that does not restore is a CheckpointError naming the readable steps.
   """
@@ -204,7 +204,7 @@ def restore_for_eval(mngr: ocp.CheckpointManager, which: str, abstract_state,
       skipped.append((step, _why(e)))
       continue
     if config_json is not None:
-      model = resume_problems(meta.get('config', {}), config_json)[0]
+      model = resume_problems(upgrade(meta.get('config', {})), config_json)[0]
       if model:
         raise errors.CheckpointError(
             f'The checkpoint {where} was trained with another model than --config gives: '
@@ -239,10 +239,10 @@ def changed_fields(saved: dict, now: dict) -> list[str]:
 
 # Fields that define the model and the shapes of its parameters (and optimizer state):
 # a checkpoint cannot be resumed with other values.
-MODEL_FIELDS = ('model', 'ablation', 'data.num_classes', 'rstg.*', 'baseline.*',
-                'backbone.*', 'optim.optimizer')
+MODEL_FIELDS = ('model', 'ablation', 'input_norm', 'data.num_classes', 'rstg.*',
+                'baseline.*', 'backbone.*', 'optim.optimizer')
 # Used at step 0 only (pre-training, init_from): free to change on resume.
-_STEP0_FIELDS = ('backbone.pretrain_*', 'init_from.*')
+_STEP0_FIELDS = ('backbone.pretrain.*', 'init_from.*')
 # Fields that define the training stream: changed on resume, the run would no longer be
 # the one that was started (`resume_changes_ok=True` accepts it on purpose). data.root
 # and data.tfds_dir are locations (the data may move), data.prefetch a buffer size.
@@ -377,14 +377,17 @@ def _why(e: Exception) -> str:
 
 def restore_for_resume(mngr: ocp.CheckpointManager, abstract_state, config_json: dict,
                        changes_ok: bool, say: Callable[[str], None], *,
-                       is_main: bool = True) -> tuple[State, dict, list[str]]:
+                       is_main: bool = True, upgrade: Callable[[dict], dict] = dict
+                       ) -> tuple[State, dict, list[str]]:
   """The newest checkpoint that restores: (state, meta, changed fields for the log).
 
-  Before reading any state, each candidate's config is checked against `config_json`
-  (`check_resume`) and its stored shapes against `abstract_state`; both raise
-  ResumeError. A checkpoint whose metadata or arrays cannot be read is skipped with a
-  line saying why; skipped checkpoints newer than the restored one are moved to
-  WORKDIR/checkpoints_skipped/ (process 0) so that the run can save those steps again.
+  Before reading any state, each candidate's config, with today's fields
+  (`upgrade(saved)`: the task's `upgrade_config`; its ValueError becomes a ResumeError),
+  is checked against `config_json` (`check_resume`) and its stored shapes against
+  `abstract_state`; both raise ResumeError. A checkpoint whose metadata or arrays cannot
+  be read is skipped with a line saying why; skipped checkpoints newer than the restored
+  one are moved to WORKDIR/checkpoints_skipped/ (process 0) so that the run can save
+  those steps again.
   """
   directory = str(mngr.directory)
   skipped = []
@@ -397,7 +400,11 @@ def restore_for_resume(mngr: ocp.CheckpointManager, abstract_state, config_json:
       skipped.append((step, _why(e)))
       say(f'Checkpoint step {step} cannot be read ({_why(e)}); skipping it')
       continue
-    changed = check_resume(meta.get('config', {}), config_json, changes_ok, where)
+    try:
+      saved = upgrade(meta.get('config', {}))
+    except ValueError as e:
+      raise ResumeError(f'Cannot resume {where}: {e}') from None
+    changed = check_resume(saved, config_json, changes_ok, where)
     mismatches = shape_mismatches(stored, abstract_state)
     if mismatches:
       raise ResumeError(

@@ -65,6 +65,9 @@ def train_and_evaluate(config, workdir: str, task, *, dataset=None,
   say(f'Devices: {jax.device_count()} x {jax.devices()[0].device_kind} '
       f'({jax.default_backend()}), {jax.process_count()} process(es); global batch '
       f'{opts.batch_size}, {opts.batch_size // jax.device_count()} per device')
+  protocol = task.protocol(config)
+  if protocol:
+    say(f'Protocol: {protocol[0]} ({protocol[1]})')
   if is_main:
     checkpoints.remove_stale_tmp(workdir, say)
   mngr = checkpoints.manager(workdir, opts.keep_checkpoints)
@@ -81,7 +84,8 @@ def train_and_evaluate(config, workdir: str, task, *, dataset=None,
     run_log.clear_done(workdir)
     run_log.write_config_json(workdir, setup.config_json, total, resume_step=start,
                               num_processes=jax.process_count(),
-                              num_devices=jax.device_count())
+                              num_devices=jax.device_count(),
+                              protocol=protocol[0] if protocol else None)
   log = _Log(setup, workdir, start, is_main, task.selection_split)
   evaluator = task.evaluator(config, data, final=False)
   try:
@@ -125,7 +129,7 @@ def _restore_or_init(setup, mngr, workdir: str, say) -> State:
     return setup_lib.initial_state(setup, workdir, say)
   state, meta, changed = checkpoints.restore_for_resume(
       mngr, setup.abstract_state, setup.config_json, setup.options.resume_changes_ok, say,
-      is_main=jax.process_index() == 0)
+      is_main=jax.process_index() == 0, upgrade=setup.task.upgrade_config)
   if meta.get('class_names') != list(setup.dataset.class_names):
     raise checkpoints.ResumeError(
         'The checkpoint was trained with another class order: '

@@ -7,13 +7,19 @@ per log window weigh every video exactly once.
 No file here is rewritten in place: `atomic_open` writes a temporary file in the same
 directory and renames it over the old one (`os.replace`), so a kill or a full disk
 leaves the previous version whole. metrics.jsonl is only appended to; on resume, rows
-after the resumed step are dropped the same way (a new file, then a rename).
+after the resumed step are dropped the same way (a new file, then a rename). A process
+killed (SIGKILL) during such a rewrite leaves its temporary file behind; the next run on
+the workdir removes it when it opens metrics.jsonl (`JsonlWriter`: one run per workdir,
+so no live writer owns it). Rows whose 'step' is not a whole number >= 0 cannot be
+placed in the run: the rewrite drops them and says so in one line.
 """
 
 import contextlib
 import csv
+import glob
 import json
 import os
+import sys
 import tempfile
 from typing import Iterable, Iterator, Mapping, Optional, Sequence, TextIO
 
@@ -63,23 +69,57 @@ def atomic_open(path: str, mode: str = 'w', **kwargs) -> Iterator[TextIO]:
     raise
 
 
+def bad_step(row) -> bool:
+  """True unless `row` is a dict whose 'step' is a whole number >= 0."""
+  step = row.get('step') if isinstance(row, dict) else None
+  return not (isinstance(step, int) and not isinstance(step, bool) and step >= 0)
+
+
+def bad_step_line(path: str, bad: Sequence[tuple[int, object]], what: str) -> str:
+  """The one line that reports rows with a bad 'step': (line number, row) pairs."""
+  number, row = bad[0]
+  value = repr(row.get('step', '<missing>') if isinstance(row, dict) else row)
+  value = value if len(value) <= 40 else value[:37] + '...'
+  return (f'WARNING: {path}: {what} {len(bad)} row(s) whose "step" is not a whole number '
+          f'>= 0 (the first on line {number}: {value}).')
+
+
+def remove_stale_tmp(path: str) -> list[str]:
+  """Removes the temporary files `atomic_open` left beside `path` when its process was
+  killed before the rename; call only where no other process writes `path`."""
+  directory, name = os.path.split(os.path.abspath(path))
+  stale = sorted(glob.glob(os.path.join(glob.escape(directory),
+                                        f'.{glob.escape(name)}.*.tmp')))
+  for tmp in stale:
+    with contextlib.suppress(OSError):
+      os.remove(tmp)
+  return stale
+
+
 def truncate_jsonl(path: str, last_step: int) -> int:
-  """Drops the rows of `path` after `last_step` (and a last line cut short by a kill) by
-  writing the kept rows to a new file and renaming it over the old one; the file is
-  never rewritten in place. Returns the number of rows dropped (0: file untouched)."""
+  """Drops the rows of `path` after `last_step`, rows with a bad 'step' (one line on
+  stderr says how many) and a last line cut short by a kill, by writing the kept rows to
+  a new file and renaming it over the old one; the file is never rewritten in place.
+  Returns the number of rows dropped (0: file untouched)."""
   if not os.path.exists(path):
     return 0
   with open(path, 'rb') as f:
     data = f.read()
   lines = data.splitlines(keepends=True)
-  keep = []
-  for line in lines:
+  keep, bad = [], []
+  for number, line in enumerate(lines, start=1):
     try:
       row = json.loads(line)
     except (json.JSONDecodeError, UnicodeDecodeError):
       continue  # a line cut short by a kill
-    if line.endswith(b'\n') and not (isinstance(row, dict) and row.get('step', 0) > last_step):
+    if not line.endswith(b'\n'):
+      continue
+    if bad_step(row):
+      bad.append((number, row))
+    elif row['step'] <= last_step:
       keep.append(line)
+  if bad:
+    print(bad_step_line(path, bad, 'dropped'), file=sys.stderr, flush=True)
   if len(keep) == len(lines):
     return 0
   with atomic_open(path, 'wb') as f:
@@ -100,6 +140,7 @@ class JsonlWriter:
     self.enabled = enabled
     if not enabled:
       return
+    remove_stale_tmp(path)  # a rewrite killed by SIGKILL: its copy, never renamed
     truncate_jsonl(path, resume_step)
 
   def write(self, row: dict):

@@ -48,6 +48,19 @@ class Task:
     del config
     return []
 
+  def upgrade_config(self, saved: dict) -> dict:
+    """A config saved by an older version (a JSON dict) with today's fields, for
+    resuming and evaluating its run; ValueError (one line, saying what to do) when it
+    cannot be mapped. Default: unchanged."""
+    return saved
+
+  def protocol(self, config) -> Optional[tuple[str, str]]:
+    """(name, why) of the evaluation protocol the config follows, printed at the start
+    of a run and stored in its config.json (`rstg_jax.syncmnist.protocols`); None: the
+    task defines none."""
+    del config
+    return None
+
   def check_data(self, config) -> None:
     """Raises `rstg_jax.errors.DataError` (or a subclass), with what to do, when the data
     is not where the config says or is refused; a `ConfigError` when a config value
@@ -83,6 +96,12 @@ class Task:
   def describe_model(self, config, params) -> str:
     """One log line about the model."""
     return f'{type(self.create_model(config)).__name__}: {param_count(params):,} parameters'
+
+  def explainer(self, config, dataset):
+    """What `python -m rstg_jax.explain` asks of the task: videos by index and their
+    figures (the contract is in `rstg_jax.explain`). Default: none."""
+    del config, dataset
+    raise ValueError(f'the {self.name} task has no explain figures (Task.explainer)')
 
   def evaluator(self, config, dataset, final: bool = False):
     """The evaluation to run: during training, on `selection_split` (`final=False`), or

@@ -1,8 +1,9 @@
-"""Embedded-Gaussian non-local block (Wang et al., CVPR 2018) for [B, T, H, W, C] maps.
+"""Layers both tasks share: the non-local block and BatchNorm in two modes.
 
-This is the block of the Non-local I3D baseline that the paper compares against
-(Table 2, "NL I3D"), laid out so that the Caffe2 checkpoints of the Non-local repo and
-the PySlowFast model zoo map onto it name by name:
+`NonLocalBlock` is the embedded-Gaussian non-local block (Wang et al., CVPR 2018) for
+[B, T, H, W, C] maps: the block of the Non-local I3D baseline that the paper compares
+against (Table 2, "NL I3D"), laid out so that the Caffe2 checkpoints of the Non-local
+repo and the PySlowFast model zoo map onto it name by name:
 
     nonlocal_conv{stage}_{block}_{theta,phi,g,out}_{w,b}  ->  theta / phi / g / out
     nonlocal_conv{stage}_{block}_bn_{s,b,rm,riv}          ->  bn
@@ -13,8 +14,10 @@ with p a 1x2x2 max-pool ("subsample", which the NL repo applies to phi and g onl
 theta, so every query position keeps its own output) and C' = C/2. BN's scale starts at
 zero so that inserting the block into a pre-trained network does not change its output.
 
-The file also holds `FrozenBatchNorm`, which `resnet3d` shares: it lives here because the
-non-local block is the lower layer of the import graph (resnet3d imports this module).
+The module sits beside the core because both tasks build on it: the ResNet-50 backbones
+of Something-Something (`ssv1/resnet3d`) and the SyncMNIST non-local baseline
+(`syncmnist/baselines`). It also holds `FrozenBatchNorm` and `batch_norm`, the BatchNorm
+of both tasks' networks, which the non-local block uses too.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""SyncMNIST default configuration: the trainer's fields (`configs/common.py`) plus the
+"""SyncMNIST base configuration: the trainer's fields (`configs/common.py`) plus the
 SyncMNIST data and model fields.
 
 The variants (`syncmnist.py`, `syncmnist5.py`, `syncmnist_quick.py`) import this file and
@@ -17,47 +17,36 @@ from configs import common
 
 
 def get_config():
-  """Returns the default (3-digit SyncMNIST, full RSTG) configuration."""
+  """Returns the base (3-digit SyncMNIST, full RSTG, no pre-training) configuration."""
   config = common.get_config()
 
   # --- Model (read by rstg_jax.syncmnist.models.create_model) -------------------------
   # One of rstg_jax.syncmnist.models.MODEL_NAMES: rstg, mean_lstm, conv_lstm, i3d, nonlocal.
   config.model = 'rstg'
-  # One of rstg_jax.syncmnist.rstg_classifier.ABLATIONS; only used by the rstg model.
+  # One of rstg_jax.model.ABLATIONS; only used by the rstg model.
   # all_temp = Alg. 1.
   config.ablation = 'all_temp'
 
   config.backbone = config_dict.ConfigDict()
   config.backbone.width = 512  # 3 conv layers, 3x3, `width` filters (paper).
   config.backbone.freeze = False  # True: backbone params get no updates.
-  # > 0: pretrain the backbone on single-digit classification first (paper: "pre-trained
-  # to classify a digit randomly placed in a frame"); cached in workdir/backbone.npz.
-  # Two coordinate input channels (CoordConv; rstg_jax.syncmnist.backbone.SmallCNN):
-  # features that know where they are, so pooled nodes keep their digits' positions.
-  config.backbone.coords = False
   # Frames the backbone sees at once: 1 (the paper) or 2 (each frame stacked with the one
   # before it, a temporal kernel of 2 as in I3D; rstg_jax.syncmnist.backbone.SmallCNN),
-  # so that features can encode the last step of motion ('digit_motion' pre-training).
+  # so that features can encode the last step of motion (the 'motion' stage).
   config.backbone.frames = 1
-  config.backbone.pretrain_steps = 0
-  config.backbone.pretrain_batch_size = 64
-  config.backbone.pretrain_lr = 1e-3
-  # 'digit' (the paper: classify the digit), 'digit_position' (also where it is, from
-  # the unpooled feature map: features that keep sub-cell position) or 'digit_motion'
-  # (backbone.frames = 2: pretrain_steps of 'digit', then pretrain_motion_steps on the
-  # digit and how it moved between two frames; see rstg_jax.syncmnist.pretrain.TARGETS).
-  config.backbone.pretrain_target = 'digit'
-  # 'digit_motion' only: steps of its second stage (digit and step on two frames), after
-  # pretrain_steps of 'digit' on one frame.
-  config.backbone.pretrain_motion_steps = 1_000
-  # 'digit_motion' only: steps of an optional third stage (0: none) on two consecutive
-  # frames of the task's videos, every digit and its step classified at the feature-map
-  # cell under its centre (rstg_jax.syncmnist.pretrain.SceneMotionClassifier).
-  config.backbone.pretrain_scene_steps = 0
-  # Where the pre-trained backbone is cached (None: WORKDIR/backbone.npz). Runs that share
-  # a path share one pre-training, e.g. the rows of a sweep; a cache made with other
-  # settings is never reused (it is recomputed and replaced).
-  config.backbone.cache_path = config_dict.placeholder(str)
+  # Pre-training, in stages run in order (rstg_jax.syncmnist.pretrain): 'digit' (the
+  # paper: a digit's class in one frame), 'motion' (a digit's class and step between two
+  # frames; needs frames = 2), 'scene' (every digit's class and step in two frames of the
+  # task's videos: the 'privileged' protocol). () = none. From the command line:
+  # --config.backbone.pretrain.stages=digit,motion. Cached in WORKDIR/backbone.npz, or at
+  # cache_path, which several runs can share; a cache made otherwise is recomputed.
+  config.backbone.pretrain = config_dict.ConfigDict()
+  config.backbone.pretrain.stages = ()
+  config.backbone.pretrain.steps = config_dict.ConfigDict(
+      dict(digit=1_000, motion=1_000, scene=1_000))  # Adam steps of each stage
+  config.backbone.pretrain.batch_size = 64
+  config.backbone.pretrain.lr = 1e-3
+  config.backbone.pretrain.cache_path = config_dict.placeholder(str)
 
   config.rstg = config_dict.ConfigDict()
   config.rstg.dim = 512
@@ -68,9 +57,19 @@ def get_config():
   config.rstg.layer_norm = False
   config.rstg.scalewise = False
 
-  # The mean_lstm and conv_lstm baselines.
+  # Which models normalise the backbone's features per channel with one BatchNorm before
+  # their head (rstg_jax.syncmnist.models): 'rstg' (only RSTG's node BatchNorm, the
+  # authors' setup), 'batchnorm' (every model alike) or 'none'.
+  config.input_norm = 'rstg'
+
+  # The baselines' widths; unset (None, ()) they are the paper's, from backbone.width.
   config.baseline = config_dict.ConfigDict()
-  config.baseline.lstm_dim = 512
+  config.baseline.lstm_dim = 512  # LSTM hidden size of mean_lstm and conv_lstm
+  config.baseline.conv_lstm_dim = config_dict.placeholder(int)  # conv_lstm's (None: lstm_dim)
+  # Filters of conv_lstm's three extra convolutions (None: backbone.width).
+  config.baseline.conv_width = config_dict.placeholder(int)
+  # Inner widths of the 3 residual stages of i3d and nonlocal (empty: width/8, /4, /2).
+  config.baseline.i3d_planes = ()
 
   # --- Data ---------------------------------------------------------------------------
   config.data.name = 'syncmnist'
@@ -100,4 +99,39 @@ def get_config():
   # training (checkpoint chosen on val) and by rstg_jax.evaluate.
   config.eval.size = 10_000
   config.eval.batch_size = 100
+  return config
+
+
+# --- Protocol presets (`--config=configs/<config>.py:<preset>`) -------------------------
+# What the backbone sees and how it is pre-trained decides a run's protocol
+# (rstg_jax.syncmnist.protocols): each function sets those fields only.
+
+
+def paper_backbone(config):
+  """'paper': a one-frame backbone pre-trained on single digits' class only."""
+  config.backbone.frames = 1
+  config.backbone.pretrain.stages = ('digit',)
+
+
+def motion_backbone(config):
+  """'motion_backbone': a two-frame backbone pre-trained on the digit, then its step."""
+  config.backbone.frames = 2
+  config.backbone.pretrain.stages = ('digit', 'motion')
+
+
+def privileged_backbone(config):
+  """'privileged': the motion backbone, then the 'scene' stage on the task's videos."""
+  config.backbone.frames = 2
+  config.backbone.pretrain.stages = ('digit', 'motion', 'scene')
+
+
+def with_preset(config, preset, presets: dict, name: str):
+  """`config` changed by `presets[preset]` (None: unchanged); ValueError naming the valid
+  presets of the config file `name` otherwise."""
+  if preset is None:
+    return config
+  if preset not in presets:
+    raise ValueError(f'unknown preset {preset!r} of configs/{name}.py; valid: '
+                     f'{", ".join(presets)} (--config=configs/{name}.py:PRESET)')
+  presets[preset](config)
   return config
