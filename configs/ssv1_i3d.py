@@ -26,8 +26,8 @@ videos stops improving, 20 epochs. Each departure from the paper and the option 
 restores it: docs/departures.md.
 
 Paper (Tables 2, 3): 49.2 top-1, 78.8 top-5 on validation, dense (11 crops x 2 clips).
-Expected runtime and result: not measured yet (needs a GPU; `python -m rstg_jax.bench
-ssv1` shows a CPU step is far too slow to be useful).
+Expected runtime: not measured yet (needs a GPU; `python -m rstg_jax.bench ssv1` shows a
+CPU step is far too slow to be useful). Expected result: not measured yet.
 """
 
 from ml_collections import config_dict

@@ -184,7 +184,7 @@ def config_problem(run: dict) -> str:
   try:
     config = report_lib.parse_config(run['config'], overrides)
   except absl_flags.Error as e:
-    return str(e)
+    return cli.config_file_error(e) or ' '.join(str(e).split())
   except (AttributeError, KeyError, TypeError, ValueError) as e:
     return cli.bad_override_message(e, overrides)
   try:

@@ -38,12 +38,20 @@ def parse_flags(argv):
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
-    last = str(e).rstrip().splitlines()[-1]
-    if 'Error whilst parsing config file' in str(e) and last.startswith('ValueError: '):
-      sys.exit(f'ERROR: {last.removeprefix("ValueError: ")}')
-    sys.exit(f'ERROR: {e} (see --help)')
+    sys.exit(f'ERROR: {config_file_error(e) or f"{e} (see --help)"}')
   except (AttributeError, KeyError, TypeError, ValueError) as e:
     sys.exit(f'ERROR: {bad_override_message(e, args)}')
+
+
+def config_file_error(e: Exception) -> Optional[str]:
+  """The message of a ValueError that a config file's `get_config` raised (e.g. an
+  unknown preset after `:`), which absl wraps, whole traceback included, in a flag error;
+  None for any other error."""
+  text = str(e).rstrip()
+  last = text.splitlines()[-1] if text else ''
+  if 'Error whilst parsing config file' in text and last.startswith('ValueError: '):
+    return last.removeprefix('ValueError: ')
+  return None
 
 
 def missing_config_file(args) -> str:

@@ -29,6 +29,7 @@ labelled validation split is the only one), the selection split is also what is 
 
 from typing import Any, Optional
 
+from rstg_jax import errors
 from rstg_jax.train import evaluators
 from rstg_jax.train import init_from
 from rstg_jax.train.state import param_count
@@ -101,7 +102,7 @@ class Task:
     """What `python -m rstg_jax.explain` asks of the task: videos by index and their
     figures (the contract is in `rstg_jax.explain`). Default: none."""
     del config, dataset
-    raise ValueError(f'the {self.name} task has no explain figures (Task.explainer)')
+    raise errors.ConfigError(f'the {self.name} task has no explain figures (Task.explainer)')
 
   def evaluator(self, config, dataset, final: bool = False):
     """The evaluation to run: during training, on `selection_split` (`final=False`), or
