@@ -11,7 +11,8 @@ Command (convert the Kinetics-400 I3D-R50 checkpoint first, see rstg_jax/convert
 PATH holds 20bn-something-something-v1/ and the something-something-v1-*.csv files (a
 manual download, see rstg_jax/ssv1/reader.py); the first run converts it into TFDS shards
 under `data.tfds_dir` (default $TFDS_DATA_DIR or ~/tensorflow_datasets), later runs read
-only the shards.
+only the shards. Shards record their copy: another or a changed copy stops in one line
+(give it its own data.tfds_dir, or data.rebuild=True); num_classes comes from the labels.
 
 Recipe (paper Sec. 3.2 and App. B; where it is silent, the authors' config): 32 frames
 sampled uniformly, short side 256, random 224 crop, no flip, (x - 114.75) / 57.375;
@@ -25,8 +26,8 @@ videos stops improving, 20 epochs. Each departure from the paper and the option 
 restores it: docs/departures.md.
 
 Paper (Tables 2, 3): 49.2 top-1, 78.8 top-5 on validation, dense (11 crops x 2 clips).
-Expected runtime and result: not measured yet (needs a GPU; `python -m rstg_jax.bench
-ssv1` shows a CPU step is far too slow to be useful).
+Expected runtime: not measured yet (needs a GPU; `python -m rstg_jax.bench ssv1` shows a
+CPU step is far too slow to be useful). Expected result: not measured yet.
 """
 
 from ml_collections import config_dict
@@ -70,11 +71,16 @@ def get_config():
 
   # --- Data ---------------------------------------------------------------------------
   config.data.name = 'ssv1'
-  config.data.num_classes = 174
+  # 0: the number of classes in the labels file (174 in SSv1); a value given here is
+  # checked against it.
+  config.data.num_classes = 0
   # ROOT with 20bn-something-something-v1/ and the csv files (manual download).
   config.data.root = config_dict.placeholder(str)
   # Where the TFDS shards are written / read (None: $TFDS_DATA_DIR or ~/tensorflow_datasets).
   config.data.tfds_dir = config_dict.placeholder(str)
+  # Shards in tfds_dir that were converted from another copy than data.root (or from an
+  # older state of it) stop the run; True replaces them with a conversion of data.root.
+  config.data.rebuild = False
   config.data.num_frames = 32
   config.data.crop_size = 224
   config.data.short_side = 256

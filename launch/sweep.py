@@ -169,6 +169,31 @@ def plan_runs(args) -> list[dict]:
   return runs
 
 
+def config_problem(run: dict) -> str:
+  """'' if the run's config parses and passes main's checks, else one line saying why:
+  a misspelt field or a bad value of the grid or of the flags after `--` (checked before
+  the sweep starts or prints anything; the data set is checked by each run)."""
+  from absl import flags as absl_flags  # pylint: disable=g-import-not-at-top
+  from rstg_jax import cli  # pylint: disable=g-import-not-at-top
+  from rstg_jax import errors  # pylint: disable=g-import-not-at-top
+  from rstg_jax import tasks  # pylint: disable=g-import-not-at-top
+  overrides = [a for a in run['main_args'] if a.startswith('--config.')]
+  missing = cli.missing_config_file([f'--config={run["config"]}'])
+  if missing:
+    return missing
+  try:
+    config = report_lib.parse_config(run['config'], overrides)
+  except absl_flags.Error as e:
+    return cli.config_file_error(e) or ' '.join(str(e).split())
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    return cli.bad_override_message(e, overrides)
+  try:
+    tasks.for_config(config, check_data=False)
+  except errors.RSTGError as e:
+    return ' '.join(str(e).split())
+  return ''
+
+
 def run_command(run: dict, processes: int) -> list[str]:
   if processes > 1:
     return ['bash', os.path.join(ROOT, 'launch', 'local.sh'), str(processes)] + run['main_args']
@@ -389,6 +414,10 @@ def main(argv=None):
     runs = plan_runs(args)
   except (ValueError, KeyError) as e:
     raise SystemExit(f'ERROR: {e}') from None
+  for run in runs:  # every grid key and value, before anything starts or is printed
+    problem = config_problem(run)
+    if problem:
+      raise SystemExit(f'ERROR: run {run["name"]}: {problem}')
   todo = []
   for run in runs:
     status = status_of(run)

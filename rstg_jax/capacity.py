@@ -17,29 +17,13 @@ and names the rows outside it: the baselines' widths need retuning for that conf
 (`rstg_jax.paper.FAIR_WIDTHS`). SyncMNIST presets only.
 """
 
-import os
 import sys
 
 from absl import flags
 
 from rstg_jax import cli
 from rstg_jax import paper as paper_lib
-
-
-def load_config(config_path: str, overrides: list[str]):
-  """A config file (with its optional ':arg') and --config.* overrides, parsed as
-  `rstg_jax.main` parses them; config files import `configs.*` from the current folder."""
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-  argv = ['capacity', f'--config={config_path}', *overrides]
-  values = flags.FlagValues()
-  config_flags.DEFINE_config_file('config', None, '', flag_values=values, lock_config=True,
-                                  sys_argv=argv)
-  sys.path.insert(0, os.getcwd())
-  try:
-    values(argv)
-  finally:
-    sys.path.remove(os.getcwd())
-  return values.config
+from rstg_jax import report
 
 
 def head_counts(preset_name: str, config_path=None, extra=()) -> list[dict]:
@@ -54,7 +38,7 @@ def head_counts(preset_name: str, config_path=None, extra=()) -> list[dict]:
   rows = []
   for point in preset['points']:
     overrides = [f'--config.{k}={v}' for k, v in point['overrides'].items()]
-    config = load_config(config_path or preset['config'], overrides + list(extra))
+    config = report.parse_config(config_path or preset['config'], overrides + list(extra))
     if config.get('model') not in models.MODEL_NAMES:
       raise ValueError(f'{preset_name}: row {point["name"]} is not a SyncMNIST model; '
                        'capacity counts the SyncMNIST presets only.')
@@ -109,7 +93,13 @@ def main(argv) -> int:
                     if not rest else f'unexpected arguments {rest}')
   try:
     rows = head_counts(fv.preset, fv.config, extra)
-  except (ValueError, AttributeError, KeyError, flags.Error) as e:
+  except flags.Error as e:  # a bad value, or an unknown preset of the config file
+    print(f'ERROR: {cli.config_file_error(e) or " ".join(str(e).split())}', file=sys.stderr)
+    return 2
+  except (AttributeError, KeyError) as e:  # a misspelt field
+    print(f'ERROR: {cli.bad_override_message(e, extra)}', file=sys.stderr)
+    return 2
+  except ValueError as e:
     print(f'ERROR: {e}', file=sys.stderr)
     return 2
   preset = paper_lib.PRESETS[fv.preset]

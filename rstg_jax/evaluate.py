@@ -22,8 +22,16 @@ one centre 224 crop. It also writes predictions.csv: video_id, predicted class (
 and name), the top-5 indices, and the label (index and name).
 
   python -m rstg_jax.evaluate --workdir=runs/ssv1_i3d --checkpoint=best
+
+A progress bar with ETA runs on stderr (`config.progress_bar`). Bad input ends in one
+`ERROR:` line, no traceback: a workdir that does not exist, a --config that defines
+another model than the checkpoint (each field named, old -> new), missing or refused
+data, a checkpoint that cannot be read. `latest` and `best` fall back past a checkpoint
+that cannot be read (a line says which step is evaluated instead); a step number that
+does not restore names the readable steps.
 """
 
+import dataclasses
 import os
 from typing import Optional
 
@@ -33,6 +41,7 @@ import jax
 import ml_collections
 
 from rstg_jax import cli
+from rstg_jax import errors
 from rstg_jax import runtime
 from rstg_jax import tasks
 from rstg_jax.train import checkpoints
@@ -50,50 +59,79 @@ def _tuples(x):
   return x
 
 
-def config_from_checkpoint(workdir: str, checkpoint: str = 'latest'
+def config_from_checkpoint(workdir: str, checkpoint: str = 'latest', say=print
                           ) -> ml_collections.ConfigDict:
   """The config a checkpoint was trained with (from its JSON metadata), with the fields
   added since (its task's `upgrade_config`)."""
-  saved = checkpoints.read_config(workdir, checkpoint)
+  saved = checkpoints.read_config(workdir, str(checkpoint), say)
   saved = tasks.get(saved.get('data', {}).get('name')).upgrade_config(saved)
   return ml_collections.ConfigDict(_tuples(saved))
 
 
+def check_workdir(workdir: str) -> None:
+  """CheckpointError (one line) unless `workdir` is a folder with a checkpoints/ folder."""
+  if not os.path.isdir(workdir):
+    raise errors.CheckpointError(f'workdir {workdir!r} does not exist (--workdir: the '
+                                 'folder a training run wrote).')
+  if not os.path.isdir(os.path.join(workdir, 'checkpoints')):
+    raise errors.CheckpointError(
+        f'workdir {workdir!r} has no checkpoints/ folder: no training run saved there yet.')
+
+
 def run(config: Optional[ml_collections.ConfigDict], workdir: str,
         checkpoint: str = 'latest', *, task=None, dataset=None,
-        eval_mode: Optional[str] = None) -> dict:
+        eval_mode: Optional[str] = None, progress: bool = True) -> dict:
   """Evaluates one checkpoint of `workdir`; returns the summary dict.
 
   Args:
-    config: the run's config; None: read it from the checkpoint.
+    config: the run's config; None: read it from the checkpoint. A config given must
+      define the same model as the checkpoint's (else a CheckpointError names each field
+      that differs, old -> new).
     workdir: the training workdir (its checkpoints/ subdirectory is read).
     checkpoint: 'latest', 'best' (by top-1 on the task's selection split: val for
-      SyncMNIST) or a step number.
+      SyncMNIST) or a step number. 'latest' and 'best' fall back past a checkpoint that
+      cannot be read, saying so; a step that cannot be restored is an error naming the
+      readable steps.
     task: the task (default: `rstg_jax.tasks.for_config(config)`).
     dataset: a stand-in data set for tests (default: the task's).
     eval_mode: multi-view data sets only (SSv1): 'dense' or 'center'; default
       `config.eval.views`.
+    progress: a progress bar with ETA on stderr (when `config.progress_bar`).
+
+  Raises:
+    rstg_jax.errors.RSTGError: bad input (config, data or checkpoint), one line.
   """
-  if config is None:
-    config = config_from_checkpoint(workdir, checkpoint)
+  is_main = jax.process_index() == 0
+  say = (lambda msg: print(msg, flush=True)) if is_main else (lambda msg: None)
+  check_workdir(workdir)
+  given = config is not None
+  if not given:
+    config = config_from_checkpoint(workdir, checkpoint, say)
   if eval_mode is not None:
     if 'views' not in config.eval:
-      raise ValueError('--eval_mode applies to multi-view data sets (SSv1) only.')
+      raise errors.ConfigError('--eval_mode applies to multi-view data sets (SSv1) only.')
     config.eval.views = eval_mode
   if task is None:
     task = tasks.for_config(config)  # a missing data set fails before any compile
   setup = setup_lib.make_setup(config, task, dataset)
-  with workdir_lock.reading(workdir), checkpoints.manager(workdir, read_only=True) as mngr:
-    step = checkpoints.resolve_step(mngr, str(checkpoint))
-    state, meta = checkpoints.restore(mngr, step, setup.abstract_state)
+  with (workdir_lock.reading(workdir, say),  # no run starts or prunes while we read
+        checkpoints.manager(workdir, read_only=True) as mngr):
+    state, meta, step = checkpoints.restore_for_eval(
+        mngr, str(checkpoint), setup.abstract_state, setup.config_json if given else None,
+        say, upgrade=task.upgrade_config)
   class_names = list(setup.dataset.class_names)
   if meta.get('class_names') not in (None, class_names):
-    raise ValueError('The checkpoint was trained with another class order than the data '
-                     'set gives now; its predictions would be mislabelled.')
-  result = task.evaluator(config, setup.dataset, final=True)(setup, state)
+    raise errors.CheckpointError('The checkpoint was trained with another class order than '
+                                 'the data set gives now; its predictions would be '
+                                 'mislabelled.')
+  evaluator = task.evaluator(config, setup.dataset, final=True)
+  if progress and config.progress_bar and is_main and 'progress' in getattr(
+      evaluator, '__dataclass_fields__', {}):
+    evaluator = dataclasses.replace(evaluator, progress=True)
+  result = evaluator(setup, state)
   summary = {'step': int(step), **result.metrics, 'workdir': os.path.abspath(workdir)}
   out_dir = os.path.join(workdir, f'eval_{step}')
-  if jax.process_index() == 0:  # every process holds the gathered result; one writes it
+  if is_main:  # every process holds the gathered result; one writes it
     evaluators.write_reports(out_dir, result, class_names, summary)
     print(f'Checkpoint step {step}: top-1 {summary["top1"]:.4f}, top-5 '
           f'{summary["top5"]:.4f}, loss {summary["loss"]:.4f} on {summary["count"]} '
@@ -125,7 +163,7 @@ def main(argv):
   try:
     run(flag_values.config, flag_values.workdir, flag_values.checkpoint,
         eval_mode=flag_values.eval_mode)
-  except ValueError as e:
+  except (errors.RSTGError, OSError) as e:  # bad input: one line; anything else is a bug
     raise SystemExit(f'ERROR: {e}') from None
 
 

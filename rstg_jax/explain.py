@@ -20,11 +20,14 @@ frame come from `RSTG.step`). For the first --figures videos the task draws vide
     for the other digit pairs, and both under uniform attention (what the digits'
     positions alone give);
 and writes it all to summary.json. A baseline or a model without attention (the
-time_only schedule, gather='sum') gets a one-line error, as do a bad workdir or index.
+time_only schedule, gather='sum') gets a one-line error (`rstg_jax.errors`), as do a bad
+workdir, index or split and an --out that cannot be written (checked before any work).
+`latest` and `best` fall back past a checkpoint that cannot be read, as in
+`rstg_jax.evaluate`.
 
 The task supplies an explainer (`Task.explainer(config, dataset)`) with: `default_split`;
 `graph` (an `RSTGGraph` of the run's scales and adjacency); `class_names`;
-`check(split, indices)` (ValueError on a bad one); `load(split, indices)` -> a batch dict
+`check(split, indices)` (`ConfigError` on a bad one); `load(split, indices)` -> a batch dict
 ('video' as the data set gives it, 'label', optionally 'points' [B, T, M, 2] and 'pair'
 [B, 2] for the pair statistic, anything its figures need); `apply(model, variables,
 video)` -> {'logits', 'frame_logits' or None, 'intermediates', 'per_step'}; and
@@ -42,6 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rstg_jax import cli
+from rstg_jax import errors
 from rstg_jax import evaluate
 from rstg_jax import graph_view
 from rstg_jax import runtime
@@ -50,6 +54,7 @@ from rstg_jax.train import checkpoints
 from rstg_jax.train import setup as setup_lib
 from rstg_jax.train import state as state_lib
 from rstg_jax.train import steps
+from rstg_jax.train import workdir_lock
 
 PROG = 'python -m rstg_jax.explain'
 
@@ -62,31 +67,42 @@ def parse_indices(values: Sequence[str]) -> list[int]:
     try:
       span = range(int(lo), int(hi) + 1) if sep else [int(part)]
     except ValueError:
-      raise ValueError(f'--index takes numbers and ranges A-B, got {part!r}') from None
+      raise errors.ConfigError(f'--index takes numbers and ranges A-B, got {part!r}'
+                               ) from None
     if sep and int(hi) < int(lo):
-      raise ValueError(f'--index range {part!r} is empty: write it low-high')
+      raise errors.ConfigError(f'--index range {part!r} is empty: write it low-high')
     out.extend(span)
   if not out:
-    raise ValueError('--index is empty: give video numbers, e.g. --index=0-9')
+    raise errors.ConfigError('--index is empty: give video numbers, e.g. --index=0-9')
   return list(dict.fromkeys(out))
 
 
 def _restore(workdir: str, checkpoint: str):
-  """(config, setup, state, step) of a workdir's checkpoint, ValueError when none."""
-  if not os.path.isdir(os.path.join(workdir, 'checkpoints')):
-    raise ValueError(f'--workdir={workdir!r} holds no checkpoints/ directory: give the '
-                     'workdir of a training run (python -m rstg_jax.main --workdir=...)')
+  """(config, setup, state, step) of a workdir's checkpoint (that `run` checked);
+  CheckpointError when none restores."""
   config = evaluate.config_from_checkpoint(workdir, checkpoint)
   task = tasks.for_config(config)
   setup = setup_lib.make_setup(config, task)
-  with checkpoints.manager(workdir, read_only=True) as mngr:
-    step = checkpoints.resolve_step(mngr, str(checkpoint))
-    state, _ = checkpoints.restore(mngr, step, setup.abstract_state)
+  with (workdir_lock.reading(workdir),  # no run starts or prunes while we read
+        checkpoints.manager(workdir, read_only=True) as mngr):
+    state, _, step = checkpoints.restore_for_eval(mngr, str(checkpoint),
+                                                  setup.abstract_state, None, print)
   return config, setup, state, int(step)
 
 
+def out_error(out: Optional[str], workdir: str) -> Optional[str]:
+  """One line if the output folder (--out, or WORKDIR/explain_STEP) cannot be made and
+  written, else None."""
+  if out is None:
+    problem = cli.output_path_error('--workdir', workdir, folder=True)
+    return problem and f'{problem} (the figures go to WORKDIR/explain_STEP; or give --out)'
+  if os.path.exists(out) and not os.path.isdir(out):
+    return f'--out={out!r} is a file; give a folder.'
+  return cli.output_path_error('--out', out, folder=os.path.isdir(out))
+
+
 def _check_graph(setup, variables) -> None:
-  """ValueError unless the model has a graph with attention (traced, not run)."""
+  """ConfigError unless the model has a graph with attention (traced, not run)."""
   video = jnp.zeros((1, *setup.dataset.input_shape), jnp.float32)
   _, tree = jax.eval_shape(
       lambda v, x: setup.model.apply(v, x, train=False, mutable=['intermediates']),
@@ -94,10 +110,10 @@ def _check_graph(setup, variables) -> None:
   records = graph_view.find_records(tree.get('intermediates', {}))
   what = setup.task.describe_model(setup.config, variables['params'])
   if not records:
-    raise ValueError(f'{what}: this model has no RSTG graph that sends messages (a '
+    raise errors.ConfigError(f'{what}: this model has no RSTG graph that sends messages (a '
                      'baseline, or the time_only schedule); nothing to explain')
   if not all('attention' in r for r in records.values()):
-    raise ValueError(f"{what}: the graph gathers messages by sum (rstg.gather='sum'), "
+    raise errors.ConfigError(f"{what}: the graph gathers messages by sum (rstg.gather='sum'), "
                      'so it has no attention weights to show')
 
 
@@ -244,9 +260,18 @@ def _run_batches(setup, explainer, state, split, indices, batch_size, progress):
 def run(workdir: str, checkpoint: str = 'best', split: Optional[str] = None,
         indices: Sequence[int] = (0,), out: Optional[str] = None, figures: int = 8,
         top_k: int = 1, batch_size: int = 25, progress: bool = True) -> dict:
-  """Explains videos `indices` of `split`; returns the summary (see the module doc)."""
+  """Explains videos `indices` of `split`; returns the summary (see the module doc).
+
+  Raises:
+    rstg_jax.errors.RSTGError: bad input (workdir, checkpoint, index, split, --out, a
+      model without attention), one line, before anything is written.
+  """
   if top_k < 1 or figures < 0 or batch_size < 1:
-    raise ValueError('--top_k and --batch_size must be >= 1 and --figures >= 0')
+    raise errors.ConfigError('--top_k and --batch_size must be >= 1 and --figures >= 0')
+  evaluate.check_workdir(workdir)
+  problem = out_error(out, workdir)
+  if problem:
+    raise errors.ConfigError(problem)
   _, setup, state, step = _restore(workdir, checkpoint)
   variables = state_lib.model_variables(state)
   explainer = setup.task.explainer(setup.config, setup.dataset)
@@ -316,7 +341,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   try:
     run(fv.workdir, fv.checkpoint, fv.split, parse_indices(fv.index), fv.out, fv.figures,
         fv.top_k, fv.batch_size, fv.progress_bar)
-  except (ValueError, OSError) as e:
+  except (errors.RSTGError, OSError) as e:  # anything else is a bug: its traceback
     print(f'{PROG}: error: {e}', file=sys.stderr)
     return 1
   return 0

@@ -27,7 +27,6 @@ writes metrics, figures and logs; see rstg_jax/distributed.py.
 
 import json
 import os
-import pickle
 
 from absl import app
 from absl import flags
@@ -71,41 +70,35 @@ def main(argv):
   runtime.reuse_freed_memory()  # XLA:CPU intermediates: reuse, not fresh pages
   # Imported after flag parsing: `--help` and flag errors stay instant.
   # pylint: disable=g-import-not-at-top
+  from rstg_jax import errors
   from rstg_jax import tasks
-  from rstg_jax.ssv1 import reader as ssv1  # numpy only: for its error type
-  from rstg_jax.train import checkpoints
   from rstg_jax.train import config_checks
   from rstg_jax.train import loop
+  from rstg_jax.train import setup as setup_lib
   from rstg_jax.train import workdir_lock
 
   config = FLAGS.config
+  # Errors a user can act on end in one line, not a traceback (`rstg_jax.errors`): a
+  # meaningless config value, data that is missing or refused (MNIST, a hostile pickle,
+  # SSv1 label files or shards), a workdir whose checkpoints do not fit this config, a
+  # NaN loss; and an OSError: a full disk or an unwritable file. Anything else is a bug.
   try:
-    # Before any heavy work: a misspelt model or ablation name costs a second, not a run,
-    # and so does a meaningless value, or a data set that is not where the config says
-    # or that is refused (MNIST missing or a hostile pickle, SSv1 label files).
+    # Before any heavy work: a misspelt name or a meaningless value costs a second, and
+    # so does a data set that is not where the config says.
     task = tasks.for_config(config)
-  except (ValueError, OSError, pickle.UnpicklingError) as e:
-    raise SystemExit(f'ERROR: {e}') from None
-
-  # Errors a user can act on end in one line, not a traceback: NaN loss (training or
-  # backbone pre-training), a full disk or unwritable file, refused or unusable data, a
-  # workdir whose checkpoints do not fit this config.
-  user_errors = (FloatingPointError, OSError, pickle.UnpicklingError, ssv1.SSv1DataError,
-                 checkpoints.ResumeError)
-  if FLAGS.mode == 'evaluate':
-    from rstg_jax import evaluate
-    try:
+    if FLAGS.mode == 'evaluate':
+      from rstg_jax import evaluate
       evaluate.run(config, FLAGS.workdir, FLAGS.checkpoint, task=task)
-    except (ValueError, *user_errors) as e:
-      raise SystemExit(f'ERROR: {e}') from None
-    return
-  problem = config_checks.workdir_error(FLAGS.workdir)
-  if problem:
-    raise SystemExit(f'ERROR: {problem}')
-  workdir_lock.hold_for_run(FLAGS.workdir)  # one run per workdir, before anything is touched
-  try:
-    loop.train_and_evaluate(config, FLAGS.workdir, task)
-  except user_errors as e:
+      return
+    # The model and the data set are built before the workdir exists: what they reject
+    # leaves nothing behind.
+    setup = setup_lib.make_setup(config, task)
+    problem = config_checks.workdir_error(FLAGS.workdir)
+    if problem:
+      raise SystemExit(f'ERROR: {problem}')
+    workdir_lock.hold_for_run(FLAGS.workdir)  # one run per workdir, before anything is written
+    loop.train_and_evaluate(config, FLAGS.workdir, task, setup=setup)
+  except (errors.RSTGError, OSError) as e:
     raise SystemExit(f'ERROR: {e}') from None
 
 

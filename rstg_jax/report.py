@@ -58,6 +58,13 @@ def load_config(config_path: str, overrides: list[str], cwd: Optional[str] = Non
   Returns the flat config ({'data.name': ...}). Config files import `configs.syncmnist_base`,
   so `cwd` (the repository root the sweep ran from) goes on sys.path meanwhile.
   """
+  config = parse_config(config_path, overrides, cwd)
+  return cli.flatten(json.loads(config.to_json_best_effort()))
+
+
+def parse_config(config_path: str, overrides: list[str], cwd: Optional[str] = None):
+  """The ConfigDict of `load_config` (ml_collections' errors propagate: a misspelt field
+  raises AttributeError or KeyError, a bad value `absl.flags.Error`)."""
   from absl import flags  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
   cwd = cwd or os.getcwd()
@@ -72,7 +79,7 @@ def load_config(config_path: str, overrides: list[str], cwd: Optional[str] = Non
     values(argv)
   finally:
     sys.path.remove(cwd)
-  return cli.flatten(json.loads(values.config.to_json_best_effort()))
+  return values.config
 
 
 def sweep_overrides(sweep: dict) -> list[str]:
@@ -410,8 +417,9 @@ def main(argv):
     raise SystemExit('usage: python -m rstg_jax.report DIR   (writes DIR/report.md and '
                      'DIR/report.png from the runs under DIR)')
   root = argv[1]
-  if not os.path.isdir(root):
-    raise SystemExit(f'ERROR: no such folder: {root}')
+  problem = cli.output_path_error('DIR', root, folder=True)  # before reading any run
+  if problem:
+    raise SystemExit(f'ERROR: {problem}')
   md_path, png_path, runs = write_report(root)
   with open(md_path) as f:
     print(f.read())
@@ -420,4 +428,4 @@ def main(argv):
 
 if __name__ == '__main__':
   from absl import app  # pylint: disable=g-import-not-at-top
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)  # --help exits 0

@@ -8,6 +8,8 @@ from its own code (a test, a notebook) with `register('name', task)`; see the RE
 
 import importlib
 
+from rstg_jax import errors
+
 # name -> module with a `TASK` attribute (imported on first use).
 _BUILTIN = {
     'syncmnist': 'rstg_jax.syncmnist.task',
@@ -26,17 +28,17 @@ def names() -> tuple[str, ...]:
 
 
 def get(name: str):
-  """The task registered under `name`; ValueError listing the known names otherwise."""
+  """The task registered under `name`; ConfigError listing the known names otherwise."""
   if name in _REGISTERED:
     return _REGISTERED[name]
   if name in _BUILTIN:
     return importlib.import_module(_BUILTIN[name]).TASK
-  raise ValueError(f'Unknown data.name {name!r}. Valid: {", ".join(names())}.')
+  raise errors.ConfigError(f'Unknown data.name {name!r}. Valid: {", ".join(names())}.')
 
 
 def for_config(config, check_data: bool = True):
   """The task of `config.data.name`, after checking the whole config (and, with
-  `check_data`, that the data is where the config says); raises ValueError with every
+  `check_data`, that the data is where the config says); raises ConfigError with every
   problem before anything heavy runs."""
   # pylint: disable=g-import-not-at-top
   from rstg_jax.train import setup

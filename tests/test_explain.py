@@ -165,13 +165,24 @@ def test_bad_index_and_split_get_one_line(syncmnist_run, capsys):
   assert 'split' in _one_line_error(capsys, ['--workdir', syncmnist_run, '--split=dev'])
 
 
+def test_an_unwritable_out_gets_one_line_before_any_work(syncmnist_run, tmp_path, capsys):
+  """--out is checked with the workdir, before the checkpoint is read: a file, or a folder
+  under one that does not exist (fails if explain only found out when writing)."""
+  (tmp_path / 'file').write_text('x')
+  assert 'is a file' in _one_line_error(
+      capsys, ['--workdir', syncmnist_run, f'--out={tmp_path / "file"}'])
+  line = _one_line_error(capsys, ['--workdir', syncmnist_run,
+                                  f'--out={tmp_path / "no" / "such" / "dir"}'])
+  assert 'does not exist' in line and not (tmp_path / 'no').exists(), line
+
+
 def test_a_bad_workdir_gets_one_line_from_the_command(tmp_path):
   proc = subprocess.run([sys.executable, '-m', 'rstg_jax.explain',
                          f'--workdir={tmp_path / "nowhere"}'], cwd=REPO,
                         capture_output=True, text=True, timeout=300)
   assert proc.returncode == 1
   lines = proc.stderr.strip().splitlines()
-  assert len(lines) == 1 and 'holds no checkpoints/' in lines[0], proc.stderr
+  assert len(lines) == 1 and 'does not exist' in lines[0], proc.stderr
 
 
 @pytest.mark.parametrize('overrides,why', [

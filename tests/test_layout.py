@@ -16,7 +16,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / 'rstg_jax'
 LAYERS = {  # module prefix -> layer
     'rstg_jax.graph': 0, 'rstg_jax.stages': 0, 'rstg_jax.model': 0, 'rstg_jax.layers': 0,
     'rstg_jax.attention': 0,
-    'rstg_jax.safe_pickle': 1, 'rstg_jax.runtime': 1, 'rstg_jax.cli': 1,
+    'rstg_jax.safe_pickle': 1, 'rstg_jax.runtime': 1, 'rstg_jax.cli': 1, 'rstg_jax.errors': 1,
     'rstg_jax.distributed': 1, 'rstg_jax.paper': 1, 'rstg_jax.graph_view': 1,
     'rstg_jax.train': 2,
     'rstg_jax.syncmnist': 3, 'rstg_jax.ssv1': 3,

@@ -38,6 +38,7 @@ NL_I3D_R50_174 = 35_401_936 - HEAD_DIFF
 
 def _config(name='ssv1_i3d', **rstg):
   config = importlib.import_module(f'configs.{name}').get_config()
+  config.data.num_classes = 174  # the configs read it from the labels file (0); no data here
   for k, v in rstg.items():
     config.rstg[k] = v
   return config

@@ -384,7 +384,7 @@ def test_show_command_writes_png_and_gif(tmp_path, capsys):
     [
         (['show'], '--out'),
         (['show', '--out', 'x.png', '--num', '0'], 'range [1, 64]'),
-        (['show', '--out', 'x.png', '--num_digits', '1'], 'range [2, 10]'),
+        (['show', '--out', 'x.png', '--num_digits', '1'], 'range [2, 5]'),
         (['show', '--out', 'x.png', '--split', 'valid'], 'one of'),
         (['show', '--out', 'x.png', '--motion', 'bounce'], 'one of'),
         (['show', '--out', 'x.png', '--start', '9999', '--num', '2'], 'exceeds'),

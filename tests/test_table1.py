@@ -12,6 +12,7 @@ import pytest
 
 from rstg_jax import capacity
 from rstg_jax import paper
+from rstg_jax import report
 from rstg_jax.syncmnist import models
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -27,7 +28,7 @@ def _planned(tmp_path, monkeypatch):
   monkeypatch.chdir(REPO)  # config files import configs.*
   runs = sweep.plan_runs(sweep.parse_args([f'--preset={PRESET}', f'--workdir={tmp_path}']))
   for run in runs:
-    run['cfg'] = capacity.load_config(
+    run['cfg'] = report.parse_config(
         run['config'], [a for a in run['main_args'] if a.startswith('--config.')])
   return runs
 

@@ -9,16 +9,20 @@ the graph's share of the time). Each lives in `rstg_jax/bench/NAME.py`.
 import importlib
 import sys
 
+from rstg_jax import cli
 from rstg_jax import runtime
 
-BENCHMARKS = ('graph', 'syncmnist', 'ssv1', 'train')
+BENCHMARKS = {  # name -> what it measures (each prints one JSON object)
+    'graph': 'the RSTG module against a matmul measured in the same run',
+    'syncmnist': 'the SyncMNIST video generator',
+    'ssv1': 'I3D-R50 + RSTG forward and training step, and the graph\'s share',
+    'train': 'where a SyncMNIST training step\'s time goes',
+}
 
 
 def main(argv=None):
   argv = list(sys.argv[1:] if argv is None else argv)
-  if not argv or argv[0] not in BENCHMARKS:
-    sys.exit(f"usage: python -m rstg_jax.bench {{{','.join(BENCHMARKS)}}} [options]\n"
-             f'  (each benchmark takes --help)')
+  cli.subcommand('python -m rstg_jax.bench', BENCHMARKS, argv)
   runtime.reuse_freed_memory()  # as the training entry points do
   module = importlib.import_module(f'rstg_jax.bench.{argv[0]}')
   return module.main(argv[1:])

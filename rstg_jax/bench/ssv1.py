@@ -126,6 +126,7 @@ def main(argv=None):
 
   config = ssv1_i3d.get_config()
   config.batch_size = args.batch
+  config.data.num_classes = 174  # SSv1's classes (the config reads them from the data)
   result = {
       'benchmark': 'ssv1',
       'jax': jax.__version__,
@@ -141,6 +142,7 @@ def main(argv=None):
   }
   backbone_config = ssv1_i3d.get_config()
   backbone_config.batch_size = args.batch
+  backbone_config.data.num_classes = 174
   backbone_config.rstg.placement = 'none'
   timings = bench_models({'i3d_rstg_res3_4': config, 'i3d_backbone_only': backbone_config},
                          args.batch, args.frames, args.size, args.repeats)

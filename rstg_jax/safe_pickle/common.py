@@ -10,6 +10,8 @@ from __future__ import annotations
 import pickle
 from typing import Any
 
+from rstg_jax import errors
+
 #: Largest pickle (after gunzip) read into memory, bytes.
 MAX_PICKLE_BYTES = 4 << 30
 #: Largest single array, bytes (MNIST's train images are 157 MB as float32).
@@ -39,7 +41,7 @@ MAX_NDIM = 32
 TYPESTRS = ('b1', 'i1', 'i2', 'i4', 'i8', 'u1', 'u2', 'u4', 'u8', 'f2', 'f4', 'f8')
 
 
-class UnsafePickleError(pickle.UnpicklingError):
+class UnsafePickleError(pickle.UnpicklingError, errors.DataError):
   """A pickle was refused: it asks for something outside the allow-list, is too large,
   or is malformed. The message is one line naming the file and what was refused."""
 

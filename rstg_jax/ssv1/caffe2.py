@@ -39,6 +39,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from rstg_jax import errors
 from rstg_jax import safe_pickle
 from rstg_jax.ssv1.resnet3d import temporal_kernel
 
@@ -50,7 +51,7 @@ _SOLVER_JUNK = re.compile(r'.*_momentum|model_iter|lr')
 ARCHS = {'i3d_r50': 'i3d', 'c2d_r50': 'c2d', 'i3d': 'i3d', 'c2d': 'c2d'}
 
 
-class ConversionError(ValueError):
+class ConversionError(errors.DataError):
   """A blob could not be mapped onto the model (unknown name, unexpected shape)."""
 
 

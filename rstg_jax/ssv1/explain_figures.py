@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from rstg_jax import errors
 from rstg_jax import graph_view
 from rstg_jax.graph import build_graph
 
@@ -44,16 +45,16 @@ class SSv1Explainer:
     self.graph = build_graph(scales, max(scales), adjacency=config.rstg.adjacency)
 
   def check(self, split: str, indices) -> None:
-    """ValueError for an unknown split or an index past its videos."""
+    """ConfigError for an unknown split or an index past its videos."""
     try:
       size = self.dataset.num_videos(split)
     except (KeyError, ValueError):
-      raise ValueError(f'--split={split!r} is not a split of the prepared '
-                       'Something-Something-v1 (train, validation)') from None
+      raise errors.ConfigError(f'--split={split!r} is not a split of the prepared '
+                               'Something-Something-v1 (train, validation)') from None
     bad = [i for i in indices if not 0 <= i < size]
     if bad:
-      raise ValueError(f'--index {bad[0]} is not a video of the {split} split '
-                       f'(0..{size - 1})')
+      raise errors.ConfigError(f'--index {bad[0]} is not a video of the {split} split '
+                               f'(0..{size - 1})')
 
   def load(self, split: str, indices) -> dict[str, np.ndarray]:
     """'video' uint8 [B, T, crop, crop, 3] (centre views) and 'label', in the order of

@@ -32,11 +32,11 @@ import jax.numpy as jnp
 from flax import linen as nn
 from flax import traverse_util
 
-from rstg_jax.graph import ADJACENCIES, RSTGGraph, build_graph, pool_nodes
+from rstg_jax.graph import RSTGGraph, build_graph, pool_nodes
 from rstg_jax.model import ABLATIONS, RSTG, RSTGToMap, ablation_to_core_args, rstg_to_vec
 from rstg_jax.train import config_checks
 from rstg_jax.ssv1.resnet3d import (NL_I3D_STAGES, STAGES, STEMS, TEMPORAL_KERNELS,
-                                    ResNet3D, count_params)
+                                    ResNet3D, count_params, stage_sizes)
 
 MODEL_NAMES = ('resnet3d',)
 ARCHS = tuple(sorted(TEMPORAL_KERNELS))  # ('c2d', 'i3d')
@@ -119,39 +119,57 @@ def rstg_kwargs(config) -> dict:
 
 
 def config_errors(config) -> list[str]:
-  """Readable problems of an SSv1 model config (empty when it is usable)."""
-  errors = []
+  """Every value `create_ssv1_model` reads that it or the model would reject (empty when
+  the config is usable): names, sizes, and the `rstg.*` block, whose scales must fit the
+  feature map of each stage a graph is put after, at the training crop
+  (`data.crop_size`) and at the dense evaluation's `data.short_side`."""
+  problems = []
   if config.model not in MODEL_NAMES:
-    errors.append(f'Unknown model {config.model!r} for Something-Something. Valid names: '
-                  f"{', '.join(MODEL_NAMES)}.")
+    problems.append(f'Unknown model {config.model!r} for Something-Something. Valid names: '
+                    f"{', '.join(MODEL_NAMES)}.")
   if config.ablation not in ABLATIONS:
-    errors.append(f'Unknown ablation {config.ablation!r}. Valid names: '
-                  f"{', '.join(ABLATIONS)}.")
-  b, r = config.backbone, config.rstg
-  errors += config_checks.positive_errors(
-      ('rstg.dim', r.dim, 'a positive integer', dict(integer=True)),
-      ('rstg.num_iters', r.num_iters, 'an integer >= 0', dict(integer=True, allow_zero=True)))
-  errors += filter(None, [config_checks.scales_error('rstg.scales', r.scales)])
+    problems.append(f'Unknown ablation {config.ablation!r}. Valid names: '
+                    f"{', '.join(ABLATIONS)}.")
+  b, r, d = config.backbone, config.rstg, config.data
   if b.arch not in ARCHS:
-    errors.append(f"Unknown backbone.arch {b.arch!r}. Valid: {', '.join(ARCHS)}.")
+    problems.append(f"Unknown backbone.arch {b.arch!r}. Valid: {', '.join(ARCHS)}.")
   if r.placement not in PLACEMENTS:
-    errors.append(f'Unknown rstg.placement {r.placement!r}. Valid: '
-                  f"{', '.join(PLACEMENTS)}.")
-  if r.adjacency not in ADJACENCIES:
-    errors.append(f'Unknown rstg.adjacency {r.adjacency!r}. Valid: '
-                  f"{', '.join(ADJACENCIES)}.")
-  if len(tuple(b.blocks)) != 4:
-    errors.append(f'backbone.blocks needs 4 entries (res2..res5), got {tuple(b.blocks)}.')
-  if b.res5_stride not in (1, 2):
-    errors.append(f'backbone.res5_stride must be 1 or 2, got {b.res5_stride}.')
+    problems.append(f'Unknown rstg.placement {r.placement!r}. Valid: '
+                    f"{', '.join(PLACEMENTS)}.")
+  blocks = tuple(b.blocks)
+  if len(blocks) != 4 or not all(
+      isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in blocks):
+    problems.append(f'backbone.blocks needs 4 positive integers (res2..res5), got {blocks}.')
+  if b.res5_stride not in (1, 2) or isinstance(b.res5_stride, bool):
+    problems.append(f'backbone.res5_stride must be 1 or 2, got {b.res5_stride}.')
   if config.backbone.stem not in STEMS:
-    errors.append(f'Unknown backbone.stem {config.backbone.stem!r}. Valid: '
-                  f"{', '.join(STEMS)}.")
-  if b.nonlocal_blocks and tuple(b.blocks) != (3, 4, 6, 3):
-    errors.append("backbone.nonlocal_blocks places NL-I3D's blocks after blocks 1, 3 of "
-                  f'res3 and 1, 3, 5 of res4, which needs blocks=(3, 4, 6, 3), got '
-                  f'{tuple(b.blocks)}.')
-  return errors
+    problems.append(f'Unknown backbone.stem {config.backbone.stem!r}. Valid: '
+                    f"{', '.join(STEMS)}.")
+  if b.nonlocal_blocks and blocks != (3, 4, 6, 3):
+    problems.append("backbone.nonlocal_blocks places NL-I3D's blocks after blocks 1, 3 of "
+                    f'res3 and 1, 3, 5 of res4, which needs blocks=(3, 4, 6, 3), got '
+                    f'{blocks}.')
+  rate = config.head.dropout_rate
+  if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:
+    problems.append(f'head.dropout_rate={rate!r} must be in [0, 1).')
+  problems += config_checks.positive_errors(
+      ('backbone.base_width', b.base_width, 'a positive integer', dict(integer=True)),
+      ('data.num_classes', d.num_classes, 'an integer >= 0 (0: from the labels file)',
+       dict(integer=True, allow_zero=True)))
+  problems += filter(None, [config_checks.bool_error('backbone.bn_frozen', b.bn_frozen),
+                            config_checks.bool_error('backbone.nonlocal_blocks',
+                                                     b.nonlocal_blocks)])
+  maps = {}
+  if (not problems and r.placement in PLACEMENTS and isinstance(d.crop_size, int)
+      and isinstance(d.short_side, int) and d.crop_size > 0):
+    for name, side in (('data.crop_size', d.crop_size), ('data.short_side', d.short_side)):
+      sizes = stage_sizes(side, b.stem, b.res5_stride)
+      for stage in PLACEMENT_STAGES[r.placement]:
+        maps[f'the {stage} map of {sizes[stage]}x{sizes[stage]} at {name}={side}'] = (
+            sizes[stage], sizes[stage])
+  if r.placement != 'none':
+    problems += config_checks.rstg_errors(r, maps, time_only=config.ablation == 'time_only')
+  return problems
 
 
 def create_ssv1_model(config) -> ResNet3D:

@@ -20,6 +20,9 @@ from rstg_jax.ssv1.reader import MEAN, STD
 from rstg_jax.train import input as input_lib
 
 
+_NUM_SPATIAL_CROPS = 11  # make_dataset's default num_spatial_crops (the paper's)
+
+
 def segment_indices(num_frames, num_samples: int, offsets):
   """Frame indices that sample `num_samples` frames uniformly over a video.
 
@@ -369,11 +372,18 @@ class SSv1Dataset:
     local = self._local_eval if batch_size is None else batch_size // self.process_count
     ds = make_dataset(split or self.eval_split, train=False, batch_size=local,
                       eval_mode=mode, **self._common())
-    for b in ds.as_numpy_iterator():
-      out = {k: v for k, v in b.items() if k != 'video_id'}
-      # Padding rows carry label -1; any valid index keeps the masked loss finite.
-      out['label'] = np.maximum(out['label'], 0).astype(np.int32)
-      yield out
+
+    def batches():
+      for b in ds.as_numpy_iterator():
+        out = {k: v for k, v in b.items() if k != 'video_id'}
+        # Padding rows carry label -1; any valid index keeps the masked loss finite.
+        out['label'] = np.maximum(out['label'], 0).astype(np.int32)
+        yield out
+
+    # make_dataset pads every process to this many batches (a progress bar's ETA).
+    views = 1 if mode == 'center' else 2 * _NUM_SPATIAL_CROPS
+    per_process = -(-self.num_videos(split or self.eval_split) // self.process_count)
+    return input_lib.Sized(batches, -(-per_process * views // local))
 
   def eval_batches(self) -> Iterator[dict[str, np.ndarray]]:
     for b in self.view_batches(self._periodic_views):

@@ -1,10 +1,9 @@
 """Something-Something-v1 on disk: the official layout, its label files, and frame checks.
 
-This module reads the data set as 20BN distributed it and decides what is usable; it needs
-only numpy and Pillow (which matplotlib brings), not TensorFlow, so the trainer can read the
-class list (for checkpoint metadata) without importing TF. The TFDS builder
-(`rstg_jax.ssv1.tfds_builder`) calls the functions here once, at
-conversion time, so that training never sees a bad video.
+This module reads the data set as 20BN distributed it and decides what is usable; it needs only
+numpy and Pillow (which matplotlib brings), not TensorFlow, so the trainer can read the class list
+(for checkpoint metadata) without importing TF. The TFDS builder (`rstg_jax.ssv1.tfds_builder`)
+calls the functions here once, at conversion time, so that training never sees a bad video.
 
 Layout under ROOT (`config.data.root`):
 
@@ -41,13 +40,17 @@ What happens to bad input (all decided here, at conversion time):
 """
 
 import dataclasses
+import hashlib
 import io
+import json
 import os
 import re
 import stat
 from typing import Optional
 
 import numpy as np
+
+from rstg_jax import errors
 
 FRAMES_DIR = '20bn-something-something-v1'
 LABELS_FILE = 'something-something-v1-labels.csv'
@@ -56,6 +59,8 @@ SPLIT_FILES = {
     'validation': 'something-something-v1-validation.csv',
     'test': 'something-something-v1-test.csv',
 }
+# Written beside the shards at conversion: skipped videos, repairs and the source copy.
+REPORT_FILE = 'ssv1_report.json'
 # The test split has no labels and is not needed to train or validate: its file may be absent.
 REQUIRED_SPLITS = ('train', 'validation')
 UNLABELLED = -1
@@ -78,10 +83,10 @@ _FRAME_RE = re.compile(r'^(\d+)\.jpe?g$', re.IGNORECASE)
 _REENCODE_QUALITY = 95
 
 
-class SSv1DataError(ValueError):
+class SSv1DataError(errors.DataError):
   """The data on disk cannot be used as it is; the message says what to do.
 
-  A ValueError, so the command-line entry points print it as a one-line error.
+  A `rstg_jax.errors.DataError`, so the entry points print it as a one-line error.
   """
 
 
@@ -244,6 +249,73 @@ def read_split(root, split: str, class_names) -> list[tuple[str, int]]:
     seen[video_id] = number
     out.append((video_id, label))
   return out
+
+
+def source_record(root) -> dict:
+  """What identifies a raw copy; recorded beside its shards at conversion and compared
+  on every later run (`shards_source_problem`).
+
+  Returns:
+    {'root': the real path of ROOT, 'label_files': sha256 over the four label files'
+    names and bytes (an absent test file counts as empty), 'frame_folders': the number of
+    folders in the frame folder}. Reads the label files and lists one folder: seconds.
+  """
+  root = os.fspath(root)
+  digest = hashlib.sha256()
+  for name in (LABELS_FILE, *SPLIT_FILES.values()):
+    path = os.path.join(root, name)
+    digest.update(name.encode() + b'\0')
+    if os.path.isfile(path):
+      with open(path, 'rb') as f:
+        digest.update(hashlib.sha256(f.read()).digest())
+  with os.scandir(os.path.join(root, FRAMES_DIR)) as entries:
+    folders = sum(1 for e in entries if e.is_dir())
+  return {'root': os.path.realpath(root), 'label_files': digest.hexdigest(),
+          'frame_folders': folders}
+
+
+def _recorded_source(shards_dir: str) -> Optional[dict]:
+  """The `source_record` in the conversion report of `shards_dir`; for shards converted
+  before sources were recorded, {'root': ...} when the report names an absolute ROOT."""
+  try:
+    with open(os.path.join(shards_dir, REPORT_FILE)) as f:
+      report = json.load(f)
+  except (OSError, ValueError):
+    return None
+  if not isinstance(report, dict):
+    return None
+  if isinstance(report.get('source'), dict):
+    return report['source']
+  root = report.get('root')
+  return {'root': os.path.realpath(root)} if isinstance(root, str) and os.path.isabs(
+      root) else None
+
+
+def shards_source_problem(shards_dir: str, root) -> str:
+  """'' if the shards in `shards_dir` (a prepared version folder) were converted from
+  `root` as it is now, else one line naming both copies and the flags that choose.
+
+  The conversion report records the source (`source_record`); shards converted before
+  that are compared by ROOT's path only, and shards with no report are accepted.
+  """
+  recorded = _recorded_source(shards_dir)
+  if recorded is None:
+    return ''
+  now = source_record(root)
+  what = f'The Something-Something-v1 shards in {shards_dir} were converted from'
+  choose = ('set --config.data.tfds_dir to another folder for this copy (its shards go '
+            'there), or --config.data.rebuild=True to replace these shards with a '
+            f'conversion of {now["root"]}.')
+  if recorded.get('root') != now['root']:
+    return (f'{what} {recorded.get("root")}, not from config.data.root='
+            f'{os.fspath(root)!r} ({now["root"]}): {choose}')
+  changed = [('the label files' if k == 'label_files' else
+              f'the frame folders: {recorded[k]} -> {now[k]}')
+             for k in ('label_files', 'frame_folders')
+             if k in recorded and recorded[k] != now[k]]
+  if changed:
+    return f'{what} {now["root"]} before it changed ({", ".join(changed)}): {choose}'
+  return ''
 
 
 def list_frames(video_dir: str) -> list[str]:

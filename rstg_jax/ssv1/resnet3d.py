@@ -89,6 +89,21 @@ def temporal_kernel(arch: str, stage: str, block: int) -> int:
   return pattern[block % len(pattern)]
 
 
+def stage_sizes(side: int, stem: str = 'caffe2', res5_stride: int = 2) -> dict[str, int]:
+  """The spatial side of each stage's output for a square input of `side` pixels (the
+  arithmetic of `ResNet3D`'s strides and paddings: 224 -> res2 55, res3 28, res4 14)."""
+  def strided(n, kernel, stride, pad):
+    return (n + 2 * pad - kernel) // stride + 1
+
+  n = strided(strided(side, 7, 2, 3), 3, 2, STEMS[stem])  # conv1, pool1
+  out = {'res2': n}
+  for stage in STAGES[1:]:
+    stride = res5_stride if stage == 'res5' else 2
+    n = strided(n, 3, stride, 1)  # branch2b: 3x3, padding 1
+    out[stage] = n
+  return out
+
+
 class Bottleneck(nn.Module):
   """A ResNet bottleneck block with an optional temporal kernel in branch2a.
 

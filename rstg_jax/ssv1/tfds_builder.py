@@ -25,6 +25,7 @@ import concurrent.futures
 import datetime
 import json
 import os
+import shutil
 import sys
 from typing import Optional
 
@@ -34,10 +35,11 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from rstg_jax import cli
+from rstg_jax.ssv1 import quiet
 from rstg_jax.ssv1 import reader as ssv1
 
 NAME = 'something_something_v1'
-REPORT_FILE = 'ssv1_report.json'
+REPORT_FILE = ssv1.REPORT_FILE
 
 MANUAL_DOWNLOAD_INSTRUCTIONS = f"""\
 Something-Something-v1 cannot be downloaded automatically. Register and download it from
@@ -69,6 +71,8 @@ def _new_report(root: str) -> dict:
 
   Keys:
     root: the ROOT converted; created: UTC time.
+    source: `ssv1.source_record(root)` (real path, label-file hash, frame folders): every
+      later run with a config.data.root compares it (`ssv1.shards_source_problem`).
     splits: split -> {'listed': ids in the csv, 'written': videos stored,
       'skipped': videos dropped, 'repaired_frames': frames fixed,
       'frames_per_video': {'min', 'max', 'mean'} over the stored videos}.
@@ -76,7 +80,7 @@ def _new_report(root: str) -> dict:
       'unreadable_folder', 'no_decodable_frame'.
     repaired_frames: [{'split', 'id', 'frame', 'problem', 'action'}].
   """
-  return {'root': root,
+  return {'root': root, 'source': ssv1.source_record(root),
           'created': datetime.datetime.now(datetime.timezone.utc).isoformat(),
           'splits': {}, 'skipped': [], 'repaired_frames': []}
 
@@ -193,6 +197,13 @@ class SomethingSomethingV1(tfds.core.GeneratorBasedBuilder):
     with open(os.path.join(self.data_dir, REPORT_FILE), 'w') as f:
       json.dump(self._report, f, indent=1)
 
+  def _log_download_bytes(self):  # TFDS's banner ("Unknown size"): ours says what happens
+    logging.warning('SSv1: converting the raw copy into TFDS shards in %s (once; later runs '
+                    'read them).', self.data_dir)
+
+  def _log_download_done(self):  # the summary below says it
+    pass
+
   def download_and_prepare(self, *args, **kwargs):
     super().download_and_prepare(*args, **kwargs)
     report = read_report(self)
@@ -237,6 +248,7 @@ def prepare(root, data_dir=None, *, num_workers: int = 8) -> SomethingSomethingV
   Raises:
     ssv1.SSv1DataError: ROOT, a label file or a class name is wrong (message says which).
   """
+  quiet.quiet_tensorflow()
   root = ssv1.check_root(root)
   ssv1.read_class_names(root)  # Fail before TFDS creates any directory.
   builder = SomethingSomethingV1(data_dir=_default_data_dir(data_dir),
@@ -248,15 +260,37 @@ def prepare(root, data_dir=None, *, num_workers: int = 8) -> SomethingSomethingV
   return builder
 
 
-def load_builder(data_dir=None, root=None, **prepare_kwargs) -> SomethingSomethingV1:
+def load_builder(data_dir=None, root=None, rebuild: bool = False,
+                 **prepare_kwargs) -> SomethingSomethingV1:
   """The prepared builder in data_dir; converts `root` first if it is not prepared yet.
 
+  Prepared shards belong to the copy they were converted from: with a `root`, they are
+  used only if converted from it as it is now (`ssv1.shards_source_problem`); else `rebuild`
+  replaces them with a conversion of `root`, and without it this stops. Without a root,
+  the shards are used as they are (their source is logged).
+
   Raises:
-    ssv1.SSv1DataError: not prepared and no root given (the message gives the command).
+    ssv1.SSv1DataError: not prepared and no root given (the message gives the command),
+      or shards of another copy (or of a changed one) without `rebuild`.
   """
+  quiet.quiet_tensorflow()
   builder = SomethingSomethingV1(data_dir=_default_data_dir(data_dir))
   if builder.is_prepared():
-    return builder
+    if root is None:
+      source = (read_report(builder) or {}).get('root', 'an unrecorded source')
+      logging.warning('SSv1: using the shards in %s, converted from %s (no '
+                      'config.data.root to compare them with).', builder.data_dir, source)
+      return builder
+    problem = ssv1.shards_source_problem(os.fspath(builder.data_dir), root)
+    if not problem:
+      return builder
+    if not rebuild:
+      raise ssv1.SSv1DataError(problem)
+    logging.warning('SSv1: replacing the shards in %s, converted from another copy or an '
+                    'older state of it, with a conversion of %s (config.data.rebuild).',
+                    builder.data_dir, root)
+    shutil.rmtree(builder.data_dir)
+    builder = SomethingSomethingV1(data_dir=_default_data_dir(data_dir))
   if root is None:
     raise ssv1.SSv1DataError(
         f'No prepared Something-Something-v1 in {builder.data_dir}. Set config.data.root '

@@ -38,7 +38,7 @@ class SyncMNISTDataset:
     self.process_index, self.process_count = process_index, process_count
     self._local = input_lib.local_slice(batch_size, process_index, process_count)
     self._order = input_lib.StreamOrder(train_size, batch_size, seed)
-    self._held: dict[str, dict[str, np.ndarray]] = {}
+    self._held: dict[str, dict[bytes, dict[str, np.ndarray]]] = {}
     self.description = (
         f'SyncMNIST ({num_digits} digits, {motion} motion, generated from real MNIST'
         f'{" at " + mnist_path if mnist_path else ""}, data seed {data_seed}): train '
@@ -56,11 +56,17 @@ class SyncMNISTDataset:
     return self._generate('train', self._order.indices(step, self._local))
 
   def _held_out_batches(self, split: str, size: int) -> Iterator[dict[str, np.ndarray]]:
-    if split not in self._held:
-      self._held[split] = self._generate(split, np.arange(size))
-    held = self._held[split]
-    return input_lib.padded_eval_batches(lambda idx: {k: v[idx] for k, v in held.items()},
-                                         size, self.eval_batch_size,
+    # Generated batch by batch on the first pass (so that a progress bar moves from the
+    # start), then kept for the next evaluations.
+    held = self._held.setdefault(split, {})
+
+    def make_batch(idx: np.ndarray) -> dict[str, np.ndarray]:
+      key = idx.tobytes()
+      if key not in held:
+        held[key] = self._generate(split, idx)
+      return dict(held[key])
+
+    return input_lib.padded_eval_batches(make_batch, size, self.eval_batch_size,
                                          self.process_index, self.process_count)
 
   def eval_batches(self) -> Iterator[dict[str, np.ndarray]]:

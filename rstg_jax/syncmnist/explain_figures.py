@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from rstg_jax import errors
 from rstg_jax import graph_view
 from rstg_jax.graph import build_graph
 from rstg_jax.syncmnist import figures
@@ -46,15 +47,15 @@ class SyncMNISTExplainer:
     self.graph = build_graph(scales, max(scales), adjacency=config.rstg.adjacency)
 
   def check(self, split: str, indices) -> None:
-    """ValueError, saying the valid range, for an unknown split or index."""
+    """ConfigError, saying the valid range, for an unknown split or index."""
     if split not in generator.SPLIT_SIZES:
-      raise ValueError(f'--split must be one of {", ".join(generator.SPLIT_SIZES)}, '
-                       f'got {split!r}')
+      raise errors.ConfigError(
+          f'--split must be one of {", ".join(generator.SPLIT_SIZES)}, got {split!r}')
     size = generator.SPLIT_SIZES[split]
     bad = [i for i in indices if not 0 <= i < size]
     if bad:
-      raise ValueError(f'--index {bad[0]} is not a video of the {split} split '
-                       f'(0..{size - 1})')
+      raise errors.ConfigError(f'--index {bad[0]} is not a video of the {split} split '
+                               f'(0..{size - 1})')
 
   def load(self, split: str, indices) -> dict[str, np.ndarray]:
     """Videos by index: 'video' uint8 [B, T, 64, 64, 1], 'label', 'points' (each digit's

@@ -13,9 +13,9 @@ import sys
 from typing import Optional, Sequence
 
 from rstg_jax import cli
-from rstg_jax.syncmnist.generator import (CLASS_NAMES, DIGIT_IN_FRAME, FRAME, MOTIONS,
-                                          NO_PAIR_LABEL, NUM_FRAMES, SCALE, SPLIT_IDS,
-                                          SPLIT_SIZES, generate)
+from rstg_jax.syncmnist.generator import (CLASS_NAMES, DIGIT_IN_FRAME, FRAME, MAX_DIGITS,
+                                          MOTIONS, NO_PAIR_LABEL, NUM_FRAMES, SCALE,
+                                          SPLIT_IDS, SPLIT_SIZES, generate)
 
 PROG = 'python -m rstg_jax.syncmnist.figures'
 
@@ -161,8 +161,8 @@ def _define(fv) -> None:
   flags.DEFINE_integer('num', 8, 'Number of videos (rows).', lower_bound=1, upper_bound=64,
                        flag_values=fv)
   flags.DEFINE_integer('start', 0, 'First video index.', lower_bound=0, flag_values=fv)
-  flags.DEFINE_integer('num_digits', 3, 'Digits per video.', lower_bound=2, upper_bound=10,
-                       flag_values=fv)
+  flags.DEFINE_integer('num_digits', 3, 'Digits per video.', lower_bound=2,
+                       upper_bound=MAX_DIGITS, flag_values=fv)
   flags.DEFINE_integer('seed', 0, 'Generator seed.', lower_bound=0, flag_values=fv)
   flags.DEFINE_string('gif', None, 'Also write an animated GIF here.', flag_values=fv)
   flags.DEFINE_float('fps', 2.0, 'GIF frames per second.', flag_values=fv)
@@ -174,11 +174,15 @@ def _define(fv) -> None:
 def main(argv: Optional[Sequence[str]] = None) -> int:
   """`show`: writes the PNG (and the GIF); see the module docstring."""
   argv = list(sys.argv[1:] if argv is None else argv)
-  if not argv or argv[0] != 'show':
-    cli.usage_error(PROG, 'the command is `show` (see --help)')
-  fv, rest = cli.parse_command(_define, argv[1:], PROG)
+  cli.subcommand(PROG, {'show': 'a PNG grid (and an animated GIF) of generated videos'},
+                 argv)
+  fv, rest = cli.parse_command(_define, argv[1:], f'{PROG} show')
   if rest:
     cli.usage_error(PROG, f'unexpected arguments {rest}')
+  for flag, path in (('--out', fv.out), ('--gif', fv.gif)):
+    problem = path and cli.output_path_error(flag, path)
+    if problem:
+      cli.usage_error(PROG, problem)
   stop = fv.start + fv.num
   if stop > SPLIT_SIZES[fv.split]:
     cli.usage_error(PROG, f'--start + --num exceeds the {fv.split} size '

@@ -43,6 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rstg_jax import errors
 from rstg_jax import safe_pickle
 from rstg_jax.syncmnist import mnist_tfds
 
@@ -67,7 +68,7 @@ _IDX_IMAGES_MAGIC = 0x00000803
 _IDX_LABELS_MAGIC = 0x00000801
 
 
-class MNISTNotFoundError(FileNotFoundError):
+class MNISTNotFoundError(FileNotFoundError, errors.DataError):
   """Raised when no MNIST source is available; the message says how to get one."""
 
 

@@ -168,8 +168,8 @@ def main(argv: list[str] | None = None) -> int:
 
   prog = 'python -m rstg_jax.syncmnist.mnist'
   argv = list(sys.argv[1:] if argv is None else argv)
-  if not argv or argv[0] != 'export-tfds':
-    cli.usage_error(prog, 'the command is `export-tfds` (see --help)')
+  cli.subcommand(prog, {'export-tfds': 'write the MNIST digits of tensorflow-datasets '
+                                       'as an .npz (the loader runs this)'}, argv)
   args, rest = cli.parse_command(define, argv[1:], prog)
   if rest:
     cli.usage_error(prog, f'unexpected arguments {rest}')

@@ -24,6 +24,7 @@ from flax import linen as nn
 
 from rstg_jax.model import ABLATIONS
 from rstg_jax.syncmnist import baselines
+from rstg_jax.syncmnist.backbone import feature_size
 from rstg_jax.syncmnist.generator import FRAME
 from rstg_jax.train import config_checks
 from rstg_jax.train.state import param_count
@@ -72,22 +73,27 @@ def baseline_widths(config) -> dict:
 
 
 def config_errors(config) -> list[str]:
-  """Unknown model or ablation names, with the valid ones; sizes that are not positive,
-  an empty `rstg.scales` (the fields `create_model` reads)."""
+  """Every value `create_model` reads that it or the model would reject: unknown model
+  or ablation names (with the valid ones), sizes that are not positive (`baseline.*`
+  widths included), `input_norm`, and the `rstg.*` block, whose scales must fit the
+  backbone's feature map."""
   errors = []
   if config.model not in MODEL_NAMES:
     errors.append(f'Unknown model {config.model!r}. Valid names: {", ".join(MODEL_NAMES)}.')
   if config.ablation not in ABLATIONS:
     errors.append(f'Unknown ablation {config.ablation!r}. Valid names: '
                   f'{", ".join(ABLATIONS)}.')
-  r, b = config.rstg, config.backbone
+  b = config.backbone
   integer = dict(integer=True)
   errors += config_checks.positive_errors(
-      ('rstg.dim', r.dim, 'a positive integer', integer),
       ('baseline.lstm_dim', config.baseline.lstm_dim, 'a positive integer', integer),
-      ('backbone.width', b.width, 'a positive integer', integer),
-      ('rstg.num_iters', r.num_iters, 'an integer >= 0', dict(integer=True, allow_zero=True)))
-  errors += filter(None, [config_checks.scales_error('rstg.scales', r.scales)])
+      ('backbone.width', b.width, 'a positive integer', integer))
+  if config.model == 'rstg':  # the baselines read no rstg.* field
+    side = feature_size(FRAME)
+    errors += config_checks.rstg_errors(
+        config.rstg, {f"the backbone's {side}x{side} feature map": (side, side)},
+        time_only=config.ablation == 'time_only')
+  errors += filter(None, [config_checks.bool_error('backbone.freeze', b.freeze)])
   errors += _baseline_errors(config)
   if b.frames not in (1, 2) or isinstance(b.frames, bool):
     errors.append(f'backbone.frames must be 1 (the paper: one frame at a time) or 2 (each '

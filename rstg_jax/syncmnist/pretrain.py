@@ -50,6 +50,7 @@ from flax import traverse_util
 from tqdm.auto import tqdm
 
 from rstg_jax import cli
+from rstg_jax import errors
 from rstg_jax.syncmnist import pretrain_data
 from rstg_jax.syncmnist import protocols
 from rstg_jax.syncmnist.backbone import SmallCNN, feature_size
@@ -66,7 +67,7 @@ CACHE_KEY = '__key__'
 CACHE_FORMAT = 2  # 2: the stages
 
 
-class PretrainDivergedError(FloatingPointError):
+class PretrainDivergedError(errors.DivergedError):
   """The pre-training loss became NaN/inf; the message is one line saying what to do."""
 
 

@@ -27,6 +27,8 @@ import copy
 import dataclasses
 from typing import Any
 
+from rstg_jax import errors
+
 PROTOCOLS = ('paper', 'motion_backbone', 'privileged')
 
 
@@ -135,8 +137,9 @@ def upgrade_config(saved: dict[str, Any]) -> dict[str, Any]:
   fields comes back unchanged (a copy).
 
   Raises:
-    ValueError (one line): the config used a trial option that no longer exists
-      (`backbone.coords = True`, `pretrain_target = 'digit_position'`).
+    rstg_jax.errors.CheckpointError (a ValueError; one line): the config used a trial
+      option that no longer exists (`backbone.coords = True`,
+      `pretrain_target = 'digit_position'`).
   """
   saved = copy.deepcopy(saved)
   saved.setdefault('data', {}).setdefault('no_pair_prob', 1.0 / 47.0)
@@ -149,7 +152,7 @@ def upgrade_config(saved: dict[str, Any]) -> dict[str, Any]:
                                                ('pretrain_target', 'digit_position'))
              if old[k] == bad and (k == 'coords' or old['pretrain_steps'] > 0)]
   if removed:
-    raise ValueError(
+    raise errors.CheckpointError(
         f'this run used backbone.{" and backbone.".join(removed)}, a trial option that '
         'no longer exists (docs/notes/stages.md); read it with a checkout from before the '
         'pre-training stages (git log -S pretrain_target), or start fresh.')

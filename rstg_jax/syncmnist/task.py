@@ -17,6 +17,7 @@ import os
 
 import jax
 
+from rstg_jax import errors
 from rstg_jax.syncmnist import models
 from rstg_jax.syncmnist import protocols
 from rstg_jax.train import config_checks
@@ -52,11 +53,17 @@ class SyncMNISTTask(task_lib.Task):
     return protocols.explain(config)
 
   def check_data(self, config) -> None:
-    """Loads the MNIST digits (cached for the run): a missing copy (`MNISTNotFoundError`,
-    an OSError) or a refused pickle (`UnsafePickleError`) stops the run before anything
-    is created."""
+    """Loads the MNIST digits (cached for the run): a missing copy (`MNISTNotFoundError`),
+    a refused pickle (`UnsafePickleError`), a file that cannot be read or does not hold
+    MNIST stops the run with a `DataError` before anything is created."""
     from rstg_jax.syncmnist import mnist  # pylint: disable=g-import-not-at-top  # numpy only
-    mnist.load_mnist('train', config.data.mnist_path)
+    try:
+      mnist.load_mnist('train', config.data.mnist_path)
+    except errors.RSTGError:
+      raise
+    except (OSError, ValueError) as e:  # the loaders' unreadable / not-MNIST content
+      raise errors.DataError(f'MNIST (config.data.mnist_path='
+                             f'{config.data.mnist_path!r}): {e}') from None
 
   def create_model(self, config):
     return models.create_model(config)
@@ -75,8 +82,8 @@ class SyncMNISTTask(task_lib.Task):
     if not config.backbone.freeze:
       return None
     if 'backbone' not in params:
-      raise ValueError('config.backbone.freeze is set but the model has no `backbone` '
-                       f'submodule (top-level params: {sorted(params)}).')
+      raise errors.ConfigError('config.backbone.freeze is set but the model has no '
+                               f'`backbone` submodule (top-level params: {sorted(params)}).')
     return {k: jax.tree.map(lambda _, k=k: k == 'backbone', v) for k, v in params.items()}
 
   def load_pretrained(self, config, workdir: str, variables: dict, say) -> dict:
@@ -103,10 +110,32 @@ class SyncMNISTTask(task_lib.Task):
     return evaluators.SingleView(split=self.selection_split)
 
 
+def _range_error(name: str, value, lo: int, hi: int, what: str):
+  if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+    return f'{name}={value!r} must be an integer in {lo}..{hi} ({what}).'
+  return None
+
+
 def data_config_errors(config) -> list[str]:
-  """The generator's fields: data.motion, data.val_size and data.no_pair_prob."""
+  """Every data field the generator would reject: data.motion, data.num_digits,
+  data.seed, the split sizes (data.train_size, data.val_size, eval.size),
+  data.num_classes and data.no_pair_prob."""
   from rstg_jax.syncmnist import generator  # pylint: disable=g-import-not-at-top
-  errors = []
+  d, sizes = config.data, generator.SPLIT_SIZES
+  errors = [e for e in (
+      _range_error('data.num_digits', d.num_digits, 2, generator.MAX_DIGITS,
+                   'digits per video, of distinct classes; the paper: 3 or 5'),
+      _range_error('data.seed', d.seed, 0, 2**63 - 1, 'the generator seed'),
+  ) if e]
+  # (> 0 is the trainer's check; here: at most the generator's split.)
+  for name, value, split in (('data.train_size', d.train_size, 'train'),
+                             ('eval.size', config.eval.size, 'test')):
+    if isinstance(value, int) and value > sizes[split]:
+      errors.append(f'{name}={value} must be at most {sizes[split]} (the videos of the '
+                    f"generator's {split} split).")
+  if d.num_classes != generator.NUM_CLASSES:
+    errors.append(f'data.num_classes={d.num_classes!r} must be {generator.NUM_CLASSES} '
+                  '(the pairs of distinct digits and "no pair").')
   if config.data.motion not in generator.MOTIONS:
     errors.append(f'Unknown data.motion {config.data.motion!r}. Valid: '
                   f'{", ".join(generator.MOTIONS)}.')
@@ -205,8 +234,9 @@ def pretrained_backbone(config, workdir: str, params: dict, say) -> dict:
   read from the cache: `backbone.pretrain.cache_path`, by default WORKDIR/backbone.npz)."""
   from rstg_jax.syncmnist import pretrain  # pylint: disable=g-import-not-at-top
   if 'backbone' not in params:
-    raise ValueError('config.backbone.pretrain.stages names stages but the model has no '
-                     f'`backbone` submodule (top-level params: {sorted(params)}).')
+    raise errors.ConfigError(
+        'config.backbone.pretrain.stages names stages but the model has no `backbone` '
+        f'submodule (top-level params: {sorted(params)}).')
   path = backbone_cache_path(config, workdir)
   plan = pretrain_plan(config)
   key = plan.cache_key()  # the cache is reused only for this plan

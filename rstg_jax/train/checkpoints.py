@@ -23,6 +23,7 @@ import json
 import logging as logging_std
 import os
 import shutil
+import sys
 import time
 from typing import Callable, Optional
 
@@ -31,6 +32,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from rstg_jax import cli
+from rstg_jax import errors
 from rstg_jax.train.state import State
 
 
@@ -95,21 +97,32 @@ def save(mngr: ocp.CheckpointManager, step: int, state: State, meta: dict,
             metrics=eval_metrics)
 
 
+def _checked_meta(meta, step: int) -> dict:
+  """`meta` if it is the JSON object `metadata` writes (with a dict config), else raises."""
+  if not isinstance(meta, dict) or not isinstance(meta.get('config', {}), dict):
+    raise errors.CheckpointError(
+        f'the metadata of step {step} is not a JSON object with a config (got '
+        f'{type(meta).__name__})')
+  return meta
+
+
 def restore(mngr: ocp.CheckpointManager, step: int, abstract_state) -> tuple[State, dict]:
   restored = mngr.restore(step, args=ocp.args.Composite(
       state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
-  return restored['state'], restored['meta']
+  return restored['state'], _checked_meta(restored['meta'], step)
 
 
 def restore_meta(mngr: ocp.CheckpointManager, step: int) -> dict:
-  return mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+  """The metadata of `step`; CheckpointError if it is not a JSON object."""
+  meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+  return _checked_meta(meta, step)
 
 
 def resolve_step(mngr: ocp.CheckpointManager, which: str) -> int:
   """'latest', 'best' or a step number -> a saved step (ValueError if there is none)."""
   steps = mngr.all_steps()
   if not steps:
-    raise ValueError(f'No checkpoint in {mngr.directory}.')
+    raise errors.CheckpointError(f'No checkpoint in {mngr.directory}.')
   if which == 'latest':
     return mngr.latest_step()
   if which == 'best':
@@ -118,17 +131,104 @@ def resolve_step(mngr: ocp.CheckpointManager, which: str) -> int:
   try:
     step = int(which)
   except ValueError:
-    raise ValueError(f'--checkpoint must be latest, best or a step; got {which!r}.') from None
+    raise errors.CheckpointError(
+        f'--checkpoint must be latest, best or a step; got {which!r}.') from None
   if step not in steps:
-    raise ValueError(f'No checkpoint for step {step} in {mngr.directory}; saved steps: '
+    raise errors.CheckpointError(
+        f'No checkpoint for step {step} in {mngr.directory}; saved steps: '
                      f'{sorted(steps)}.')
   return step
 
 
-def read_config(workdir: str, which: str = 'latest') -> dict:
-  """The config (a JSON dict) that checkpoint `which` of `workdir` was trained with."""
+def candidate_steps(mngr: ocp.CheckpointManager, which: str) -> list[int]:
+  """The steps to try for 'latest', 'best' or a step number, in order: the step asked
+  for first, then (for 'latest' and 'best') every other step, newest first, to fall back
+  on when it cannot be read. CheckpointError if there is none or `which` is not valid."""
+  step = resolve_step(mngr, which)
+  if which not in ('latest', 'best'):
+    return [step]
+  return [step] + [s for s in sorted(mngr.all_steps(), reverse=True) if s != step]
+
+
+def readable_steps(mngr: ocp.CheckpointManager) -> list[int]:
+  """The steps whose metadata and array metadata can be read (nothing is restored)."""
+  out = []
+  for step in sorted(mngr.all_steps()):
+    try:
+      restore_meta(mngr, step)
+      stored_tree(mngr, step)
+    except Exception:  # pylint: disable=broad-except  # unreadable: not listed
+      continue
+    out.append(step)
+  return out
+
+
+def read_config(workdir: str, which: str = 'latest', say: Callable[[str], None] = print
+                ) -> dict:
+  """The config (a JSON dict) that checkpoint `which` of `workdir` was trained with; for
+  'latest' and 'best', the newest readable one's when that one cannot be read (saying so)."""
   with manager(workdir, read_only=True) as mngr:
-    return restore_meta(mngr, resolve_step(mngr, which))['config']
+    steps, problems = candidate_steps(mngr, which), []
+    for step in steps:
+      try:
+        config = restore_meta(mngr, step)['config']
+      except Exception as e:  # pylint: disable=broad-except  # unreadable: try the next
+        problems.append(f'step {step}: {_why(e)}')
+        continue
+      if problems:
+        say(f'Checkpoint {which} (step {steps[0]}) cannot be read ({problems[0]}); using '
+            f'the config of step {step}')
+      return config
+  raise errors.CheckpointError(
+      f'No checkpoint in {mngr.directory} has readable metadata ({"; ".join(problems)}).')
+
+
+def restore_for_eval(mngr: ocp.CheckpointManager, which: str, abstract_state,
+                     config_json: Optional[dict], say: Callable[[str], None],
+                     upgrade: Callable[[dict], dict] = dict) -> tuple[State, dict, int]:
+  """(state, meta, step) of checkpoint `which` for the evaluate command.
+
+  `config_json` (the config given on the command line; None: the checkpoint's own) must
+  define the same model as the checkpoint's with today's fields (`upgrade`: the task's
+  `upgrade_config`): CheckpointError naming each field that differs (old -> new). For 'latest' and 'best', a checkpoint that cannot be read or
+  restored is skipped with a line saying why, for the newest one that restores; a step
+  number that does not restore is a CheckpointError naming the readable steps.
+  """
+  steps, skipped = candidate_steps(mngr, which), []
+  for step in steps:
+    where = f'{mngr.directory} (step {step})'
+    try:
+      meta = restore_meta(mngr, step)
+      stored = stored_tree(mngr, step)
+    except Exception as e:  # pylint: disable=broad-except  # unreadable: try the next
+      skipped.append((step, _why(e)))
+      continue
+    if config_json is not None:
+      model = resume_problems(upgrade(meta.get('config', {})), config_json)[0]
+      if model:
+        raise errors.CheckpointError(
+            f'The checkpoint {where} was trained with another model than --config gives: '
+            f'{", ".join(model)}. Leave out --config to use the checkpoint\'s own, or give '
+            'the values it was trained with.')
+    mismatches = shape_mismatches(stored, abstract_state)
+    if mismatches:
+      raise errors.CheckpointError(
+          f'The checkpoint {where} does not fit the model: {"; ".join(mismatches[:5])}.')
+    try:
+      state, meta = restore(mngr, step, abstract_state)
+    except Exception as e:  # pylint: disable=broad-except
+      skipped.append((step, _why(e)))
+      continue
+    if skipped:
+      say(f'Checkpoint {which} (step {steps[0]}) cannot be read ({skipped[0][1]}); '
+          f'evaluating step {step}, the newest that restores')
+    return state, meta, step
+  why = '; '.join(f'step {s}: {w}' for s, w in skipped)
+  if which in ('latest', 'best'):
+    raise errors.CheckpointError(f'No checkpoint in {mngr.directory} restores ({why}).')
+  raise errors.CheckpointError(
+      f'Checkpoint step {steps[0]} in {mngr.directory} cannot be restored ({why}); '
+      f'readable steps: {[s for s in readable_steps(mngr) if s != steps[0]] or "none"}.')
 
 
 def changed_fields(saved: dict, now: dict) -> list[str]:
@@ -147,10 +247,11 @@ _STEP0_FIELDS = ('backbone.pretrain.*', 'init_from.*')
 # the one that was started (`resume_changes_ok=True` accepts it on purpose). data.root
 # and data.tfds_dir are locations (the data may move), data.prefetch a buffer size.
 STREAM_FIELDS = ('batch_size', 'seed', 'data.*')
-_NOT_STREAM = ('data.num_classes', 'data.root', 'data.tfds_dir', 'data.prefetch')
+_NOT_STREAM = ('data.num_classes', 'data.root', 'data.tfds_dir', 'data.rebuild',
+               'data.prefetch')
 
 
-class ResumeError(ValueError):
+class ResumeError(errors.CheckpointError):
   """The workdir's checkpoints cannot be resumed with this config (one line saying why
   and how to start fresh)."""
 
@@ -226,8 +327,26 @@ def shape_mismatches(stored_tree, abstract_state) -> list[str]:
   return out
 
 
+def _drop_closed_loop_noise() -> None:
+  """Orbax's metadata read of a broken checkpoint leaves callbacks that fire after its
+  event loop has closed; Python prints each as a 'RuntimeError: Event loop is closed'
+  traceback (an unraisable exception). The read's own error is reported: drop those."""
+  previous = sys.unraisablehook
+  if getattr(previous, 'drops_closed_loop', False):
+    return
+
+  def hook(unraisable):
+    e = unraisable.exc_value
+    if not (isinstance(e, RuntimeError) and str(e) == 'Event loop is closed'):
+      previous(unraisable)
+
+  hook.drops_closed_loop = True
+  sys.unraisablehook = hook
+
+
 def stored_tree(mngr: ocp.CheckpointManager, step: int):
   """The stored state's tree of array metadata (shapes), read without any array."""
+  _drop_closed_loop_noise()
   path = os.path.join(str(mngr.directory), str(step), 'state')
   with ocp.StandardCheckpointer() as ckptr:
     md = ckptr.metadata(path)

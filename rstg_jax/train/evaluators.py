@@ -14,12 +14,15 @@ import csv
 import dataclasses
 import json
 import os
+import sys
 from typing import Any, Callable, Iterable, Optional, Sequence
 
 import jax
 from jax.experimental import multihost_utils
 import numpy as np
+import tqdm
 
+from rstg_jax import cli
 from rstg_jax.train import metrics as metrics_lib
 
 
@@ -33,11 +36,24 @@ class EvalResult:
   lines: Sequence[str] = ()  # more to print (a task's diagnostic), one line each
 
 
-def evaluate(setup, state, collect: bool = False, batches: Optional[Iterable[dict]] = None):
+def with_progress(batches: Iterable[dict], progress: bool) -> Iterable[dict]:
+  """`batches`, drawn as a progress bar on stderr when `progress` (with an ETA when the
+  batches know their number, `len(batches)`)."""
+  if not progress:
+    return batches
+  total = len(batches) if hasattr(batches, '__len__') else None
+  return tqdm.tqdm(batches, total=total, desc='eval', unit='batch', dynamic_ncols=True,
+                   file=sys.stderr, mininterval=cli.progress_interval())
+
+
+def evaluate(setup, state, collect: bool = False, batches: Optional[Iterable[dict]] = None,
+             progress: bool = False):
   """(sum, count) totals over `batches` (default: the data set's `eval_batches()`, the
-  split training selects on); with `collect`, also labels and predictions."""
+  split training selects on); with `collect`, also labels and predictions; with
+  `progress`, a progress bar on stderr."""
   totals, labels, preds = None, [], []
-  for batch in (setup.dataset.eval_batches() if batches is None else batches):
+  batches = setup.dataset.eval_batches() if batches is None else batches
+  for batch in with_progress(batches, progress):
     m, pred = setup.eval_step(state, setup.to_device(batch))
     totals = metrics_lib.add(totals, m)
     if collect:
@@ -55,7 +71,8 @@ def evaluate(setup, state, collect: bool = False, batches: Optional[Iterable[dic
   return totals
 
 
-def evaluate_views(setup, state, batches: Iterable[dict], num_videos: int) -> dict:
+def evaluate_views(setup, state, batches: Iterable[dict], num_videos: int,
+                   progress: bool = False) -> dict:
   """Multi-view evaluation: the logits of each video's views are averaged.
 
   Args:
@@ -65,13 +82,14 @@ def evaluate_views(setup, state, batches: Iterable[dict], num_videos: int) -> di
       'video_index' (a video's position in the split, the same on every process); rows
       with mask 0 are padding.
     num_videos: videos in the split (video_index < num_videos).
+    progress: a progress bar on stderr.
 
   Returns:
     {'logits': [num_videos, C] mean logits, 'labels': [num_videos], 'views': [num_videos]
     number of views seen per video}.
   """
   sums, views, labels = None, np.zeros(num_videos, np.int64), np.full(num_videos, -1)
-  for batch in batches:
+  for batch in with_progress(batches, progress):
     logits = setup.logits_step(state, setup.to_device({'video': batch['video']})['video'])
     host = {k: np.asarray(batch[k]) for k in ('video_index', 'label', 'mask')}
     if jax.process_count() > 1:
@@ -110,13 +128,16 @@ class SingleView:
     batches: () -> iterator of batches with a 'mask' (default: the data set's
       `eval_batches()`).
     split: the split's name, put in the metrics as 'split' (None: left out).
+    progress: a progress bar on stderr (the evaluate command).
   """
   batches: Optional[Callable[[], Iterable[dict]]] = None
   split: Optional[str] = None
+  progress: bool = False
 
   def __call__(self, setup, state) -> EvalResult:
     totals, labels, preds = evaluate(setup, state, collect=True,
-                                     batches=self.batches() if self.batches else None)
+                                     batches=self.batches() if self.batches else None,
+                                     progress=self.progress)
     metrics = {**metrics_lib.compute(totals), 'count': int(totals['top1'][1])}
     if self.split is not None:
       metrics['split'] = self.split
@@ -132,14 +153,16 @@ class MultiView:
     num_videos: videos in the evaluated split.
     video_ids: () -> the split's video ids in `video_index` order (for predictions.csv).
     info: extra fields for the summary (e.g. the view mode and the split).
+    progress: a progress bar on stderr (the evaluate command).
   """
   batches: Callable[[], Iterable[dict]]
   num_videos: int
   video_ids: Optional[Callable[[], Sequence[str]]] = None
   info: dict = dataclasses.field(default_factory=dict)
+  progress: bool = False
 
   def __call__(self, setup, state) -> EvalResult:
-    out = evaluate_views(setup, state, self.batches(), self.num_videos)
+    out = evaluate_views(setup, state, self.batches(), self.num_videos, self.progress)
     logits, labels = out['logits'], out['labels']
     metrics = {**video_metrics(logits, labels), **self.info,
                'views_per_video': float(out['views'].mean())}

@@ -16,8 +16,10 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from rstg_jax import errors
 
-class MergeError(ValueError):
+
+class MergeError(errors.CheckpointError):
   """Loaded weights do not fit the model; the message lists every problem."""
 
 
@@ -143,7 +145,8 @@ def load_run(path: str) -> tuple[dict, int]:
                              options=options) as m:
     step = m.latest_step()
     if step is None:
-      raise ValueError(f'init_from.path={path!r}: no checkpoint found in {ckpt_dir}.')
+      raise errors.CheckpointError(
+          f'init_from.path={path!r}: no checkpoint found in {ckpt_dir}.')
     tree = m.item_metadata(step)['state']
     # A numpy target restores host arrays: the source run may have had another device
     # layout, and shapes may differ (e.g. the classifier), which the merge reports.

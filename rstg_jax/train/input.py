@@ -5,7 +5,8 @@ The data set contract itself is in `rstg_jax.train.task`. Here:
 - `StreamOrder`: which example each row of each training step reads, a pure function of
   (seed, step), so that a resumed run reads the same batches as an uninterrupted one;
 - `local_slice` / `local_size`: this process's rows of a global batch;
-- `padded_eval_batches`: fixed-size test batches, the last one padded (mask 0);
+- `padded_eval_batches`: fixed-size test batches, the last one padded (mask 0), as a
+  `Sized` iterable (its length gives a progress bar its ETA);
 - `Prefetcher`: runs `batch(step)` in a thread (numpy generation releases the GIL for most
   of its time) and puts the result on the devices, so the next batch is ready when the
   jitted step returns.
@@ -64,22 +65,41 @@ class StreamOrder:
     return out
 
 
+class Sized:
+  """An iterable that knows its length: `iter(make())` batches, `n` of them (so that a
+  progress bar can show an ETA)."""
+
+  def __init__(self, make: Callable[[], Iterator[Any]], n: int):
+    self._make, self._n = make, int(n)
+
+  def __len__(self) -> int:
+    return self._n
+
+  def __iter__(self):
+    return iter(self._make())
+
+
 def padded_eval_batches(make_batch: Callable[[np.ndarray], dict[str, np.ndarray]],
                         eval_size: int, batch_size: int, process_index: int = 0,
-                        process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
-  """Yields this process's part of fixed-size test batches; the last one is padded.
+                        process_count: int = 1) -> Sized:
+  """This process's part of fixed-size test batches (an iterable with a length); the
+  last one is padded.
 
   A fixed batch shape keeps one compiled eval step; padded rows repeat index 0 and carry
   mask 0, so they count in no metric.
   """
   local = local_slice(batch_size, process_index, process_count)
-  for start in range(0, eval_size, batch_size):
-    idx = np.arange(start, start + batch_size)
-    mask = (idx < eval_size).astype(np.float32)
-    idx = np.where(idx < eval_size, idx, 0)
-    batch = make_batch(idx[local])
-    batch['mask'] = mask[local]
-    yield batch
+
+  def batches():
+    for start in range(0, eval_size, batch_size):
+      idx = np.arange(start, start + batch_size)
+      mask = (idx < eval_size).astype(np.float32)
+      idx = np.where(idx < eval_size, idx, 0)
+      batch = make_batch(idx[local])
+      batch['mask'] = mask[local]
+      yield batch
+
+  return Sized(batches, -(-eval_size // batch_size))
 
 
 class Prefetcher:

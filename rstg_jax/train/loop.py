@@ -30,6 +30,7 @@ import numpy as np
 import tqdm
 
 from rstg_jax import cli
+from rstg_jax import errors
 from rstg_jax.train import checkpoints
 from rstg_jax.train import input as input_lib
 from rstg_jax.train import metrics as metrics_lib
@@ -39,11 +40,12 @@ from rstg_jax.train import setup as setup_lib
 from rstg_jax.train.state import State
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(errors.DivergedError):
   """The loss or the gradients became NaN/inf; the last good checkpoint is kept."""
 
 
-def train_and_evaluate(config, workdir: str, task, *, dataset=None) -> State:
+def train_and_evaluate(config, workdir: str, task, *, dataset=None,
+                       setup: Optional[setup_lib.Setup] = None) -> State:
   """Trains (resuming from workdir's latest checkpoint if any); returns the final state.
 
   Args:
@@ -51,8 +53,10 @@ def train_and_evaluate(config, workdir: str, task, *, dataset=None) -> State:
     workdir: checkpoints/, metrics.jsonl and curves.png go here (and task caches).
     task: the task (`rstg_jax.train.task.Task`; `rstg_jax.tasks.get(config)`).
     dataset: a data set to use instead of `task.create_dataset(config)` (tests).
+    setup: `setup_lib.make_setup(config, task, dataset)` if the caller built it already
+      (the main command does, before it creates the workdir).
   """
-  setup = setup_lib.make_setup(config, task, dataset)
+  setup = setup or setup_lib.make_setup(config, task, dataset)
   is_main = jax.process_index() == 0
   say = (lambda msg: print(msg, flush=True)) if is_main else (lambda msg: None)
   os.makedirs(workdir, exist_ok=True)
@@ -72,6 +76,10 @@ def train_and_evaluate(config, workdir: str, task, *, dataset=None) -> State:
   start, total = int(jax.device_get(state['step'])), opts.total_steps
   say(f'Training steps {start} -> {total} ({opts.optimizer}); workdir '
       f'{os.path.abspath(workdir)}')
+  if opts.epochs:
+    say(f'Run length from num_epochs: {opts.epochs} = {total:,} steps '
+        '(num_train_steps <= 0; set --config.num_train_steps=N for a fixed length); the '
+        'estimated time follows the first logged steps')
   if is_main:  # for launch/sweep.py and rstg_jax.report; DONE comes back at the end
     run_log.clear_done(workdir)
     run_log.write_config_json(workdir, setup.config_json, total, resume_step=start,
@@ -196,6 +204,15 @@ def _final_test(setup, evaluator, mngr, state: State, log, task, say) -> Optiona
   return row
 
 
+def _duration(seconds: float) -> str:
+  """'42 s', '12.5 min' or '8.6 h'."""
+  if seconds < 120:
+    return f'{seconds:.0f} s'
+  if seconds < 2 * 3600:
+    return f'{seconds / 60:.1f} min'
+  return f'{seconds / 3600:.1f} h'
+
+
 class _Log:
   """metrics.jsonl rows, the progress bar, the window of train metrics, curves.png."""
 
@@ -207,6 +224,7 @@ class _Log:
     self.writer = run_log.RunLog(workdir, start, is_main)
     self.window, self.pending, self.last_eval = None, [], None
     self.t_window, self.n_window = time.time(), 0
+    self.logged = 0  # train rows written by this process (the second one gives the ETA)
     self.pbar = tqdm.tqdm(
         total=setup.options.total_steps, initial=start, desc='train', unit='step',
         dynamic_ncols=True, disable=not (is_main and setup.options.progress_bar),
@@ -230,11 +248,21 @@ class _Log:
            'lr': float(self.setup.lr_fn(step - 1)) * scale,
            'videos_per_sec': self.n_window * self.setup.options.batch_size / max(dt, 1e-9)}
     self.writer.write(row)
+    self.logged += 1
+    if self.logged == 2 and self.is_main:  # the first window holds the compilation
+      self._estimate(step, dt / max(self.n_window, 1))
     last = self.last_eval
     self.pbar.set_postfix(loss=f'{row["loss"]:.3f}', acc=f'{row["accuracy"]:.3f}',
                           **({f'{self.split}_top1': f'{last["top1"]:.3f}'} if last else {}),
                           refresh=False)  # drawn at the bar's own interval
     self.window, self.t_window, self.n_window = None, time.time(), 0
+
+  def _estimate(self, step: int, seconds_per_step: float) -> None:
+    left = self.setup.options.total_steps - step
+    tqdm.tqdm.write(
+        f'Estimated time: {_duration(left * seconds_per_step)} for the remaining {left:,} '
+        f'steps at {seconds_per_step:.3g} s/step (training only, evaluations not counted)',
+        file=sys.stdout)
 
   def write_eval(self, step: int, eval_metrics: dict, seconds: float, msg: str) -> None:
     self.last_eval = eval_metrics

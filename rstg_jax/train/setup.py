@@ -17,6 +17,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 import optax
 
+from rstg_jax import errors
 from rstg_jax.train import checkpoints
 from rstg_jax.train import config_checks
 from rstg_jax.train import optim
@@ -26,37 +27,42 @@ from rstg_jax.train import steps
 
 def config_errors(config) -> list[str]:
   """Problems with the trainer's own fields (the task checks its fields)."""
-  errors = optim.config_errors(config.optim)
+  problems = optim.config_errors(config.optim)
   n = jax.device_count()
   for name, value in (('batch_size', config.batch_size),
                       ('eval.batch_size', config.eval.batch_size)):
     if value <= 0 or value % n:
-      errors.append(f'{name}={value} must be a positive multiple of the number of '
-                    f'devices ({n}).')
+      problems.append(f'{name}={value} must be a positive multiple of the number of '
+                      f'devices ({n}).')
+  problems += config_checks.positive_errors(
+      ('seed', config.seed, 'an integer >= 0', dict(integer=True, allow_zero=True)))
   for name, value in (('eval.size', config.eval.size), ('eval.every', config.eval.every),
                       ('log_every', config.log_every),
                       ('checkpoint_every', config.checkpoint_every),
                       ('keep_checkpoints', config.keep_checkpoints)):
     if value <= 0:
-      errors.append(f'{name} must be positive, got {value}.')
+      problems.append(f'{name} must be positive, got {value}.')
   if config.num_train_steps <= 0 and config.num_epochs <= 0:
-    errors.append('Set num_train_steps > 0 or num_epochs > 0.')
+    problems.append('Set num_train_steps > 0 or num_epochs > 0.')
   if config.num_train_steps <= 0:  # epoch-based: data.train_size turns epochs into steps
     if not math.isfinite(config.num_epochs):
-      errors.append(f'num_epochs={config.num_epochs!r} must be a finite number.')
+      problems.append(f'num_epochs={config.num_epochs!r} must be a finite number.')
     elif config.num_epochs > 0:  # 0 videos would be a 0-step run that reports "Done"
-      errors += config_checks.positive_errors(
+      problems += config_checks.positive_errors(
           ('data.train_size', config.data.train_size,
            'a positive integer (the training videos)',
            dict(integer=True)))
-  return errors
+  return problems
 
 
 def validate(config, task) -> None:
-  """Raises ValueError listing every problem of the trainer's and the task's fields."""
-  errors = list(dict.fromkeys(task.config_errors(config) + config_errors(config)))
-  if errors:
-    raise ValueError('Invalid config:\n  ' + '\n  '.join(errors))
+  """Raises `ConfigError` naming every problem of the trainer's and the task's fields:
+  on one line when there is one, else one line each."""
+  problems = list(dict.fromkeys(task.config_errors(config) + config_errors(config)))
+  if len(problems) == 1:
+    raise errors.ConfigError(f'Invalid config: {problems[0]}')
+  if problems:
+    raise errors.ConfigError('Invalid config:\n  ' + '\n  '.join(problems))
 
 
 def num_train_steps(config) -> int:
@@ -79,6 +85,9 @@ class Options:
   plateau: Optional[Any]  # the config.optim.plateau rule, None when disabled
   optimizer: str  # for the log: "adam, lr 0.002, cosine schedule"
   resume_changes_ok: bool = False  # resume although the data stream changed
+  # For the log, when the run's length comes from num_epochs (num_train_steps <= 0):
+  # "10 epochs of 600,000 videos at batch 32"; empty otherwise.
+  epochs: str = ''
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,18 +119,25 @@ class Setup:
 def make_setup(config, task, dataset=None) -> Setup:
   """Checks the config and builds the setup in one step (nothing is filled in later).
 
+  `config.data.num_classes == 0` is set to the data set's number of classes here, before
+  the model is built and the config is saved with the checkpoints.
+
   Args:
     config: the experiment config.
     task: the task object (`rstg_jax.train.task.Task`).
     dataset: a data set to use instead of `task.create_dataset(config)`.
   """
   validate(config, task)
-  model = task.create_model(config)
   if dataset is None:
     dataset = task.create_dataset(config, jax.process_index(), jax.process_count())
+  if config.data.num_classes == 0:  # 0: the data set's classes (e.g. its labels file)
+    config.data.num_classes = int(dataset.num_classes)
+  model = task.create_model(config)
   if dataset.num_classes != config.data.num_classes:
-    raise ValueError(f'config.data.num_classes={config.data.num_classes} but the data set '
-                     f'has {dataset.num_classes} classes.')
+    raise errors.ConfigError(
+        f'config.data.num_classes={config.data.num_classes} but the data set has '
+        f'{dataset.num_classes} classes; set --config.data.num_classes='
+        f'{dataset.num_classes}.')
   # Auto axis types: with Explicit ones (make_mesh's default) jraph's gather/scatter
   # does not shard.
   mesh = jax.make_mesh((jax.device_count(),), ('data',),
@@ -154,7 +170,10 @@ def make_setup(config, task, dataset=None) -> Setup:
       keep_checkpoints=config.keep_checkpoints, progress_bar=config.progress_bar,
       prefetch=config.data.prefetch, plateau=o.plateau if o.plateau.enabled else None,
       optimizer=f'{o.optimizer}, lr {o.learning_rate}, {o.lr_schedule} schedule',
-      resume_changes_ok=config.resume_changes_ok)
+      resume_changes_ok=config.resume_changes_ok,
+      epochs='' if config.num_train_steps > 0 else (
+          f'{config.num_epochs:g} epochs of {config.data.train_size:,} videos at batch '
+          f'{config.batch_size}'))
   return Setup(
       config=config, config_json=checkpoints.config_json(config), task=task, model=model,
       dataset=dataset, options=options, mesh=mesh, replicated=replicated,

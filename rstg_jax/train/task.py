@@ -29,6 +29,7 @@ labelled validation split is the only one), the selection split is also what is 
 
 from typing import Any, Optional
 
+from rstg_jax import errors
 from rstg_jax.train import evaluators
 from rstg_jax.train import init_from
 from rstg_jax.train.state import param_count
@@ -62,7 +63,9 @@ class Task:
     return None
 
   def check_data(self, config) -> None:
-    """Raises ValueError, with what to do, when the data is not where the config says.
+    """Raises `rstg_jax.errors.DataError` (or a subclass), with what to do, when the data
+    is not where the config says or is refused; a `ConfigError` when a config value
+    disagrees with the data (the entry points print either as one line).
     Cheap (file-system checks only): runs before anything is compiled."""
     del config
 
@@ -99,7 +102,7 @@ class Task:
     """What `python -m rstg_jax.explain` asks of the task: videos by index and their
     figures (the contract is in `rstg_jax.explain`). Default: none."""
     del config, dataset
-    raise ValueError(f'the {self.name} task has no explain figures (Task.explainer)')
+    raise errors.ConfigError(f'the {self.name} task has no explain figures (Task.explainer)')
 
   def evaluator(self, config, dataset, final: bool = False):
     """The evaluation to run: during training, on `selection_split` (`final=False`), or
