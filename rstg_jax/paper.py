@@ -10,7 +10,7 @@ from its resolved config (`paper_entry`), whether or not a preset started it.
   top-5 % on the validation set, dense evaluation (11 crops x 2 clips).
 
 `sync3_table1_fair` is Table 1 at CPU scale with the models made comparable
-(docs/notes/table1.md): on configs/syncmnist_quick.py's sizes (backbone width 32,
+(docs/table1_cpu.md): on configs/syncmnist_quick.py's sizes (backbone width 32,
 rstg.dim 64, K = 1, frozen backbone) every baseline gets the widths in `FAIR_WIDTHS`,
 which put its trainable head within `FAIR_CAPACITY`'s window of RSTG all-temp's
 (`python -m rstg_jax.capacity` prints the counts), every row the same input

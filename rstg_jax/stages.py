@@ -24,7 +24,7 @@ Two implementations of the send and gather, equal in values and gradients (`impl
            no scatter-add, forward or backward, at the cost of N^2 instead of 2E second
            layers. On XLA:CPU the gathers fused into elementwise loops and their
            scatter-add gradients cost more than the extra pairs for SyncMNIST's 14
-           nodes (docs/notes/speed.md); "auto" (`choose_impl`) picks it for small
+           nodes (docs/benchmarks.md); "auto" (`choose_impl`) picks it for small
            graphs that are not much sparser than full.
 
 The variant is read off the parameter pytree (positional maps if `send` has `w_pos_src`,
@@ -59,7 +59,7 @@ EDGE_FLOATS_PER_CHUNK = 274 * 128 * 512
 # The dense path's [frames, N, N, D] pair tensors are chunked far smaller, to stay in
 # cache: at most this many (frame, receiver, sender) rows per chunk, 32 frames of the
 # 14-node graph, which ran fastest at D = 64 (24-64 frames within 5%); 4-8 frames of the
-# 30-node graph ran fastest at D = 512 (docs/notes/speed.md).
+# 30-node graph ran fastest at D = 512 (docs/benchmarks.md).
 DENSE_PAIRS_PER_CHUNK = 32 * 14 * 14
 # "auto" runs the dense path on graphs of at most this many nodes ...
 DENSE_MAX_NODES = 32
@@ -247,7 +247,7 @@ def choose_impl(graph: RSTGGraph, impl: str = 'auto', dim: int = 64,
   "auto" picks "dense" for graphs of at most `DENSE_MAX_NODES` nodes whose N x N pairs
   are at most `dense_max_pairs_per_message(dim)` per message of the graph, and
   "segment" otherwise; `backend` (default: JAX's) is accepted for a per-backend rule
-  but every backend follows the CPU measurements (docs/notes/speed.md) for now.
+  but every backend follows the CPU measurements (docs/benchmarks.md) for now.
   """
   if impl not in IMPLS + ('auto',):
     raise ValueError(f"unknown space-stage impl {impl!r}; valid: auto, {', '.join(IMPLS)}")

@@ -154,8 +154,9 @@ def upgrade_config(saved: dict[str, Any]) -> dict[str, Any]:
   if removed:
     raise errors.CheckpointError(
         f'this run used backbone.{" and backbone.".join(removed)}, a trial option that '
-        'no longer exists (docs/notes/stages.md); read it with a checkout from before the '
-        'pre-training stages (git log -S pretrain_target), or start fresh.')
+        'no longer exists (docs/syncmnist_cpu.md#old-config-fields); read it with a '
+        'checkout from before the pre-training stages (git log -S pretrain_target), or '
+        'start fresh.')
   stages = ()
   if old['pretrain_steps'] > 0:
     stages = ('digit',)
