@@ -19,6 +19,7 @@ import tarfile
 
 from absl import flags
 from ml_collections import config_flags
+import numpy as np
 import pytest
 
 from rstg_jax import tasks
@@ -29,9 +30,10 @@ HISTORY = ROOT / 'docs' / 'syncmnist_cpu.md'
 PROTOCOLS = ('paper', 'motion_backbone', 'privileged')
 MAX_README_LINES = 400
 MAX_DOCSTRING_LINES = 30
-# The pages the README must link (issue 25).
+# The pages the README must link (issue 25; explain and scaling_out hold the detail of
+# the README's "Look inside the model" and "Scaling out").
 DOCS_PAGES = ('syncmnist_cpu.md', 'table1_cpu.md', 'benchmarks.md', 'failure_modes.md',
-              'tests.md', 'departures.md')
+              'tests.md', 'departures.md', 'explain.md', 'scaling_out.md')
 
 
 def _blocks(lang):
@@ -57,6 +59,24 @@ def test_notebook_example_runs(capsys):
   diff = abs(namespace['frame_states'] - namespace['states'][:, -1]).max()
   assert float(diff) < 1e-4
   assert 'RSTGGraph(scales=(1, 2, 3)' in capsys.readouterr().out
+
+
+def test_look_inside_example_runs():
+  """The README's second notebook block ("Look inside the model") runs as printed and its
+  comments hold: the weights sum to 1 into each node, and the records hold one entry per
+  iteration, of the shapes it names (records of the last iteration only would fail)."""
+  code = _blocks('python')[1]
+  namespace = {}
+  exec(compile(code, 'README.md', 'exec'), namespace)
+  graph, alpha = namespace['graph'], namespace['alpha']
+  assert alpha.shape == (4, graph.num_edges) == (4, 90)
+  into = np.zeros((4, graph.num_nodes))
+  np.add.at(into.T, namespace['receivers'], np.asarray(alpha).T)
+  np.testing.assert_allclose(into, 1.0, rtol=1e-5)
+  attention, nodes = namespace['attention'], namespace['node_states']
+  assert len(attention) == len(nodes) == 3
+  assert all(a.shape == (2, 10, 90) for a in attention)
+  assert all(n.shape == (2, 10, 14, 64) for n in nodes)
 
 
 def _table(text, after):
