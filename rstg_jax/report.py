@@ -223,6 +223,11 @@ def summarize(rundir: str, root: str) -> dict:
   return info
 
 
+# SyncMNIST protocols whose numbers are never set beside the paper's (they use a
+# backbone or labels the paper's models do not have); ranks are still given.
+OTHER_PROTOCOLS = ('motion_backbone', 'privileged')
+
+
 def protocol_of(flat: dict) -> str:
   """The protocol of a run's (flat) config, computed by its task, so runs from before
   the trainer stored it get one too: '-' where the task defines none (SSv1), '?' where
@@ -367,6 +372,9 @@ def markdown(root: str, runs: list[dict], summaries: list[dict],
                                        f'{entry["top1"]:.1f}')
     if entry and entry.get('top5') is not None:
       paper_top1 += f' / {entry["top5"]:.1f} (top-5)'
+    if entry and info['protocol'] in OTHER_PROTOCOLS:
+      # Never beside a number reached with supervision the paper does not use.
+      paper_top1 = f'- (paper protocol only; this run: {info["protocol"]})'
     rank = info.get('rank')
     cells = ([info['name']] + [info['grid'].get(k, '') for k in grid_keys] + [
         info['protocol'], info['status'], steps,

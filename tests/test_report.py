@@ -151,6 +151,11 @@ def test_protocol_column_is_computed_from_each_runs_config(tmp_path):
   text = (tmp_path / 'report.md').read_text()
   assert '| run | protocol | status |' in text
   assert '| old_scene | privileged | done |' in text and '| ssv1 | - | done |' in text
+  # The paper's 98.9 (all-temp) stands only beside the paper-protocol run.
+  rows = {line.split(' | ')[0][2:]: line for line in text.splitlines() if line.startswith('| ')}
+  assert '| 98.9 |' in rows['old_digit']
+  for name in ('new', 'old_scene'):
+    assert '98.9' not in rows[name] and 'paper protocol only' in rows[name], rows[name]
 
 
 def test_paper_entries():
