@@ -149,11 +149,16 @@ from absl import flags
 from ml_collections import config_flags
 from rstg_jax import tasks
 
-def protocol(b):
-  motion = b.pretrain_steps > 0 and b.pretrain_target == 'digit_motion'
-  if motion and b.pretrain_scene_steps > 0:
-    return 'privileged'
-  return 'motion_backbone' if motion or b.frames == 2 else 'paper'
+def protocol(config):
+  try:  # commits from issue 25 on compute it
+    from rstg_jax.syncmnist.protocols import protocol as computed
+  except ImportError:  # before: the flat backbone.pretrain_* fields
+    b = config.backbone
+    motion = b.pretrain_steps > 0 and b.pretrain_target == 'digit_motion'
+    if motion and b.pretrain_scene_steps > 0:
+      return 'privileged'
+    return 'motion_backbone' if motion or b.frames == 2 else 'paper'
+  return computed(config)
 
 out = []
 for config_arg, overrides in json.load(sys.stdin):
@@ -163,7 +168,7 @@ for config_arg, overrides in json.load(sys.stdin):
                                   lock_config=True, sys_argv=argv)
   flag_values(argv)
   tasks.for_config(flag_values.config, check_data=False)
-  out.append(protocol(flag_values.config.backbone))
+  out.append(protocol(flag_values.config))
 print(json.dumps(out))
 '''
 
