@@ -11,17 +11,55 @@ the rest of the session. Instead of relying on test order, a test that checks th
 TF-free path takes this fixture: for its duration TensorFlow is hidden from
 `sys.modules` and any import of it fails loudly (while `importlib.util.find_spec` still
 sees the installed package, as the code under test expects), whatever ran before.
+
+The XLA compilation cache: many tests compile the same small programs again (each
+training run builds new jitted functions; each `python -m rstg_jax.main` the tests start
+is a fresh process). `pytest_configure` points JAX's persistent compilation cache at a
+fresh directory made for this session (through the environment, so the commands the
+tests start share it too), caches every program however quick its compile, and removes
+the directory at the end: every session starts cold and nothing is written to
+~/.cache. A cached program is the compiled executable itself, so results are unchanged.
 """
 
 import importlib.abc
 import importlib.machinery
 import importlib.metadata
 import importlib.util
+import os
+import shutil
 import sys
+import tempfile
 
 import pytest
 
 TENSORFLOW_PACKAGES = ('tensorflow', 'tensorflow_datasets')
+
+# jax reads these when it is first imported (the test modules import it after
+# pytest_configure); the commands the tests start inherit them.
+_XLA_CACHE_SETTINGS = {
+    'JAX_COMPILATION_CACHE_DIR': None,  # the session's directory
+    'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0',
+    'JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES': '-1',
+}
+_XLA_CACHE_KEY = pytest.StashKey[str]()
+
+
+def pytest_configure(config):
+  cache_dir = tempfile.mkdtemp(prefix='rstg_jax_xla_cache_')
+  config.stash[_XLA_CACHE_KEY] = cache_dir
+  for name, value in _XLA_CACHE_SETTINGS.items():
+    os.environ[name] = cache_dir if value is None else value
+  if 'jax' in sys.modules:  # imported before us (a plugin): set it directly as well
+    import jax  # pylint: disable=g-import-not-at-top
+    jax.config.update('jax_compilation_cache_dir', cache_dir)
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
+    jax.config.update('jax_persistent_cache_min_entry_size_bytes', -1)
+
+
+def pytest_unconfigure(config):
+  cache_dir = config.stash.get(_XLA_CACHE_KEY, None)
+  if cache_dir:
+    shutil.rmtree(cache_dir, ignore_errors=True)
 
 
 class _RefuseLoader(importlib.abc.Loader):
