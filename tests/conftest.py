@@ -19,6 +19,14 @@ fresh directory made for this session (through the environment, so the commands 
 tests start share it too), caches every program however quick its compile, and removes
 the directory at the end: every session starts cold and nothing is written to
 ~/.cache. A cached program is the compiled executable itself, so results are unchanged.
+
+XLA's optimisations: the tests run tiny programs a few times each, so compiling them is
+most of their cost, and LLVM's optimisation passes most of a compile (the suite spends
+about half the CPU time with them). `JAX_DISABLE_MOST_OPTIMIZATIONS=1` (JAX's switch for
+exactly this case: optimisation level 0, no expensive LLVM passes) is set for the session
+and its commands unless the environment already sets it (`=0` runs the suite on fully
+optimised programs). The programs compute the same functions; what the tests compare
+within a tolerance stays within it (each side of a bitwise comparison is compiled alike).
 """
 
 import importlib.abc
@@ -49,11 +57,14 @@ def pytest_configure(config):
   config.stash[_XLA_CACHE_KEY] = cache_dir
   for name, value in _XLA_CACHE_SETTINGS.items():
     os.environ[name] = cache_dir if value is None else value
+  os.environ.setdefault('JAX_DISABLE_MOST_OPTIMIZATIONS', '1')
   if 'jax' in sys.modules:  # imported before us (a plugin): set it directly as well
     import jax  # pylint: disable=g-import-not-at-top
     jax.config.update('jax_compilation_cache_dir', cache_dir)
     jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
     jax.config.update('jax_persistent_cache_min_entry_size_bytes', -1)
+    jax.config.update('jax_disable_most_optimizations', os.environ[
+        'JAX_DISABLE_MOST_OPTIMIZATIONS'].lower() in ('y', 'yes', 't', 'true', 'on', '1'))
 
 
 def pytest_unconfigure(config):
