@@ -22,7 +22,8 @@ Expected runtime: 21 min 56 s on the idle 2-core machine (fresh clone at caf396d
 48 min 18 s, with the same result, on a slower one (f1ca7fe; README, "Results").
 Expected result: 70.8% test top-1 (top-5 91.4) on all 10,000 test videos, chosen on val
 (step 12,000, val 72.2), seed 0; 70.7 with --config.seed=1. With the scene stage
-(':privileged', --config.num_train_steps=7500): 74.6% in 27 min 52 s. The previous
+(':privileged', --config.num_train_steps=7500): 74.6% in 27 min 52 s. ':paper': 40.9%
+(step 13,000, val 41.9) in 40 min 46 s on the slower machine (f1ca7fe); the previous
 one-frame recipe (':paper', sparse graph, positional maps, 9,000 steps): 37.3% in 22 min.
 """
 
