@@ -16,8 +16,9 @@ steps/s on the idle one, so ~9 steps/s here; with its two pre-training stages (~
 once at the end.
 
 Expected runtime: ~1 h 35 min (predicted above; the run below shared the machine, and
-trained at ~9 steps/s once alone); ~3 h 20 min on a 2x slower machine (4 steps/s). Expected result: 80.6% test top-1 (top-5 95.6),
-chosen on val (step 40,000, val 81.6), seed 0, fresh clone at 78dc5fa.
+trained at ~9 steps/s once alone); ~3 h 20 min on a 2x slower machine (4 steps/s).
+Expected result: 80.6% test top-1 (top-5 95.6), chosen on val (step 40,000, val 81.6),
+seed 0, fresh clone at 78dc5fa.
 With the scene stage (protocol 'privileged': --config=configs/syncmnist_cpu.py:privileged
 --config.num_train_steps=28000) this config took 1 h 55 min 7 s on the idle 2-core
 machine (commit b648128) and gave 85.7% test top-1 on all 10,000 test videos, chosen on
