@@ -11,14 +11,14 @@ digits and their steps better: fewer absent-digit errors), and the run is 44,000
 of 32 videos (1.4M videos), sized to fit 2 hours with the dense space stage: side by side
 in one run, `python -m rstg_jax.bench train` gives this config 0.73x the quick config's
 videos/s (134.6 vs 183.5 on the loaded machine), and the quick config trains at ~12
-steps/s on the idle one, so ~9 steps/s here; with its two pre-training stages (~9 min),
-44,000 steps take ~1 h 35 min. Val (2,000 videos) every 2,000 steps; the whole test set
-once at the end.
+steps/s on the idle one, so ~9 steps/s here (~1 h 35 min with pre-training); measured
+alone on another machine of the kind: ~7.2 steps/s, below. Val (2,000 videos) every 2,000
+steps; the whole test set once at the end.
 
-Expected runtime: ~1 h 35 min (predicted above; the run below shared the machine, and
-trained at ~9 steps/s once alone); ~3 h 20 min on a 2x slower machine (4 steps/s).
+Expected runtime: 1 h 53 min 19 s on an idle machine of the kind (fresh clone at 605d8f2;
+pre-training 10 min 18 s, then ~7.2 steps/s); ~3 h 20 min on the slowest seen (4 steps/s).
 Expected result: 80.6% test top-1 (top-5 95.6), chosen on val (step 40,000, val 81.6),
-seed 0, fresh clone at 78dc5fa.
+seed 0; the same at 78dc5fa and at 605d8f2.
 With the scene stage (protocol 'privileged': --config=configs/syncmnist_cpu.py:privileged
 --config.num_train_steps=28000) this config took 1 h 55 min 7 s on the idle 2-core
 machine (commit b648128) and gave 85.7% test top-1 on all 10,000 test videos, chosen on
