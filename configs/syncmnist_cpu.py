@@ -11,9 +11,8 @@ digits and their steps better: fewer absent-digit errors), and the run is 44,000
 of 32 videos (1.4M videos), sized to fit 2 hours with the dense space stage: side by side
 in one run, `python -m rstg_jax.bench train` gives this config 0.73x the quick config's
 videos/s (134.6 vs 183.5 on the loaded machine), and the quick config trains at ~12
-steps/s on the idle one, so ~9 steps/s here (~1 h 35 min with pre-training); measured
-alone on another machine of the kind: ~7.2 steps/s, below. Val (2,000 videos) every 2,000
-steps; the whole test set once at the end.
+steps/s on the idle one, so ~9 steps/s here (~1 h 35 min with pre-training; measured:
+below). Val (2,000 videos) every 2,000 steps; the whole test set once at the end.
 
 Expected runtime: 1 h 53 min 19 s on an idle machine of the kind (fresh clone at 605d8f2;
 pre-training 10 min 18 s, then ~7.2 steps/s); ~3 h 20 min on the slowest seen (4 steps/s).
