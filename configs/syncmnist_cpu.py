@@ -21,9 +21,11 @@ seed 0; the same at 78dc5fa and at 605d8f2.
 With the scene stage (protocol 'privileged': --config=configs/syncmnist_cpu.py:privileged
 --config.num_train_steps=28000) this config took 1 h 55 min 7 s on the idle 2-core
 machine (commit b648128) and gave 85.7% test top-1 on all 10,000 test videos, chosen on
-val. Without it, at width 32 for 35,000 steps: 76.8% in 1 h 43 min 53 s. The previous
-one-frame recipe (':paper' at width 32 with a sparse graph, positional maps and 50,000
-steps) gave 60.0% in 1 h 50 min 15 s. Every run and its curve: docs/syncmnist_cpu.md.
+val. Without it, at width 32 for 35,000 steps: 76.8% in 1 h 43 min 53 s. ':paper'
+(--config=configs/syncmnist_cpu.py:paper): 57.2% (val 57.8, step 44,000) in 1 h 39 min
+15 s at 828ea0c; the previous one-frame recipe (':paper' at width 32 with a sparse
+graph, positional maps and 50,000 steps) gave 60.0% in 1 h 50 min 15 s. Every run and
+its curve: docs/syncmnist_cpu.md.
 """
 
 from configs import syncmnist_base

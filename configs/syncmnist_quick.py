@@ -23,8 +23,9 @@ Expected runtime: 21 min 56 s on the idle 2-core machine (fresh clone at caf396d
 Expected result: 70.8% test top-1 (top-5 91.4) on all 10,000 test videos, chosen on val
 (step 12,000, val 72.2), seed 0; 70.7 with --config.seed=1. With the scene stage
 (':privileged', --config.num_train_steps=7500): 74.6% in 27 min 52 s. ':paper': 40.9%
-(step 13,000, val 41.9) in 40 min 46 s on the slower machine (f1ca7fe); the previous
-one-frame recipe (':paper', sparse graph, positional maps, 9,000 steps): 37.3% in 22 min.
+(step 13,000, val 41.9) in 40 min 46 s on the slower machine (f1ca7fe), 43.6% with
+--config.seed=1 (20 min 12 s on a faster one, 828ea0c); the previous one-frame recipe
+(':paper', sparse graph, positional maps, 9,000 steps): 37.3% in 22 min.
 """
 
 from configs import syncmnist_base
