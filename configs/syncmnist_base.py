@@ -56,6 +56,9 @@ def get_config():
   config.rstg.adjacency = 'sparse'
   config.rstg.layer_norm = False
   config.rstg.scalewise = False
+  # Not in the paper: each node also gets its features' change since the frame before
+  # (rstg_jax.syncmnist.rstg_classifier.with_frame_difference).
+  config.rstg.frame_diff = False
 
   # Which models normalise the backbone's features per channel with one BatchNorm before
   # their head (rstg_jax.syncmnist.models): 'rstg' (only RSTG's node BatchNorm, the

@@ -184,8 +184,10 @@ def test_a_normal_apply_traces_the_same_program_as_without_recording(schedule,
   assert programs() == normal
 
 
-def test_online_classifier_logits_are_those_of_the_frames_seen_so_far():
-  m = RSTGClassifier(num_classes=5, width=8, dim=16, num_iters=1, frames=2)
+@pytest.mark.parametrize('frames, frame_diff', [(2, False), (1, True)])
+def test_online_classifier_logits_are_those_of_the_frames_seen_so_far(frames, frame_diff):
+  m = RSTGClassifier(num_classes=5, width=8, dim=16, num_iters=1, frames=frames,
+                     frame_diff=frame_diff)
   video = jax.random.uniform(jax.random.key(0), (2, 10, 64, 64, 1))
   variables = m.init(jax.random.key(1), video)
   online, rec = m.apply(variables, video, online=True, mutable=['intermediates'])

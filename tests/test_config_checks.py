@@ -148,6 +148,7 @@ TRIES = {
         'rstg.adjacency': ['sparse', 'full', 'dense'],
         'rstg.layer_norm': [True, False],
         'rstg.scalewise': [True, False],
+        'rstg.frame_diff': [True, False],
         'input_norm': ['rstg', 'batchnorm', 'none', 'layernorm'],
         'baseline.lstm_dim': [0, 4],
         'baseline.conv_lstm_dim': [None, 0, 4],

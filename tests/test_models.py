@@ -16,6 +16,7 @@ from rstg_jax.layers import NonLocalBlock
 from rstg_jax.model import ABLATIONS, SCHEDULES, ablation_to_core_args
 from rstg_jax.syncmnist import models
 from rstg_jax.syncmnist import baselines
+from rstg_jax.syncmnist.rstg_classifier import with_frame_difference
 from rstg_jax.syncmnist.backbone import SmallCNN, apply_per_frame, feature_size, max_pool_2x2
 from flax import linen as nn
 
@@ -121,6 +122,25 @@ def test_rstg_classifier_and_positional_ablation():
   positional = check_model(models.create_model(tiny_config('rstg', 'positional')), video,
                            train_mode=False)
   assert not np.allclose(plain, positional, atol=1e-6)
+
+
+def test_frame_difference_adds_each_nodes_change_since_the_frame_before():
+  nodes = jax.random.normal(jax.random.PRNGKey(0), (2, 4, 3, 5))
+  out = np.asarray(with_frame_difference(nodes))
+  assert out.shape == (2, 4, 3, 10)
+  np.testing.assert_array_equal(out[..., :5], nodes)
+  np.testing.assert_array_equal(out[:, 0, :, 5:], 0)  # nothing before frame 0
+  np.testing.assert_allclose(out[:, 1:, :, 5:], nodes[:, 1:] - nodes[:, :-1], atol=1e-6)
+  # Through the config: the core's input projection reads both halves (2 x width).
+  config = tiny_config('rstg')
+  config.rstg.frame_diff = True
+  model = models.create_model(config)
+  params = model.init(jax.random.PRNGKey(0), videos(t=2))['params']
+  assert params['rstg']['embed']['kernel'].shape == (2 * 8, 8)
+  del config.rstg.frame_diff  # a value of another type, as a hand-made config may hold
+  config.rstg.frame_diff = 'yes'
+  with pytest.raises(ValueError, match='rstg.frame_diff'):
+    models.create_model(config)
 
 
 def test_space_only_logits_ignore_the_frame_order():

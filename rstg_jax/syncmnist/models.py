@@ -93,7 +93,9 @@ def config_errors(config) -> list[str]:
     errors += config_checks.rstg_errors(
         config.rstg, {f"the backbone's {side}x{side} feature map": (side, side)},
         time_only=config.ablation == 'time_only')
-  errors += filter(None, [config_checks.bool_error('backbone.freeze', b.freeze)])
+  errors += filter(None, [config_checks.bool_error('backbone.freeze', b.freeze),
+                          config_checks.bool_error('rstg.frame_diff',
+                                                   config.rstg.get('frame_diff', False))])
   errors += _baseline_errors(config)
   if b.frames not in (1, 2) or isinstance(b.frames, bool):
     errors.append(f'backbone.frames must be 1 (the paper: one frame at a time) or 2 (each '
@@ -107,7 +109,7 @@ def create_model(config) -> nn.Module:
   Reads only: `model`, `ablation` (rstg only), `input_norm`, `data.num_classes`,
   `baseline.*` (`baseline_widths`), `backbone.width`, `backbone.freeze`, `backbone.frames`,
   `rstg.dim`, `rstg.num_iters`, `rstg.scales`, `rstg.gather`, `rstg.adjacency`,
-  `rstg.layer_norm`, `rstg.scalewise`.
+  `rstg.layer_norm`, `rstg.scalewise`, `rstg.frame_diff`.
 
   Raises:
     ValueError: unknown model or ablation name; the message lists the valid names.
@@ -127,7 +129,8 @@ def create_model(config) -> nn.Module:
                           scales=tuple(int(s) for s in r.scales), ablation=config.ablation,
                           gather=r.gather, adjacency=r.adjacency,
                           layer_norm=bool(r.layer_norm), scalewise=bool(r.scalewise),
-                          **common)
+                          # Absent from configs saved before it existed: False.
+                          frame_diff=bool(r.get('frame_diff', False)), **common)
   return _BASELINES[config.model](**baseline_widths(config), **common)
 
 

@@ -5,6 +5,8 @@ video [B, T, 64, 64, 1]
      stacked with the one before it)   [B, T, 6, 6, C]
   -> area-pooled node features of a 1x1 + 2x2 + 3x3 grid graph   [B, T, 14, C]
   -> BatchNorm on the node features (the authors' SyncMNIST setup; `node_bn`)
+  -> with `frame_diff`, each node's features and their change since the frame before
+     [B, T, 14, 2C] (`with_frame_difference`; not in the paper)
   -> `RSTG` core (schedule = the ablation)   [B, T, 14, D]
   -> RSTG-to-vec (mean over time, sum over nodes)   [B, D]
   -> linear classifier   [B, num_classes]
@@ -31,6 +33,15 @@ from rstg_jax.syncmnist.baselines import backbone_features, node_batch_norm
 from rstg_jax.syncmnist.backbone import SmallCNN
 
 
+def with_frame_difference(nodes: jax.Array) -> jax.Array:
+  """[B, T, N, C] -> [B, T, N, 2C]: every frame's node features, then their change since
+  the frame before (zero at frame 0). Frame t reads frames t-1 and t only, so the online
+  mode stays causal. A one-frame backbone's nodes then carry the step of their content
+  as an input instead of something the first LSTM must learn to compute."""
+  prev = jnp.concatenate([nodes[:, :1], nodes[:, :-1]], axis=1)
+  return jnp.concatenate([nodes, nodes - prev], axis=-1)
+
+
 class RSTGClassifier(nn.Module):
   """Backbone + RSTG + RSTG-to-vec + linear classifier.
 
@@ -48,6 +59,8 @@ class RSTGClassifier(nn.Module):
     freeze_backbone: stop gradients at the backbone output.
     frames: frames the backbone sees at once (`SmallCNN.frames`: 2 adds the previous one).
     node_bn: BatchNorm on the pooled node features (`baselines.node_batch_norm`).
+    frame_diff: give the core each node's features and their change since the frame
+      before (`with_frame_difference`), a departure from the paper (docs/departures.md).
   """
 
   num_classes: int
@@ -63,6 +76,7 @@ class RSTGClassifier(nn.Module):
   freeze_backbone: bool = False
   frames: int = 1
   node_bn: bool = True
+  frame_diff: bool = False
 
   @nn.compact
   def __call__(self, video: jax.Array, train: bool = False,
@@ -84,6 +98,8 @@ class RSTGClassifier(nn.Module):
     # fine-tuned; normalising per channel keeps the LSTM gates out of saturation.
     if self.node_bn:
       nodes = node_batch_norm(nodes, train)
+    if self.frame_diff:
+      nodes = with_frame_difference(nodes)
     core = RSTG(graph=graph, dim=self.dim, num_iters=self.num_iters,
                 gather=self.gather, layer_norm=self.layer_norm,
                 scalewise=self.scalewise, name='rstg', **core_args)
