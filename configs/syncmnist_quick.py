@@ -7,14 +7,14 @@ Command (the README's main command; the protocols: README, "Protocols"):
   python -m rstg_jax.evaluate --workdir=runs/quick --checkpoint=best
 
 Recipe, protocol 'motion_backbone' (':paper': a one-frame backbone pre-trained on single
-digits' class only, the rest unchanged): a 32-wide backbone that sees each frame with
-the one before it, pre-trained 1,000 steps on single digits' class, then 1,000 on their
-class and step between the two frames, then frozen; all-temp RSTG without positional
-maps, every node attending to every other (full adjacency), K = 1, D = 64, LayerNorm in
-the space stage; Adam 2e-3 with warmup, cosine decay and clipping; batch 32; val (2,000
-videos) every 1,000 steps, the whole test set once at the end. Why each choice, and the
-trials behind it: docs/syncmnist_cpu.md; where it departs from the paper:
-docs/departures.md.
+digits' class only, and frame differences at the nodes, rstg.frame_diff; the rest
+unchanged): a 32-wide backbone that sees each frame with the one before it, pre-trained
+1,000 steps on single digits' class, then 1,000 on their class and step between the two
+frames, then frozen; all-temp RSTG without positional maps, every node attending to
+every other (full adjacency), K = 1, D = 64, LayerNorm in the space stage; Adam 2e-3
+with warmup, cosine decay and clipping; batch 32; val (2,000 videos) every 1,000 steps,
+the whole test set once at the end. Why each choice, and the trials behind it:
+docs/syncmnist_cpu.md; where it departs from the paper: docs/departures.md.
 
 Budget: <= 30 minutes on 2 CPU cores (chance is 2%; the digit oracle, which knows the
 three digits but not their motion, gets 32.6%).
@@ -22,10 +22,10 @@ Expected runtime: 21 min 56 s on the idle 2-core machine (fresh clone at caf396d
 48 min 18 s, with the same result, on a slower one (f1ca7fe; README, "Results").
 Expected result: 70.8% test top-1 (top-5 91.4) on all 10,000 test videos, chosen on val
 (step 12,000, val 72.2), seed 0; 70.7 with --config.seed=1. With the scene stage
-(':privileged', --config.num_train_steps=7500): 74.6% in 27 min 52 s. ':paper': 40.9%
-(step 13,000, val 41.9) in 40 min 46 s on the slower machine (f1ca7fe), 43.6% with
---config.seed=1 (20 min 12 s on a faster one, 828ea0c); the previous one-frame recipe
-(':paper', sparse graph, positional maps, 9,000 steps): 37.3% in 22 min.
+(':privileged', --config.num_train_steps=7500): 74.6% in 27 min 52 s. ':paper': 45.0%
+(step 13,000, val 46.6) in 44 min 39 s on a slower machine (635536d), 58.5% with
+--config.seed=1; before rstg.frame_diff 40.9% (40 min 46 s on a slower one) and 43.6%
+(20 min 12 s on a faster one, 828ea0c).
 """
 
 from configs import syncmnist_base
@@ -71,8 +71,10 @@ def get_config(preset=None):
 
 def paper(config):
   """'paper': a one-frame backbone pre-trained on single digits' class only; the graph,
-  optimizer and budget as above, not yet tuned for it."""
+  optimizer and budget as above; each node also gets its features' change since the
+  frame before (`rstg.frame_diff`, not in the paper: docs/departures.md)."""
   syncmnist_base.paper_backbone(config)
+  config.rstg.frame_diff = True
 
 
 PRESETS = {'motion': syncmnist_base.motion_backbone,  # the default

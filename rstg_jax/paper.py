@@ -14,7 +14,9 @@ from its resolved config (`paper_entry`), whether or not a preset started it.
 rstg.dim 64, K = 1, frozen backbone) every baseline gets the widths in `FAIR_WIDTHS`,
 which put its trainable head within `FAIR_CAPACITY`'s window of RSTG all-temp's
 (`python -m rstg_jax.capacity` prints the counts), every row the same input
-normalisation (`input_norm='batchnorm'`), and the sweep runs each row with `seeds` seeds.
+normalisation (`input_norm='batchnorm'`) and nodes without frame differences
+(`rstg.frame_diff=False`, which the baselines have no counterpart of), and the sweep runs
+each row with `seeds` seeds.
 """
 
 from typing import Optional
@@ -76,8 +78,9 @@ FAIR_CAPACITY = {'reference': 'sync3_all_temp', 'low': 0.5, 'high': 2.0}
 def _sync_preset(digits: int, fair: bool = False) -> dict:
   points = []
   for name, row, overrides, top1_3, top1_5 in SYNCMNIST_ROWS:
-    if fair:  # the same input normalisation for all, the baselines' matched widths
-      overrides = {**overrides, 'input_norm': 'batchnorm',
+    if fair:  # the same input normalisation for all, the baselines' matched widths;
+      # RSTG's nodes as the paper's (the :paper preset's frame differences are RSTG's only)
+      overrides = {**overrides, 'input_norm': 'batchnorm', 'rstg.frame_diff': False,
                    **FAIR_WIDTHS.get(overrides['model'], {})}
     points.append({
         'name': f'sync{digits}_{name}',
