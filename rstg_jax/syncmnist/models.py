@@ -94,13 +94,17 @@ def config_errors(config) -> list[str]:
         config.rstg, {f"the backbone's {side}x{side} feature map": (side, side)},
         time_only=config.ablation == 'time_only')
   errors += filter(None, [config_checks.bool_error('backbone.freeze', b.freeze),
-                          config_checks.bool_error('rstg.frame_diff',
-                                                   config.rstg.get('frame_diff', False))])
+                          config_checks.bool_error('rstg.frame_diff', _frame_diff(config))])
   errors += _baseline_errors(config)
   if b.frames not in (1, 2) or isinstance(b.frames, bool):
     errors.append(f'backbone.frames must be 1 (the paper: one frame at a time) or 2 (each '
                   f'frame with the one before it), got {b.frames!r}.')
   return errors
+
+
+def _frame_diff(config):
+  """`rstg.frame_diff`, False in configs saved before the field existed."""
+  return config.rstg.get('frame_diff', False)
 
 
 def create_model(config) -> nn.Module:
@@ -129,8 +133,7 @@ def create_model(config) -> nn.Module:
                           scales=tuple(int(s) for s in r.scales), ablation=config.ablation,
                           gather=r.gather, adjacency=r.adjacency,
                           layer_norm=bool(r.layer_norm), scalewise=bool(r.scalewise),
-                          # Absent from configs saved before it existed: False.
-                          frame_diff=bool(r.get('frame_diff', False)), **common)
+                          frame_diff=bool(_frame_diff(config)), **common)
   return _BASELINES[config.model](**baseline_widths(config), **common)
 
 
