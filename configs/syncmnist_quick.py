@@ -23,9 +23,9 @@ Expected runtime: 21 min 56 s on the idle 2-core machine (fresh clone at caf396d
 Expected result: 70.8% test top-1 (top-5 91.4) on all 10,000 test videos, chosen on val
 (step 12,000, val 72.2), seed 0; 70.7 with --config.seed=1. With the scene stage
 (':privileged', --config.num_train_steps=7500): 74.6% in 27 min 52 s. ':paper': 45.0%
-(step 13,000, val 46.6) in 44 min 39 s on a slower machine (635536d), 58.5% with
---config.seed=1; before rstg.frame_diff 40.9% (40 min 46 s on a slower one) and 43.6%
-(20 min 12 s on a faster one, 828ea0c).
+(step 13,000, val 46.6) in 44 min 39 s on a slower machine (635536d); 58.5% and 48.7%
+with --config.seed=1 and 2 (seed 2: 24 min 38 s on a faster one, ce3d5fe); before
+rstg.frame_diff 40.9% (40 min 46 s, slower machine) and 43.6% (20 min 12 s, faster).
 """
 
 from configs import syncmnist_base

@@ -80,11 +80,11 @@ def test_the_defaults_use_no_privileged_label():
   assert paper_quick.backbone.frames == 1
   assert tuple(paper_quick.backbone.pretrain.stages) == ('digit',)
   # The same graph and optimizer as the default: only the backbone fields differ, and
-  # the quick preset's nodes get frame differences (the 2-hour preset's do not).
-  for name, extra in (('syncmnist_quick', {'rstg.frame_diff'}), ('syncmnist_cpu', set())):
+  # the nodes get frame differences (rstg.frame_diff).
+  for name in ('syncmnist_quick', 'syncmnist_cpu'):
     preset, default = _flat(_parse(f'{name}.py:paper')), _flat(_parse(f'{name}.py'))
     changed = {k for k, v in preset.items() if default.get(k) != v}
-    assert changed == {'backbone.frames', 'backbone.pretrain.stages'} | extra, name
+    assert changed == {'backbone.frames', 'backbone.pretrain.stages', 'rstg.frame_diff'}, name
 
 
 def _flat(config):
