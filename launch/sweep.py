@@ -3,7 +3,8 @@ r"""launch/sweep.py: one `rstg_jax.main` run per point of a grid, then a report.
 
   python launch/sweep.py --config=configs/syncmnist.py --workdir=runs/ablations \
       --grid='ablation=all_temp,one_temp,space_only' [--grid='seed=0,1'] \
-      [--executor=local|slurm] [--parallel=K] [--processes=N] [--dry_run] \
+      [--executor=local|slurm] [--parallel=K] [--processes=N] [--only=PATTERNS] \
+      [--dry_run] \
       [-- EXTRA_MAIN_FLAGS]
   python launch/sweep.py --preset=sync3_table1 --workdir=runs/table1   # the paper's rows
   python launch/sweep.py --preset=sync3_table1_fair --seeds=2 --workdir=runs/table1_fair
@@ -40,10 +41,14 @@ Executors:
   the flags of array task i are line i+1 of DIR/sweep_args.txt. The array's task ids go
   into each run's sweep.json, and a rerun skips the runs `squeue` still lists.
 
---dry_run prints what would run, and writes nothing.
+--only=PATTERNS runs only the runs whose names match one of the comma-separated
+shell patterns (e.g. `--only='sync3_all_temp_*'`: a budget check on one row before the
+whole table); the others are left as they are, and a later sweep without --only runs
+them. --dry_run prints what would run, and writes nothing.
 """
 
 import datetime
+import fnmatch
 import itertools
 import json
 import os
@@ -167,6 +172,19 @@ def plan_runs(args) -> list[dict]:
                  'grid': {**base_grid, **point}, 'paper': entry, 'main_args': main_args,
                  'extra': list(args.extra)})
   return runs
+
+
+def select_runs(runs: list[dict], only: str | None) -> list[dict]:
+  """The runs whose names match one of `only`'s comma-separated shell patterns (all when
+  `only` is empty); ValueError naming the sweep's runs when a pattern matches none."""
+  if not only:
+    return runs
+  patterns = split_values(only)
+  unmatched = [p for p in patterns if not any(fnmatch.fnmatchcase(r['name'], p) for r in runs)]
+  if unmatched or not patterns:
+    raise ValueError(f'--only={only!r}: {", ".join(map(repr, unmatched)) or "no pattern"} '
+                     f'matches none of the sweep\'s runs: {", ".join(r["name"] for r in runs)}.')
+  return [r for r in runs if any(fnmatch.fnmatchcase(r['name'], p) for p in patterns)]
 
 
 def config_problem(run: dict) -> str:
@@ -356,6 +374,9 @@ def _define_flags() -> flags.FlagValues:
                        'tasks at a time, default 0 = no limit)', flag_values=fv)
   flags.DEFINE_integer('processes', 1, 'local: processes per run (launch/local.sh when > 1)',
                        flag_values=fv)
+  flags.DEFINE_string('only', None, "run only the runs whose names match one of these "
+                      "comma-separated shell patterns (e.g. 'sync3_all_temp_*')",
+                      flag_values=fv)
   flags.DEFINE_bool('dry_run', False, 'print, run nothing', flag_values=fv)
   flags.DEFINE_bool('no_report', False, 'local: skip writing WORKDIR/report.md at the end',
                     flag_values=fv)
@@ -411,7 +432,7 @@ def main(argv=None):
               + ' '.join(f'--config.{k}={v}' for k, v in p['overrides'].items()))
     return 0
   try:
-    runs = plan_runs(args)
+    runs = select_runs(plan_runs(args), args.only)
   except (ValueError, KeyError) as e:
     raise SystemExit(f'ERROR: {e}') from None
   for run in runs:  # every grid key and value, before anything starts or is printed

@@ -245,6 +245,25 @@ def test_sweep_seeds_run_every_point_once_per_seed(tmp_path, capsys):
   assert not workdir.exists()
 
 
+def test_sweep_only_runs_the_named_rows(tmp_path, capsys):
+  """--only keeps the runs whose names match one of its shell patterns, in the sweep's
+  order, and stops with one line naming the runs when a pattern matches none. Catches a
+  filter that is ignored, drops a seed, or starts nothing without saying why."""
+  workdir = tmp_path / 'sw'
+  rc = sweep.main(['--preset=sync3_table1_fair', f'--workdir={workdir}', '--dry_run',
+                   '--only=sync3_all_temp_*,sync3_i3d_seed=1'])
+  out = capsys.readouterr().out.splitlines()
+  assert rc == 0 and not workdir.exists()
+  assert [l.split(':')[0].split()[1] for l in out[:-1]] == [
+      'sync3_all_temp_seed=0', 'sync3_i3d_seed=1', 'sync3_all_temp_seed=1']  # seed-major
+  assert out[-1] == f'3 run(s) in {workdir}: 3 to run, 0 skipped'
+  with pytest.raises(SystemExit, match=r"--only='sync3_all_temp_\*,nope': 'nope' matches "
+                     r"none of the sweep's runs: sync3_mean_lstm_seed=0, "):
+    sweep.main(['--preset=sync3_table1_fair', f'--workdir={workdir}', '--dry_run',
+                '--only=sync3_all_temp_*,nope'])
+  assert not workdir.exists()
+
+
 def test_sweep_slurm_submits_an_array_and_asks_squeue_on_rerun(tmp_path, monkeypatch,
                                                                capsys):
   bin_dir, workdir = tmp_path / 'bin', tmp_path / 'sw'
