@@ -110,6 +110,22 @@ def test_train_benchmark_json():
       impls['dense']['videos_per_s'] / impls['segment']['videos_per_s'], rel=0.01)
 
 
+def test_backbone_benchmark_json():
+  """Both kernel-gradient methods timed at both batch shapes, the speed-up their ratio,
+  and the default named for this backend."""
+  out = _bench('backbone', '--repeats=1', '--config.batch_size=2', '--config.backbone.width=4',
+               '--config.backbone.pretrain.batch_size=3')
+  assert out['benchmark'] == 'backbone' and out['width'] == 4
+  assert out['video_batch']['frames'] == 20 and out['pretrain_batch']['frames'] == 3
+  for batch in ('video_batch', 'pretrain_batch'):
+    row = out[batch]
+    for k in ('matmul', 'xla'):
+      assert all(_positive(row[k][f]) for f in ('fwd_ms', 'grad_ms', 'grad_over_fwd')), row
+    assert row['matmul_speedup'] == pytest.approx(
+        row['xla']['grad_ms'] / row['matmul']['grad_ms'], rel=0.02, abs=0.01)
+  assert out['kernel_grad_auto'] == ('matmul' if out['backend'] == 'cpu' else 'xla')
+
+
 @pytest.mark.slow
 def test_ssv1_benchmark_json():
   out = _bench('ssv1', '--batch=1', '--frames=4', '--size=32', '--repeats=1', timeout=1200)

@@ -89,6 +89,30 @@ def test_max_pool_2x2_equals_flax_max_pool_and_its_gradient(size):
   np.testing.assert_array_equal(grad(max_pool_2x2), grad(ref))
 
 
+@pytest.mark.parametrize('padding', ['VALID', 'SAME'])
+def test_kernel_grad_as_matmuls_equals_xla_gradients(padding):
+  """SmallCNN's kernel gradients as matmuls ('matmul', the CPU default: over the patches
+  for the 2-frame input's 18 patch channels, per tap for the 72 of the 8-wide second
+  layer) give XLA's gradients (kernels, biases and the frames) and the same parameters
+  and output. Catches a tap read at the wrong offset, patches in another order than the
+  kernel's, a transposed kernel, or SAME padding on the wrong side."""
+  x = jax.random.uniform(jax.random.PRNGKey(0), (3, 20, 23, 2))
+  cnns = {k: SmallCNN(8, num_layers=2, padding=padding, frames=2, kernel_grad=k)
+          for k in ('matmul', 'xla')}
+  params = cnns['xla'].init(jax.random.PRNGKey(1), x)
+  assert jax.tree.map(jnp.shape, cnns['matmul'].init(jax.random.PRNGKey(1), x)) == \
+      jax.tree.map(jnp.shape, params)
+  w = jax.random.normal(jax.random.PRNGKey(2), cnns['xla'].apply(params, x).shape)
+  grads = {k: jax.grad(lambda p, a, m=m: jnp.sum(w * m.apply(p, a) ** 2), argnums=(0, 1))(
+      params, x) for k, m in cnns.items()}
+  np.testing.assert_array_equal(cnns['matmul'].apply(params, x), cnns['xla'].apply(params, x))
+  for a, b in zip(jax.tree.leaves(grads['matmul']), jax.tree.leaves(grads['xla'])):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * float(jnp.abs(b).max()))
+  assert float(jnp.abs(grads['xla'][0]['params']['conv0']['kernel']).max()) > 0
+  with pytest.raises(ValueError, match="kernel_grad must be 'auto', 'matmul' or 'xla'"):
+    SmallCNN(5, kernel_grad='fast').init(jax.random.PRNGKey(1), x[..., :1])
+
+
 def check_model(model, video, train_mode=True):
   """Shapes, finiteness, input dependence and the train-mode contract; returns logits."""
   variables = model.init(jax.random.PRNGKey(0), video, train=False)

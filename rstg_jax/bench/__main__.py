@@ -2,6 +2,7 @@
 
 Names: graph (the RSTG module, issue targets vs a matmul measured in the same run),
 train (where the time of a SyncMNIST training step goes: data, backbone, head, optimizer),
+backbone (the SyncMNIST backbone's forward and backward with each kernel-gradient method),
 syncmnist (the SyncMNIST generator), ssv1 (I3D-R50 + RSTG forward and training step, and
 the graph's share of the time). Each lives in `rstg_jax/bench/NAME.py`.
 """
@@ -17,6 +18,7 @@ BENCHMARKS = {  # name -> what it measures (each prints one JSON object)
     'syncmnist': 'the SyncMNIST video generator',
     'ssv1': 'I3D-R50 + RSTG forward and training step, and the graph\'s share',
     'train': 'where a SyncMNIST training step\'s time goes',
+    'backbone': 'the SyncMNIST backbone\'s backward pass, XLA\'s kernel gradient vs matmuls',
 }
 
 

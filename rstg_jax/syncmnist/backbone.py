@@ -24,6 +24,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
+from jax import lax
 
 
 def feature_size(input_size: int, num_layers: int = 3, padding: str = 'VALID') -> int:
@@ -73,6 +74,78 @@ def _max_pool_bwd(res, g):
 max_pool_2x2.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
+#: Up to this many patch channels (kh * kw * Cin) the kernel gradient is one matmul over
+#: the patches; above, one matmul per tap.
+_PATCH_CHANNELS = 64
+
+
+def _conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """A stride-1, undilated, ungrouped VALID convolution, x NHWC, kernel HWIO."""
+  return lax.conv_general_dilated(x, kernel, (1, 1), 'VALID',
+                                  dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+
+@jax.custom_vjp
+def conv_valid(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """`lax.conv_general_dilated(x, kernel, (1, 1), 'VALID')` (x NHWC, kernel HWIO) whose
+  kernel gradient is computed as matmuls.
+
+  The forward pass and the input gradient are XLA's. XLA:CPU's kernel gradient of a
+  convolution (a convolution of the input with the output's gradient) ran ~10x slower
+  than the forward pass at the backbone's sizes. The gradient is the sum over every
+  frame and output cell of `x[cell + tap] * grad[cell]`: for an input of few channels
+  (the frames themselves) one [kh*kw*Cin, M] @ [M, Cout] matmul over the taps' patches
+  (M = N*Ho*Wo), which reads the large output gradient once; otherwise one
+  [Cin, M] @ [M, Cout] matmul per tap, which needs no kh*kw-times-larger copy of the
+  input (`python -m rstg_jax.bench backbone` compares it with XLA's side by side).
+  """
+  return _conv(x, kernel)
+
+
+def _conv_valid_fwd(x, kernel):
+  return _conv(x, kernel), (x, kernel)
+
+
+def _conv_valid_bwd(res, g):
+  x, kernel = res
+  kh, kw, cin, cout = kernel.shape
+  ho, wo = g.shape[1:3]
+  dx = jax.vjp(lambda x: _conv(x, kernel), x)[1](g)[0]
+  g2 = g.reshape(-1, cout)
+  taps = [x[:, i:i + ho, j:j + wo, :] for i in range(kh) for j in range(kw)]
+  if cin * kh * kw <= _PATCH_CHANNELS:
+    patches = jnp.concatenate(taps, axis=-1).reshape(-1, kh * kw * cin)
+    dk = jnp.dot(patches.T, g2).reshape(kh, kw, cin, cout)
+  else:
+    dk = jnp.stack([jnp.dot(t.reshape(-1, cin).T, g2) for t in taps]).reshape(
+        kh, kw, cin, cout)
+  return dx, dk.astype(kernel.dtype)
+
+
+conv_valid.defvjp(_conv_valid_fwd, _conv_valid_bwd)
+
+
+def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
+                         rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
+                         precision=None, **kwargs):
+  """`lax.conv_general_dilated` for `nn.Conv(conv_general_dilated=...)`: `conv_valid`
+  (after explicit padding for 'SAME') for the stride-1, undilated, ungrouped 2-D NHWC
+  convolutions of `SmallCNN`, `lax.conv_general_dilated` itself for anything else."""
+  nhwc = lax.conv_dimension_numbers(lhs.shape, rhs.shape, ('NHWC', 'HWIO', 'NHWC'))
+  simple = (lhs.ndim == 4 and tuple(window_strides) == (1, 1) and feature_group_count == 1
+            and all(d is None or tuple(d) == (1, 1) for d in (lhs_dilation, rhs_dilation))
+            and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) == nhwc
+            and padding in ('VALID', 'SAME') and precision is None and not kwargs)
+  if not simple:
+    return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation,
+                                    rhs_dilation, dimension_numbers, feature_group_count,
+                                    precision=precision, **kwargs)
+  if padding == 'SAME':  # stride 1: k - 1 cells in all, the extra one after
+    kh, kw = rhs.shape[:2]
+    lhs = jnp.pad(lhs, ((0, 0), ((kh - 1) // 2, kh // 2), ((kw - 1) // 2, kw // 2), (0, 0)))
+  return conv_valid(lhs, rhs)
+
+
 def with_previous_frame(video: jax.Array) -> jax.Array:
   """video [B, T, H, W, C] -> [B, T, H, W, 2C]: frame t-1's channels, then frame t's
   (frame 0 is paired with itself: no motion before the first frame)."""
@@ -105,19 +178,30 @@ class SmallCNN(nn.Module):
       (64x64 -> 8x8).
     frames: 1 (the paper: one frame at a time) or 2 (`video` gives every frame with
       its predecessor, `with_previous_frame`; `__call__` then takes 2C input channels).
+    kernel_grad: how the convolutions' kernel gradients are computed: 'matmul' (as
+      matmuls, `conv_valid`), 'xla' (XLA's own) or 'auto' (matmuls on CPU, where XLA's
+      ran ~10x slower than the forward pass; XLA's elsewhere). The same parameters and
+      forward pass either way.
   """
 
   width: int = 512
   num_layers: int = 3
   padding: str = 'VALID'
   frames: int = 1
+  kernel_grad: str = 'auto'
 
   @nn.compact
   def __call__(self, frames: jax.Array) -> jax.Array:
     """Maps frames [B, H, W, C] (float in [0, 1]) to a feature map [B, h, w, width]."""
     x = jnp.asarray(frames, jnp.float32)
+    if self.kernel_grad not in ('auto', 'matmul', 'xla'):
+      raise ValueError(f"SmallCNN.kernel_grad must be 'auto', 'matmul' or 'xla', got "
+                       f'{self.kernel_grad!r}')
+    matmul = self.kernel_grad == 'matmul' or (self.kernel_grad == 'auto'
+                                              and jax.default_backend() == 'cpu')
+    conv = dict(conv_general_dilated=conv_general_dilated) if matmul else {}
     for i in range(self.num_layers):
-      x = nn.Conv(self.width, (3, 3), padding=self.padding, name=f'conv{i}')(x)
+      x = nn.Conv(self.width, (3, 3), padding=self.padding, name=f'conv{i}', **conv)(x)
       x = nn.relu(x)
       x = max_pool_2x2(x)
     return x
