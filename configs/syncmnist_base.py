@@ -30,6 +30,9 @@ def get_config():
   config.backbone = config_dict.ConfigDict()
   config.backbone.width = 512  # 3 conv layers, 3x3, `width` filters (paper).
   config.backbone.freeze = False  # True: backbone params get no updates.
+  # With freeze: the backbone's last `train_layers` conv layers (of 3) still train, and the
+  # gradient stops below them (0: the whole backbone frozen).
+  config.backbone.train_layers = 0
   # Frames the backbone sees at once: 1 (the paper) or 2 (each frame stacked with the one
   # before it, a temporal kernel of 2 as in I3D; rstg_jax.syncmnist.backbone.SmallCNN),
   # so that features can encode the last step of motion (the 'motion' stage).

@@ -277,6 +277,66 @@ def test_freeze_reaches_every_model():
       assert models.create_model(tiny_config(name, freeze=freeze)).freeze_backbone == freeze
 
 
+@pytest.mark.parametrize('name', ['rstg', 'i3d'])
+def test_train_layers_trains_only_the_backbones_last_layers(name):
+  """backbone.train_layers=k with freeze: conv layers below the last k get exactly zero
+  gradient, the last k the gradient full fine-tuning gives them, and every head
+  parameter its unchanged gradient (the forward pass is the same); the SyncMNIST task's
+  optimizer mask freezes exactly those lower layers."""
+  from rstg_jax.syncmnist.task import TASK  # pylint: disable=g-import-not-at-top
+  video = videos()
+  variables = models.create_model(tiny_config(name)).init(jax.random.PRNGKey(0), video)
+  norm = lambda t: sum(float(jnp.sum(jnp.abs(g))) for g in jax.tree_util.tree_leaves(t))
+
+  def grads(config):
+    model = models.create_model(config)
+
+    def loss(params):
+      logits, _ = model.apply({**variables, 'params': params}, video, train=True,
+                              mutable=['batch_stats'])
+      return jnp.sum(logits[:, 0] ** 2) + jnp.sum(logits[:, 1])
+
+    return jax.grad(loss)(variables['params'])
+
+  free = grads(tiny_config(name))
+  for k in (1, 2):
+    config = tiny_config(name, freeze=True)
+    config.backbone.train_layers = k
+    assert models.create_model(config).train_backbone_layers == k
+    g = grads(config)
+    trained = [f'conv{i}' for i in range(3 - k, 3)]
+    for layer in ('conv0', 'conv1', 'conv2'):
+      if layer in trained:
+        assert norm(g['backbone'][layer]) > 0.0
+        np.testing.assert_allclose(g['backbone'][layer]['kernel'],
+                                   free['backbone'][layer]['kernel'], rtol=1e-4, atol=1e-6)
+      else:
+        assert norm(g['backbone'][layer]) == 0.0, (k, layer)
+    for a, b in zip(jax.tree_util.tree_leaves({n: v for n, v in g.items() if n != 'backbone'}),
+                    jax.tree_util.tree_leaves({n: v for n, v in free.items()
+                                               if n != 'backbone'}), strict=True):
+      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    mask = TASK.frozen_mask(config, variables['params'])
+    assert {layer: all(jax.tree_util.tree_leaves(m)) for layer, m in
+            mask['backbone'].items()} == {f'conv{i}': i < 3 - k for i in range(3)}
+    assert not any(jax.tree_util.tree_leaves({n: v for n, v in mask.items()
+                                              if n != 'backbone'}))
+
+
+def test_train_layers_rejects_values_that_do_nothing_or_cannot_be():
+  config = tiny_config('rstg', freeze=False)
+  config.backbone.train_layers = 1  # unfrozen: every layer trains already
+  with pytest.raises(ValueError, match='only applies to a frozen backbone'):
+    models.create_model(config)
+  for bad in (4, -1, True, 1.5):
+    config = tiny_config('rstg', freeze=True)
+    config.backbone.train_layers = bad
+    with pytest.raises(ValueError, match='train_layers must be an integer from 0 to 3'):
+      models.create_model(config)
+  with pytest.raises(ValueError, match='frozen_layers must be in 0..3'):
+    SmallCNN(4, frozen_layers=4).init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 1)))
+
+
 def test_two_frame_backbone_sees_the_previous_frame():
   """frames=2: the first conv takes both frames' channels; frame t's features depend on
   frame t-1 (and frame 0 is paired with itself), so a still video's features are those

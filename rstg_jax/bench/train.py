@@ -307,6 +307,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             'ablation': config.ablation if config.model == 'rstg' else None,
             **measure(config, args.steps, args.repeats, args.rounds),
             'backbone_frozen': bool(config.backbone.freeze),
+            'backbone_train_layers': int(config.backbone.get('train_layers', 0)),
             'jax': jax.__version__, 'backend': jax.default_backend(),
             'devices': jax.device_count(), 'python': platform.python_version(),
             'cpu_count': os.cpu_count(),

@@ -182,6 +182,9 @@ class SmallCNN(nn.Module):
       matmuls, `conv_valid`), 'xla' (XLA's own) or 'auto' (matmuls on CPU, where XLA's
       ran ~10x slower than the forward pass; XLA's elsewhere). The same parameters and
       forward pass either way.
+    frozen_layers: the first `frozen_layers` conv blocks get no gradient: their output
+      is wrapped in `stop_gradient`, so their parameters get exactly zero gradient and
+      XLA prunes their backward pass (0: every layer trains; `num_layers`: none does).
   """
 
   width: int = 512
@@ -189,6 +192,7 @@ class SmallCNN(nn.Module):
   padding: str = 'VALID'
   frames: int = 1
   kernel_grad: str = 'auto'
+  frozen_layers: int = 0
 
   @nn.compact
   def __call__(self, frames: jax.Array) -> jax.Array:
@@ -197,6 +201,9 @@ class SmallCNN(nn.Module):
     if self.kernel_grad not in ('auto', 'matmul', 'xla'):
       raise ValueError(f"SmallCNN.kernel_grad must be 'auto', 'matmul' or 'xla', got "
                        f'{self.kernel_grad!r}')
+    if not 0 <= self.frozen_layers <= self.num_layers:
+      raise ValueError(f'SmallCNN.frozen_layers must be in 0..{self.num_layers}, got '
+                       f'{self.frozen_layers}')
     matmul = self.kernel_grad == 'matmul' or (self.kernel_grad == 'auto'
                                               and jax.default_backend() == 'cpu')
     conv = dict(conv_general_dilated=conv_general_dilated) if matmul else {}
@@ -204,6 +211,8 @@ class SmallCNN(nn.Module):
       x = nn.Conv(self.width, (3, 3), padding=self.padding, name=f'conv{i}', **conv)(x)
       x = nn.relu(x)
       x = max_pool_2x2(x)
+      if i + 1 == self.frozen_layers:
+        x = jax.lax.stop_gradient(x)
     return x
 
   def video(self, video: jax.Array) -> jax.Array:

@@ -39,8 +39,11 @@ from flax import linen as nn
 from rstg_jax.layers import NonLocalBlock, batch_norm
 from rstg_jax.syncmnist.backbone import SmallCNN
 
-__all__ = ['backbone_features', 'node_batch_norm', 'LSTMHead', 'MeanLSTM', 'ConvLSTM',
+__all__ = ['backbone_features', 'model_backbone_features', 'NUM_BACKBONE_LAYERS', 'node_batch_norm', 'LSTMHead', 'MeanLSTM', 'ConvLSTM',
            'Bottleneck3D', 'I3DSmall', 'NonLocalI3D']
+
+
+NUM_BACKBONE_LAYERS = SmallCNN.num_layers  # the paper's 3 conv layers
 
 
 def backbone_features(backbone: SmallCNN, video: jax.Array, freeze: bool) -> jax.Array:
@@ -52,6 +55,25 @@ def backbone_features(backbone: SmallCNN, video: jax.Array, freeze: bool) -> jax
   """
   fmap = backbone.video(video)
   return jax.lax.stop_gradient(fmap) if freeze else fmap
+
+
+def model_backbone_features(model: nn.Module, video: jax.Array) -> jax.Array:
+  """The per-frame feature maps every SyncMNIST model reads, from its fields `width`,
+  `frames`, `freeze_backbone` and `train_backbone_layers` (with `freeze_backbone`, the
+  backbone's last `train_backbone_layers` conv layers still train; 0: none does).
+
+  Call from the model's compact method: it creates the model's `backbone` submodule.
+  """
+  train_layers = model.train_backbone_layers
+  if not 0 <= train_layers <= NUM_BACKBONE_LAYERS:
+    raise ValueError(f'train_backbone_layers must be in 0..{NUM_BACKBONE_LAYERS}, got '
+                     f'{train_layers}')
+  if model.freeze_backbone and train_layers:
+    cnn = SmallCNN(model.width, frames=model.frames, name='backbone',
+                   frozen_layers=NUM_BACKBONE_LAYERS - train_layers)
+    return cnn.video(video)
+  return backbone_features(SmallCNN(model.width, frames=model.frames, name='backbone'),
+                           video, model.freeze_backbone)
 
 
 def _bn(train: bool, name: str) -> nn.Module:
@@ -94,6 +116,8 @@ class MeanLSTM(nn.Module):
     width: backbone filters.
     lstm_dim: LSTM hidden size.
     freeze_backbone: stop gradients at the backbone output.
+    train_backbone_layers: with `freeze_backbone`, the backbone's last conv layers that
+      still train (`model_backbone_features`).
     node_bn: BatchNorm on each frame's pooled features (`node_batch_norm`).
   """
 
@@ -102,12 +126,12 @@ class MeanLSTM(nn.Module):
   frames: int = 1  # frames the backbone sees at once (SmallCNN.frames)
   lstm_dim: int = 512
   freeze_backbone: bool = False
+  train_backbone_layers: int = 0  # with freeze_backbone: its last layers still train
   node_bn: bool = False
 
   @nn.compact
   def __call__(self, video: jax.Array, train: bool = False) -> jax.Array:
-    fmap = backbone_features(SmallCNN(self.width, frames=self.frames, name='backbone'), video,
-                             self.freeze_backbone)
+    fmap = model_backbone_features(self, video)
     # Global average pool throws away where things are: this baseline's weakness.
     pooled = fmap.mean(axis=(2, 3))
     if self.node_bn:
@@ -129,6 +153,8 @@ class ConvLSTM(nn.Module):
     lstm_dim: LSTM hidden size.
     conv_width: filters of the three extra convolutions (None: same as `width`).
     freeze_backbone: stop gradients at the backbone output.
+    train_backbone_layers: with `freeze_backbone`, the backbone's last conv layers that
+      still train (`model_backbone_features`).
     node_bn: BatchNorm on the backbone's map before the convolutions (`node_batch_norm`).
   """
 
@@ -138,12 +164,12 @@ class ConvLSTM(nn.Module):
   lstm_dim: int = 512
   conv_width: Optional[int] = None
   freeze_backbone: bool = False
+  train_backbone_layers: int = 0  # with freeze_backbone: its last layers still train
   node_bn: bool = False
 
   @nn.compact
   def __call__(self, video: jax.Array, train: bool = False) -> jax.Array:
-    x = backbone_features(SmallCNN(self.width, frames=self.frames, name='backbone'), video,
-                          self.freeze_backbone)
+    x = model_backbone_features(self, video)
     if self.node_bn:
       x = node_batch_norm(x, train)
     conv_width = self.conv_width or self.width
@@ -210,6 +236,8 @@ class I3DSmall(nn.Module):
     nonlocal_stage: index of the stage that gets one non-local block before its last
       residual block (Wang et al.'s placement), or None for plain I3D.
     freeze_backbone: stop gradients at the backbone output.
+    train_backbone_layers: with `freeze_backbone`, the backbone's last conv layers that
+      still train (`model_backbone_features`).
     node_bn: BatchNorm on the backbone's map before the first stage (`node_batch_norm`).
   """
 
@@ -221,12 +249,12 @@ class I3DSmall(nn.Module):
   blocks_per_stage: int = 2
   nonlocal_stage: Optional[int] = None
   freeze_backbone: bool = False
+  train_backbone_layers: int = 0  # with freeze_backbone: its last layers still train
   node_bn: bool = False
 
   @nn.compact
   def __call__(self, video: jax.Array, train: bool = False) -> jax.Array:
-    x = backbone_features(SmallCNN(self.width, frames=self.frames, name='backbone'), video,
-                          self.freeze_backbone)
+    x = model_backbone_features(self, video)
     if self.node_bn:
       x = node_batch_norm(x, train)
     all_planes = self.planes or tuple(max(self.width // d, 1) for d in (8, 4, 2))

@@ -25,6 +25,7 @@ from flax import linen as nn
 from rstg_jax.model import ABLATIONS
 from rstg_jax.syncmnist import baselines
 from rstg_jax.syncmnist.backbone import feature_size
+from rstg_jax.syncmnist.baselines import NUM_BACKBONE_LAYERS
 from rstg_jax.syncmnist.generator import FRAME
 from rstg_jax.train import config_checks
 from rstg_jax.train.state import param_count
@@ -96,6 +97,16 @@ def config_errors(config) -> list[str]:
   errors += filter(None, [config_checks.bool_error('backbone.freeze', b.freeze),
                           config_checks.bool_error('rstg.frame_diff', _frame_diff(config))])
   errors += _baseline_errors(config)
+  train_layers = b.get('train_layers', 0)
+  if (isinstance(train_layers, bool) or not isinstance(train_layers, int)
+      or not 0 <= train_layers <= NUM_BACKBONE_LAYERS):
+    errors.append(f'backbone.train_layers must be an integer from 0 to '
+                  f'{NUM_BACKBONE_LAYERS} (the backbone\'s last layers that train while it '
+                  f'is frozen), got {train_layers!r}.')
+  elif train_layers and not b.freeze:
+    errors.append(f'backbone.train_layers={train_layers} only applies to a frozen backbone: '
+                  'set --config.backbone.freeze=True, or train_layers=0 to fine-tune every '
+                  'layer.')
   if b.frames not in (1, 2) or isinstance(b.frames, bool):
     errors.append(f'backbone.frames must be 1 (the paper: one frame at a time) or 2 (each '
                   f'frame with the one before it), got {b.frames!r}.')
@@ -111,7 +122,8 @@ def create_model(config) -> nn.Module:
   """Builds the model named by `config.model`.
 
   Reads only: `model`, `ablation` (rstg only), `input_norm`, `data.num_classes`,
-  `baseline.*` (`baseline_widths`), `backbone.width`, `backbone.freeze`, `backbone.frames`,
+  `baseline.*` (`baseline_widths`), `backbone.width`, `backbone.freeze`,
+  `backbone.train_layers`, `backbone.frames`,
   `rstg.dim`, `rstg.num_iters`, `rstg.scales`, `rstg.gather`, `rstg.adjacency`,
   `rstg.layer_norm`, `rstg.scalewise`, `rstg.frame_diff`.
 
@@ -123,6 +135,7 @@ def create_model(config) -> nn.Module:
     raise ValueError(' '.join(errors))
   common = dict(num_classes=int(config.data.num_classes), width=int(config.backbone.width),
                 freeze_backbone=bool(config.backbone.freeze),
+                train_backbone_layers=int(config.backbone.get('train_layers', 0)),
                 frames=int(config.backbone.frames))
   # Absent from configs saved before it existed: 'rstg', what those runs had.
   norm = config.get('input_norm', 'rstg')

@@ -20,6 +20,7 @@ import jax
 from rstg_jax import errors
 from rstg_jax.syncmnist import models
 from rstg_jax.syncmnist import protocols
+from rstg_jax.syncmnist.baselines import NUM_BACKBONE_LAYERS
 from rstg_jax.train import config_checks
 from rstg_jax.train import evaluators
 from rstg_jax.train import init_from
@@ -84,7 +85,13 @@ class SyncMNISTTask(task_lib.Task):
     if 'backbone' not in params:
       raise errors.ConfigError('config.backbone.freeze is set but the model has no '
                                f'`backbone` submodule (top-level params: {sorted(params)}).')
-    return {k: jax.tree.map(lambda _, k=k: k == 'backbone', v) for k, v in params.items()}
+    # backbone.train_layers: its last layers still train (conv0..conv2 in order).
+    trained = {f'conv{i}' for i in range(NUM_BACKBONE_LAYERS - config.backbone.get(
+        'train_layers', 0), NUM_BACKBONE_LAYERS)}
+    backbone = {layer: jax.tree.map(lambda _, f=layer not in trained: f, w)
+                for layer, w in params['backbone'].items()}
+    return {k: backbone if k == 'backbone' else jax.tree.map(lambda _: False, v)
+            for k, v in params.items()}
 
   def load_pretrained(self, config, workdir: str, variables: dict, say) -> dict:
     if protocols.stage_names(config.backbone.pretrain.stages):
