@@ -157,6 +157,7 @@ TRIES = {
         'backbone.width': [0, 4],
         'backbone.freeze': [True, False],
         'backbone.frames': [1, 2, 3],
+        'backbone.train_layers': [0, 1, 4, -1],  # 1 refused: freeze is False here
         'data.num_classes': [0, 45, 46, 47],
         'data.num_digits': [1, 2, 5, 6, 11],  # 6+: the generator's redraws cannot succeed
         'data.seed': [-1, 0, 7],
