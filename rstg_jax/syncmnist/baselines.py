@@ -39,41 +39,26 @@ from flax import linen as nn
 from rstg_jax.layers import NonLocalBlock, batch_norm
 from rstg_jax.syncmnist.backbone import SmallCNN
 
-__all__ = ['backbone_features', 'model_backbone_features', 'NUM_BACKBONE_LAYERS', 'node_batch_norm', 'LSTMHead', 'MeanLSTM', 'ConvLSTM',
-           'Bottleneck3D', 'I3DSmall', 'NonLocalI3D']
+__all__ = ['backbone_features', 'NUM_BACKBONE_LAYERS', 'node_batch_norm', 'LSTMHead',
+           'MeanLSTM', 'ConvLSTM', 'Bottleneck3D', 'I3DSmall', 'NonLocalI3D']
 
 
 NUM_BACKBONE_LAYERS = SmallCNN.num_layers  # the paper's 3 conv layers
 
 
-def backbone_features(backbone: SmallCNN, video: jax.Array, freeze: bool) -> jax.Array:
-  """Per-frame backbone feature maps [B, T, h, w, C] of a video [B, T, H, W, C_in].
+def backbone_features(model: nn.Module, video: jax.Array) -> jax.Array:
+  """Per-frame backbone feature maps [B, T, h, w, C] of a video [B, T, H, W, C_in], as
+  every SyncMNIST model reads them, from its fields `width`, `frames`, `freeze_backbone`
+  and `train_backbone_layers`.
 
-  With `freeze`, the features are wrapped in `stop_gradient`: the backbone's parameters
-  get exactly zero gradient and, since nothing upstream needs a cotangent, XLA prunes
-  the backbone's whole backward pass.
+  With `freeze_backbone`, the gradient stops below the backbone's last
+  `train_backbone_layers` conv layers (0: at its output; `SmallCNN.frozen_layers`): the
+  layers below get exactly zero gradient and XLA prunes their backward pass. Call from
+  the model's compact method: it creates the model's `backbone` submodule.
   """
-  fmap = backbone.video(video)
-  return jax.lax.stop_gradient(fmap) if freeze else fmap
-
-
-def model_backbone_features(model: nn.Module, video: jax.Array) -> jax.Array:
-  """The per-frame feature maps every SyncMNIST model reads, from its fields `width`,
-  `frames`, `freeze_backbone` and `train_backbone_layers` (with `freeze_backbone`, the
-  backbone's last `train_backbone_layers` conv layers still train; 0: none does).
-
-  Call from the model's compact method: it creates the model's `backbone` submodule.
-  """
-  train_layers = model.train_backbone_layers
-  if not 0 <= train_layers <= NUM_BACKBONE_LAYERS:
-    raise ValueError(f'train_backbone_layers must be in 0..{NUM_BACKBONE_LAYERS}, got '
-                     f'{train_layers}')
-  if model.freeze_backbone and train_layers:
-    cnn = SmallCNN(model.width, frames=model.frames, name='backbone',
-                   frozen_layers=NUM_BACKBONE_LAYERS - train_layers)
-    return cnn.video(video)
-  return backbone_features(SmallCNN(model.width, frames=model.frames, name='backbone'),
-                           video, model.freeze_backbone)
+  frozen = NUM_BACKBONE_LAYERS - model.train_backbone_layers if model.freeze_backbone else 0
+  return SmallCNN(model.width, frames=model.frames, frozen_layers=frozen,
+                  name='backbone').video(video)
 
 
 def _bn(train: bool, name: str) -> nn.Module:
@@ -117,7 +102,7 @@ class MeanLSTM(nn.Module):
     lstm_dim: LSTM hidden size.
     freeze_backbone: stop gradients at the backbone output.
     train_backbone_layers: with `freeze_backbone`, the backbone's last conv layers that
-      still train (`model_backbone_features`).
+      still train (`backbone_features`).
     node_bn: BatchNorm on each frame's pooled features (`node_batch_norm`).
   """
 
@@ -131,7 +116,7 @@ class MeanLSTM(nn.Module):
 
   @nn.compact
   def __call__(self, video: jax.Array, train: bool = False) -> jax.Array:
-    fmap = model_backbone_features(self, video)
+    fmap = backbone_features(self, video)
     # Global average pool throws away where things are: this baseline's weakness.
     pooled = fmap.mean(axis=(2, 3))
     if self.node_bn:
@@ -154,7 +139,7 @@ class ConvLSTM(nn.Module):
     conv_width: filters of the three extra convolutions (None: same as `width`).
     freeze_backbone: stop gradients at the backbone output.
     train_backbone_layers: with `freeze_backbone`, the backbone's last conv layers that
-      still train (`model_backbone_features`).
+      still train (`backbone_features`).
     node_bn: BatchNorm on the backbone's map before the convolutions (`node_batch_norm`).
   """
 
@@ -169,7 +154,7 @@ class ConvLSTM(nn.Module):
 
   @nn.compact
   def __call__(self, video: jax.Array, train: bool = False) -> jax.Array:
-    x = model_backbone_features(self, video)
+    x = backbone_features(self, video)
     if self.node_bn:
       x = node_batch_norm(x, train)
     conv_width = self.conv_width or self.width
@@ -237,7 +222,7 @@ class I3DSmall(nn.Module):
       residual block (Wang et al.'s placement), or None for plain I3D.
     freeze_backbone: stop gradients at the backbone output.
     train_backbone_layers: with `freeze_backbone`, the backbone's last conv layers that
-      still train (`model_backbone_features`).
+      still train (`backbone_features`).
     node_bn: BatchNorm on the backbone's map before the first stage (`node_batch_norm`).
   """
 
@@ -254,7 +239,7 @@ class I3DSmall(nn.Module):
 
   @nn.compact
   def __call__(self, video: jax.Array, train: bool = False) -> jax.Array:
-    x = model_backbone_features(self, video)
+    x = backbone_features(self, video)
     if self.node_bn:
       x = node_batch_norm(x, train)
     all_planes = self.planes or tuple(max(self.width // d, 1) for d in (8, 4, 2))

@@ -29,7 +29,7 @@ from flax import linen as nn
 
 from rstg_jax.graph import build_graph, pool_nodes
 from rstg_jax.model import RSTG, ablation_to_core_args, rstg_to_vec
-from rstg_jax.syncmnist.baselines import model_backbone_features, node_batch_norm
+from rstg_jax.syncmnist.baselines import backbone_features, node_batch_norm
 
 
 def with_frame_difference(nodes: jax.Array) -> jax.Array:
@@ -57,7 +57,7 @@ class RSTGClassifier(nn.Module):
     scalewise: per-scale update parameters.
     freeze_backbone: stop gradients at the backbone output.
     train_backbone_layers: with `freeze_backbone`, the backbone's last conv layers that
-      still train (`baselines.model_backbone_features`).
+      still train (`baselines.backbone_features`).
     frames: frames the backbone sees at once (`SmallCNN.frames`: 2 adds the previous one).
     node_bn: BatchNorm on the pooled node features (`baselines.node_batch_norm`).
     frame_diff: give the core each node's features and their change since the frame
@@ -91,7 +91,7 @@ class RSTGClassifier(nn.Module):
     time, so row t depends on frames 0..t only.
     """
     core_args = ablation_to_core_args(self.ablation)
-    fmap = model_backbone_features(self, video)
+    fmap = backbone_features(self, video)
     graph = build_graph(scales=tuple(self.scales), feature_size=fmap.shape[-3:-1],
                         adjacency=self.adjacency)
     nodes = pool_nodes(graph, fmap)  # [B, T, N, C]
