@@ -2,7 +2,9 @@
 latest checkpoint falls back to the one before, killed saves leave no litter, and
 metrics.jsonl keeps every row over any number of resumes (issue 9)."""
 
+import asyncio
 import json
+import logging
 import os
 import shutil
 import signal
@@ -12,6 +14,7 @@ import sys
 import pytest
 
 from rstg_jax.train import checkpoints
+from rstg_jax.train import orbax_quiet
 from rstg_jax.train import metrics as metrics_lib
 from test_train import make_config, run_fake  # pylint: disable=g-bad-import-order
 
@@ -115,6 +118,40 @@ def test_a_corrupted_latest_checkpoint_resumes_from_the_one_before(tmp_path, cap
   assert os.listdir(tmp_path / 'checkpoints_skipped')[0].startswith('6-')
   rows = metrics_lib.read_jsonl(os.path.join(workdir, 'metrics.jsonl'))
   assert [r['step'] for r in rows if r['split'] == 'train'] == list(range(1, 9))
+
+
+def _failing_read_with_a_late_sibling():
+  """What orbax's read of a checkpoint with one garbled array does when the timing is
+  unlucky (CI, 2026-12-04): the first read fails, and a sibling read fails while
+  asyncio.run shuts down, which asyncio logs at ERROR with a traceback."""
+  async def late():
+    try:
+      await asyncio.sleep(10)
+    except asyncio.CancelledError:
+      raise ValueError('DATA_LOSS: the sibling array') from None
+
+  async def first():
+    raise ValueError('DATA_LOSS: the first array')
+
+  async def read():
+    await asyncio.gather(first(), late())
+
+  asyncio.run(read())
+
+
+def test_a_failed_read_is_reported_once_without_asyncio_tracebacks(caplog):
+  caplog.set_level(logging.ERROR)
+  with pytest.raises(ValueError, match='the first array'):
+    _failing_read_with_a_late_sibling()
+  assert any('the sibling array' in r.getMessage() + str(r.exc_info) for r in caplog.records)
+  caplog.clear()
+  with pytest.raises(ValueError, match='the first array'):
+    with orbax_quiet.reading():
+      _failing_read_with_a_late_sibling()
+  assert not caplog.records, [r.getMessage() for r in caplog.records]
+  # The filter is gone afterwards: other asyncio errors are still logged.
+  logging.getLogger('asyncio').error('Task exception was never retrieved')
+  assert len(caplog.records) == 1
 
 
 def test_stale_temporary_checkpoint_folders_are_removed_at_start(tmp_path, capsys):

@@ -20,42 +20,25 @@ folders of killed saves are removed at start (`remove_stale_tmp`).
 import fnmatch
 import glob
 import json
-import logging as logging_std
 import os
 import shutil
-import sys
 import time
 from typing import Callable, Optional
 
-from absl import logging
 import jax
 import orbax.checkpoint as ocp
 
 from rstg_jax import cli
 from rstg_jax import errors
+from rstg_jax.train import orbax_quiet as quiet
 from rstg_jax.train.state import State
-
-
-class _DropOrbaxNoise(logging_std.Filter):
-  """Orbax warnings that say nothing to the user: periodic saves between evaluations
-  have no metrics by design, and every read-only manager (the evaluate command) says
-  that its directory is read only."""
-
-  _NOISE = ('did not provide metrics', 'Given directory is read only',
-            'Metadata file does not exist', 'Failed to get item metadata')
-
-  def filter(self, record):
-    return not any(n in str(record.msg) for n in self._NOISE)
-
-
-_ORBAX_NOISE = _DropOrbaxNoise()
 
 
 def manager(workdir: str, keep: int = 1, read_only: bool = False
             ) -> ocp.CheckpointManager:
   """The checkpoint manager of `workdir`: the latest `keep` saves plus the best (by the
   top-1 of the selection split, the metrics `save` is given)."""
-  logging.get_absl_logger().addFilter(_ORBAX_NOISE)  # idempotent
+  quiet.drop_orbax_noise()
   policy = ocp.checkpoint_managers.AnyPreservationPolicy([
       ocp.checkpoint_managers.LatestN(n=keep),
       ocp.checkpoint_managers.BestN(get_metric_fn=lambda m: m['top1'], n=1,
@@ -107,14 +90,16 @@ def _checked_meta(meta, step: int) -> dict:
 
 
 def restore(mngr: ocp.CheckpointManager, step: int, abstract_state) -> tuple[State, dict]:
-  restored = mngr.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+  with quiet.reading():
+    restored = mngr.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
   return restored['state'], _checked_meta(restored['meta'], step)
 
 
 def restore_meta(mngr: ocp.CheckpointManager, step: int) -> dict:
   """The metadata of `step`; CheckpointError if it is not a JSON object."""
-  meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+  with quiet.reading():
+    meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
   return _checked_meta(meta, step)
 
 
@@ -327,28 +312,11 @@ def shape_mismatches(stored_tree, abstract_state) -> list[str]:
   return out
 
 
-def _drop_closed_loop_noise() -> None:
-  """Orbax's metadata read of a broken checkpoint leaves callbacks that fire after its
-  event loop has closed; Python prints each as a 'RuntimeError: Event loop is closed'
-  traceback (an unraisable exception). The read's own error is reported: drop those."""
-  previous = sys.unraisablehook
-  if getattr(previous, 'drops_closed_loop', False):
-    return
-
-  def hook(unraisable):
-    e = unraisable.exc_value
-    if not (isinstance(e, RuntimeError) and str(e) == 'Event loop is closed'):
-      previous(unraisable)
-
-  hook.drops_closed_loop = True
-  sys.unraisablehook = hook
-
-
 def stored_tree(mngr: ocp.CheckpointManager, step: int):
   """The stored state's tree of array metadata (shapes), read without any array."""
-  _drop_closed_loop_noise()
+  quiet.drop_closed_loop_noise()
   path = os.path.join(str(mngr.directory), str(step), 'state')
-  with ocp.StandardCheckpointer() as ckptr:
+  with ocp.StandardCheckpointer() as ckptr, quiet.reading():
     md = ckptr.metadata(path)
   md = getattr(md, 'item_metadata', md)
   tree = getattr(md, 'tree', md)

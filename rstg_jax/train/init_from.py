@@ -17,6 +17,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from rstg_jax import errors
+from rstg_jax.train import orbax_quiet
 
 
 class MergeError(errors.CheckpointError):
@@ -151,8 +152,9 @@ def load_run(path: str) -> tuple[dict, int]:
     # A numpy target restores host arrays: the source run may have had another device
     # layout, and shapes may differ (e.g. the classifier), which the merge reports.
     target = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), tree)
-    state = m.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(target)))['state']
+    with orbax_quiet.reading():
+      state = m.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(target)))['state']
   variables = {'params': state['params']}
   if state.get('batch_stats'):
     variables['batch_stats'] = state['batch_stats']
