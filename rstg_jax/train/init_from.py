@@ -148,11 +148,11 @@ def load_run(path: str) -> tuple[dict, int]:
     if step is None:
       raise errors.CheckpointError(
           f'init_from.path={path!r}: no checkpoint found in {ckpt_dir}.')
-    tree = m.item_metadata(step)['state']
-    # A numpy target restores host arrays: the source run may have had another device
-    # layout, and shapes may differ (e.g. the classifier), which the merge reports.
-    target = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), tree)
     with orbax_quiet.reading():
+      tree = m.item_metadata(step)['state']
+      # A numpy target restores host arrays: the source run may have had another device
+      # layout, and shapes may differ (e.g. the classifier), which the merge reports.
+      target = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), tree)
       state = m.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(target)))['state']
   variables = {'params': state['params']}
