@@ -165,10 +165,10 @@ def mnist_file(path, value_ops):
   return path
 
 
-def _run(args, cwd):
+def _run(args, cwd, timeout=60):  # the bound: refused within 60 s
   env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS='cpu')
   return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True,
-                        text=True, timeout=60)  # the bound: refused within 60 s
+                        text=True, timeout=timeout)
 
 
 # ------------------------------------------------------------------- the real attack
@@ -230,10 +230,7 @@ def convert_runs(tmp_path_factory):
     (root / case).mkdir()
     src = caffe2_file(root / case / f'{case}.pkl', HOSTILE[case][0])
     cases.append((case, str(src), str(root / case / 'out.npz')))
-  env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS='cpu')
-  proc = subprocess.run([sys.executable, '-c', _CONVERT_DRIVER, json.dumps(cases)],
-                        cwd=root, env=env, capture_output=True, text=True,
-                        timeout=60 * len(cases))
+  proc = _run(['-c', _CONVERT_DRIVER, json.dumps(cases)], root, timeout=60 * len(cases))
   assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])  # not a signal
   results = json.loads(proc.stdout.strip().splitlines()[-1])
   return root, {case: (src, dst, results[case]) for case, src, dst in cases}

@@ -314,7 +314,6 @@ def shape_mismatches(stored_tree, abstract_state) -> list[str]:
 
 def stored_tree(mngr: ocp.CheckpointManager, step: int):
   """The stored state's tree of array metadata (shapes), read without any array."""
-  quiet.drop_closed_loop_noise()
   path = os.path.join(str(mngr.directory), str(step), 'state')
   with ocp.StandardCheckpointer() as ckptr, quiet.reading():
     md = ckptr.metadata(path)

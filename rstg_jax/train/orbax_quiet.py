@@ -49,7 +49,9 @@ _ASYNCIO_AFTERMATH = _DropAsyncioAftermath()
 @contextlib.contextmanager
 def reading():
   """Around an orbax read: a failure surfaces once, as its exception, without asyncio's
-  tracebacks of the sibling reads (`_DropAsyncioAftermath`)."""
+  tracebacks of the sibling reads (`_DropAsyncioAftermath`) or of the callbacks that
+  fire after the read's event loop closed (`drop_closed_loop_noise`)."""
+  drop_closed_loop_noise()
   log = logging_std.getLogger('asyncio')
   log.addFilter(_ASYNCIO_AFTERMATH)
   try:
