@@ -185,6 +185,8 @@ def summarize(rundir: str, root: str) -> dict:
       'seed': flat.get('seed'), 'group_key': report_groups.group_key(flat),
       'budget': report_groups.budget_of(flat, total, batch),
   }
+  if info['status'] == 'done' and any(r.get('transcribed') for r in rows):
+    info['status'] = 'done (transcribed)'  # a lost run's numbers, typed from its log
   info['wall_seconds'], info['wall_estimated'] = wall_seconds(rows, batch)
   if val:
     # The trainer keeps the best checkpoint by val top-1; test runs once at the end, on
@@ -385,6 +387,9 @@ def markdown(root: str, runs: list[dict], summaries: list[dict],
     lines.append('| ' + ' | '.join(_md(c) for c in cells) + ' |')
   if any(info['selected_on'] == 'test' for info in runs):
     lines += ['', '\\* run from before the val split: its checkpoint was chosen on test rows.']
+  if any(info['status'] == 'done (transcribed)' for info in runs):
+    lines += ['', 'done (transcribed): the run folder was lost; its rows were transcribed '
+              'from the numbers its log printed (rows marked "transcribed").']
   if any(info['wall_estimated'] and info['wall_seconds'] for info in runs):
     lines += ['', '~ wall time estimated from the logged throughput and evaluation seconds '
               '(training and evaluation only).']
@@ -416,7 +421,7 @@ def write_report(root: str) -> tuple[str, str, list[dict]]:
   with open(md_path + '.tmp', 'w') as f:
     f.write(text)
   os.replace(md_path + '.tmp', md_path)
-  report_figure.plot(runs, png_path)
+  report_figure.plot(runs, png_path, groups)
   return md_path, png_path, runs
 
 

@@ -298,3 +298,91 @@ def test_report_flags_a_table_whose_rows_had_different_budgets(tmp_path):
           'training: 800 videos, val every 400 videos on 500, test on 1,000: '
           'sync3_all_temp; 1,600 videos, val every 400 videos on 500, test on 1,000: '
           'sync3_one_temp_seed=0.') in text
+
+
+def _keep_records():
+  sys.path.insert(0, os.path.join(REPO, 'launch'))
+  try:
+    import keep_records  # pylint: disable=g-import-not-at-top
+  finally:
+    sys.path.remove(os.path.join(REPO, 'launch'))
+  return keep_records
+
+
+def test_keep_records_copies_finished_runs_small_and_the_report_reads_them(tmp_path):
+  """A finished run's record (sweep.json, config.json, DONE, thinned metrics, log without
+  progress bars) gives the same report row as the run folder; an unfinished run and the
+  checkpoints stay behind. Catches dropping a val or test row, or the last train row."""
+  keep_records = _keep_records()
+  src, dest = tmp_path / 'runs', tmp_path / 'records'
+  rows = []
+  for step in range(25, 1025, 25):
+    rows.append({'step': step, 'split': 'train', 'loss': 1.0 / step, 'elapsed': step / 10})
+    if step % 250 == 0:
+      rows.append({'step': step, 'split': 'val', 'top1': step / 2000, 'elapsed': step / 10})
+  rows.append({'step': 1000, 'split': 'test', 'top1': 0.45, 'top5': 0.9,
+               'checkpoint_step': 1000, 'chosen_on': 'val', 'elapsed': 101.0})
+  rows[-3]['step'] = 990  # the last train row is not on a multiple of train_every
+  _write_run(src / 'sync3_all_temp_seed=0', rows, _seeded_config('all_temp', 0, 1000),
+             sweep={'name': 'sync3_all_temp_seed=0', 'grid': {}}, done=True)
+  os.makedirs(src / 'sync3_all_temp_seed=0' / 'checkpoints' / '1000')
+  (src / 'sync3_all_temp_seed=0' / 'log.txt').write_text(
+      'Model: RSTG 5 parameters\ntrain:  47%|####   | 467/1000 [01:00<01:08, 7.7it/s]'
+      'train: 100%|#######| 1000/1000 [02:10<00:00, 7.67it/s]Test top-1 45.0\r\n')
+  _write_run(src / 'sync3_one_temp_seed=0', rows[:5], _seeded_config('one_temp', 0, 1000))
+
+  kept, skipped = keep_records.keep(str(src), str(dest), train_every=500)
+  assert (kept, skipped) == (['sync3_all_temp_seed=0'], ['sync3_one_temp_seed=0'])
+  out = dest / 'sync3_all_temp_seed=0'
+  assert sorted(os.listdir(out)) == ['DONE', 'config.json', 'log.txt', 'metrics.jsonl',
+                                     'sweep.json']
+  assert (out / 'log.txt').read_text() == 'Model: RSTG 5 parameters\nTest top-1 45.0\n'
+  kept_rows = [json.loads(line) for line in open(out / 'metrics.jsonl')]
+  assert [(r['split'], r['step']) for r in kept_rows if r['split'] == 'train'] == [
+      ('train', 500), ('train', 990)]
+  assert [r for r in kept_rows if r['split'] != 'train'] == [
+      r for r in rows if r['split'] != 'train']
+  ours = report.summarize(str(out), str(dest))
+  theirs = report.summarize(str(src / 'sync3_all_temp_seed=0'), str(src))
+  for key in ('status', 'test_top1', 'chosen_step', 'val_top1', 'curve', 'wall_seconds'):
+    assert ours[key] == theirs[key], key
+
+
+def test_report_marks_transcribed_runs(tmp_path):
+  """A record whose rows say 'transcribed' (a lost run's numbers typed from its log) is
+  'done (transcribed)' in the table, with a footnote; the others stay 'done'."""
+  root = tmp_path / 'records'
+  _seeded_run(root, 'all_temp', 0, 0.55)
+  rows = [dict(r, transcribed=True) for r in _val_run([0.5, 0.6], 0.56, None)]
+  _write_run(root / 'sync3_all_temp_seed=1', rows, _seeded_config('all_temp', 1),
+             sweep={'name': 'sync3_all_temp_seed=1', 'grid': {}}, done=True)
+  md_path, _, runs = report.write_report(str(root))
+  assert [r['status'] for r in runs] == ['done', 'done (transcribed)']
+  text = open(md_path).read()
+  assert 'done (transcribed): the run folder was lost' in text
+  assert '| sync3_all_temp | 2 | 55.5 | 0: 55.0, 1: 56.0 |' in text
+
+
+def test_figure_gives_a_rows_seeds_one_colour_and_a_line_style_each(tmp_path):
+  """In report.png the two seeds of a row share a colour and differ in line style, and two
+  rows differ in colour; runs without a second seed get a colour each. Catches a figure
+  of 20 curves whose colours repeat across rows while one row's seeds differ."""
+  from rstg_jax import report_figure  # pylint: disable=g-import-not-at-top
+  root = tmp_path / 'table'
+  for ablation in ('all_temp', 'one_temp'):
+    for seed in (0, 1):
+      _seeded_run(root, ablation, seed, 0.5 + seed / 10)
+  runs = [report.summarize(d, str(root)) for d in report.find_runs(str(root))]
+  groups = report_groups_of(runs)
+  style = report_figure.styles(runs, groups)
+  by_name = {r['name']: style[id(r)] for r in runs}
+  assert by_name['sync3_all_temp_seed=0'] == (0, '-')
+  assert by_name['sync3_all_temp_seed=1'] == (0, '--')
+  assert by_name['sync3_one_temp_seed=0'][0] == by_name['sync3_one_temp_seed=1'][0] == 1
+  single = report_figure.styles(runs[:1] + runs[2:3], None)
+  assert sorted(single.values()) == [(0, '-'), (1, '-')]
+
+
+def report_groups_of(runs):
+  from rstg_jax import report_groups  # pylint: disable=g-import-not-at-top
+  return report_groups.group_runs(runs, report.our_score)
