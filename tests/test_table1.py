@@ -85,3 +85,34 @@ def test_capacity_command_flags_a_planted_width(tmp_path, monkeypatch, capsys):
   bad = {r['name']: round(r['ratio'], 2) for r in capacity.outside_window('planted', rows)}
   assert bad == {'sync3_mean_lstm': 0.27, 'sync3_conv_lstm': 3.27, 'sync3_i3d': 0.21,
                  'sync3_nonlocal': 0.23}
+
+
+def test_committed_records_give_the_fair_table_the_docs_state(tmp_path):
+  """The report over docs/records/table1_fair (20 records, 2 seeds a row, one budget,
+  protocol 'paper') gives the means, ranks and Kendall tau that docs/table1_cpu.md and
+  the README state. Catches a number in the docs that the committed records do not give,
+  a row with one seed, or rows whose budgets differ."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  root = tmp_path / 'records'
+  shutil.copytree(os.path.join(REPO, 'docs', 'records', 'table1_fair'), root)
+  md_path, _, runs = report.write_report(str(root))
+  assert len(runs) == 20 and {r['protocol'] for r in runs} == {'paper'}
+  assert {r['status'] for r in runs} == {'done', 'done (transcribed)'}
+  assert {r['seed'] for r in runs if r['status'] == 'done (transcribed)'} == {0}
+  text = open(md_path).read()
+  assert 'Budgets differ' not in text
+  assert 'SyncMNIST Table 1, 3SyncMNIST (7 rows, mean over 14 runs)' in text
+  assert '(Kendall tau 0.33)' in text
+  groups = {g['name']: g for g in report.report_groups.group_runs(runs, report.our_score)}
+  means = {name[len('sync3_'):]: round(100 * g['score'], 1) for name, g in groups.items()}
+  assert all(len(g['members']) == 2 for g in groups.values())
+  docs = open(os.path.join(REPO, 'docs', 'table1_cpu.md')).read()
+  readme = open(os.path.join(REPO, 'README.md')).read()
+  for name, row, *_ in paper.SYNCMNIST_ROWS:
+    seeds = sorted(groups[f'sync3_{name}']['scores'])
+    line = (f'| {row} | {100 * seeds[0][1]:.1f} | {100 * seeds[1][1]:.1f} | ')
+    assert line in docs, line
+  for name, words in (('all_temp', 'all-temp'), ('positional', 'positional'),
+                      ('i3d', 'I3D'), ('time_only', 'Time-Only'), ('nonlocal', 'Non-Local'),
+                      ('mean_lstm', 'Mean + LSTM')):
+    assert f'{words} {means[name]}' in ' '.join(readme.split()), (name, means[name])
