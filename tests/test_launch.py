@@ -173,6 +173,19 @@ def test_grid_parsing():
       sweep.parse_grid([bad])
 
 
+def test_side_by_side_runs_share_the_gpu_unless_the_user_set_its_memory():
+  """K > 1 local runs get JAX's preallocation off (each would take 75% of one GPU's
+  memory); one run at a time, or a user's own memory setting, is left alone. Every run
+  gets the repository on its path and its lock's descriptor."""
+  env = sweep.child_env(8, 7, {'PATH': '/bin'})
+  assert env['XLA_PYTHON_CLIENT_PREALLOCATE'] == 'false'
+  assert env[workdir_lock.ENV_FD] == '7' and env['PYTHONPATH'] == sweep.ROOT
+  assert 'XLA_PYTHON_CLIENT_PREALLOCATE' not in sweep.child_env(1, 7, {'PATH': '/bin'})
+  own = sweep.child_env(8, 7, {'XLA_CLIENT_MEM_FRACTION': '.1', 'PYTHONPATH': '/x'})
+  assert 'XLA_PYTHON_CLIENT_PREALLOCATE' not in own
+  assert own['PYTHONPATH'] == sweep.ROOT + os.pathsep + '/x'
+
+
 def test_sweep_dry_run_local(tmp_path, capsys):
   workdir = tmp_path / 'sw'
   rc = sweep.main(['--config=configs/syncmnist.py', '--grid=ablation=all_temp,one_temp',
