@@ -30,9 +30,15 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:
   sys.path.insert(0, _ROOT)
 
+from absl import app  # pylint: disable=g-import-not-at-top
+from absl import flags  # pylint: disable=g-import-not-at-top
+
+from rstg_jax import cli  # pylint: disable=g-import-not-at-top
 from rstg_jax import report  # pylint: disable=g-import-not-at-top
 from rstg_jax.run_status import read_jsonl  # pylint: disable=g-import-not-at-top
 
+TRAIN_EVERY = flags.DEFINE_integer('train_every', 500, 'keep one train row per this many '
+                                   'steps (val and test rows are all kept)', lower_bound=1)
 COPIED = ('sweep.json', 'config.json', 'DONE')
 # A tqdm bar as the trainer's log holds it: 'label:  47%|####   | 467/1000 [01:00<...]'.
 _BAR = re.compile(r'(?:[^\r\n|%]*?:\s*)?\d+%\|[^|\r\n]*\|[^\]\r\n]*\]')
@@ -83,31 +89,23 @@ def keep(src: str, dest: str, train_every: int = 500) -> tuple[list[str], list[s
   return kept, skipped
 
 
-def main(argv: list[str]) -> int:
-  args = [a for a in argv[1:] if not a.startswith('--train_every=')]
-  every = [a for a in argv[1:] if a.startswith('--train_every=')]
-  if len(args) != 2:
-    print(__doc__.strip().split('\n\n')[0], file=sys.stderr)
-    return 2
-  src, dest = args
+def main(argv):
+  if len(argv) != 3:
+    raise SystemExit('usage: python launch/keep_records.py SRC DEST [--train_every=500]')
+  src, dest = argv[1:]
   if not os.path.isdir(src):
-    print(f'ERROR: SRC {src!r} is not a folder of runs.', file=sys.stderr)
-    return 2
-  try:
-    train_every = int(every[-1].split('=', 1)[1]) if every else 500
-    if train_every < 1:
-      raise ValueError
-  except ValueError:
-    print(f'ERROR: {every[-1]} must be a whole number of steps >= 1.', file=sys.stderr)
-    return 2
-  kept, skipped = keep(src, dest, train_every)
+    raise SystemExit(f'ERROR: SRC {src!r} is not a folder of runs.')
+  # Before copying anything: DEST is written into, or created in a writable folder.
+  problem = cli.output_path_error('DEST', dest, folder=os.path.isdir(dest))
+  if problem:
+    raise SystemExit(f'ERROR: {problem}')
+  kept, skipped = keep(src, dest, TRAIN_EVERY.value)
   for name in kept:
     print(f'kept     {name}')
   for name in skipped:
     print(f'not done {name} (left out)')
   print(f'{len(kept)} run(s) recorded in {dest}; {len(skipped)} not finished')
-  return 0
 
 
 if __name__ == '__main__':
-  sys.exit(main(sys.argv))
+  app.run(main, flags_parser=cli.parse_flags)

@@ -37,7 +37,8 @@ Executors:
   --processes=N processes (N > 1: through launch/local.sh); a run's output goes to
   DIR/<name>/log.txt. With K > 1 the runs share the machine's GPU
   (XLA_PYTHON_CLIENT_PREALLOCATE=false unless a JAX memory variable is set): eight
-  SyncMNIST runs of the quick config side by side on one H200 took 7 minutes. The sweep waits for its runs; Ctrl-C stops them (rerun to resume).
+  SyncMNIST runs of the quick config side by side on one H200 took 7 minutes. The
+  sweep waits for its runs; Ctrl-C stops them (rerun to resume).
 - slurm: one `sbatch --array` of launch/slurm.sbatch (its #SBATCH lines say the nodes
   and GPUs of each run), at most K array tasks at a time (--parallel=K; default no limit);
   the flags of array task i are line i+1 of DIR/sweep_args.txt. The array's task ids go
